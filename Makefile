@@ -1,0 +1,105 @@
+# proxyd / proxyctl build.  `make` builds both programs into bin/; `make test`
+# installs missing Debian packages, builds (gcc and clang, -Werror), builds the
+# ASan+UBSan variant, and runs unit tests, fuzz corpora and integration tests.
+
+CC      ?= cc
+PKGS    := yaml-0.1 sqlite3 libssl libcrypto libsystemd libpcre2-8
+CSTD    := -std=c11 -D_GNU_SOURCE
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+CFLAGS  ?= -O2 -g
+ALL_CFLAGS = $(CSTD) $(WARN) $(CFLAGS) $(shell pkg-config --cflags $(PKGS))
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+
+COMMON_SRC  := common/util.c common/ruletable.c common/rtwrite.c common/store.c common/route.c
+PROXYCTL_SRC := proxyctl/main.c proxyctl/diag.c proxyctl/yaml.c proxyctl/config.c proxyctl/check.c \
+                proxyctl/compile.c proxyctl/build.c proxyctl/cmd_site.c proxyctl/cmd_gen.c \
+                proxyctl/cmd_route.c proxyctl/cmd_admin.c proxyctl/dump.c
+GEN_SRC     := build/gen/store_sql.c
+HEADERS     := $(wildcard common/*.h proxyctl/*.h proxyd/*.h)
+
+PYTEST := /usr/bin/python3 -m pytest
+FUZZ_TIME ?= 60
+
+.PHONY: all asan clang test unit fuzz fuzz-replay integration demo deps bench format lint clean
+
+all: bin/proxyctl
+
+deps:
+	@packaging/install-deps.sh
+
+build/gen/store_sql.c: schema/store.sql common/gen_sql.sh
+	@mkdir -p $(@D)
+	common/gen_sql.sh $< store_sql > $@
+
+bin/proxyctl: $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -o $@ $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(LDLIBS)
+
+# ASan + UBSan build used by the tests.
+asan: build/asan/proxyctl
+build/asan/proxyctl: $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS)
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) $(shell pkg-config --cflags $(PKGS)) -o $@ \
+	    $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(LDLIBS)
+
+# The same sources must be warning-free under clang too.
+clang: $(GEN_SRC)
+	@mkdir -p build/clang
+	clang $(CSTD) $(WARN) -O2 $(shell pkg-config --cflags $(PKGS)) -o build/clang/proxyctl \
+	    $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(LDLIBS)
+
+# ---- unit tests (cmocka), built with sanitizers -------------------------
+UNIT_TESTS := $(patsubst tests/unit/%.c,build/unit/%,$(wildcard tests/unit/test_*.c))
+build/unit/%: tests/unit/%.c $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS) proxyd/http1.c
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -Wno-missing-prototypes -O1 -g $(SAN) -Icommon -Iproxyctl -Iproxyd \
+	    $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(GEN_SRC) $(LDLIBS) -lcmocka
+
+unit: $(UNIT_TESTS)
+	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
+
+# ---- fuzzing (libFuzzer) -------------------------------------------------
+FUZZERS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+build/fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS) proxyd/http1.c
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -Wno-missing-prototypes -O1 -g -fsanitize=fuzzer,address,undefined \
+	    -Icommon -Iproxyctl -Iproxyd $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(GEN_SRC) $(LDLIBS)
+
+# Replay every checked-in corpus once (part of make test).
+fuzz-replay: $(FUZZERS)
+	@set -e; for f in $(FUZZERS); do n=$${f##*/fuzz_}; echo "== $$f corpus $$n"; \
+	    $$f -runs=0 tests/fuzz/corpus/$$n >/dev/null 2>build/fuzz/$$n.log || { cat build/fuzz/$$n.log; exit 1; }; done
+
+# Run every fuzzer for FUZZ_TIME seconds, growing its corpus.
+fuzz: $(FUZZERS)
+	@set -e; for f in $(FUZZERS); do n=$${f##*/fuzz_}; echo "== $$f for $(FUZZ_TIME)s"; \
+	    mkdir -p build/fuzz/new-$$n; \
+	    $$f -max_total_time=$(FUZZ_TIME) -print_final_stats=1 build/fuzz/new-$$n tests/fuzz/corpus/$$n 2>&1 | tail -n 12; done
+
+# ---- integration tests (pytest, real processes) --------------------------
+integration: build/asan/proxyctl bin/proxyctl
+	PROXYCTL=$(CURDIR)/build/asan/proxyctl $(PYTEST) -q tests/integration
+
+test: deps
+	$(MAKE) all clang asan
+	$(MAKE) unit
+	$(MAKE) fuzz-replay
+	$(MAKE) integration
+
+demo: deps
+	$(MAKE) all
+	@tests/demo.sh
+
+bench: all
+	bench/compile_scale.sh
+
+format:
+	clang-format -i common/*.[ch] proxyctl/*.[ch] proxyd/*.[ch] tests/unit/*.c tests/fuzz/*.c
+
+lint: $(GEN_SRC)
+	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
+	    --suppress=missingIncludeSystem -D_GNU_SOURCE common proxyctl proxyd
+
+clean:
+	rm -rf bin build

@@ -1,0 +1,59 @@
+/*
+ * util.h - small pieces both programs share: an arena, a growable byte
+ * buffer, and the parsers for the value syntaxes of the site YAML (durations,
+ * sizes, CIDRs, socket addresses).  The value parsers take slices and never
+ * allocate; they return 0 or -1 and, on -1, leave a short reason in *why.
+ */
+#ifndef COMMON_UTIL_H
+#define COMMON_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ruletable.h"
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- arena: many small allocations freed at once ---------------------- */
+typedef struct arena_chunk arena_chunk_t;
+typedef struct {
+    arena_chunk_t *head;
+    size_t chunk_size;
+} arena_t;
+
+void arena_init(arena_t *a, size_t chunk_size);
+void *arena_alloc(arena_t *a, size_t n);   /* zeroed, 16-byte aligned; aborts on OOM */
+char *arena_strndup(arena_t *a, const char *s, size_t n);
+char *arena_strdup(arena_t *a, const char *s);
+char *arena_printf(arena_t *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void arena_free(arena_t *a);
+
+/* ---- growable buffer ---------------------------------------------------- */
+typedef struct {
+    uint8_t *p;
+    size_t len, cap;
+} buf_t;
+
+void buf_reserve(buf_t *b, size_t extra); /* aborts on OOM */
+void buf_append(buf_t *b, const void *p, size_t n);
+void buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void buf_free(buf_t *b);
+
+/* ---- value syntaxes ------------------------------------------------------ */
+/* "250ms", "30s", "5m", "12h", "30d", or a bare number of seconds. */
+int parse_duration_ms(const char *s, size_t n, uint64_t *ms, const char **why);
+/* "512", "16k", "10m", "1g" (binary multiples). */
+int parse_size(const char *s, size_t n, uint64_t *bytes, const char **why);
+/* "10.0.0.0/8", "2001:db8::/32", or a bare address (a host route). */
+int parse_cidr(const char *s, size_t n, rt_cidr_t *out, const char **why);
+/* "1.2.3.4:80", "[::1]:80", "unix:/path", "name:port" (kind RT_ADDR_NAME). */
+int parse_sockaddr(const char *s, size_t n, rt_sockaddr_t *out, const char **why);
+/* "10r/s", "600r/m" -> requests per 1000 s */
+int parse_rate(const char *s, size_t n, uint32_t *per_sec_milli, const char **why);
+bool cidr_contains(const rt_cidr_t *c, int family, const uint8_t *addr);
+
+/* Whole-file read, NUL-terminated; NULL with errno set on failure. */
+char *read_file(const char *path, size_t *len);
+
+#endif

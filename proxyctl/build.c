@@ -1,0 +1,294 @@
+/*
+ * build.c - from stored sources to an active generation.
+ *
+ * Every command that changes sites ends here, inside its own BEGIN IMMEDIATE
+ * transaction: all sources are parsed and checked together (so a new site is
+ * checked against every stored one), compiled, verified by the same reader
+ * proxyd uses, and stored with the sources they came from.  Nothing invalid
+ * is stored: on any diagnostic the caller rolls back.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/ruletable.h"
+#include "cli.h"
+#include "config.h"
+
+void site_list_add(site_list_t *l, const char *name, const char *yaml, const char *source)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 16;
+        l->v = realloc(l->v, l->cap * sizeof(*l->v));
+        if (l->v == NULL)
+            abort();
+    }
+    site_src_t *s = &l->v[l->n++];
+    s->name = strdup(name ? name : "");
+    s->yaml = strdup(yaml);
+    s->source = strdup(source);
+    if (!s->name || !s->yaml || !s->source)
+        abort();
+}
+
+static void site_src_free(site_src_t *s)
+{
+    free(s->name);
+    free(s->yaml);
+    free(s->source);
+}
+
+int site_list_remove(site_list_t *l, const char *name)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        if (strcmp(l->v[i].name, name) != 0)
+            continue;
+        site_src_free(&l->v[i]);
+        memmove(&l->v[i], &l->v[i + 1], (l->n - i - 1) * sizeof(*l->v));
+        l->n--;
+        return 1;
+    }
+    return 0;
+}
+
+void site_list_free(site_list_t *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        site_src_free(&l->v[i]);
+    free(l->v);
+    memset(l, 0, sizeof(*l));
+}
+
+int cli_open_store(cli_t *cli, store_t *st, int flags)
+{
+    if (store_open(st, cli->db, flags) < 0) {
+        fprintf(stderr, "proxyctl: %s\n", st->err);
+        return -1;
+    }
+    int from;
+    if (!(flags & STORE_RDONLY) && !(flags & STORE_CREATE)) {
+        /* Existing stores are migrated on first write by a newer proxyctl. */
+        if (store_migrate(st, &from) < 0) {
+            fprintf(stderr, "proxyctl: %s\n", st->err);
+            store_close(st);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int cli_load_sites(store_t *st, site_list_t *out)
+{
+    sqlite3_stmt *q = store_prepare(st, "SELECT name, yaml, source FROM sites ORDER BY name");
+    if (q == NULL)
+        return -1;
+    int rc;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW)
+        site_list_add(out, (const char *)sqlite3_column_text(q, 0), (const char *)sqlite3_column_text(q, 1),
+                      (const char *)sqlite3_column_text(q, 2));
+    sqlite3_finalize(q);
+    if (rc != SQLITE_DONE) {
+        snprintf(st->err, sizeof(st->err), "store %s: cannot read sites: %s", st->path, sqlite3_errmsg(st->db));
+        return -1;
+    }
+    return 0;
+}
+
+int cli_load_global(store_t *st, char **yaml, char **source)
+{
+    if (store_get_setting(st, "global_yaml", yaml) < 0 || store_get_setting(st, "global_source", source) < 0)
+        return -1;
+    return 0;
+}
+
+static int put_site(store_t *st, const site_src_t *s)
+{
+    char hex[65];
+    store_digest_hex(s->yaml, strlen(s->yaml), hex);
+    sqlite3_stmt *q = store_prepare(st, "INSERT INTO sites (name, yaml, source, digest, updated) VALUES (?,?,?,?,?)");
+    if (q == NULL)
+        return -1;
+    sqlite3_bind_text(q, 1, s->name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, s->yaml, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 3, s->source, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 4, hex, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 5, (sqlite3_int64)time(NULL));
+    int rc = sqlite3_step(q);
+    sqlite3_finalize(q);
+    if (rc != SQLITE_DONE) {
+        snprintf(st->err, sizeof(st->err), "store %s: cannot store site '%s': %s", st->path, s->name,
+                 sqlite3_errmsg(st->db));
+        return -1;
+    }
+    return 0;
+}
+
+int store_put_sites(store_t *st, site_list_t *sites, const char *gyaml, const char *gsource)
+{
+    if (store_exec(st, "DELETE FROM sites") < 0)
+        return -1;
+    for (size_t i = 0; i < sites->n; i++)
+        if (put_site(st, &sites->v[i]) < 0)
+            return -1;
+    if (store_set_setting(st, "global_yaml", gyaml ? gyaml : "") < 0 ||
+        store_set_setting(st, "global_source", gsource ? gsource : "") < 0)
+        return -1;
+    return 0;
+}
+
+static int record_sources(store_t *st, int64_t gen, const site_list_t *sites)
+{
+    sqlite3_stmt *q = store_prepare(st, "INSERT INTO generation_sites (generation, name, yaml, source) VALUES (?,?,?,?)");
+    if (q == NULL)
+        return -1;
+    for (size_t i = 0; i < sites->n; i++) {
+        sqlite3_reset(q);
+        sqlite3_bind_int64(q, 1, gen);
+        sqlite3_bind_text(q, 2, sites->v[i].name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 3, sites->v[i].yaml, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 4, sites->v[i].source, -1, SQLITE_STATIC);
+        if (sqlite3_step(q) != SQLITE_DONE) {
+            snprintf(st->err, sizeof(st->err), "store %s: cannot record sources: %s", st->path, sqlite3_errmsg(st->db));
+            sqlite3_finalize(q);
+            return -1;
+        }
+    }
+    sqlite3_finalize(q);
+    return 0;
+}
+
+/* Certificates given as files are copied into the store at compile time,
+ * so proxyd (and the HA peer) never depend on the operator's file paths. */
+static int import_cert_files(store_t *st, cfg_site_t *s)
+{
+    size_t cn, kn;
+    char *cert = read_file(s->cert_file.s, &cn), *key = read_file(s->key_file.s, &kn);
+    int rc = -1;
+    if (cert == NULL || key == NULL) {
+        snprintf(st->err, sizeof(st->err), "cannot read certificate files of site '%s': %s", s->name.s, strerror(errno));
+        goto out;
+    }
+    char hosts[4096] = "";
+    for (size_t i = 0; i < s->nhosts; i++)
+        snprintf(hosts + strlen(hosts), sizeof(hosts) - strlen(hosts), "%s%s", i ? " " : "", s->hosts[i].s);
+    sqlite3_stmt *q = store_prepare(st, "INSERT OR REPLACE INTO certificates (site, hosts, cert_pem, key_pem, not_before, "
+                                        "not_after, source, issuer, updated) VALUES (?,?,?,?,0,0,'files','',?)");
+    if (q == NULL)
+        goto out;
+    sqlite3_bind_text(q, 1, s->name.s, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, hosts, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 3, cert, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 4, key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 5, (sqlite3_int64)time(NULL));
+    rc = sqlite3_step(q) == SQLITE_DONE ? 0 : -1;
+    if (rc < 0)
+        snprintf(st->err, sizeof(st->err), "store %s: cannot store certificate: %s", st->path, sqlite3_errmsg(st->db));
+    sqlite3_finalize(q);
+out:
+    if (key)
+        explicit_bzero(key, kn);
+    free(cert);
+    free(key);
+    return rc;
+}
+
+static int compile_and_store(store_t *st, cfg_global_t *g, cfg_site_t **parsed, site_list_t *sites,
+                             const char *comment, const char *gyaml, int64_t *gen, size_t *table_size)
+{
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    rt_table_t t;
+    char why[256];
+    int rc = EXIT_RUNTIME;
+    if (compile_table(g, parsed, sites->n, &blob, &len) < 0) {
+        snprintf(st->err, sizeof(st->err), "rule table too large");
+        goto out;
+    }
+    /* Never store what proxyd would refuse. */
+    if (rt_open(&t, blob, len, why, sizeof(why)) < 0) {
+        snprintf(st->err, sizeof(st->err), "internal error: compiled table fails verification: %s", why);
+        goto out;
+    }
+    for (size_t i = 0; i < sites->n; i++)
+        if (parsed[i]->cert_mode == RT_CERT_FILE && import_cert_files(st, parsed[i]) < 0)
+            goto out;
+    if (store_add_generation(st, blob, len, comment, gyaml, gen) < 0 || record_sources(st, *gen, sites) < 0)
+        goto out;
+    *table_size = len;
+    rc = EXIT_OK;
+out:
+    free(blob);
+    return rc;
+}
+
+int build_generation(store_t *st, const char *gyaml, const char *gsource, site_list_t *sites, const char *comment,
+                     diag_t *d, int64_t *gen, size_t *table_size)
+{
+    arena_t a;
+    arena_init(&a, 1 << 16);
+    cfg_site_t **parsed = calloc(sites->n + 1, sizeof(*parsed));
+    if (parsed == NULL)
+        abort();
+    int rc = EXIT_INVALID;
+    cfg_global_t *g = config_global(&a, gsource && *gsource ? gsource : "proxy.yaml", gyaml && *gyaml ? gyaml : NULL, d);
+    for (size_t i = 0; i < sites->n; i++)
+        parsed[i] = config_site(&a, sites->v[i].source, sites->v[i].yaml, d);
+    if (g == NULL || d->errors)
+        goto out;
+    check_sites(g, parsed, sites->n, d);
+    if (d->errors)
+        goto out;
+    for (size_t i = 0; i < sites->n; i++) {
+        free(sites->v[i].name);
+        sites->v[i].name = strdup(parsed[i]->name.s);
+    }
+    rc = compile_and_store(st, g, parsed, sites, comment, gyaml, gen, table_size);
+out:
+    free(parsed);
+    arena_free(&a);
+    return rc;
+}
+
+/* The admin socket path of the active generation (or the default). */
+static char *admin_socket_path(store_t *st)
+{
+    uint8_t *blob;
+    size_t len;
+    int64_t id;
+    rt_table_t t;
+    char why[128], *path = NULL;
+    if (store_active(st, &id, &blob, &len) == 0 && blob && rt_open(&t, blob, len, why, sizeof(why)) == 0)
+        path = strdup(rt_cstr(&t, t.global->admin_socket));
+    free(blob);
+    return path;
+}
+
+int cli_notify_reload(cli_t *cli, store_t *st)
+{
+    (void)cli;
+    char *path = admin_socket_path(st);
+    if (path == NULL)
+        return 0;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int rc = 0;
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+        static const char req[] = "POST /reload HTTP/1.1\r\nHost: proxyd\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        char resp[512];
+        ssize_t n = write(fd, req, sizeof(req) - 1) == (ssize_t)(sizeof(req) - 1) ? read(fd, resp, sizeof(resp) - 1) : -1;
+        if (n < 12 || memcmp(resp + 9, "200", 3) != 0) {
+            fprintf(stderr, "proxyctl: proxyd refused to reload (admin socket %s)\n", path);
+            rc = -1;
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    free(path);
+    return rc;
+}

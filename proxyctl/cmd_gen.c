@@ -1,0 +1,190 @@
+/*
+ * cmd_gen.c - generations, rollback and dump.
+ *
+ * rollback never rewrites history: it adds a new generation whose table is
+ * byte-for-byte GEN's and restores the site sources GEN was compiled from.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../common/ruletable.h"
+#include "cli.h"
+#include "dump.h"
+
+static void iso_time(time_t t, char out[32]) { strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t)); }
+
+int cmd_generations(cli_t *cli, int argc, char **argv)
+{
+    (void)argv;
+    if (argc > 2 || (argc == 2 && !cli->json))
+        return cli_usage(find_command("generations"));
+    store_t st;
+    if (cli_open_store(cli, &st, STORE_RDONLY) < 0)
+        return EXIT_RUNTIME;
+    sqlite3_stmt *q = store_prepare(&st, "SELECT g.id, g.created, g.active, length(g.blob), g.digest, g.comment, "
+                                         "(SELECT count(*) FROM generation_sites s WHERE s.generation = g.id) "
+                                         "FROM generations g ORDER BY g.id");
+    if (q == NULL) {
+        fprintf(stderr, "proxyctl: %s\n", st.err);
+        store_close(&st);
+        return EXIT_RUNTIME;
+    }
+    int first = 1;
+    if (cli->json)
+        printf("[");
+    else
+        printf("%-6s %-1s %-20s %6s %9s %-12s %s\n", "GEN", "", "CREATED", "SITES", "BYTES", "DIGEST", "COMMAND");
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        char ts[32];
+        iso_time((time_t)sqlite3_column_int64(q, 1), ts);
+        long long id = sqlite3_column_int64(q, 0), size = sqlite3_column_int64(q, 3), nsites = sqlite3_column_int64(q, 6);
+        int active = sqlite3_column_int(q, 2);
+        const char *digest = (const char *)sqlite3_column_text(q, 4), *comment = (const char *)sqlite3_column_text(q, 5);
+        if (cli->json)
+            printf("%s{\"id\":%lld,\"created\":\"%s\",\"active\":%s,\"sites\":%lld,\"bytes\":%lld,\"digest\":\"%s\"}",
+                   first ? "" : ",", id, ts, active ? "true" : "false", nsites, size, digest);
+        else
+            printf("%-6lld %-1s %-20s %6lld %9lld %.12s %s\n", id, active ? "*" : "", ts, nsites, size, digest, comment);
+        first = 0;
+    }
+    if (cli->json)
+        printf("]\n");
+    sqlite3_finalize(q);
+    store_close(&st);
+    return EXIT_OK;
+}
+
+static int parse_gen(const char *s, int64_t *gen)
+{
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v <= 0)
+        return -1;
+    *gen = v;
+    return 0;
+}
+
+static int64_t previous_generation(store_t *st)
+{
+    sqlite3_stmt *q = store_prepare(st, "SELECT max(id) FROM generations WHERE id < (SELECT id FROM generations WHERE active = 1)");
+    int64_t id = 0;
+    if (q && sqlite3_step(q) == SQLITE_ROW)
+        id = sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    return id;
+}
+
+static int restore_sources(store_t *st, int64_t gen, site_list_t *sites, char **gyaml)
+{
+    sqlite3_stmt *q = store_prepare(st, "SELECT name, yaml, source FROM generation_sites WHERE generation = ? ORDER BY name");
+    if (q == NULL)
+        return -1;
+    sqlite3_bind_int64(q, 1, gen);
+    while (sqlite3_step(q) == SQLITE_ROW)
+        site_list_add(sites, (const char *)sqlite3_column_text(q, 0), (const char *)sqlite3_column_text(q, 1),
+                      (const char *)sqlite3_column_text(q, 2));
+    sqlite3_finalize(q);
+    q = store_prepare(st, "SELECT global_yaml FROM generations WHERE id = ?");
+    if (q == NULL)
+        return -1;
+    sqlite3_bind_int64(q, 1, gen);
+    if (sqlite3_step(q) == SQLITE_ROW)
+        *gyaml = strdup((const char *)sqlite3_column_text(q, 0));
+    sqlite3_finalize(q);
+    return *gyaml ? 0 : -1;
+}
+
+static int record_rollback(store_t *st, int64_t gen, const uint8_t *blob, size_t len, site_list_t *sites,
+                           const char *gyaml, const char *gsource, cli_t *cli, int64_t *newgen)
+{
+    char comment[64];
+    snprintf(comment, sizeof(comment), "rollback to %lld", (long long)gen);
+    if (store_add_generation(st, blob, len, cli->cmdline, gyaml, newgen) < 0 ||
+        store_put_sites(st, sites, gyaml, gsource) < 0 || store_event(st, cli->cmdline, comment, *newgen) < 0)
+        return -1;
+    sqlite3_stmt *q = store_prepare(st, "INSERT INTO generation_sites (generation, name, yaml, source) "
+                                        "SELECT ?, name, yaml, source FROM generation_sites WHERE generation = ?");
+    if (q == NULL)
+        return -1;
+    sqlite3_bind_int64(q, 1, *newgen);
+    sqlite3_bind_int64(q, 2, gen);
+    int rc = sqlite3_step(q) == SQLITE_DONE ? 0 : -1;
+    sqlite3_finalize(q);
+    return rc;
+}
+
+int cmd_rollback(cli_t *cli, int argc, char **argv)
+{
+    int64_t gen = 0, newgen = 0;
+    if (argc > 2 || (argc == 2 && parse_gen(argv[1], &gen) < 0))
+        return cli_usage(find_command("rollback"));
+    store_t st;
+    if (cli_open_store(cli, &st, 0) < 0)
+        return EXIT_RUNTIME;
+    site_list_t sites = {0};
+    char *gyaml = NULL, *gsource = NULL;
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    int rc = EXIT_RUNTIME;
+    if (store_begin(&st) < 0)
+        goto fail;
+    if (gen == 0 && (gen = previous_generation(&st)) == 0) {
+        fprintf(stderr, "proxyctl: no generation before the active one\n");
+        rc = EXIT_INVALID;
+        goto out;
+    }
+    if (store_generation_blob(&st, gen, &blob, &len) < 0) {
+        rc = EXIT_INVALID;
+        goto fail;
+    }
+    if (restore_sources(&st, gen, &sites, &gyaml) < 0 || store_get_setting(&st, "global_source", &gsource) < 0 ||
+        record_rollback(&st, gen, blob, len, &sites, gyaml, gsource, cli, &newgen) < 0 || store_commit(&st) < 0)
+        goto fail;
+    printf("rolled back to generation %lld; generation %lld active (%zu site%s)\n", (long long)gen, (long long)newgen,
+           sites.n, sites.n == 1 ? "" : "s");
+    rc = cli_notify_reload(cli, &st) < 0 ? EXIT_RUNTIME : EXIT_OK;
+    goto out;
+fail:
+    fprintf(stderr, "proxyctl: %s\n", st.err);
+out:
+    store_rollback(&st);
+    store_close(&st);
+    site_list_free(&sites);
+    free(gyaml);
+    free(gsource);
+    free(blob);
+    return rc;
+}
+
+int cmd_dump(cli_t *cli, int argc, char **argv)
+{
+    int64_t gen = 0;
+    if (argc > 2 || (argc == 2 && parse_gen(argv[1], &gen) < 0))
+        return cli_usage(find_command("dump"));
+    store_t st;
+    if (cli_open_store(cli, &st, STORE_RDONLY) < 0)
+        return EXIT_RUNTIME;
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    int rc = gen ? store_generation_blob(&st, gen, &blob, &len) : store_active(&st, &gen, &blob, &len);
+    if (rc < 0 || blob == NULL) {
+        fprintf(stderr, "proxyctl: %s\n", rc < 0 ? st.err : "the store has no active generation");
+        store_close(&st);
+        return EXIT_RUNTIME;
+    }
+    rt_table_t t;
+    char why[256];
+    if (rt_open(&t, blob, len, why, sizeof(why)) < 0) {
+        fprintf(stderr, "proxyctl: generation %lld: %s\n", (long long)gen, why);
+        rc = EXIT_RUNTIME;
+    } else {
+        printf("# generation %lld, %zu bytes\n", (long long)gen, len);
+        dump_table(&t, stdout);
+        rc = EXIT_OK;
+    }
+    free(blob);
+    store_close(&st);
+    return rc;
+}

@@ -1,0 +1,189 @@
+/*
+ * cmd_route.c - route-test: explain a request against the compiled table,
+ * using the same matcher as proxyd (common/route.c).
+ */
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <pcre2.h>
+
+#include "../common/route.h"
+#include "cli.h"
+#include "dump.h"
+
+typedef struct {
+    const char *method;
+    const char *host;
+    size_t hostlen;
+    const char *path;
+    size_t pathlen;
+    const char *scheme;
+} request_t;
+
+static int regex_match(void *ud, uint32_t r, const char *path, size_t n)
+{
+    const rt_table_t *t = ud;
+    int code;
+    PCRE2_SIZE off;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)rt_cstr(t, t->routes[r].path), PCRE2_ZERO_TERMINATED, PCRE2_UTF, &code,
+                                   &off, NULL);
+    if (re == NULL)
+        return 0;
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+    int rc = pcre2_match(re, (PCRE2_SPTR)path, n, 0, 0, md, NULL);
+    pcre2_match_data_free(md);
+    pcre2_code_free(re);
+    return rc >= 0;
+}
+
+/* URL: scheme://host[:port]/path?query, or a bare /path with -H Host. */
+static int parse_url(const char *url, request_t *rq)
+{
+    const char *p = url;
+    const char *sep = strstr(url, "://");
+    if (sep) {
+        rq->scheme = strncmp(url, "https", 5) == 0 ? "https" : "http";
+        p = sep + 3;
+        const char *slash = strchr(p, '/');
+        rq->host = p;
+        rq->hostlen = slash ? (size_t)(slash - p) : strlen(p);
+        p = slash ? slash : "/";
+    } else if (url[0] != '/') {
+        return -1;
+    }
+    rq->path = p;
+    const char *q = strpbrk(p, "?#");
+    rq->pathlen = q ? (size_t)(q - p) : strlen(p);
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, request_t *rq)
+{
+    const char *url = NULL;
+    rq->method = "GET";
+    rq->scheme = "http";
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            continue;
+        if (strcmp(argv[i], "-X") == 0 && i + 1 < argc) {
+            rq->method = argv[++i];
+        } else if (strcmp(argv[i], "-H") == 0 && i + 1 < argc) {
+            const char *h = argv[++i];
+            if (strncasecmp(h, "host:", 5) == 0) {
+                for (h += 5; *h == ' ' || *h == '\t'; h++)
+                    ;
+                rq->host = h;
+                rq->hostlen = strlen(h);
+            } else if (strchr(h, ':') == NULL) {
+                return -1;
+            }
+        } else if (url == NULL && argv[i][0] != '-') {
+            url = argv[i];
+        } else {
+            return -1;
+        }
+    }
+    if (url == NULL || parse_url(url, rq) < 0 || rq->host == NULL)
+        return -1;
+    return 0;
+}
+
+static void strip_show(const rt_table_t *t, const rt_route_t *r, const request_t *rq, FILE *out)
+{
+    if (!(r->flags & RT_RF_STRIP_PREFIX))
+        return;
+    size_t pl = r->path.len;
+    const char *rest = rq->path + pl;
+    size_t rl = rq->pathlen - pl;
+    /* "/api/" + "users" -> "/users": the stripped path always starts with '/'. */
+    fprintf(out, "  rewrite: %.*s -> %s%.*s\n", (int)rq->pathlen, rq->path, rl && rest[0] == '/' ? "" : "/", (int)rl, rest);
+    (void)t;
+}
+
+static void json_route(const rt_table_t *t, uint32_t site, const route_result_t *res)
+{
+    const rt_site_t *s = &t->sites[site];
+    printf("{\"site\":\"%s\",\"source\":\"%s\",\"status\":%d", rt_cstr(t, s->name), rt_cstr(t, s->source),
+           res->status ? res->status : 0);
+    if (res->route != RT_NONE) {
+        const rt_route_t *r = &t->routes[res->route];
+        printf(",\"route\":%u,\"line\":%u,\"action\":\"%s\"", res->route - s->routes.first + 1, r->line,
+               rt_enum_name("action", r->action));
+        if (r->action == RT_ACT_UPSTREAM)
+            printf(",\"upstream\":\"%s\"", rt_cstr(t, t->upstreams[r->upstream].name));
+    }
+    printf("}\n");
+}
+
+static void explain(const rt_table_t *t, uint32_t site, const route_result_t *res, const request_t *rq)
+{
+    const rt_site_t *s = &t->sites[site];
+    printf("request: %s %s://%.*s%.*s\n", rq->method, rq->scheme, (int)rq->hostlen, rq->host, (int)rq->pathlen, rq->path);
+    printf("site: %s (%s)%s\n", rt_cstr(t, s->name), rt_cstr(t, s->source), s->flags & RT_SF_DEFAULT ? " [default]" : "");
+    if (res->route == RT_NONE) {
+        printf("result: %d %s\n", res->status, res->status == 405 ? "method not allowed" : "no route matches");
+        if (res->status == 405) {
+            printf("allow:");
+            for (unsigned i = 0; i < RT_M_COUNT; i++)
+                if (res->allow & (1u << i))
+                    printf(" %s", rt_method_name(i));
+            printf("\n");
+        }
+        return;
+    }
+    const rt_route_t *r = &t->routes[res->route];
+    if ((s->flags & RT_SF_REDIRECT_HTTP) && strcmp(rq->scheme, "http") == 0 &&
+        strncmp(rq->path, "/.well-known/acme-challenge/", 28) != 0)
+        printf("note: plain HTTP gets 301 to https (redirect_http); over https:\n");
+    dump_route(t, res->route, "", stdout);
+    strip_show(t, r, rq, stdout);
+    if (r->action == RT_ACT_UPSTREAM)
+        dump_upstream(t, r->upstream, "  ", stdout);
+}
+
+int cmd_route_test(cli_t *cli, int argc, char **argv)
+{
+    request_t rq = {0};
+    if (parse_args(argc, argv, &rq) < 0)
+        return cli_usage(find_command("route-test"));
+    store_t st;
+    if (cli_open_store(cli, &st, STORE_RDONLY) < 0)
+        return EXIT_RUNTIME;
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    int64_t gen = 0;
+    rt_table_t t;
+    char why[256];
+    int rc = EXIT_RUNTIME;
+    if (store_active(&st, &gen, &blob, &len) < 0 || blob == NULL) {
+        fprintf(stderr, "proxyctl: %s\n", blob ? st.err : "the store has no active generation");
+        goto out;
+    }
+    if (rt_open(&t, blob, len, why, sizeof(why)) < 0) {
+        fprintf(stderr, "proxyctl: generation %lld: %s\n", (long long)gen, why);
+        goto out;
+    }
+    uint32_t site = route_site(&t, rq.host, rq.hostlen);
+    rc = EXIT_OK;
+    if (site == RT_NONE) {
+        if (cli->json)
+            printf("{\"site\":null,\"status\":404}\n");
+        else
+            printf("request: %s %s://%.*s%.*s\nsite: none (no site claims this host and there is no default site)\n"
+                   "result: 404\n", rq.method, rq.scheme, (int)rq.hostlen, rq.host, (int)rq.pathlen, rq.path);
+        goto out;
+    }
+    route_result_t res;
+    route_match(&t, site, rq.method, strlen(rq.method), rq.path, rq.pathlen, regex_match, &t, &res);
+    if (cli->json)
+        json_route(&t, site, &res);
+    else
+        explain(&t, site, &res, &rq);
+out:
+    free(blob);
+    store_close(&st);
+    return rc;
+}

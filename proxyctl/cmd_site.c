@@ -1,0 +1,588 @@
+/*
+ * cmd_site.c - commands that change or show the stored sites: init,
+ * validate, add-site, remove-site, list-sites, show-site, apply.
+ *
+ * Each changing command is one transaction: load everything, apply the
+ * change in memory, rebuild, store, record an event, commit.  A failure at
+ * any step rolls back, so the store never holds a half change.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "cli.h"
+#include "config.h"
+
+static int read_source(const char *path, char **text)
+{
+    *text = read_file(path, NULL);
+    if (*text == NULL) {
+        fprintf(stderr, "%s: error: cannot read file: %s\n", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* The site name a YAML text declares (NULL if it does not parse). */
+static char *site_name_of(const char *file, const char *text, diag_t *d)
+{
+    arena_t a;
+    arena_init(&a, 0);
+    cfg_site_t *s = config_site(&a, file, text, d);
+    char *name = s ? strdup(s->name.s) : NULL;
+    arena_free(&a);
+    return name;
+}
+
+static void print_diag(diag_t *d)
+{
+    diag_print(d, stderr);
+    if (d->errors)
+        fprintf(stderr, "%d error%s, %d warning%s\n", d->errors, d->errors == 1 ? "" : "s", d->warnings,
+                d->warnings == 1 ? "" : "s");
+}
+
+/* Transaction: sites (already changed in memory) -> store -> generation. */
+static int commit_change(cli_t *cli, store_t *st, site_list_t *sites, const char *gyaml, const char *gsource,
+                         const char *what)
+{
+    diag_t d = {0};
+    int64_t gen = 0;
+    size_t size = 0;
+    int rc = build_generation(st, gyaml, gsource, sites, cli->cmdline, &d, &gen, &size);
+    print_diag(&d);
+    diag_free(&d);
+    if (rc == EXIT_OK && (store_put_sites(st, sites, gyaml, gsource) < 0 || store_event(st, cli->cmdline, what, gen) < 0))
+        rc = EXIT_RUNTIME;
+    if (rc == EXIT_OK && store_commit(st) < 0)
+        rc = EXIT_RUNTIME;
+    if (rc != EXIT_OK) {
+        if (rc == EXIT_RUNTIME)
+            fprintf(stderr, "proxyctl: %s\n", st->err);
+        store_rollback(st);
+        return rc;
+    }
+    printf("%s; generation %lld active (%zu site%s, %zu bytes)\n", what, (long long)gen, sites->n,
+           sites->n == 1 ? "" : "s", size);
+    if (cli_notify_reload(cli, st) < 0)
+        return EXIT_RUNTIME;
+    return EXIT_OK;
+}
+
+/* Open the store, start the transaction, load sites and global. */
+static int begin_change(cli_t *cli, store_t *st, site_list_t *sites, char **gyaml, char **gsource)
+{
+    if (cli_open_store(cli, st, 0) < 0)
+        return EXIT_RUNTIME;
+    if (store_begin(st) < 0 || cli_load_sites(st, sites) < 0 || cli_load_global(st, gyaml, gsource) < 0) {
+        fprintf(stderr, "proxyctl: %s\n", st->err);
+        store_rollback(st);
+        store_close(st);
+        return EXIT_RUNTIME;
+    }
+    return EXIT_OK;
+}
+
+static void end_change(store_t *st, site_list_t *sites, char *gyaml, char *gsource)
+{
+    site_list_free(sites);
+    free(gyaml);
+    free(gsource);
+    store_close(st);
+}
+
+/* ---- init ----------------------------------------------------------------- */
+
+static int parse_global_opt(int *argc, char **argv, const char **global)
+{
+    int out = 0;
+    for (int i = 0; i < *argc; i++) {
+        if (strcmp(argv[i], "--global") == 0) {
+            if (i + 1 >= *argc)
+                return -1;
+            *global = argv[++i];
+        } else if (strcmp(argv[i], "--json") != 0) {
+            argv[out++] = argv[i];
+        }
+    }
+    *argc = out;
+    return 0;
+}
+
+static int make_parent_dir(const char *path)
+{
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL || slash == dir)
+        return 0;
+    *slash = '\0';
+    for (char *p = dir + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        mkdir(dir, 0700);
+        *p = '/';
+    }
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+int cmd_init(cli_t *cli, int argc, char **argv)
+{
+    const char *global = NULL;
+    if (parse_global_opt(&argc, argv, &global) < 0 || argc != 1)
+        return cli_usage(find_command("init"));
+    char *gtext = NULL;
+    if (global && read_source(global, &gtext) < 0)
+        return EXIT_INVALID;
+    if (make_parent_dir(cli->db) < 0) {
+        fprintf(stderr, "proxyctl: cannot create the directory of %s: %s\n", cli->db, strerror(errno));
+        free(gtext);
+        return EXIT_RUNTIME;
+    }
+    store_t st;
+    int from = 0, rc;
+    if (store_open(&st, cli->db, STORE_CREATE) < 0 || store_migrate(&st, &from) < 0) {
+        fprintf(stderr, "proxyctl: %s\n", st.err);
+        store_close(&st);
+        free(gtext);
+        return EXIT_RUNTIME;
+    }
+    site_list_t sites = {0};
+    char *gyaml = NULL, *gsource = NULL;
+    if (store_begin(&st) < 0 || cli_load_sites(&st, &sites) < 0 || cli_load_global(&st, &gyaml, &gsource) < 0) {
+        fprintf(stderr, "proxyctl: %s\n", st.err);
+        store_rollback(&st);
+        end_change(&st, &sites, gyaml, gsource);
+        free(gtext);
+        return EXIT_RUNTIME;
+    }
+    int64_t active = 0;
+    uint8_t *blob = NULL;
+    size_t len;
+    store_active(&st, &active, &blob, &len);
+    free(blob);
+    if (gtext == NULL && active) {
+        store_rollback(&st);
+        printf("store %s is at schema version %d (was %d); generation %lld active\n", cli->db, STORE_VERSION, from,
+               (long long)active);
+        rc = EXIT_OK;
+    } else {
+        const char *gy = gtext ? gtext : gyaml, *gs = gtext ? global : gsource;
+        char what[256];
+        snprintf(what, sizeof(what), "store initialised%s", gtext ? " with global settings" : "");
+        rc = commit_change(cli, &st, &sites, gy, gs, what);
+    }
+    end_change(&st, &sites, gyaml, gsource);
+    free(gtext);
+    return rc;
+}
+
+/* ---- validate ---------------------------------------------------------- */
+
+int cmd_validate(cli_t *cli, int argc, char **argv)
+{
+    const char *global = NULL;
+    if (parse_global_opt(&argc, argv, &global) < 0 || argc < 2)
+        return cli_usage(find_command("validate"));
+    arena_t a;
+    arena_init(&a, 1 << 16);
+    diag_t d = {0};
+    char *gtext = NULL, *stored_g = NULL, *stored_gs = NULL;
+    site_list_t stored = {0};
+    store_t st;
+    /* Check against the store's other sites and settings when there is one. */
+    if (store_open(&st, cli->db, STORE_RDONLY) == 0) {
+        cli_load_sites(&st, &stored);
+        cli_load_global(&st, &stored_g, &stored_gs);
+        store_close(&st);
+    }
+    if (global && read_source(global, &gtext) < 0)
+        return EXIT_INVALID;
+    cfg_global_t *g = config_global(&a, global ? global : stored_gs, global ? gtext : stored_g && *stored_g ? stored_g : NULL, &d);
+    size_t n = (size_t)argc - 1;
+    cfg_site_t **sites = calloc(n + stored.n + 1, sizeof(*sites));
+    char **texts = calloc(n + 1, sizeof(*texts));
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (read_source(argv[i + 1], &texts[i]) < 0) {
+            d.errors++;
+            continue;
+        }
+        cfg_site_t *s = config_site(&a, argv[i + 1], texts[i], &d);
+        if (s)
+            sites[k++] = s;
+    }
+    for (size_t i = 0; i < stored.n; i++) {
+        int replaced = 0;
+        for (size_t j = 0; j < k; j++)
+            replaced |= strcmp(sites[j]->name.s, stored.v[i].name) == 0;
+        cfg_site_t *s = replaced ? NULL : config_site(&a, stored.v[i].source, stored.v[i].yaml, &d);
+        if (s)
+            sites[k++] = s;
+    }
+    if (g && d.errors == 0)
+        check_sites(g, sites, k, &d);
+    print_diag(&d);
+    int rc = d.errors ? EXIT_INVALID : EXIT_OK;
+    if (rc == EXIT_OK)
+        printf("%zu file%s valid\n", n, n == 1 ? "" : "s");
+    for (size_t i = 0; i < n; i++)
+        free(texts[i]);
+    free(texts);
+    free(sites);
+    free(gtext);
+    free(stored_g);
+    free(stored_gs);
+    site_list_free(&stored);
+    diag_free(&d);
+    arena_free(&a);
+    return rc;
+}
+
+/* ---- add-site -------------------------------------------------------------- */
+
+static void yaml_quoted(char *out, size_t cap, const char *s)
+{
+    size_t n = 0;
+    out[n++] = '"';
+    for (; *s && n + 4 < cap; s++) {
+        if (*s == '"' || *s == '\\')
+            out[n++] = '\\';
+        out[n++] = *s;
+    }
+    out[n++] = '"';
+    out[n] = '\0';
+}
+
+/* add-site NAME --host H... --upstream ADDR... [--tls MODE] -> YAML text */
+static char *flag_form_yaml(int argc, char **argv)
+{
+    buf_t b = {0};
+    char q[1024];
+    int nhost = 0, nup = 0;
+    const char *tls = NULL;
+    yaml_quoted(q, sizeof(q), argv[1]);
+    buf_printf(&b, "site: %s\nhosts:\n", q);
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            continue;
+        if (i + 1 >= argc)
+            goto usage;
+        if (strcmp(argv[i], "--host") == 0) {
+            yaml_quoted(q, sizeof(q), argv[++i]);
+            buf_printf(&b, "  - %s\n", q);
+            nhost++;
+        } else if (strcmp(argv[i], "--tls") == 0) {
+            tls = argv[++i];
+        } else if (strcmp(argv[i], "--upstream") != 0) {
+            goto usage;
+        } else {
+            i++;
+        }
+    }
+    if (nhost == 0)
+        goto usage;
+    if (tls) {
+        yaml_quoted(q, sizeof(q), tls);
+        buf_printf(&b, "tls:\n  certificate: %s\n", q);
+    }
+    buf_printf(&b, "upstreams:\n  app:\n    servers:\n");
+    for (int i = 2; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "--upstream") != 0)
+            continue;
+        yaml_quoted(q, sizeof(q), argv[++i]);
+        buf_printf(&b, "      - address: %s\n", q);
+        nup++;
+    }
+    if (nup == 0)
+        goto usage;
+    buf_printf(&b, "routes:\n  - match: {path_prefix: /}\n    upstream: app\n");
+    buf_append(&b, "", 1);
+    return (char *)b.p;
+usage:
+    buf_free(&b);
+    return NULL;
+}
+
+int cmd_add_site(cli_t *cli, int argc, char **argv)
+{
+    const command_t *self = find_command("add-site");
+    if (argc < 2)
+        return cli_usage(self);
+    char *text = NULL, source[512];
+    int flag_form = argc > 2 && argv[2][0] == '-';
+    if (flag_form) {
+        text = flag_form_yaml(argc, argv);
+        if (text == NULL)
+            return cli_usage(self);
+        snprintf(source, sizeof(source), "add-site:%s", argv[1]);
+    } else {
+        if (argc != 2)
+            return cli_usage(self);
+        if (read_source(argv[1], &text) < 0)
+            return EXIT_INVALID;
+        snprintf(source, sizeof(source), "%s", argv[1]);
+    }
+    diag_t d = {0};
+    char *name = site_name_of(source, text, &d);
+    if (name == NULL) {
+        print_diag(&d);
+        diag_free(&d);
+        free(text);
+        return EXIT_INVALID;
+    }
+    diag_free(&d);
+    store_t st;
+    site_list_t sites = {0};
+    char *gyaml = NULL, *gsource = NULL;
+    int rc = begin_change(cli, &st, &sites, &gyaml, &gsource);
+    if (rc == EXIT_OK) {
+        int replaced = site_list_remove(&sites, name);
+        site_list_add(&sites, name, text, source);
+        char what[300];
+        snprintf(what, sizeof(what), "site '%s' %s", name, replaced ? "replaced" : "added");
+        rc = commit_change(cli, &st, &sites, gyaml, gsource, what);
+        end_change(&st, &sites, gyaml, gsource);
+    }
+    free(name);
+    free(text);
+    return rc;
+}
+
+/* ---- remove-site, list-sites, show-site ------------------------------------ */
+
+int cmd_remove_site(cli_t *cli, int argc, char **argv)
+{
+    if (argc != 2)
+        return cli_usage(find_command("remove-site"));
+    store_t st;
+    site_list_t sites = {0};
+    char *gyaml = NULL, *gsource = NULL;
+    int rc = begin_change(cli, &st, &sites, &gyaml, &gsource);
+    if (rc != EXIT_OK)
+        return rc;
+    if (!site_list_remove(&sites, argv[1])) {
+        fprintf(stderr, "proxyctl: no site named '%s'\n", argv[1]);
+        store_rollback(&st);
+        end_change(&st, &sites, gyaml, gsource);
+        return EXIT_INVALID;
+    }
+    sqlite3_stmt *q = store_prepare(&st, "DELETE FROM certificates WHERE site = ?");
+    if (q) {
+        sqlite3_bind_text(q, 1, argv[1], -1, SQLITE_STATIC);
+        sqlite3_step(q);
+        sqlite3_finalize(q);
+    }
+    char what[300];
+    snprintf(what, sizeof(what), "site '%s' removed", argv[1]);
+    rc = commit_change(cli, &st, &sites, gyaml, gsource, what);
+    end_change(&st, &sites, gyaml, gsource);
+    return rc;
+}
+
+static void json_str(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
+int cmd_list_sites(cli_t *cli, int argc, char **argv)
+{
+    (void)argv;
+    if (argc > 2 || (argc == 2 && !cli->json))
+        return cli_usage(find_command("list-sites"));
+    store_t st;
+    if (cli_open_store(cli, &st, STORE_RDONLY) < 0)
+        return EXIT_RUNTIME;
+    sqlite3_stmt *q = store_prepare(&st, "SELECT name, source, digest, updated FROM sites ORDER BY name");
+    if (q == NULL) {
+        fprintf(stderr, "proxyctl: %s\n", st.err);
+        store_close(&st);
+        return EXIT_RUNTIME;
+    }
+    int first = 1;
+    if (cli->json)
+        printf("[");
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(q, 0), *src = (const char *)sqlite3_column_text(q, 1);
+        time_t when = (time_t)sqlite3_column_int64(q, 3);
+        char ts[32];
+        strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", gmtime(&when));
+        if (cli->json) {
+            printf("%s{\"name\":", first ? "" : ",");
+            json_str(name);
+            printf(",\"source\":");
+            json_str(src);
+            printf(",\"digest\":\"%s\",\"updated\":\"%s\"}", sqlite3_column_text(q, 2), ts);
+        } else {
+            if (first)
+                printf("%-24s %-20s %s\n", "SITE", "UPDATED", "SOURCE");
+            printf("%-24s %-20s %s\n", name, ts, src);
+        }
+        first = 0;
+    }
+    if (cli->json)
+        printf("]\n");
+    sqlite3_finalize(q);
+    store_close(&st);
+    return EXIT_OK;
+}
+
+int cmd_show_site(cli_t *cli, int argc, char **argv)
+{
+    if (argc != 2)
+        return cli_usage(find_command("show-site"));
+    store_t st;
+    if (cli_open_store(cli, &st, STORE_RDONLY) < 0)
+        return EXIT_RUNTIME;
+    sqlite3_stmt *q = store_prepare(&st, "SELECT yaml FROM sites WHERE name = ?");
+    int rc = EXIT_RUNTIME;
+    if (q) {
+        sqlite3_bind_text(q, 1, argv[1], -1, SQLITE_STATIC);
+        if (sqlite3_step(q) == SQLITE_ROW) {
+            fputs((const char *)sqlite3_column_text(q, 0), stdout);
+            rc = EXIT_OK;
+        } else {
+            fprintf(stderr, "proxyctl: no site named '%s'\n", argv[1]);
+            rc = EXIT_INVALID;
+        }
+        sqlite3_finalize(q);
+    }
+    store_close(&st);
+    return rc;
+}
+
+/* ---- apply ----------------------------------------------------------------- */
+
+static int yaml_name(const char *n)
+{
+    size_t l = strlen(n);
+    return n[0] != '.' && ((l > 5 && strcmp(n + l - 5, ".yaml") == 0) || (l > 4 && strcmp(n + l - 4, ".yml") == 0));
+}
+
+static int name_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Expand DIR into its *.yaml files (sorted); a proxy.yaml there is the global file. */
+static int expand_dir(const char *dir, char ***files, size_t *n, char **global)
+{
+    DIR *dp = opendir(dir);
+    if (dp == NULL) {
+        fprintf(stderr, "%s: error: cannot open directory: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    struct dirent *e;
+    while ((e = readdir(dp)) != NULL) {
+        if (!yaml_name(e->d_name))
+            continue;
+        char *path = malloc(strlen(dir) + strlen(e->d_name) + 2);
+        sprintf(path, "%s/%s", dir, e->d_name);
+        if (strcmp(e->d_name, "proxy.yaml") == 0 || strcmp(e->d_name, "proxy.yml") == 0) {
+            free(*global);
+            *global = path;
+            continue;
+        }
+        *files = realloc(*files, (*n + 1) * sizeof(**files));
+        (*files)[(*n)++] = path;
+    }
+    closedir(dp);
+    qsort(*files, *n, sizeof(**files), name_cmp);
+    return 0;
+}
+
+static int collect_inputs(int argc, char **argv, char ***files, size_t *n, char **global)
+{
+    const char *def[] = {"sites"};
+    char **args = argc > 1 ? argv + 1 : (char **)def;
+    int nargs = argc > 1 ? argc - 1 : 1;
+    for (int i = 0; i < nargs; i++) {
+        struct stat sb;
+        if (stat(args[i], &sb) == 0 && S_ISDIR(sb.st_mode)) {
+            if (expand_dir(args[i], files, n, global) < 0)
+                return -1;
+            continue;
+        }
+        *files = realloc(*files, (*n + 1) * sizeof(**files));
+        (*files)[(*n)++] = strdup(args[i]);
+    }
+    return 0;
+}
+
+static int load_inputs(char **files, size_t n, site_list_t *sites)
+{
+    int rc = 0;
+    diag_t d = {0};
+    for (size_t i = 0; i < n; i++) {
+        char *text;
+        if (read_source(files[i], &text) < 0) {
+            rc = -1;
+            continue;
+        }
+        char *name = site_name_of(files[i], text, &d);
+        if (name)
+            site_list_add(sites, name, text, files[i]);
+        else
+            rc = -1;
+        free(name);
+        free(text);
+    }
+    for (size_t i = 0; i < sites->n && rc == 0; i++)
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(sites->v[i].name, sites->v[j].name) == 0) {
+                fprintf(stderr, "%s: error: site '%s' is also defined in %s\n", sites->v[i].source, sites->v[i].name,
+                        sites->v[j].source);
+                rc = -1;
+            }
+    print_diag(&d);
+    diag_free(&d);
+    return rc;
+}
+
+int cmd_apply(cli_t *cli, int argc, char **argv)
+{
+    const char *global = NULL;
+    if (parse_global_opt(&argc, argv, &global) < 0)
+        return cli_usage(find_command("apply"));
+    char **files = NULL, *dir_global = NULL, *gtext = NULL;
+    size_t n = 0;
+    site_list_t in = {0};
+    int rc = EXIT_INVALID;
+    if (collect_inputs(argc, argv, &files, &n, &dir_global) < 0 || load_inputs(files, n, &in) < 0)
+        goto out;
+    const char *gpath = global ? global : dir_global;
+    if (gpath && read_source(gpath, &gtext) < 0)
+        goto out;
+    store_t st;
+    site_list_t old = {0};
+    char *gyaml = NULL, *gsource = NULL;
+    rc = begin_change(cli, &st, &old, &gyaml, &gsource);
+    if (rc == EXIT_OK) {
+        char what[128];
+        snprintf(what, sizeof(what), "applied %zu site%s (%zu before)", in.n, in.n == 1 ? "" : "s", old.n);
+        rc = commit_change(cli, &st, &in, gtext ? gtext : gyaml, gtext ? gpath : gsource, what);
+        end_change(&st, &old, gyaml, gsource);
+    }
+out:
+    for (size_t i = 0; i < n; i++)
+        free(files[i]);
+    free(files);
+    free(dir_global);
+    free(gtext);
+    site_list_free(&in);
+    return rc;
+}

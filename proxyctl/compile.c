@@ -1,0 +1,480 @@
+/*
+ * compile.c - the model of checked sites into a rule table.
+ *
+ * Sites are emitted in name order and everything else in source order, so
+ * the output depends only on the inputs (byte-identical when recompiled).
+ * Identical policies are stored once.  Per site, exact paths go into a small
+ * open-addressed hash, prefixes into a sorted array with parent links, and
+ * the routes neither can place (regex, match-all) into a scan list; the
+ * matcher (common/route.c) combines them to find the first route in file
+ * order without walking every route.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/rtwrite.h"
+#include "config.h"
+
+typedef struct {
+    rtw_t *w;
+    uint32_t *pol_tab; /* open-addressed policy indices, RT_NONE empty */
+    uint32_t pol_cap;
+    const cfg_global_t *g;
+} comp_t;
+
+static uint32_t pow2_at_least(uint32_t n)
+{
+    uint32_t c = 1;
+    while (c < n)
+        c <<= 1;
+    return c;
+}
+
+static uint32_t bytes_hash(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 16777619u;
+    return h;
+}
+
+static uint32_t add_policy(comp_t *c, const rt_policy_t *p)
+{
+    if (rtw_count(c->w, RT_SEC_POLICIES) * 2 >= c->pol_cap) {
+        uint32_t cap = c->pol_cap ? c->pol_cap * 2 : 256;
+        uint32_t *tab = malloc(cap * sizeof(*tab));
+        if (tab == NULL)
+            abort();
+        memset(tab, 0xff, cap * sizeof(*tab));
+        for (uint32_t i = 0; i < rtw_count(c->w, RT_SEC_POLICIES); i++) {
+            uint32_t h = bytes_hash(rtw_rec(c->w, RT_SEC_POLICIES, i), sizeof(*p)) & (cap - 1);
+            while (tab[h] != RT_NONE)
+                h = (h + 1) & (cap - 1);
+            tab[h] = i;
+        }
+        free(c->pol_tab);
+        c->pol_tab = tab;
+        c->pol_cap = cap;
+    }
+    uint32_t h = bytes_hash(p, sizeof(*p)) & (c->pol_cap - 1);
+    for (; c->pol_tab[h] != RT_NONE; h = (h + 1) & (c->pol_cap - 1))
+        if (memcmp(rtw_rec(c->w, RT_SEC_POLICIES, c->pol_tab[h]), p, sizeof(*p)) == 0)
+            return c->pol_tab[h];
+    return c->pol_tab[h] = rtw_add(c->w, RT_SEC_POLICIES, p, 1);
+}
+
+static uint32_t ms32(uint64_t ms) { return ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms; }
+
+static uint32_t zone_index(const char *name, const void *zones, size_t n, size_t stride)
+{
+    for (size_t i = 0; name && i < n; i++)
+        if (strcmp(*(char *const *)((const char *)zones + i * stride + sizeof(pos_t)), name) == 0)
+            return (uint32_t)i;
+    return RT_NONE;
+}
+
+static uint32_t route_policy(comp_t *c, const cfg_route_t *r)
+{
+    rt_policy_t p;
+    memset(&p, 0, sizeof(p));
+    p.connect_ms = ms32(r->connect_ms);
+    p.read_ms = ms32(r->read_ms);
+    p.send_ms = ms32(r->send_ms);
+    p.retry_on = r->retry_on;
+    p.retry_tries = r->retry_tries;
+    p.rate_zone = zone_index(r->rate_zone.s, c->g->rate_zones, c->g->nrate_zones, sizeof(cfg_rate_zone_t));
+    p.rate_burst = r->rate_burst;
+    p.rate_flags = r->rate_nodelay ? 1 : 0;
+    p.cache_zone = zone_index(r->cache_zone.s, c->g->cache_zones, c->g->ncache_zones, sizeof(cfg_cache_zone_t));
+    p.cache_use_stale = r->use_stale;
+    p.max_body = r->max_body;
+    if (r->nvalid) {
+        p.cache_valid.first = rtw_count(c->w, RT_SEC_STATUS_TTLS);
+        p.cache_valid.count = (uint32_t)r->nvalid;
+        for (size_t i = 0; i < r->nvalid; i++) {
+            rt_status_ttl_t t = {r->valid[i].status, ms32(r->valid[i].ttl_ms / 1000)};
+            rtw_add(c->w, RT_SEC_STATUS_TTLS, &t, 1);
+        }
+    }
+    if (r->nbypass) {
+        p.cache_bypass.first = rtw_count(c->w, RT_SEC_STRLIST);
+        p.cache_bypass.count = (uint32_t)r->nbypass;
+        for (size_t i = 0; i < r->nbypass; i++) {
+            rt_str_t s = rtw_cstr(c->w, r->bypass[i]);
+            rtw_add(c->w, RT_SEC_STRLIST, &s, 1);
+        }
+    }
+    if (r->nallow) {
+        p.allow.first = rtw_add(c->w, RT_SEC_CIDRS, r->allow, (uint32_t)r->nallow);
+        p.allow.count = (uint32_t)r->nallow;
+    }
+    return add_policy(c, &p);
+}
+
+static rt_sockaddr_t sockaddr_rec(comp_t *c, const char *text, const rt_sockaddr_t *sa)
+{
+    rt_sockaddr_t r;
+    memset(&r, 0, sizeof(r));
+    r.addr = rtw_cstr(c->w, text);
+    r.kind = sa->kind;
+    r.port = sa->port;
+    memcpy(r.ip, sa->ip, sizeof(r.ip));
+    return r;
+}
+
+static void emit_upstreams(comp_t *c, const cfg_site_t *s, uint32_t site, rt_site_t *rec)
+{
+    rec->upstreams.first = rtw_count(c->w, RT_SEC_UPSTREAMS);
+    rec->upstreams.count = (uint32_t)s->nups;
+    for (size_t i = 0; i < s->nups; i++) {
+        const cfg_upstream_t *u = &s->ups[i];
+        rt_upstream_t r;
+        memset(&r, 0, sizeof(r));
+        uint32_t idx = rec->upstreams.first + (uint32_t)i;
+        r.name = rtw_cstr(c->w, u->name);
+        r.site = site;
+        r.balance = (uint8_t)u->balance;
+        r.tls_flags = (uint8_t)((u->tls ? RT_UTLS_ON : 0) | (u->tls_verify ? RT_UTLS_VERIFY : 0));
+        r.keepalive = u->keepalive;
+        if (u->hc) {
+            r.hc_interval_ms = ms32(u->hc_interval_ms);
+            r.hc_timeout_ms = ms32(u->hc_timeout_ms);
+            r.hc_rise = (uint16_t)u->hc_rise;
+            r.hc_fall = (uint16_t)u->hc_fall;
+            r.hc_expect = (uint16_t)u->hc_expect;
+            r.hc_path = rtw_cstr(c->w, u->hc_path);
+        }
+        r.tls_ca_file = rtw_cstr(c->w, u->ca_file);
+        r.tls_sni = rtw_cstr(c->w, u->sni);
+        r.tls_cert_file = rtw_cstr(c->w, u->cert_file);
+        r.tls_key_file = rtw_cstr(c->w, u->key_file);
+        r.servers.first = rtw_count(c->w, RT_SEC_SERVERS);
+        r.servers.count = (uint32_t)u->nservers;
+        for (size_t k = 0; k < u->nservers; k++) {
+            const cfg_server_t *sv = &u->servers[k];
+            rt_server_t x;
+            memset(&x, 0, sizeof(x));
+            x.sa = sockaddr_rec(c, sv->address, &sv->sa);
+            x.upstream = idx;
+            x.weight = sv->weight;
+            x.max_fails = sv->max_fails;
+            x.fail_timeout_ms = ms32(sv->fail_timeout_ms);
+            x.flags = sv->backup ? RT_SVF_BACKUP : 0;
+            rtw_add(c->w, RT_SEC_SERVERS, &x, 1);
+        }
+        rtw_add(c->w, RT_SEC_UPSTREAMS, &r, 1);
+    }
+}
+
+static uint32_t upstream_index(const cfg_site_t *s, const rt_site_t *rec, const char *name)
+{
+    for (size_t i = 0; i < s->nups; i++)
+        if (strcmp(s->ups[i].name, name) == 0)
+            return rec->upstreams.first + (uint32_t)i;
+    return RT_NONE;
+}
+
+static rt_span_t emit_hdrops(comp_t *c, const cfg_route_t *r)
+{
+    rt_span_t sp = {rtw_count(c->w, RT_SEC_HEADER_OPS), (uint32_t)r->nhdrops};
+    for (size_t i = 0; i < r->nhdrops; i++) {
+        rt_header_op_t h;
+        memset(&h, 0, sizeof(h));
+        h.dir = (uint8_t)r->hdrops[i].dir;
+        h.op = (uint8_t)r->hdrops[i].op;
+        h.name = rtw_cstr(c->w, r->hdrops[i].name);
+        h.value = rtw_cstr(c->w, r->hdrops[i].value);
+        rtw_add(c->w, RT_SEC_HEADER_OPS, &h, 1);
+    }
+    return sp;
+}
+
+static void emit_routes(comp_t *c, const cfg_site_t *s, uint32_t site, rt_site_t *rec)
+{
+    rec->routes.first = rtw_count(c->w, RT_SEC_ROUTES);
+    rec->routes.count = (uint32_t)s->nroutes;
+    for (size_t i = 0; i < s->nroutes; i++) {
+        const cfg_route_t *r = &s->routes[i];
+        rt_route_t x;
+        memset(&x, 0, sizeof(x));
+        x.site = site;
+        x.line = (uint32_t)r->pos.line;
+        x.col = (uint32_t)r->pos.col;
+        x.methods = r->methods ? r->methods : RT_M_ALL;
+        x.match = (uint8_t)r->match;
+        x.action = (uint8_t)r->action;
+        x.status = (uint16_t)r->status;
+        x.flags = (r->strip_prefix ? RT_RF_STRIP_PREFIX : 0) | (r->websocket ? RT_RF_WEBSOCKET : 0) |
+                  (r->buffering ? 0 : RT_RF_NO_BUFFERING);
+        x.path = rtw_cstr(c->w, r->path.s);
+        x.target = rtw_cstr(c->w, r->target);
+        x.extra = rtw_cstr(c->w, r->index);
+        x.upstream = r->action == RT_ACT_UPSTREAM ? upstream_index(s, rec, r->upstream.s) : RT_NONE;
+        x.expires_s = ms32(r->expires_ms / 1000);
+        x.policy = route_policy(c, r);
+        x.header_ops = emit_hdrops(c, r);
+        rtw_add(c->w, RT_SEC_ROUTES, &x, 1);
+    }
+}
+
+/* ---- per-site path index -------------------------------------------------- */
+
+typedef struct {
+    const char *path;
+    uint32_t route; /* global route index */
+} path_ref_t;
+
+static int path_ref_cmp(const void *a, const void *b)
+{
+    const path_ref_t *x = a, *y = b;
+    int c = strcmp(x->path, y->path);
+    return c ? c : (x->route > y->route) - (x->route < y->route);
+}
+
+/* Collect routes of one match kind, sorted by path then route index. */
+static size_t collect(const cfg_site_t *s, const rt_site_t *rec, int kind, path_ref_t *out)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->nroutes; i++)
+        if (s->routes[i].match == kind)
+            out[n++] = (path_ref_t){s->routes[i].path.s, rec->routes.first + (uint32_t)i};
+    qsort(out, n, sizeof(*out), path_ref_cmp);
+    return n;
+}
+
+/* Emit one rt_path_t per distinct path (refs appended); returns their count. */
+static uint32_t emit_groups(comp_t *c, const path_ref_t *v, size_t n, rt_path_t *out)
+{
+    uint32_t groups = 0;
+    for (size_t i = 0; i < n;) {
+        size_t j = i;
+        rt_path_t *p = &out[groups++];
+        memset(p, 0, sizeof(*p));
+        p->path = rtw_cstr(c->w, v[i].path);
+        p->hash = rt_hash(v[i].path, strlen(v[i].path));
+        p->parent = RT_NONE;
+        p->refs.first = rtw_count(c->w, RT_SEC_REFS);
+        for (; j < n && strcmp(v[j].path, v[i].path) == 0; j++)
+            rtw_add(c->w, RT_SEC_REFS, &v[j].route, 1);
+        p->refs.count = (uint32_t)(j - i);
+        i = j;
+    }
+    return groups;
+}
+
+static void emit_exact(comp_t *c, const cfg_site_t *s, rt_site_t *rec, path_ref_t *tmp, rt_path_t *groups)
+{
+    uint32_t n = emit_groups(c, tmp, collect(s, rec, RT_MATCH_EXACT, tmp), groups);
+    if (n == 0)
+        return;
+    uint32_t cap = pow2_at_least(n * 2);
+    rec->exact_paths.first = rtw_add(c->w, RT_SEC_PATHS, NULL, cap);
+    rec->exact_paths.count = cap;
+    for (uint32_t i = 0; i < cap; i++)
+        ((rt_path_t *)rtw_rec(c->w, RT_SEC_PATHS, rec->exact_paths.first + i))->parent = RT_NONE;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t h = groups[i].hash & (cap - 1);
+        while (((rt_path_t *)rtw_rec(c->w, RT_SEC_PATHS, rec->exact_paths.first + h))->refs.count)
+            h = (h + 1) & (cap - 1);
+        *(rt_path_t *)rtw_rec(c->w, RT_SEC_PATHS, rec->exact_paths.first + h) = groups[i];
+    }
+}
+
+static int is_prefix(const char *p, const char *s) { return strncmp(p, s, strlen(p)) == 0; }
+
+static void emit_prefixes(comp_t *c, const cfg_site_t *s, rt_site_t *rec, path_ref_t *tmp, rt_path_t *groups)
+{
+    size_t nrefs = collect(s, rec, RT_MATCH_PREFIX, tmp);
+    uint32_t n = emit_groups(c, tmp, nrefs, groups);
+    /* The distinct paths in sorted order, to compute parents. */
+    const char **names = malloc((n + 1) * sizeof(*names));
+    if (names == NULL)
+        abort();
+    for (size_t i = 0, g = 0; i < nrefs; i++)
+        if (i == 0 || strcmp(tmp[i].path, tmp[i - 1].path) != 0)
+            names[g++] = tmp[i].path;
+    /* Sorted order puts every prefix of X before X, the longest of them
+     * last; so X's parent is on the parent chain of its predecessor. */
+    for (uint32_t k = 1; k < n; k++) {
+        uint32_t j = k - 1;
+        while (j != RT_NONE && !is_prefix(names[j], names[k]))
+            j = groups[j].parent;
+        groups[k].parent = j;
+    }
+    free(names);
+    rec->prefix_paths.first = n ? rtw_add(c->w, RT_SEC_PATHS, groups, n) : 0;
+    rec->prefix_paths.count = n;
+}
+
+static void emit_scan(comp_t *c, const cfg_site_t *s, rt_site_t *rec)
+{
+    rec->scan.first = rtw_count(c->w, RT_SEC_REFS);
+    for (size_t i = 0; i < s->nroutes; i++) {
+        if (s->routes[i].match != RT_MATCH_REGEX && s->routes[i].match != RT_MATCH_ANY)
+            continue;
+        uint32_t r = rec->routes.first + (uint32_t)i;
+        rtw_add(c->w, RT_SEC_REFS, &r, 1);
+        rec->scan.count++;
+    }
+}
+
+static void emit_site(comp_t *c, const cfg_site_t *s, uint32_t idx)
+{
+    rt_site_t rec;
+    memset(&rec, 0, sizeof(rec));
+    rec.name = rtw_cstr(c->w, s->name.s);
+    rec.source = rtw_cstr(c->w, s->file);
+    rec.hosts.first = rtw_count(c->w, RT_SEC_STRLIST);
+    rec.hosts.count = (uint32_t)s->nhosts;
+    for (size_t i = 0; i < s->nhosts; i++) {
+        rt_str_t h = rtw_cstr(c->w, s->hosts[i].s);
+        rtw_add(c->w, RT_SEC_STRLIST, &h, 1);
+    }
+    rec.compress_types.first = rtw_count(c->w, RT_SEC_STRLIST);
+    rec.compress_types.count = (uint32_t)s->ntypes;
+    for (size_t i = 0; i < s->ntypes; i++) {
+        rt_str_t t = rtw_cstr(c->w, s->types[i]);
+        rtw_add(c->w, RT_SEC_STRLIST, &t, 1);
+    }
+    rec.flags = (s->is_default ? RT_SF_DEFAULT : 0) | (s->redirect_http ? RT_SF_REDIRECT_HTTP : 0) |
+                (s->hsts ? RT_SF_HSTS : 0) | (s->hsts_subdomains ? RT_SF_HSTS_SUBDOMAINS : 0) |
+                (s->hsts_preload ? RT_SF_HSTS_PRELOAD : 0) | (s->gzip ? RT_SF_GZIP : 0);
+    rec.hsts_max_age = ms32(s->hsts_max_age);
+    rec.cert_mode = (uint8_t)s->cert_mode;
+    rec.security_headers = (uint8_t)s->security_headers;
+    rec.access_log = (uint8_t)s->access_log;
+    rec.gzip_level = (uint8_t)s->gzip_level;
+    rec.gzip_min_length = ms32(s->gzip_min_length);
+    emit_upstreams(c, s, idx, &rec);
+    emit_routes(c, s, idx, &rec);
+    path_ref_t *tmp = malloc((s->nroutes + 1) * sizeof(*tmp));
+    rt_path_t *groups = malloc((s->nroutes + 1) * sizeof(*groups));
+    if (tmp == NULL || groups == NULL)
+        abort();
+    emit_exact(c, s, &rec, tmp, groups);
+    emit_prefixes(c, s, &rec, tmp, groups);
+    emit_scan(c, s, &rec);
+    free(tmp);
+    free(groups);
+    *(rt_site_t *)rtw_rec(c->w, RT_SEC_SITES, idx) = rec;
+}
+
+/* One open-addressed host table; wildcard "*.x" is keyed by ".x". */
+static void emit_hosts(comp_t *c, cfg_site_t **sites, size_t n, int wild)
+{
+    unsigned sec = wild ? RT_SEC_WILDCARDS : RT_SEC_HOSTS;
+    uint32_t count = 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < sites[i]->nhosts; k++)
+            count += (strncmp(sites[i]->hosts[k].s, "*.", 2) == 0) == wild;
+    if (count == 0)
+        return;
+    uint32_t cap = pow2_at_least(count * 2);
+    uint32_t first = rtw_add(c->w, sec, NULL, cap);
+    for (uint32_t i = 0; i < cap; i++)
+        ((rt_host_t *)rtw_rec(c->w, sec, first + i))->site = RT_NONE;
+    for (size_t i = 0; i < n; i++) {
+        for (size_t k = 0; k < sites[i]->nhosts; k++) {
+            const char *h = sites[i]->hosts[k].s;
+            if ((strncmp(h, "*.", 2) == 0) != wild)
+                continue;
+            if (wild)
+                h++;
+            rt_host_t e;
+            memset(&e, 0, sizeof(e));
+            e.hash = rt_hash(h, strlen(h));
+            e.site = (uint32_t)i;
+            e.name = rtw_cstr(c->w, h);
+            uint32_t b = e.hash & (cap - 1);
+            while (((rt_host_t *)rtw_rec(c->w, sec, first + b))->site != RT_NONE)
+                b = (b + 1) & (cap - 1);
+            *(rt_host_t *)rtw_rec(c->w, sec, first + b) = e;
+        }
+    }
+}
+
+static void emit_global(comp_t *c, cfg_site_t **sites, size_t n)
+{
+    const cfg_global_t *g = c->g;
+    rt_global_t r;
+    memset(&r, 0, sizeof(r));
+    r.workers = g->workers;
+    r.max_connections = g->max_connections;
+    r.header_timeout_ms = ms32(g->header_timeout_ms);
+    r.body_timeout_ms = ms32(g->body_timeout_ms);
+    r.keepalive_timeout_ms = ms32(g->keepalive_timeout_ms);
+    r.drain_timeout_ms = ms32(g->drain_timeout_ms);
+    r.max_header_size = ms32(g->max_header_size);
+    r.max_uri_size = ms32(g->max_uri_size);
+    r.ticket_key_rotation_s = ms32(g->ticket_key_rotation_ms / 1000);
+    r.tls_protocols = g->tls_protocols;
+    r.flags = (g->session_tickets ? RT_GF_SESSION_TICKETS : 0) | (g->unknown_sni_reject ? RT_GF_UNKNOWN_SNI_REJECT : 0);
+    r.user = rtw_cstr(c->w, g->user);
+    r.admin_socket = rtw_cstr(c->w, g->admin_socket);
+    r.access_log_path = rtw_cstr(c->w, g->access_log_path);
+    r.error_log_path = rtw_cstr(c->w, g->error_log_path);
+    r.ha_node = rtw_cstr(c->w, g->ha_node);
+    r.listens.first = rtw_count(c->w, RT_SEC_LISTENS);
+    for (size_t i = 0; i < g->nlistens + (g->has_metrics ? 1 : 0); i++) {
+        const cfg_listen_t *l = i < g->nlistens ? &g->listens[i] : &g->metrics;
+        rt_listen_t x;
+        memset(&x, 0, sizeof(x));
+        x.kind = (uint8_t)l->kind;
+        x.sa = sockaddr_rec(c, l->text, &l->sa);
+        rtw_add(c->w, RT_SEC_LISTENS, &x, 1);
+        r.listens.count++;
+    }
+    r.trusted_proxies.first = g->ntrusted ? rtw_add(c->w, RT_SEC_CIDRS, g->trusted, (uint32_t)g->ntrusted) : 0;
+    r.trusted_proxies.count = (uint32_t)g->ntrusted;
+    r.default_site.first = RT_NONE;
+    for (size_t i = 0; i < n; i++)
+        if (sites[i]->is_default)
+            r.default_site.first = (uint32_t)i;
+    rtw_add(c->w, RT_SEC_GLOBAL, &r, 1);
+    for (size_t i = 0; i < g->nrate_zones; i++) {
+        rt_rate_zone_t z;
+        memset(&z, 0, sizeof(z));
+        z.name = rtw_cstr(c->w, g->rate_zones[i].name);
+        z.per_sec_milli = g->rate_zones[i].per_sec_milli;
+        z.key = (uint8_t)g->rate_zones[i].key;
+        rtw_add(c->w, RT_SEC_RATE_ZONES, &z, 1);
+    }
+    for (size_t i = 0; i < g->ncache_zones; i++) {
+        rt_cache_zone_t z;
+        memset(&z, 0, sizeof(z));
+        z.name = rtw_cstr(c->w, g->cache_zones[i].name);
+        z.path = rtw_cstr(c->w, g->cache_zones[i].path);
+        z.max_size = g->cache_zones[i].max_size;
+        z.memory = g->cache_zones[i].memory;
+        z.inactive_s = ms32(g->cache_zones[i].inactive_ms / 1000);
+        rtw_add(c->w, RT_SEC_CACHE_ZONES, &z, 1);
+    }
+}
+
+static int site_name_cmp(const void *a, const void *b)
+{
+    return strcmp((*(cfg_site_t *const *)a)->name.s, (*(cfg_site_t *const *)b)->name.s);
+}
+
+int compile_table(const cfg_global_t *g, cfg_site_t **in, size_t n, uint8_t **out, size_t *len)
+{
+    cfg_site_t **sites = malloc((n + 1) * sizeof(*sites));
+    if (sites == NULL)
+        abort();
+    if (n)
+        memcpy(sites, in, n * sizeof(*sites));
+    qsort(sites, n, sizeof(*sites), site_name_cmp);
+    comp_t c = {rtw_new(), NULL, 0, g};
+    emit_global(&c, sites, n);
+    rtw_add(c.w, RT_SEC_SITES, NULL, (uint32_t)n);
+    for (size_t i = 0; i < n; i++)
+        emit_site(&c, sites[i], (uint32_t)i);
+    emit_hosts(&c, sites, n, 0);
+    emit_hosts(&c, sites, n, 1);
+    int rc = rtw_finish(c.w, out, len);
+    rtw_free(c.w);
+    free(c.pol_tab);
+    free(sites);
+    return rc;
+}

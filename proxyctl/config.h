@@ -1,0 +1,189 @@
+/*
+ * config.h - the model of sites and global settings that the YAML front end
+ * builds (config.c), the semantic checks validate (check.c) and the compiler
+ * turns into a rule table (compile.c).  Every value that a diagnostic may
+ * point at keeps its source position.  All memory belongs to one arena.
+ */
+#ifndef PROXYCTL_CONFIG_H
+#define PROXYCTL_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../common/ruletable.h"
+#include "../common/util.h"
+#include "diag.h"
+#include "yaml.h"
+
+typedef struct {
+    pos_t pos;
+    char *s;
+} cstr_t;
+
+typedef struct {
+    pos_t pos;
+    char *address;
+    rt_sockaddr_t sa;
+    uint32_t weight, max_fails;
+    uint64_t fail_timeout_ms;
+    bool backup;
+} cfg_server_t;
+
+typedef struct {
+    pos_t pos;
+    char *name;
+    int balance;
+    cfg_server_t *servers;
+    size_t nservers;
+    uint32_t keepalive;
+    bool tls, tls_verify;
+    char *ca_file, *sni, *cert_file, *key_file;
+    bool hc;
+    char *hc_path;
+    uint64_t hc_interval_ms, hc_timeout_ms;
+    uint32_t hc_rise, hc_fall, hc_expect;
+    bool used;
+} cfg_upstream_t;
+
+typedef struct {
+    pos_t pos;
+    int dir, op;
+    char *name, *value;
+} cfg_hdrop_t;
+
+typedef struct {
+    pos_t pos;
+    uint32_t status;
+    uint64_t ttl_ms;
+} cfg_ttl_t;
+
+typedef struct {
+    pos_t pos;
+    int match;              /* rt_match */
+    cstr_t path;
+    uint32_t methods;       /* 0 = all */
+    int action;             /* rt_action, -1 = none yet */
+    pos_t action_pos;
+    const char *action_key;
+    cstr_t upstream;
+    uint32_t status;
+    char *target;           /* redirect to / static root / return body */
+    char *index;
+    uint64_t expires_ms;
+    bool strip_prefix, websocket, buffering;
+    pos_t strip_pos;
+    bool has_strip;
+    uint64_t connect_ms, read_ms, send_ms;
+    uint32_t retry_on, retry_tries;
+    cstr_t rate_zone;
+    uint32_t rate_burst;
+    bool rate_nodelay;
+    cstr_t cache_zone;
+    cfg_ttl_t *valid;
+    size_t nvalid;
+    char **bypass;
+    size_t nbypass;
+    uint32_t use_stale;
+    uint64_t max_body;
+    rt_cidr_t *allow;
+    size_t nallow;
+    cfg_hdrop_t *hdrops;
+    size_t nhdrops;
+} cfg_route_t;
+
+typedef struct {
+    const char *file;
+    const char *yaml;       /* source text as given */
+    pos_t pos;
+    cstr_t name;
+    bool is_default;
+    pos_t default_pos;
+    cstr_t *hosts;
+    size_t nhosts;
+    int cert_mode;          /* rt_cert_mode */
+    pos_t cert_pos;
+    cstr_t cert_file, key_file;
+    bool redirect_http;
+    bool hsts, hsts_subdomains, hsts_preload;
+    uint64_t hsts_max_age;
+    cfg_upstream_t *ups;
+    size_t nups;
+    cfg_route_t *routes;
+    size_t nroutes;
+    bool gzip;
+    uint32_t gzip_level;
+    uint64_t gzip_min_length;
+    char **types;
+    size_t ntypes;
+    int security_headers;   /* rt_sechdr */
+    int access_log;         /* rt_logfmt */
+} cfg_site_t;
+
+typedef struct {
+    pos_t pos;
+    char *name, *path;
+    uint64_t max_size, memory, inactive_ms;
+} cfg_cache_zone_t;
+
+typedef struct {
+    pos_t pos;
+    char *name;
+    uint32_t per_sec_milli;
+    int key;
+} cfg_rate_zone_t;
+
+typedef struct {
+    pos_t pos;
+    int kind;               /* rt_listen_kind */
+    rt_sockaddr_t sa;
+    char *text;
+} cfg_listen_t;
+
+typedef struct {
+    const char *file;       /* NULL: every key at its default */
+    const char *yaml;
+    cfg_listen_t *listens;
+    size_t nlistens;
+    bool listen_set;
+    uint32_t workers;
+    char *user;
+    char *admin_socket;
+    cfg_listen_t metrics;
+    bool has_metrics;
+    rt_cidr_t *trusted;
+    size_t ntrusted;
+    uint32_t tls_protocols;
+    bool session_tickets, unknown_sni_reject;
+    uint64_t ticket_key_rotation_ms;
+    char *acme_directory, *acme_email, *acme_ca_file;
+    uint64_t acme_renew_before_ms;
+    cfg_cache_zone_t *cache_zones;
+    size_t ncache_zones;
+    cfg_rate_zone_t *rate_zones;
+    size_t nrate_zones;
+    uint32_t max_connections;
+    uint64_t header_timeout_ms, body_timeout_ms, keepalive_timeout_ms, drain_timeout_ms;
+    uint64_t max_header_size, max_uri_size;
+    char *access_log_path, *error_log_path;
+    char *ha_node, *ha_peer, *ha_interface, *ha_auth_pass;
+    cstr_t *ha_vips;
+    size_t nha_vips;
+    uint32_t ha_router_id, ha_priority;
+    bool ha_preempt;
+    uint64_t ha_advert_ms;
+} cfg_global_t;
+
+/* Parse a site file's text (diagnostics name file).  NULL when invalid. */
+cfg_site_t *config_site(arena_t *a, const char *file, const char *text, diag_t *d);
+/* Parse proxy.yaml (text NULL: defaults).  NULL when invalid. */
+cfg_global_t *config_global(arena_t *a, const char *file, const char *text, diag_t *d);
+
+/* Cross-checks of sites against each other and the global settings
+ * (hosts claimed twice, two defaults, zones, shadowed routes, files). */
+void check_sites(cfg_global_t *g, cfg_site_t **sites, size_t n, diag_t *d);
+
+/* Compile into a rule table (malloc'ed, 8-byte aligned).  The sites must
+ * have passed check_sites; they are compiled in name order. */
+int compile_table(const cfg_global_t *g, cfg_site_t **sites, size_t n, uint8_t **out, size_t *len);
+
+#endif

@@ -1,0 +1,19 @@
+/*
+ * dump.h - a verified rule table as readable text: the whole table (dump)
+ * or single records (route-test's explanation).
+ */
+#ifndef PROXYCTL_DUMP_H
+#define PROXYCTL_DUMP_H
+
+#include <stdio.h>
+
+#include "../common/ruletable.h"
+
+void dump_table(const rt_table_t *t, FILE *out);
+void dump_route(const rt_table_t *t, uint32_t r, const char *indent, FILE *out);
+void dump_upstream(const rt_table_t *t, uint32_t u, const char *indent, FILE *out);
+void dump_policy(const rt_table_t *t, uint32_t p, const char *indent, FILE *out);
+/* "30s", "5m", "250ms" */
+const char *dump_duration(uint32_t ms, char buf[32]);
+
+#endif
