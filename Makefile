@@ -53,8 +53,12 @@ clang: $(GEN_SRC)
 UNIT_TESTS := $(patsubst tests/unit/%.c,build/unit/%,$(wildcard tests/unit/test_*.c))
 build/unit/%: tests/unit/%.c $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS) proxyd/http1.c
 	@mkdir -p $(@D)
-	clang $(CSTD) $(WARN) -Wno-missing-prototypes -O1 -g $(SAN) -Icommon -Iproxyctl -Iproxyd \
+	clang $(CSTD) $(WARN) -Wno-missing-prototypes -O1 -g $(SAN) \
 	    $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(GEN_SRC) $(LDLIBS) -lcmocka
+
+build/unit/test_http1: tests/unit/test_http1.c proxyd/http1.c proxyd/http1.h
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -Wno-missing-prototypes -O1 -g $(SAN) -Iproxyd -o $@ $< proxyd/http1.c -lcmocka
 
 unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
@@ -64,7 +68,11 @@ FUZZERS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c
 build/fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS) proxyd/http1.c
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -Wno-missing-prototypes -O1 -g -fsanitize=fuzzer,address,undefined \
-	    -Icommon -Iproxyctl -Iproxyd $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(GEN_SRC) $(LDLIBS)
+	    $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(GEN_SRC) $(LDLIBS)
+
+build/fuzz/fuzz_http1: tests/fuzz/fuzz_http1.c proxyd/http1.c proxyd/http1.h
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -Wno-missing-prototypes -O1 -g -fsanitize=fuzzer,address,undefined -Iproxyd -o $@ $< proxyd/http1.c
 
 # Replay every checked-in corpus once (part of make test).
 fuzz-replay: $(FUZZERS)
@@ -89,7 +97,7 @@ test: deps
 
 demo: deps
 	$(MAKE) all
-	@tests/demo.sh
+	@examples/demo.sh
 
 bench: all
 	bench/compile_scale.sh

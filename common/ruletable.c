@@ -153,7 +153,7 @@ static int verify_header(vctx_t *v, const uint8_t *b, size_t len)
         FAIL(v, "bad magic: not a rule table");
     if (h->version != RT_VERSION)
         FAIL(v, "unsupported format version %u (this reader knows %d)", h->version, RT_VERSION);
-    if (h->header_size != sizeof(*h) || h->section_count != RT_SEC_COUNT)
+    if (h->header_size != sizeof(*h) || h->section_count != RT_SEC_COUNT || h->reserved != 0)
         FAIL(v, "header size or section count mismatch");
     if (h->total_size != len)
         FAIL(v, "table size %zu does not match header (%llu)", len, (unsigned long long)h->total_size);

@@ -1,11 +1,10 @@
 /*
  * check.c - semantic checks across sites and against the global settings:
  * a host claimed by two sites, two default sites, unknown cache or
- * rate-limit zones, regexes that PCRE2 refuses, certificate files that are
+ * rate-limit zones, certificate files that are
  * unreadable, mismatched, expired or do not cover the site's hosts, and
  * routes that an earlier route makes unreachable (a warning).
  */
-#define PCRE2_CODE_UNIT_WIDTH 8
 #include "config.h"
 
 #include <errno.h>
@@ -14,7 +13,6 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
-#include <pcre2.h>
 
 typedef struct {
     const cstr_t *h;
@@ -90,23 +88,6 @@ static void check_zone(const cstr_t *z, const char *kind, const char *const *nam
     else
         diag_error(d, z->pos, "unknown %s zone '%s' (define it under %s in the global settings)", kind, z->s,
                    strcmp(kind, "cache") == 0 ? "cache_zones" : "rate_limit_zones");
-}
-
-static void check_regex(const cfg_route_t *r, diag_t *d)
-{
-    int code;
-    PCRE2_SIZE off;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)r->path.s, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &code, &off, NULL);
-    if (re) {
-        pcre2_code_free(re);
-        return;
-    }
-    PCRE2_UCHAR msg[256];
-    pcre2_get_error_message(code, msg, sizeof(msg));
-    /* Point at the offending character; YAML quotes take one column. */
-    pos_t at = r->path.pos;
-    at.col += (int)off;
-    diag_error(d, at, "invalid regex '%s': %s at offset %zu", r->path.s, (const char *)msg, (size_t)off);
 }
 
 /* Does route a (earlier) match every request route b could match? */
@@ -220,8 +201,6 @@ void check_sites(cfg_global_t *g, cfg_site_t **sites, size_t n, diag_t *d)
             const cfg_route_t *r = &s->routes[j];
             check_zone(&r->cache_zone, "cache", (const char *const *)cz, g->ncache_zones, d);
             check_zone(&r->rate_zone, "rate-limit", (const char *const *)rz, g->nrate_zones, d);
-            if (r->match == RT_MATCH_REGEX)
-                check_regex(r, d);
         }
         check_shadowed(s, d);
         if (s->cert_mode == RT_CERT_FILE)

@@ -7,6 +7,7 @@
  * (the walk never stops at the first) and the caller sees NULL if any was.
  * Cross-site checks live in check.c.
  */
+#define PCRE2_CODE_UNIT_WIDTH 8
 #include "config.h"
 
 #include <stdarg.h>
@@ -14,6 +15,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <pcre2.h>
 
 typedef struct {
     arena_t *a;
@@ -405,6 +408,23 @@ static int site_upstreams(ctx_t *c, const char *key, ynode_t *v, void *obj)
 
 /* ---- site: routes -------------------------------------------------------- */
 
+/* Compile with PCRE2 as proxyd will; place its error at the offending character. */
+static int check_regex(ctx_t *c, const cfg_route_t *r)
+{
+    int code;
+    PCRE2_SIZE off;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)r->path.s, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &code, &off, NULL);
+    if (re) {
+        pcre2_code_free(re);
+        return 0;
+    }
+    PCRE2_UCHAR msg[256];
+    pcre2_get_error_message(code, msg, sizeof(msg));
+    pos_t at = r->path.pos;
+    at.col += (int)off;
+    return errp(c, at, "invalid regex '%s': %s at offset %zu", r->path.s, (const char *)msg, (size_t)off);
+}
+
 static int match_path(ctx_t *c, const char *key, ynode_t *v, void *obj)
 {
     cfg_route_t *r = obj;
@@ -415,8 +435,11 @@ static int match_path(ctx_t *c, const char *key, ynode_t *v, void *obj)
     r->match = strcmp(key, "path_exact") == 0 ? RT_MATCH_EXACT : strcmp(key, "path_prefix") == 0 ? RT_MATCH_PREFIX
                                                                                                 : RT_MATCH_REGEX;
     r->path = (cstr_t){v->pos, v->s};
-    /* Regexes are compiled (and their errors placed) by check.c. */
-    if (r->match != RT_MATCH_REGEX && v->s[0] != '/')
+    if (!v->plain)
+        r->path.pos.col++; /* point at the pattern, not its opening quote */
+    if (r->match == RT_MATCH_REGEX)
+        return check_regex(c, r);
+    if (v->s[0] != '/')
         return err(c, v, "%s must start with '/'", key);
     return 0;
 }
@@ -445,7 +468,7 @@ static const opt_t match_opts[] = {
     FN("methods", match_methods), END,
 };
 
-static int route_match(ctx_t *c, const char *key, ynode_t *v, void *obj)
+static int route_match_key(ctx_t *c, const char *key, ynode_t *v, void *obj)
 {
     return walk(c, key, v, match_opts, obj);
 }
@@ -720,7 +743,7 @@ static int route_headers(ctx_t *c, const char *key, ynode_t *v, void *obj)
 }
 
 static const opt_t route_opts[] = {
-    FN("match", route_match),
+    FN("match", route_match_key),
     FN("upstream", route_upstream),
     FN("return", route_action_map),
     FN("redirect", route_action_map),
@@ -911,7 +934,7 @@ static const opt_t site_opts[] = {
 };
 
 /* Routes refer to upstreams of their own site. */
-static int link_upstreams(ctx_t *c, cfg_site_t *s)
+static int link_upstreams(ctx_t *c, cfg_site_t *s, bool warn_unused)
 {
     int rc = 0;
     for (size_t i = 0; i < s->nroutes; i++) {
@@ -937,7 +960,7 @@ static int link_upstreams(ctx_t *c, cfg_site_t *s)
             diag_error(c->d, r->upstream.pos, "undefined upstream '%s'", r->upstream.s);
         rc = -1;
     }
-    for (size_t k = 0; k < s->nups; k++)
+    for (size_t k = 0; warn_unused && k < s->nups; k++)
         if (!s->ups[k].used)
             diag_warning(c->d, s->ups[k].pos, "upstream '%s' is not used by any route", s->ups[k].name);
     return rc;
@@ -961,8 +984,8 @@ cfg_site_t *config_site(arena_t *a, const char *file, const char *text, diag_t *
         require(&c, root, "site", "site file");
         if (!s->is_default)
             require(&c, root, "hosts", "site file");
-        link_upstreams(&c, s);
     }
+    link_upstreams(&c, s, d->errors == before); /* unused-upstream warnings only for a clean parse */
     return d->errors > before ? NULL : s;
 }
 

@@ -797,7 +797,6 @@ int h1_parse_request(const char *buf, size_t len, h1_request_t *req, const h1_li
         lim = &defaults;
     msg_init(&m, buf, len, lim, req->headers, true);
     memset(req, 0, offsetof(h1_request_t, headers));
-    memset(&req->nheaders, 0, sizeof(*req) - offsetof(h1_request_t, nheaders));
     req->content_length = -1;
     int r = parse_request_line(&m, req, lim);
     if (r == PARSE_OK)
@@ -862,7 +861,6 @@ int h1_parse_response(const char *buf, size_t len, h1_response_t *res, const h1_
         lim = &defaults;
     msg_init(&m, buf, len, lim, res->headers, false);
     memset(res, 0, offsetof(h1_response_t, headers));
-    memset(&res->nheaders, 0, sizeof(*res) - offsetof(h1_response_t, nheaders));
     res->content_length = -1;
     int r = parse_status_line(&m, res);
     if (r == PARSE_OK)

@@ -100,7 +100,6 @@ typedef struct {
     h1_slice_t path;    /* origin/absolute: "/..." without query; "*"; empty for CONNECT */
     h1_slice_t query;   /* after '?', without it; .p == NULL when there is no '?' */
     int minor;          /* 0 or 1 */
-    h1_header_t headers[H1_HEADERS_CAP];
     size_t nheaders;
     h1_slice_t host;    /* target authority (absolute/authority form) else Host value */
     int64_t content_length; /* -1: none */
@@ -113,19 +112,20 @@ typedef struct {
     h1_slice_t upgrade_proto; /* Upgrade field value (last one) */
     int status;         /* on error: the status to answer */
     const char *error;  /* on error: a short static reason */
+    h1_header_t headers[H1_HEADERS_CAP]; /* last: only [0, nheaders) is written */
 } h1_request_t;
 
 typedef struct {
     int minor;
     int status;         /* 100..599 */
     h1_slice_t reason;  /* may be empty */
-    h1_header_t headers[H1_HEADERS_CAP];
     size_t nheaders;
     int64_t content_length; /* -1: none */
     bool chunked;
     bool keep_alive;    /* per version and Connection only; see h1_response_body() */
     unsigned conn_flags;
     const char *error;  /* on error: a short static reason (answer 502) */
+    h1_header_t headers[H1_HEADERS_CAP]; /* last: only [0, nheaders) is written */
 } h1_response_t;
 
 /* How the body of a response is delimited (RFC 9112 §6.3). */

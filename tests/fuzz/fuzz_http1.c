@@ -60,6 +60,20 @@ static void check_request(const char *buf, size_t r, const h1_request_t *q)
     }
 }
 
+/* h1_head_ready: resumable, and never "not ready" when a parse would finish. */
+static void fuzz_head_ready(const uint8_t *data, size_t size, size_t cut, int r, size_t max)
+{
+    const char *buf = (const char *)data;
+    size_t fresh = 0, resumed = 0;
+    bool whole = h1_head_ready(buf, size, &fresh, max);
+    bool first = h1_head_ready(buf, cut, &resumed, max);
+    CHECK(resumed <= cut);
+    if (!first)
+        CHECK(h1_head_ready(buf, size, &resumed, max) == whole);
+    if (r > 0)
+        CHECK(whole);
+}
+
 static void fuzz_request(const uint8_t *data, size_t size, const h1_limits_t *lim, size_t cut)
 {
     static const h1_limits_t def = H1_LIMITS_DEFAULT;
@@ -78,6 +92,7 @@ static void fuzz_request(const uint8_t *data, size_t size, const h1_limits_t *li
     } else {
         CHECK(size <= l->max_header_size);
     }
+    fuzz_head_ready(data, size, cut, r, l->max_header_size);
     /* A prefix answers "need more" or the same verdict. */
     if (cut < size && (r != 0 || cut > 0)) {
         size_t k = r > 0 && cut >= (size_t)r ? (size_t)r - 1 : cut;
