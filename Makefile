@@ -16,6 +16,10 @@ PROXYCTL_SRC := proxyctl/main.c proxyctl/diag.c proxyctl/yaml.c proxyctl/config.
                 proxyctl/compile.c proxyctl/build.c proxyctl/cmd_site.c proxyctl/cmd_gen.c \
                 proxyctl/cmd_route.c proxyctl/cmd_admin.c proxyctl/dump.c
 GEN_SRC     := build/gen/store_sql.c
+PROXYD_SRC  := proxyd/main.c proxyd/master.c proxyd/admin.c proxyd/worker.c proxyd/event.c proxyd/conn.c \
+               proxyd/proxy.c proxyd/http1.c proxyd/path.c proxyd/static.c proxyd/table.c proxyd/iobuf.c \
+               proxyd/accesslog.c
+PROXYD_COMMON := common/util.c common/ruletable.c common/store.c common/route.c common/log.c
 HEADERS     := $(wildcard common/*.h proxyctl/*.h proxyd/*.h)
 
 PYTEST := /usr/bin/python3 -m pytest
@@ -23,7 +27,7 @@ FUZZ_TIME ?= 60
 
 .PHONY: all asan clang test unit fuzz fuzz-replay integration demo deps bench format lint clean
 
-all: bin/proxyctl
+all: bin/proxyctl bin/proxyd
 
 deps:
 	@packaging/install-deps.sh
@@ -36,8 +40,17 @@ bin/proxyctl: $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -o $@ $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(LDLIBS)
 
+bin/proxyd: $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -o $@ $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(LDLIBS)
+
 # ASan + UBSan build used by the tests.
-asan: build/asan/proxyctl
+asan: build/asan/proxyctl build/asan/proxyd
+build/asan/proxyd: $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(HEADERS)
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) $(shell pkg-config --cflags $(PKGS)) -o $@ \
+	    $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(LDLIBS)
+
 build/asan/proxyctl: $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS)
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g $(SAN) $(shell pkg-config --cflags $(PKGS)) -o $@ \
@@ -48,6 +61,8 @@ clang: $(GEN_SRC)
 	@mkdir -p build/clang
 	clang $(CSTD) $(WARN) -O2 $(shell pkg-config --cflags $(PKGS)) -o build/clang/proxyctl \
 	    $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(LDLIBS)
+	clang $(CSTD) $(WARN) -O2 $(shell pkg-config --cflags $(PKGS)) -o build/clang/proxyd \
+	    $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(LDLIBS)
 
 # ---- unit tests (cmocka), built with sanitizers -------------------------
 UNIT_TESTS := $(patsubst tests/unit/%.c,build/unit/%,$(wildcard tests/unit/test_*.c))
@@ -86,8 +101,8 @@ fuzz: $(FUZZERS)
 	    $$f -max_total_time=$(FUZZ_TIME) -print_final_stats=1 build/fuzz/new-$$n tests/fuzz/corpus/$$n 2>&1 | tail -n 12; done
 
 # ---- integration tests (pytest, real processes) --------------------------
-integration: build/asan/proxyctl bin/proxyctl
-	PROXYCTL=$(CURDIR)/build/asan/proxyctl $(PYTEST) -q tests/integration
+integration: build/asan/proxyctl build/asan/proxyd bin/proxyctl bin/proxyd
+	PROXYCTL=$(CURDIR)/build/asan/proxyctl PROXYD=$(CURDIR)/build/asan/proxyd $(PYTEST) -q tests/integration
 
 test: deps
 	$(MAKE) all clang asan

@@ -1,0 +1,505 @@
+#!/bin/bash
+# proxy_bench.sh - proxyd against nginx and haproxy in front of the same origin:
+# throughput and latency under load, and memory per idle keep-alive connection.
+#
+# usage: bench/proxy_bench.sh [-r ROUNDS] [-d SECONDS] [-c CONNS] [-n IDLE_CONNS]
+#                             [-w WARMUP_SECONDS]
+#   -r  rounds (default 3). Each round runs every target once, interleaved
+#       (origin, proxyd, nginx, haproxy; 1 and 2 workers), so slow drift on
+#       the machine spreads over all targets; the tables show the median.
+#   -d  seconds per wrk run (default 10)
+#   -c  wrk connections (default 50)
+#   -n  idle connections for the memory test (default 5000)
+#   -w  seconds of discarded keep-alive load after each start (default 1)
+#
+# Load: `wrk -t1 -cC -dDs --latency`, once with keep-alive and once with
+# `Connection: close` (a new connection per request), against the origin
+# directly (the ceiling) and through each proxy with 1 and 2 workers; every
+# proxy keeps upstream connections alive and logs nothing.
+# Memory: each proxy with 1 worker, started fresh and warmed with 50 requests;
+# the workers' VmRSS before and while IDLE_CONNS connections that have each
+# made one request sit idle; (after - before) / connections open.
+#
+# Ports: origin 18080, proxyd 18081, nginx 18082, haproxy 18083 (all on
+# 127.0.0.1; the script stops if one is taken). proxyd rows say n/a when
+# bin/proxyd is missing or does not answer within 5 s.
+# Output: Markdown on stdout (tables, the commands, the configurations);
+# progress on stderr. Every process started here is stopped by PID on exit.
+set -eu
+
+ROUNDS=3
+DURATION=10
+CONNS=50
+IDLE_N=5000
+IDLE_HOLD=5
+WARMUP=1
+while getopts r:d:c:n:w:h opt; do
+    case $opt in
+    r) ROUNDS=$OPTARG ;;
+    d) DURATION=$OPTARG ;;
+    c) CONNS=$OPTARG ;;
+    n) IDLE_N=$OPTARG ;;
+    w) WARMUP=$OPTARG ;;
+    *) sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
+    esac
+done
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=$ROOT/build/bench
+ORIGIN_PORT=18080
+TARGETS="origin proxyd nginx haproxy"
+TMP=$(mktemp -d /tmp/proxy-bench-XXXXXX)
+chmod 755 "$TMP"                # nginx workers run as nobody when started as root
+RESULTS=$TMP/results.txt        # label workers mode round rps p50_us p99_us errors non2xx
+COMMANDS=$TMP/commands.txt
+NOTES=$TMP/notes.txt
+: >"$RESULTS"
+: >"$COMMANDS"
+: >"$NOTES"
+STARTED=""                      # PIDs of the processes this script started
+PROXYD_NA=""                    # why proxyd is n/a, once it is
+
+log() { printf '%s\n' "$*" >&2; }
+note() { printf -- '- %s\n' "$*" >>"$NOTES"; }
+
+# Remember a command line for the report, once.
+record() {
+    local line
+    line=$(printf '%q ' "$@")
+    grep -Fxq -- "${line% }" "$COMMANDS" || printf '%s\n' "${line% }" >>"$COMMANDS"
+}
+
+# ---- processes -----------------------------------------------------------
+
+# start_bg LOG CMD...: start CMD in the background; its PID is in LAST_PID.
+start_bg() {
+    local out=$1
+    shift
+    record "$@"
+    "$@" >"$out" 2>&1 </dev/null &
+    LAST_PID=$!
+    STARTED="$STARTED $LAST_PID"
+}
+
+# stop_pid PID: SIGTERM, up to 5 s, then SIGKILL; children left behind by a
+# master that had to be killed are killed by their PIDs too.
+stop_pid() {
+    local pid=$1 kids i
+    kids=$(ps -o pid= --ppid "$pid" 2>/dev/null || true)
+    if kill -TERM "$pid" 2>/dev/null; then
+        for i in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    for i in $kids; do kill -KILL "$i" 2>/dev/null || true; done
+    STARTED=$(printf ' %s ' $STARTED | sed "s/ $pid / /; s/^ *//; s/ *$//")
+}
+
+cleanup() {
+    local pid
+    trap - EXIT INT TERM
+    for pid in $STARTED; do stop_pid "$pid"; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_taken() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+
+# wait_http PORT PID: true once http://127.0.0.1:PORT/ answers 200 (5 s at most).
+wait_http() {
+    local i
+    for i in $(seq 1 50); do
+        kill -0 "$2" 2>/dev/null || return 1
+        [ "$(curl -s -o /dev/null --max-time 1 -w '%{http_code}' "http://127.0.0.1:$1/")" = 200 ] &&
+            return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# check_body PORT: the response must be the origin's 100 bytes.
+check_body() {
+    [ "$(curl -s --max-time 2 "http://127.0.0.1:$1/" | wc -c)" -eq 100 ]
+}
+
+# ---- targets -------------------------------------------------------------
+
+port_of() {
+    case $1 in
+    origin) echo $ORIGIN_PORT ;; proxyd) echo 18081 ;; nginx) echo 18082 ;; haproxy) echo 18083 ;;
+    esac
+}
+
+write_nginx_conf() {            # DIR WORKERS
+    mkdir -p "$1"
+    cat >"$1/nginx.conf" <<EOF
+worker_processes $2;
+worker_rlimit_nofile 20000;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 10240; }
+http {
+    access_log off;
+    keepalive_timeout 120s;
+    keepalive_requests 1000000;
+    client_body_temp_path $1/body;
+    proxy_temp_path $1/proxy;
+    fastcgi_temp_path $1/fastcgi;
+    uwsgi_temp_path $1/uwsgi;
+    scgi_temp_path $1/scgi;
+    upstream origin {
+        server 127.0.0.1:$ORIGIN_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$(port_of nginx);
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+}
+
+write_haproxy_cfg() {           # DIR WORKERS
+    mkdir -p "$1"
+    cat >"$1/haproxy.cfg" <<EOF
+global
+    nbthread $2
+    maxconn 9000
+defaults
+    mode http
+    maxconn 9000
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+    timeout http-keep-alive 120s
+frontend bench
+    bind 127.0.0.1:$(port_of haproxy)
+    default_backend origin
+backend origin
+    server origin 127.0.0.1:$ORIGIN_PORT
+EOF
+}
+
+# One store per worker count: TMP/proxyd-wN/store.db.
+prepare_proxyd() {              # WORKERS
+    local d=$TMP/proxyd-w$1
+    mkdir -p "$d"
+    cat >"$d/proxy.yaml" <<EOF
+listen: {http: ["127.0.0.1:$(port_of proxyd)"], https: []}
+workers: $1
+admin: {socket: $d/admin.sock}
+logs: {access: /dev/null}
+EOF
+    cat >"$d/bench.yaml" <<EOF
+site: bench
+default: true
+hosts: [127.0.0.1]
+tls: {certificate: none}
+upstreams:
+  origin:
+    keepalive: 64
+    servers:
+      - address: "127.0.0.1:$ORIGIN_PORT"
+routes:
+  - match: {path_prefix: /}
+    upstream: origin
+EOF
+    record "$ROOT/bin/proxyctl" --db "$d/store.db" init --global "$d/proxy.yaml"
+    record "$ROOT/bin/proxyctl" --db "$d/store.db" add-site "$d/bench.yaml"
+    "$ROOT/bin/proxyctl" --db "$d/store.db" init --global "$d/proxy.yaml" >"$d/proxyctl.log" 2>&1 &&
+        "$ROOT/bin/proxyctl" --db "$d/store.db" add-site "$d/bench.yaml" >>"$d/proxyctl.log" 2>&1
+}
+
+# start_target NAME WORKERS: start a fresh proxy and wait until it serves the
+# origin's body; TARGET_PID is its (master) PID. Returns 1 (stopped) if not.
+start_target() {
+    local name=$1 w=$2 d=$TMP/$1
+    case $name in
+    nginx)
+        write_nginx_conf "$d" "$w"
+        start_bg "$d/out.log" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;'
+        ;;
+    haproxy)
+        write_haproxy_cfg "$d" "$w"
+        start_bg "$d/out.log" haproxy -f "$d/haproxy.cfg" -db
+        ;;
+    proxyd)
+        [ -z "$PROXYD_NA" ] || return 1
+        if [ ! -x "$ROOT/bin/proxyd" ]; then
+            PROXYD_NA="bin/proxyd does not exist"
+            return 1
+        fi
+        d=$TMP/proxyd-w$w
+        if ! prepare_proxyd "$w"; then
+            PROXYD_NA="proxyctl could not build the store: $(tail -n 3 "$d/proxyctl.log" | tr '\n' ' ')"
+            return 1
+        fi
+        start_bg "$d/out.log" "$ROOT/bin/proxyd" --db "$d/store.db" --foreground
+        ;;
+    esac
+    TARGET_PID=$LAST_PID
+    if ! wait_http "$(port_of "$name")" "$TARGET_PID" || ! check_body "$(port_of "$name")"; then
+        log "$name ($w workers) did not serve the origin's body within 5 s: $(tail -n 3 "$d/out.log" 2>/dev/null)"
+        [ "$name" = proxyd ] &&
+            PROXYD_NA="bin/proxyd did not serve the origin's 100-byte body on 127.0.0.1:18081 within 5 s; its output: $(tail -n 3 "$d/out.log" | tr '\n' ' ')"
+        stop_pid "$TARGET_PID"
+        return 1
+    fi
+}
+
+# ---- load ----------------------------------------------------------------
+
+# wrk output -> "rps p50_us p99_us socket_errors non2xx"; "-" for what is missing.
+parse_wrk() {
+    awk '
+    function us(v) {
+        if (v ~ /us$/) return v + 0
+        if (v ~ /ms$/) return (v + 0) * 1000
+        if (v ~ /s$/) return (v + 0) * 1000000
+        return v + 0
+    }
+    /^ +50% / { p50 = us($2) }
+    /^ +99% / { p99 = us($2) }
+    /^Requests\/sec:/ { rps = $2 }
+    /Socket errors:/ { gsub(/,/, ""); err = $4 + $6 + $8 + $10 }
+    /Non-2xx or 3xx responses:/ { non2xx = $5 }
+    END {
+        if (rps == "" || p50 == "") { print "- - - - -"; exit }
+        printf "%s %s %s %d %d\n", rps, p50, p99, err, non2xx
+    }' "$1"
+}
+
+# run_wrk LABEL WORKERS MODE ROUND: one measured run, appended to RESULTS.
+run_wrk() {
+    local label=$1 w=$2 mode=$3 round=$4 out fields
+    local cmd=(wrk -t1 "-c$CONNS" "-d${DURATION}s" --latency)
+    [ "$mode" = close ] && cmd+=(-H 'Connection: close')
+    cmd+=("http://127.0.0.1:$(port_of "$label")/")
+    out=$TMP/wrk-$label-$w-$mode-$round.txt
+    record "${cmd[@]}"
+    "${cmd[@]}" >"$out" 2>&1 || true
+    fields=$(parse_wrk "$out")
+    echo "$label $w $mode $round $fields" >>"$RESULTS"
+    log "  $label w$w $mode: $fields"
+}
+
+warm_up() {
+    local cmd=(wrk -t1 "-c$CONNS" "-d${WARMUP}s" "http://127.0.0.1:$(port_of "$1")/")
+    [ "$WARMUP" -gt 0 ] || return 0
+    record "${cmd[@]}"
+    "${cmd[@]}" >/dev/null 2>&1 || true
+}
+
+load_round() {                  # ROUND
+    local t w
+    for t in $TARGETS; do
+        for w in 1 2; do
+            [ "$t" = origin ] && [ "$w" = 2 ] && continue
+            log "round $1: $t, $w worker(s)"
+            if [ "$t" != origin ] && ! start_target "$t" "$w"; then
+                echo "$t $w keepalive $1 - - - - -" >>"$RESULTS"
+                echo "$t $w close $1 - - - - -" >>"$RESULTS"
+                continue
+            fi
+            warm_up "$t"
+            run_wrk "$t" "$w" keepalive "$1"
+            run_wrk "$t" "$w" close "$1"
+            [ "$t" = origin ] || stop_pid "$TARGET_PID"
+        done
+    done
+}
+
+# ---- idle connections ----------------------------------------------------
+
+# Worker processes: nginx's and proxyd's are the master's children; haproxy
+# (-db, no master-worker) is one process.
+worker_pids() {
+    case $1 in
+    haproxy) echo "$2" ;;
+    *) ps -o pid= --ppid "$2" ;;
+    esac
+}
+
+rss_kb() {                      # NAME PID: summed VmRSS of the workers, KiB
+    local pid kb sum=0
+    for pid in $(worker_pids "$1" "$2"); do
+        kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || true)
+        sum=$((sum + ${kb:-0}))
+    done
+    echo "$sum"
+}
+
+idle_test() {                   # NAME; appends a row to TMP/idle.txt
+    local name=$1 port before after open ic out i
+    port=$(port_of "$name")
+    log "idle: $name, $IDLE_N connections"
+    if ! start_target "$name" 1; then
+        echo "$name - - - -" >>"$TMP/idle.txt"
+        return 0
+    fi
+    record "$BIN/idle_clients" 127.0.0.1 "$port" 50 0 --request
+    "$BIN/idle_clients" 127.0.0.1 "$port" 50 0 --request >/dev/null 2>&1 || true
+    sleep 0.5
+    before=$(rss_kb "$name" "$TARGET_PID")
+    out=$TMP/idle-$name.txt
+    start_bg "$out" "$BIN/idle_clients" 127.0.0.1 "$port" "$IDLE_N" "$IDLE_HOLD" --request
+    ic=$LAST_PID
+    for i in $(seq 1 400); do   # set-up is bounded by idle_clients' 30 s
+        grep -q holding "$out" 2>/dev/null && break
+        kill -0 "$ic" 2>/dev/null || break
+        sleep 0.1
+    done
+    sleep 1
+    after=$(rss_kb "$name" "$TARGET_PID")
+    open=$(sed -n 's/^idle_clients: holding \([0-9]*\) open.*/\1/p' "$out")
+    for i in $(seq 1 $(((IDLE_HOLD + 5) * 10))); do
+        kill -0 "$ic" 2>/dev/null || break
+        sleep 0.1
+    done
+    stop_pid "$ic"
+    stop_pid "$TARGET_PID"
+    log "  $(tr '\n' ' ' <"$out")"
+    echo "$name ${open:-0} $before $after $(sed -n 's/^idle_clients: \([0-9]*\) open after.*/\1/p' "$out")" \
+        >>"$TMP/idle.txt"
+}
+
+# ---- report --------------------------------------------------------------
+
+median() {
+    sort -g | awk '{ a[NR] = $1 }
+        END {
+            if (NR == 0) { print "-"; exit }
+            print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
+        }'
+}
+
+# cell LABEL WORKERS MODE COLUMN: median over rounds of one RESULTS column.
+cell() {
+    awk -v l="$1" -v w="$2" -v m="$3" -v c="$4" '$1 == l && $2 == w && $3 == m && $c != "-" { print $c }' \
+        "$RESULTS" | median
+}
+
+fmt_rps() { [ "$1" = - ] && echo n/a || printf '%.0f' "$1"; }
+fmt_ms() { [ "$1" = - ] && echo n/a || awk -v v="$1" 'BEGIN { printf "%.2f ms", v / 1000 }'; }
+
+load_table() {
+    local t w mode cells
+    echo "| target | workers | keep-alive req/s | p50 | p99 | new-connection req/s | p50 | p99 |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for t in $TARGETS; do
+        for w in 1 2; do
+            [ "$t" = origin ] && [ "$w" = 2 ] && continue
+            cells=""
+            for mode in keepalive close; do
+                cells="$cells | $(fmt_rps "$(cell "$t" "$w" "$mode" 5)")"
+                cells="$cells | $(fmt_ms "$(cell "$t" "$w" "$mode" 6)") | $(fmt_ms "$(cell "$t" "$w" "$mode" 7)")"
+            done
+            [ "$t" = origin ] && echo "| origin (direct) | 1$cells |" || echo "| $t | $w$cells |"
+        done
+    done
+}
+
+idle_table() {
+    local name open before after end per
+    echo "| target | workers | connections open | worker RSS before | worker RSS with them | bytes per idle connection | open at the end |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    while read -r name open before after end; do
+        if [ "$open" = - ] || [ "$open" = 0 ]; then
+            echo "| $name | 1 | n/a | n/a | n/a | n/a | n/a |"
+            continue
+        fi
+        per=$(((after - before) * 1024 / open))
+        echo "| $name | 1 | $open | $before KiB | $after KiB | $per | ${end:-?} |"
+    done <"$TMP/idle.txt"
+}
+
+wrk_notes() {
+    awk '$8 != "-" && ($8 > 0 || $9 > 0) {
+        printf "- round %s, %s (%s workers, %s): %d socket errors, %d non-2xx/3xx responses\n", $4, $1, $2, $3, $8, $9
+    }' "$RESULTS" >>"$NOTES"
+}
+
+report() {
+    local f
+    echo "## Proxy benchmark"
+    echo
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)); Linux $(uname -r);"
+    echo "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | awk 'NR == 1 { print "haproxy " $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }'), proxyd at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
+    echo "Median of $ROUNDS round(s); wrk -t1 -c$CONNS -d${DURATION}s per cell; 100-byte body from bench/origin on 127.0.0.1:$ORIGIN_PORT."
+    echo "wrk, the proxy and the origin share the machine's CPUs."
+    echo
+    load_table
+    echo
+    echo "Memory per idle keep-alive connection ($IDLE_N connections, one request each, 1 worker;"
+    echo "worker VmRSS, so kernel socket buffers are not included):"
+    echo
+    idle_table
+    echo
+    wrk_notes
+    [ -n "$PROXYD_NA" ] && note "proxyd: n/a: $PROXYD_NA"
+    if [ -s "$NOTES" ]; then
+        echo "Notes:"
+        echo
+        cat "$NOTES"
+        echo
+    fi
+    echo "Commands (TMP = $TMP, removed on exit):"
+    echo
+    echo '```sh'
+    echo "ulimit -n $(ulimit -n)"
+    sed "s|$TMP|TMP|g" "$COMMANDS"
+    echo '```'
+    echo
+    echo "Configurations (the 2-worker runs differ only in worker_processes / nbthread / workers):"
+    for f in nginx/nginx.conf haproxy/haproxy.cfg proxyd-w1/proxy.yaml proxyd-w1/bench.yaml; do
+        [ -f "$TMP/$f" ] || continue
+        echo
+        echo "TMP/$f:"
+        echo
+        echo '```'
+        sed "s|$TMP|TMP|g" "$TMP/$f"
+        echo '```'
+    done
+}
+
+# ---- main ----------------------------------------------------------------
+
+main() {
+    local r t
+    ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+    for t in $TARGETS; do
+        if port_taken "$(port_of "$t")"; then
+            log "proxy_bench: port $(port_of "$t") ($t) is already in use; stop what listens there first"
+            exit 1
+        fi
+    done
+    mkdir -p "$BIN"
+    for t in origin idle_clients; do
+        if [ ! -x "$BIN/$t" ] || [ "$ROOT/bench/$t.c" -nt "$BIN/$t" ]; then
+            cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -o "$BIN/$t" "$ROOT/bench/$t.c"
+        fi
+    done
+    start_bg "$TMP/origin.log" "$BIN/origin" "$ORIGIN_PORT" --body 100 --pid-file "$TMP/origin.pid"
+    if ! wait_http "$ORIGIN_PORT" "$LAST_PID" || ! check_body "$ORIGIN_PORT"; then
+        log "proxy_bench: the origin did not start: $(cat "$TMP/origin.log")"
+        exit 1
+    fi
+    for r in $(seq 1 "$ROUNDS"); do load_round "$r"; done
+    : >"$TMP/idle.txt"
+    for t in proxyd nginx haproxy; do idle_test "$t"; done
+    report
+}
+
+main

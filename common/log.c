@@ -1,0 +1,51 @@
+/*
+ * log.c - error log (see log.h).  Each line is built whole and written with
+ * one write(2), so lines from several processes never interleave.
+ */
+#include "log.h"
+
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static int log_fd = 2;
+static char ident[32] = "proxyd";
+
+int log_open(const char *path)
+{
+    if (path == NULL || *path == '\0') {
+        log_fd = 2;
+        return 0;
+    }
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return -1;
+    if (log_fd > 2)
+        close(log_fd);
+    log_fd = fd;
+    return 0;
+}
+
+void log_set_ident(const char *s) { snprintf(ident, sizeof(ident), "%s", s); }
+
+void log_msg(enum log_level lvl, const char *fmt, ...)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    char line[2048];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    size_t n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    n += (size_t)snprintf(line + n, sizeof(line) - n, " [%s] %s: ", names[lvl], ident);
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(line + n, sizeof(line) - n - 1, fmt, ap);
+    va_end(ap);
+    n = m < 0 ? n : n + (size_t)m >= sizeof(line) - 1 ? sizeof(line) - 2 : n + (size_t)m;
+    line[n++] = '\n';
+    ssize_t w = write(log_fd, line, n);
+    (void)w;
+}

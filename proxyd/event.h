@@ -1,0 +1,56 @@
+/*
+ * event.h - the event loop: readiness of file descriptors (epoll, level
+ * triggered) and one-shot timers (a binary min-heap keyed by deadline).
+ *
+ * Everything a worker does is a callback from ev_run().  A handler owns the
+ * ev_io_t / ev_timer_t it registers and must ev_del / ev_timer_stop them
+ * before freeing their memory.  Time is a cached monotonic millisecond clock,
+ * refreshed once per loop iteration (ev_now), so the request path makes no
+ * clock syscalls.
+ */
+#ifndef PROXYD_EVENT_H
+#define PROXYD_EVENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ev_loop ev_loop_t;
+typedef struct ev_io ev_io_t;
+typedef struct ev_timer ev_timer_t;
+
+typedef void (*ev_io_cb)(ev_loop_t *loop, ev_io_t *io, uint32_t revents);
+typedef void (*ev_timer_cb)(ev_loop_t *loop, ev_timer_t *t);
+
+enum { EV_READ = 1u, EV_WRITE = 4u, EV_ERROR = 8u, EV_HUP = 16u }; /* EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP */
+
+struct ev_io {
+    int fd;
+    uint32_t events; /* currently registered EV_READ|EV_WRITE */
+    ev_io_cb cb;
+};
+
+struct ev_timer {
+    uint64_t deadline; /* ms on the loop clock; 0 = not armed */
+    uint32_t heap_idx;
+    ev_timer_cb cb;
+};
+
+ev_loop_t *ev_new(void);
+void ev_free(ev_loop_t *loop);
+/* Register, change or remove interest; events 0 keeps the fd registered but silent. */
+int ev_add(ev_loop_t *loop, ev_io_t *io, int fd, uint32_t events, ev_io_cb cb);
+int ev_set(ev_loop_t *loop, ev_io_t *io, uint32_t events);
+int ev_add_exclusive(ev_loop_t *loop, ev_io_t *io, int fd, ev_io_cb cb); /* EPOLLEXCLUSIVE accept sockets */
+void ev_del(ev_loop_t *loop, ev_io_t *io);
+/* Arm (or re-arm) t to fire after ms; ev_timer_stop disarms (no-op if not armed). */
+void ev_timer_start(ev_loop_t *loop, ev_timer_t *t, uint64_t ms, ev_timer_cb cb);
+void ev_timer_stop(ev_loop_t *loop, ev_timer_t *t);
+static inline bool ev_timer_armed(const ev_timer_t *t) { return t->deadline != 0; }
+uint64_t ev_now(const ev_loop_t *loop);
+/* Run until ev_stop; each iteration also calls the idle hook (log flushing). */
+void ev_run(ev_loop_t *loop);
+void ev_stop(ev_loop_t *loop);
+void ev_set_idle(ev_loop_t *loop, void (*fn)(void *), void *arg);
+
+#endif

@@ -1,0 +1,268 @@
+/*
+ * master.c - the master process (see master.h).
+ *
+ * The master binds every listener once, maps the shared stats region, and
+ * forks the workers, which inherit both.  Its loop handles signals (through
+ * a signalfd), worker exits (restarting them at once), and the admin socket.
+ * A reload is verified here first, so a bad generation is refused before
+ * any worker sees it.
+ */
+#include "master.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/log.h"
+#include "admin.h"
+
+master_t M;
+
+static ev_io_t sig_io;
+static ev_timer_t stop_timer;
+
+int master_live_workers(void)
+{
+    int n = 0;
+    for (int i = 0; i < M.nworkers; i++)
+        n += M.pids[i] > 0;
+    return n;
+}
+
+/* ---- listeners ------------------------------------------------------------------ */
+
+static int bind_listener(const rt_table_t *t, const rt_listen_t *l, listener_t *out)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    memset(&ss, 0, sizeof(ss));
+    if (l->sa.kind == RT_ADDR_INET) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(l->sa.port);
+        memcpy(&s4->sin_addr, l->sa.ip, 4);
+        len = sizeof(*s4);
+    } else {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(l->sa.port);
+        memcpy(&s6->sin6_addr, l->sa.ip, 16);
+        len = sizeof(*s6);
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
+    if (fd < 0)
+        goto fail;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)); /* [::] and 0.0.0.0 side by side */
+    if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 4096) < 0)
+        goto fail;
+    out->fd = fd;
+    out->kind = l->kind;
+    out->port = l->sa.port;
+    return 0;
+fail:
+    log_err("listen %s: %s", rt_cstr(t, l->sa.addr), strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+static int bind_all(const rt_table_t *t)
+{
+    M.ls = calloc(t->global->listens.count + 1, sizeof(*M.ls));
+    if (M.ls == NULL)
+        return -1;
+    for (uint32_t i = 0; i < t->global->listens.count; i++) {
+        const rt_listen_t *l = &t->listens[t->global->listens.first + i];
+        if (l->kind == RT_LISTEN_HTTPS) {
+            log_warn("listen https %s: TLS termination is not built yet; not listening", rt_cstr(t, l->sa.addr));
+            continue;
+        }
+        if (l->kind != RT_LISTEN_HTTP)
+            continue;
+        if (bind_listener(t, l, &M.ls[M.nls]) < 0)
+            return -1;
+        M.nls++;
+    }
+    if (M.nls == 0) {
+        log_err("no HTTP listener configured");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- workers ---------------------------------------------------------------------- */
+
+static int spawn(int id)
+{
+    pid_t pid = fork();
+    if (pid < 0) {
+        log_err("fork worker %d: %s", id, strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        admin_close_in_child();
+        ev_free(M.loop);
+        close(sig_io.fd);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        /* Inherited table: the master's current generation. */
+        tref_t *t = tref_get(M.table);
+        char err[256];
+        if (t->regex == NULL && tref_prepare(t, err, sizeof(err)) < 0) {
+            log_err("worker %d: %s", id, err);
+            _exit(1);
+        }
+        _exit(worker_main(id, M.db, t, M.ls, M.nls, M.shm));
+    }
+    M.pids[id] = pid;
+    return 0;
+}
+
+static void reap(void)
+{
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (int i = 0; i < M.nworkers; i++) {
+            if (M.pids[i] != pid)
+                continue;
+            M.pids[i] = 0;
+            M.shm->workers[i].conns_active = 0;
+            if (M.stopping)
+                break;
+            if (WIFSIGNALED(status))
+                log_err("worker %d (pid %d) killed by signal %d; restarting", i, (int)pid, WTERMSIG(status));
+            else
+                log_err("worker %d (pid %d) exited with status %d; restarting", i, (int)pid, WEXITSTATUS(status));
+            spawn(i);
+        }
+    }
+    if (M.stopping && master_live_workers() == 0)
+        ev_stop(M.loop);
+}
+
+static void signal_workers(int sig)
+{
+    for (int i = 0; i < M.nworkers; i++)
+        if (M.pids[i] > 0)
+            kill(M.pids[i], sig);
+}
+
+int master_reload(char *err, size_t errlen)
+{
+    tref_t *t = tref_load(M.db, 0, err, errlen);
+    if (t == NULL || tref_prepare(t, err, errlen) < 0) {
+        tref_put(t);
+        snprintf(M.last_reload_error, sizeof(M.last_reload_error), "%s", err);
+        log_err("reload refused, keeping generation %lld: %s", (long long)M.table->generation, err);
+        return -1;
+    }
+    M.last_reload_error[0] = '\0';
+    if (t->generation == M.table->generation) {
+        tref_put(t);
+        return 0;
+    }
+    tref_put(M.table);
+    M.table = t;
+    M.shm->generation = t->generation;
+    M.shm->reloads++;
+    log_info("reload: generation %lld (%u sites)", (long long)t->generation, t->t.nsites);
+    signal_workers(SIGHUP);
+    return 0;
+}
+
+/* ---- signals ------------------------------------------------------------------------- */
+
+static void stop_expired(ev_loop_t *loop, ev_timer_t *t)
+{
+    (void)t;
+    log_warn("workers did not finish within the drain timeout; killing them");
+    signal_workers(SIGKILL);
+    ev_stop(loop);
+}
+
+static void begin_stop(int sig)
+{
+    if (M.stopping && sig != SIGQUIT)
+        return;
+    M.stopping = true;
+    admin_stop();
+    signal_workers(sig == SIGQUIT ? SIGQUIT : SIGTERM);
+    ev_timer_start(M.loop, &stop_timer, (uint64_t)M.table->t.global->drain_timeout_ms + 1000, stop_expired);
+    if (master_live_workers() == 0)
+        ev_stop(M.loop);
+}
+
+static void on_signal(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
+{
+    struct signalfd_siginfo si;
+    char err[256];
+    (void)loop;
+    (void)revents;
+    while (read(io->fd, &si, sizeof(si)) == sizeof(si)) {
+        switch (si.ssi_signo) {
+        case SIGCHLD: reap(); break;
+        case SIGHUP: master_reload(err, sizeof(err)); break;
+        case SIGTERM:
+        case SIGINT:
+        case SIGQUIT: begin_stop((int)si.ssi_signo); break;
+        default: break;
+        }
+    }
+}
+
+static int setup_signals(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    int sigs[] = {SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR2};
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+        sigaddset(&set, sigs[i]);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    return fd < 0 ? -1 : ev_add(M.loop, &sig_io, fd, EV_READ, on_signal);
+}
+
+int master_main(const char *db, tref_t *table, int workers)
+{
+    M.db = db;
+    M.table = table;
+    M.started = (uint64_t)time(NULL);
+    log_set_ident("master");
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    M.nworkers = workers ? workers : table->t.global->workers ? (int)table->t.global->workers : (int)(ncpu > 0 ? ncpu : 1);
+    if (M.nworkers > STATS_MAX_WORKERS)
+        M.nworkers = STATS_MAX_WORKERS;
+    M.shm = mmap(NULL, sizeof(stats_shm_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    M.loop = ev_new();
+    if (M.shm == MAP_FAILED || M.loop == NULL || setup_signals() < 0) {
+        log_err("cannot start: %s", strerror(errno));
+        return 1;
+    }
+    M.shm->generation = table->generation;
+    if (bind_all(&table->t) < 0 || admin_start(M.loop, &table->t) < 0)
+        return 1;
+    for (int i = 0; i < M.nworkers; i++)
+        if (spawn(i) < 0)
+            return 1;
+    log_info("serving generation %lld (%u sites) with %d workers", (long long)table->generation, table->t.nsites,
+             M.nworkers);
+    ev_run(M.loop);
+    admin_stop();
+    log_info("stopped");
+    return 0;
+}

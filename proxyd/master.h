@@ -1,0 +1,39 @@
+/*
+ * master.h - the master process: binds listeners, keeps N workers alive,
+ * owns reloads, and answers the admin socket.  It never serves traffic.
+ */
+#ifndef PROXYD_MASTER_H
+#define PROXYD_MASTER_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "event.h"
+#include "stats.h"
+#include "table.h"
+#include "worker.h"
+
+typedef struct {
+    const char *db;
+    tref_t *table;             /* the master's verified current generation */
+    stats_shm_t *shm;
+    listener_t *ls;
+    int nls;
+    int nworkers;
+    pid_t pids[STATS_MAX_WORKERS];
+    ev_loop_t *loop;
+    bool stopping;
+    uint64_t started;
+    char last_reload_error[256];
+} master_t;
+
+extern master_t M;
+
+/* Run the master until it stops; returns the exit status. */
+int master_main(const char *db, tref_t *table, int workers);
+/* Load and verify the active generation, then tell every worker to switch.
+ * 0 (also when already current) or -1 with the reason in err. */
+int master_reload(char *err, size_t errlen);
+int master_live_workers(void);
+
+#endif

@@ -1,0 +1,1047 @@
+/*
+ * proxy.c - upstream connections (see proxy.h).
+ *
+ * Data flow of one proxied request, every hop bounded by one iobuf:
+ *
+ *   client --c->in--> [request body decode/re-frame] --up->out--> upstream
+ *   client <--c->out-- [response body decode/re-frame] <--up->in-- upstream
+ *
+ * When the next buffer is full the side feeding it stops reading until the
+ * buffer drains (backpressure), so memory per request is four buffers
+ * whatever the body size.  Bodies are re-framed, never passed through
+ * blindly: the request body is decoded by our parser and written with our
+ * own framing, so a smuggled second request cannot ride along.
+ *
+ * A connection taken from the keep-alive pool may have been closed by the
+ * upstream just before we wrote to it; a request without a body that got no
+ * response byte is retried once on a new connection (RFC 9110 §9.2.2).
+ */
+#include "proxy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "../common/log.h"
+#include "path.h"
+
+enum up_state { US_CONNECTING, US_ACTIVE, US_IDLE };
+
+#define POOL_BUCKETS 256
+#define TUNNEL_TIMEOUT_MS 3600000
+
+struct upconn {
+    ev_io_t io;
+    ev_timer_t timer;
+    iobuf_t *in, *out;
+    conn_t *client;
+    upconn_t *next;             /* pool bucket or deferred-free list */
+    uint8_t state;
+    bool closed, reused, head_done, read_paused, got_bytes;
+    uint8_t body;               /* h1_body_t of the response */
+    uint32_t server;            /* index in the client's table */
+    uint32_t keepalive;         /* pool limit of its upstream */
+    h1_chunked_t chunks;        /* response body decoder */
+    char key[112];              /* pool key: the server address as written */
+};
+
+static upconn_t *pool[POOL_BUCKETS];
+
+static void up_io(ev_loop_t *loop, ev_io_t *io, uint32_t revents);
+static void up_timer(ev_loop_t *loop, ev_timer_t *t);
+static void up_close(upconn_t *u);
+static void relay_response(upconn_t *u);
+
+/* ---- naming things in the error log ------------------------------------------ */
+
+static const char *site_name(const request_t *r)
+{
+    return r->site == RT_NONE ? "-" : rt_cstr(&r->table->t, r->table->t.sites[r->site].name);
+}
+
+static void fail(conn_t *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void fail(conn_t *c, int status, const char *fmt, ...)
+{
+    request_t *r = c->req;
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    const char *addr = r->server != RT_NONE ? rt_cstr(&r->table->t, r->table->t.servers[r->server].sa.addr) : "-";
+    log_err("upstream %s (site %s): %s", addr, site_name(r), msg);
+    conn_error(c, status, NULL);
+}
+
+/* ---- server choice: smooth weighted round robin -------------------------------- */
+
+static uint32_t pick_server(tref_t *tr, const rt_upstream_t *u)
+{
+    const rt_table_t *t = &tr->t;
+    int32_t total = 0;
+    uint32_t best = RT_NONE;
+    bool any_primary = false;
+    for (uint32_t i = 0; i < u->servers.count; i++)
+        any_primary |= !(t->servers[u->servers.first + i].flags & RT_SVF_BACKUP);
+    for (uint32_t i = 0; i < u->servers.count; i++) {
+        uint32_t s = u->servers.first + i;
+        if (any_primary && (t->servers[s].flags & RT_SVF_BACKUP))
+            continue; /* backups serve only when no primary can (health: its own issue) */
+        rr_state_t *st = &tr->rr[s];
+        st->current += st->effective;
+        total += st->effective;
+        if (best == RT_NONE || st->current > tr->rr[best].current)
+            best = s;
+    }
+    if (best != RT_NONE)
+        tr->rr[best].current -= total;
+    return best;
+}
+
+/* ---- the keep-alive pool --------------------------------------------------------- */
+
+static uint32_t bucket(const char *key) { return rt_hash(key, strlen(key)) & (POOL_BUCKETS - 1); }
+
+static upconn_t *pool_take(const char *key)
+{
+    for (upconn_t **pp = &pool[bucket(key)]; *pp; pp = &(*pp)->next) {
+        upconn_t *u = *pp;
+        if (strcmp(u->key, key) != 0)
+            continue;
+        *pp = u->next;
+        u->next = NULL;
+        u->reused = true;
+        return u;
+    }
+    return NULL;
+}
+
+static unsigned pool_count(const char *key)
+{
+    unsigned n = 0;
+    for (upconn_t *u = pool[bucket(key)]; u; u = u->next)
+        n += strcmp(u->key, key) == 0;
+    return n;
+}
+
+static void pool_put(upconn_t *u)
+{
+    if (W->draining || pool_count(u->key) >= u->keepalive) {
+        up_close(u);
+        return;
+    }
+    iobuf_put(u->in);
+    iobuf_put(u->out);
+    u->in = u->out = NULL;
+    u->client = NULL;
+    u->state = US_IDLE;
+    u->head_done = u->got_bytes = u->read_paused = false;
+    ev_set(W->loop, &u->io, EV_READ); /* an idle upstream speaking means it is closing */
+    ev_timer_start(W->loop, &u->timer, W->table->t.global->keepalive_timeout_ms, up_timer);
+    uint32_t b = bucket(u->key);
+    u->next = pool[b];
+    pool[b] = u;
+}
+
+static void pool_remove(upconn_t *u)
+{
+    for (upconn_t **pp = &pool[bucket(u->key)]; *pp; pp = &(*pp)->next)
+        if (*pp == u) {
+            *pp = u->next;
+            u->next = NULL;
+            return;
+        }
+}
+
+void proxy_pool_close_all(void)
+{
+    for (int b = 0; b < POOL_BUCKETS; b++)
+        while (pool[b]) {
+            upconn_t *u = pool[b];
+            pool[b] = u->next;
+            u->next = NULL;
+            up_close(u);
+        }
+}
+
+static void up_close(upconn_t *u)
+{
+    if (u->closed)
+        return;
+    u->closed = true;
+    if (u->state == US_IDLE)
+        pool_remove(u);
+    ev_timer_stop(W->loop, &u->timer);
+    ev_del(W->loop, &u->io);
+    close(u->io.fd);
+    iobuf_put(u->in);
+    iobuf_put(u->out);
+    u->in = u->out = NULL;
+    u->next = W->up_closed;
+    W->up_closed = u;
+}
+
+void proxy_free_deferred(void)
+{
+    while (W->up_closed) {
+        upconn_t *u = W->up_closed;
+        W->up_closed = u->next;
+        free(u);
+    }
+}
+
+/* ---- connect ----------------------------------------------------------------------- */
+
+static int sockaddr_of(const rt_table_t *t, const rt_sockaddr_t *a, struct sockaddr_storage *ss, socklen_t *len)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (a->kind == RT_ADDR_INET) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(a->port);
+        memcpy(&s4->sin_addr, a->ip, 4);
+        *len = sizeof(*s4);
+    } else if (a->kind == RT_ADDR_INET6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(a->port);
+        memcpy(&s6->sin6_addr, a->ip, 16);
+        *len = sizeof(*s6);
+    } else if (a->kind == RT_ADDR_UNIX) {
+        struct sockaddr_un *su = (struct sockaddr_un *)ss;
+        su->sun_family = AF_UNIX;
+        snprintf(su->sun_path, sizeof(su->sun_path), "%s", rt_cstr(t, a->addr) + 5);
+        *len = sizeof(*su);
+    } else {
+        return -1; /* host names are resolved when the table is prepared */
+    }
+    return 0;
+}
+
+static upconn_t *up_connect(conn_t *c, uint32_t server, const char **why)
+{
+    request_t *r = c->req;
+    const rt_table_t *t = &r->table->t;
+    const rt_server_t *sv = &t->servers[server];
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    const struct sockaddr_storage *use = &ss;
+    if (sv->sa.kind == RT_ADDR_NAME) {
+        if (r->table->resolved == NULL || r->table->resolved[server].ss_family == 0) {
+            *why = "host name did not resolve when the table was loaded";
+            return NULL;
+        }
+        use = &r->table->resolved[server];
+        sl = use->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    } else if (sockaddr_of(t, &sv->sa, &ss, &sl) < 0) {
+        *why = "unusable address";
+        return NULL;
+    }
+    int fd = socket(use->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        *why = strerror(errno);
+        return NULL;
+    }
+    if (use->ss_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    if (connect(fd, (const struct sockaddr *)use, sl) < 0 && errno != EINPROGRESS) {
+        *why = errno == ECONNREFUSED ? "connection refused" : strerror(errno);
+        close(fd);
+        return NULL;
+    }
+    upconn_t *u = calloc(1, sizeof(*u));
+    if (u == NULL || ev_add(W->loop, &u->io, fd, EV_WRITE, up_io) < 0) {
+        *why = "out of memory";
+        free(u);
+        close(fd);
+        return NULL;
+    }
+    u->state = US_CONNECTING;
+    snprintf(u->key, sizeof(u->key), "%s", rt_cstr(t, sv->sa.addr));
+    return u;
+}
+
+/* ---- the upstream request head ------------------------------------------------------ */
+
+typedef struct {
+    char *p;
+    size_t n, cap;
+    bool overflow;
+} hbuf_t;
+
+static void hb_add(hbuf_t *b, const char *s, size_t n)
+{
+    if (b->n + n > b->cap) {
+        b->overflow = true;
+        return;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+}
+
+static void hb_str(hbuf_t *b, const char *s) { hb_add(b, s, strlen(s)); }
+
+static void hb_header(hbuf_t *b, const char *name, const char *v, size_t vn)
+{
+    hb_str(b, name);
+    hb_add(b, ": ", 2);
+    hb_add(b, v, vn);
+    hb_add(b, "\r\n", 2);
+}
+
+static bool name_is(h1_slice_t n, const char *s)
+{
+    size_t l = strlen(s);
+    return n.n == l && strncasecmp(n.p, s, l) == 0;
+}
+
+static void peer_text(const conn_t *c, char *out, size_t cap)
+{
+    if (c->peer_family == 4 || c->peer_family == 6)
+        inet_ntop(c->peer_family == 4 ? AF_INET : AF_INET6, c->peer_ip, out, (socklen_t)cap);
+    else
+        snprintf(out, cap, "unix");
+}
+
+static bool peer_trusted(const conn_t *c, const rt_table_t *t)
+{
+    const rt_span_t tp = t->global->trusted_proxies;
+    for (uint32_t i = 0; i < tp.count; i++)
+        if (cidr_contains(&t->cidrs[tp.first + i], c->peer_family, c->peer_ip))
+            return true;
+    return false;
+}
+
+/* $host $scheme $remote_addr $request_id $server_port $request_uri */
+static void expand(hbuf_t *b, const conn_t *c, const char *v)
+{
+    const request_t *r = c->req;
+    while (*v) {
+        const char *d = strchr(v, '$');
+        if (d == NULL) {
+            hb_str(b, v);
+            return;
+        }
+        hb_add(b, v, (size_t)(d - v));
+        char tmp[64];
+        static const char *const vars[] = {"host", "scheme", "remote_addr", "request_id", "server_port", "request_uri"};
+        size_t k = 0, len = 0;
+        for (; k < sizeof(vars) / sizeof(vars[0]); k++) {
+            len = strlen(vars[k]);
+            if (strncmp(d + 1, vars[k], len) == 0)
+                break;
+        }
+        switch (k) {
+        case 0: hb_str(b, r->host ? r->host : ""); break;
+        case 1: hb_str(b, c->tls ? "https" : "http"); break;
+        case 2: peer_text(c, tmp, sizeof(tmp)); hb_str(b, tmp); break;
+        case 3: hb_str(b, r->request_id); break;
+        case 4: snprintf(tmp, sizeof(tmp), "%u", c->local_port); hb_str(b, tmp); break;
+        case 5: hb_str(b, r->uri ? r->uri : ""); break;
+        default: hb_add(b, "$", 1); len = 0; break;
+        }
+        v = d + 1 + len;
+    }
+}
+
+/* Is header name dropped by a request header op (set replaces, remove drops)? */
+static bool op_names(const rt_table_t *t, rt_span_t ops, int dir, h1_slice_t name)
+{
+    for (uint32_t i = 0; i < ops.count; i++) {
+        const rt_header_op_t *o = &t->hdrops[ops.first + i];
+        if (o->dir == dir && name.n == o->name.len && strncasecmp(name.p, rt_cstr(t, o->name), name.n) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void forwarded_headers(hbuf_t *b, const conn_t *c, const h1_request_t *h, const rt_table_t *t)
+{
+    const request_t *r = c->req;
+    bool trusted = peer_trusted(c, t);
+    char peer[64], port[8];
+    peer_text(c, peer, sizeof(peer));
+    snprintf(port, sizeof(port), "%u", c->local_port);
+    h1_slice_t xff = {NULL, 0}, xri = {NULL, 0}, xfp = {NULL, 0}, xfh = {NULL, 0}, xfport = {NULL, 0};
+    for (size_t i = 0; trusted && i < h->nheaders; i++) {
+        const h1_header_t *x = &h->headers[i];
+        if (name_is(x->name, "x-forwarded-for"))
+            xff = x->value; /* several fields: the last wins; proxies append to one */
+        else if (name_is(x->name, "x-real-ip"))
+            xri = x->value;
+        else if (name_is(x->name, "x-forwarded-proto"))
+            xfp = x->value;
+        else if (name_is(x->name, "x-forwarded-host"))
+            xfh = x->value;
+        else if (name_is(x->name, "x-forwarded-port"))
+            xfport = x->value;
+    }
+    hb_str(b, "X-Forwarded-For: ");
+    if (xff.n) {
+        hb_add(b, xff.p, xff.n);
+        hb_str(b, ", ");
+    }
+    hb_str(b, peer);
+    hb_str(b, "\r\n");
+    hb_header(b, "X-Real-IP", xri.n ? xri.p : peer, xri.n ? xri.n : strlen(peer));
+    const char *scheme = c->tls ? "https" : "http";
+    hb_header(b, "X-Forwarded-Proto", xfp.n ? xfp.p : scheme, xfp.n ? xfp.n : strlen(scheme));
+    hb_header(b, "X-Forwarded-Host", xfh.n ? xfh.p : r->host, xfh.n ? xfh.n : strlen(r->host));
+    hb_header(b, "X-Forwarded-Port", xfport.n ? xfport.p : port, xfport.n ? xfport.n : strlen(port));
+}
+
+static bool skip_request_header(const h1_header_t *x)
+{
+    static const char *const ours[] = {"host", "content-length", "transfer-encoding", "expect", "x-forwarded-for",
+                                       "x-real-ip", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"};
+    if (x->hop)
+        return true;
+    for (size_t i = 0; i < sizeof(ours) / sizeof(ours[0]); i++)
+        if (name_is(x->name, ours[i]))
+            return true;
+    return false;
+}
+
+static void request_line(hbuf_t *b, const conn_t *c, const h1_request_t *h, const rt_route_t *rt)
+{
+    const request_t *r = c->req;
+    const char *p = r->path;
+    size_t n = r->path_len;
+    if ((rt->flags & RT_RF_STRIP_PREFIX) && rt->match == RT_MATCH_PREFIX) {
+        size_t skip = rt->path.len;
+        if (skip && rt_cstr(&r->table->t, rt->path)[skip - 1] == '/')
+            skip--; /* "/api/" strips to "/users", keeping the slash */
+        p += skip;
+        n -= skip;
+    }
+    char enc[3 * 8192 + 4];
+    size_t en = n ? path_encode(p, n > 8192 ? 8192 : n, enc) : 0;
+    hb_add(b, h->method.p, h->method.n);
+    hb_add(b, " ", 1);
+    if (en == 0 || enc[0] != '/')
+        hb_add(b, "/", 1);
+    hb_add(b, enc, en);
+    if (h->query.p) {
+        hb_add(b, "?", 1);
+        hb_add(b, h->query.p, h->query.n);
+    }
+    hb_str(b, " HTTP/1.1\r\n");
+}
+
+static int build_head(conn_t *c, const h1_request_t *h, upconn_t *u)
+{
+    request_t *r = c->req;
+    const rt_table_t *t = &r->table->t;
+    const rt_route_t *rt = &t->routes[r->route];
+    if ((u->out == NULL && (u->out = iobuf_get()) == NULL))
+        return -1;
+    hbuf_t b = {iobuf_wr(u->out), 0, iobuf_space(u->out), false};
+    request_line(&b, c, h, rt);
+    hb_header(&b, "Host", r->host, strlen(r->host));
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const h1_header_t *x = &h->headers[i];
+        if (skip_request_header(x) || op_names(t, rt->header_ops, RT_HDR_REQUEST, x->name))
+            continue;
+        hb_add(&b, x->name.p, x->name.n);
+        hb_add(&b, ": ", 2);
+        hb_add(&b, x->value.p, x->value.n);
+        hb_add(&b, "\r\n", 2);
+    }
+    forwarded_headers(&b, c, h, t);
+    for (uint32_t i = 0; i < rt->header_ops.count; i++) {
+        const rt_header_op_t *o = &t->hdrops[rt->header_ops.first + i];
+        if (o->dir != RT_HDR_REQUEST || o->op != RT_HDR_SET)
+            continue;
+        hb_str(&b, rt_cstr(t, o->name));
+        hb_str(&b, ": ");
+        expand(&b, c, rt_cstr(t, o->value));
+        hb_str(&b, "\r\n");
+    }
+    char tmp[64];
+    if (r->body_remain > 0) {
+        snprintf(tmp, sizeof(tmp), "Content-Length: %lld\r\n", (long long)r->body_remain);
+        hb_str(&b, tmp);
+    } else if (r->body_remain < 0) {
+        hb_str(&b, "Transfer-Encoding: chunked\r\n");
+    }
+    if (r->websocket_ok) {
+        hb_str(&b, "Connection: upgrade\r\nUpgrade: ");
+        hb_add(&b, h->upgrade_proto.p, h->upgrade_proto.n);
+        hb_str(&b, "\r\n");
+    }
+    hb_str(&b, "\r\n");
+    if (b.overflow)
+        return -1;
+    u->out->end += (uint32_t)b.n;
+    return 0;
+}
+
+/* ---- request body: client -> upstream ------------------------------------------------- */
+
+static int body_chunked(conn_t *c, upconn_t *u)
+{
+    request_t *r = c->req;
+    while (iobuf_len(c->in) && !r->body_done) {
+        size_t space = iobuf_space(u->out);
+        if (space < 64) {
+            iobuf_compact(u->out);
+            if ((space = iobuf_space(u->out)) < 64)
+                return 0;
+        }
+        size_t in = iobuf_len(c->in) < space - 32 ? iobuf_len(c->in) : space - 32, used;
+        h1_slice_t data;
+        int rc = h1_chunked_decode(&r->body_chunks, iobuf_rd(c->in), in, &used, &data);
+        iobuf_consume(c->in, used);
+        if (rc == H1_CHUNK_ERROR) {
+            log_warn("client request body (site %s): %s", site_name(r), r->body_chunks.error);
+            conn_error(c, 400, NULL);
+            return -1;
+        }
+        if (rc == H1_CHUNK_DATA) {
+            int n = snprintf(iobuf_wr(u->out), iobuf_space(u->out), "%zx\r\n", data.n);
+            u->out->end += (uint32_t)n;
+            memcpy(iobuf_wr(u->out), data.p, data.n);
+            u->out->end += (uint32_t)data.n;
+            memcpy(iobuf_wr(u->out), "\r\n", 2);
+            u->out->end += 2;
+            r->body_bytes += data.n;
+        } else if (rc == H1_CHUNK_DONE) {
+            memcpy(iobuf_wr(u->out), "0\r\n\r\n", 5);
+            u->out->end += 5;
+            r->body_done = true;
+        }
+        if (r->max_body && r->body_bytes > r->max_body) {
+            conn_error(c, 413, NULL);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int body_length(conn_t *c, upconn_t *u)
+{
+    request_t *r = c->req;
+    while (iobuf_len(c->in) && r->body_remain > 0) {
+        if (iobuf_space(u->out) == 0)
+            iobuf_compact(u->out);
+        size_t k = iobuf_len(c->in);
+        if (k > (uint64_t)r->body_remain)
+            k = (size_t)r->body_remain;
+        if (k > iobuf_space(u->out))
+            k = iobuf_space(u->out);
+        if (k == 0)
+            return 0;
+        memcpy(iobuf_wr(u->out), iobuf_rd(c->in), k);
+        u->out->end += (uint32_t)k;
+        iobuf_consume(c->in, k);
+        r->body_remain -= (int64_t)k;
+        r->body_bytes += k;
+    }
+    if (r->body_remain == 0)
+        r->body_done = true;
+    return 0;
+}
+
+static int up_flush(upconn_t *u);
+
+/* Move request bytes from the client to the upstream buffer and set who reads. */
+static void feed_body(conn_t *c)
+{
+    request_t *r = c->req;
+    upconn_t *u = r->up;
+    if (u == NULL)
+        return;
+    if (u->out == NULL && (u->out = iobuf_get()) == NULL) {
+        conn_close(c, "out of memory");
+        return;
+    }
+    if (c->state == CS_TUNNEL) {
+        size_t k = iobuf_len(c->in) < iobuf_space(u->out) ? iobuf_len(c->in) : iobuf_space(u->out);
+        memcpy(iobuf_wr(u->out), iobuf_rd(c->in), k);
+        u->out->end += (uint32_t)k;
+        iobuf_consume(c->in, k);
+    } else if (!r->body_done) {
+        if ((r->body_remain < 0 ? body_chunked(c, u) : body_length(c, u)) < 0)
+            return;
+    }
+    bool room = iobuf_space(u->out) > 0;
+    if (c->state == CS_TUNNEL)
+        conn_pause_read(c, !room || iobuf_len(c->in) > 0);
+    else if (!r->body_done) {
+        conn_pause_read(c, iobuf_len(c->in) > 0); /* wait for the upstream to take what we hold */
+        conn_arm_body_timer(c);
+    } else if (c->read_paused) {
+        conn_pause_read(c, false); /* body complete: pipelined bytes may wait in c->in */
+    }
+    if (u->state == US_ACTIVE)
+        up_flush(u);
+}
+
+void proxy_client_input(conn_t *c)
+{
+    if (c->req && c->req->up)
+        feed_body(c);
+}
+
+/* ---- start ------------------------------------------------------------------------------ */
+
+static void arm_timer(upconn_t *u)
+{
+    request_t *r = u->client->req;
+    const rt_policy_t *p = &r->table->t.policies[r->table->t.routes[r->route].policy];
+    uint64_t ms = u->state == US_CONNECTING ? p->connect_ms
+                : u->client->state == CS_TUNNEL ? TUNNEL_TIMEOUT_MS
+                : iobuf_len(u->out) ? p->send_ms : p->read_ms;
+    ev_timer_start(W->loop, &u->timer, ms, up_timer);
+}
+
+static void attach(conn_t *c, upconn_t *u, uint32_t server)
+{
+    request_t *r = c->req;
+    const rt_table_t *t = &r->table->t;
+    u->client = c;
+    u->server = server;
+    u->keepalive = t->upstreams[t->servers[server].upstream].keepalive;
+    r->up = u;
+    if (u->state == US_IDLE) {
+        u->state = US_ACTIVE;
+        ev_set(W->loop, &u->io, EV_READ);
+    }
+}
+
+static void send_continue(conn_t *c)
+{
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    conn_write(c, cont, sizeof(cont) - 1);
+    conn_flush(c);
+}
+
+void proxy_start(conn_t *c, const h1_request_t *h)
+{
+    request_t *r = c->req;
+    const rt_table_t *t = &r->table->t;
+    const rt_route_t *rt = &t->routes[r->route];
+    r->websocket_ok = h->upgrade && (rt->flags & RT_RF_WEBSOCKET) && h->method_id == H1_METHOD_GET;
+    uint32_t server = pick_server(r->table, &t->upstreams[rt->upstream]);
+    if (server == RT_NONE) {
+        fail(c, 503, "no server available");
+        return;
+    }
+    r->server = server;
+    const char *why = NULL;
+    upconn_t *u = r->websocket_ok ? NULL : pool_take(rt_cstr(t, t->servers[server].sa.addr));
+    if (u == NULL && (u = up_connect(c, server, &why)) == NULL) {
+        fail(c, 502, "connect failed: %s", why);
+        return;
+    }
+    attach(c, u, server);
+    if (build_head(c, h, u) < 0) {
+        proxy_detach(c, false);
+        fail(c, 502, "request head too large to forward");
+        return;
+    }
+    if (u->reused && r->body_done) {
+        r->replay_len = iobuf_len(u->out);
+        r->replay = arena_strndup(&r->arena, iobuf_rd(u->out), r->replay_len);
+    }
+    r->upstream_ms = ev_now(W->loop);
+    if (r->expect_continue && !r->body_done)
+        send_continue(c);
+    feed_body(c);
+    if (c->closed || c->req == NULL)
+        return;
+    arm_timer(u);
+}
+
+/* ---- response: upstream -> client ---------------------------------------------------------- */
+
+static bool skip_response_header(const h1_header_t *x)
+{
+    return x->hop || name_is(x->name, "server") || name_is(x->name, "date") || name_is(x->name, "content-length") ||
+           name_is(x->name, "transfer-encoding");
+}
+
+static void observe_latency(uint64_t ms)
+{
+    static const uint64_t bounds[STATS_LAT_BUCKETS] = STATS_LAT_BOUNDS;
+    unsigned b = 0;
+    while (b < STATS_LAT_BUCKETS - 1 && ms > bounds[b])
+        b++;
+    W->stats->upstream_hist[b]++;
+    W->stats->upstream_count++;
+    W->stats->upstream_ms_sum += ms;
+}
+
+static void client_head(conn_t *c, const h1_response_t *res, h1_body_t body)
+{
+    request_t *r = c->req;
+    const rt_table_t *t = &r->table->t;
+    const rt_route_t *rt = &t->routes[r->route];
+    conn_head_begin(c, res->status);
+    for (size_t i = 0; i < res->nheaders; i++) {
+        const h1_header_t *x = &res->headers[i];
+        if (skip_response_header(x) || op_names(t, rt->header_ops, RT_HDR_RESPONSE, x->name))
+            continue;
+        conn_printf(c, "%.*s: %.*s\r\n", (int)x->name.n, x->name.p, (int)x->value.n, x->value.p);
+    }
+    for (uint32_t i = 0; i < rt->header_ops.count; i++) {
+        const rt_header_op_t *o = &t->hdrops[rt->header_ops.first + i];
+        if (o->dir == RT_HDR_RESPONSE && o->op == RT_HDR_SET)
+            conn_printf(c, "%s: %s\r\n", rt_cstr(t, o->name), rt_cstr(t, o->value));
+    }
+    if (body == H1_BODY_TUNNEL) {
+        conn_printf(c, "Connection: upgrade\r\nUpgrade: %s\r\n\r\n", "websocket");
+        return;
+    }
+    if (body == H1_BODY_LENGTH || (body == H1_BODY_NONE && res->content_length >= 0))
+        conn_printf(c, "Content-Length: %lld\r\n", (long long)res->content_length);
+    if ((body == H1_BODY_CHUNKED || body == H1_BODY_CLOSE) && !r->http10) {
+        r->resp_mode = RM_CHUNKED; /* re-framed: the client always learns where the body ends */
+        conn_printf(c, "Transfer-Encoding: chunked\r\n");
+    } else if (body == H1_BODY_CHUNKED || body == H1_BODY_CLOSE) {
+        r->keep_alive = false; /* HTTP/1.0 has no chunked coding: the close delimits */
+    }
+    conn_printf(c, "%s\r\n", r->keep_alive ? "" : "Connection: close\r\n");
+}
+
+/* Parse the response head in u->in; 1 when the body phase can start, 0 wait, -1 failed. */
+static int response_head(upconn_t *u)
+{
+    conn_t *c = u->client;
+    request_t *r = c->req;
+    for (;;) {
+        h1_limits_t lim = {IOBUF_SIZE - 1, IOBUF_SIZE - 1, 100};
+        int n = h1_parse_response(iobuf_rd(u->in), iobuf_len(u->in), W->hres, &lim);
+        if (n == 0)
+            return 0;
+        if (n < 0) {
+            fail(c, 502, "invalid response: %s", W->hres->error);
+            return -1;
+        }
+        const h1_response_t *res = W->hres;
+        if (res->status >= 100 && res->status < 200 && res->status != 101) {
+            iobuf_consume(u->in, (size_t)n); /* interim response: we answered 100-continue ourselves */
+            continue;
+        }
+        h1_body_t body = h1_response_body(res, r->head ? H1_METHOD_HEAD : (h1_method_t)r->method_id);
+        if (body == H1_BODY_TUNNEL && !(res->status == 101 && r->websocket_ok)) {
+            fail(c, 502, "unexpected %d response", res->status);
+            return -1;
+        }
+        if (!res->keep_alive || body == H1_BODY_CLOSE)
+            u->keepalive = 0;
+        observe_latency(ev_now(W->loop) - r->upstream_ms);
+        r->upstream_ms = ev_now(W->loop) - r->upstream_ms;
+        u->body = (uint8_t)body;
+        r->resp_mode = body == H1_BODY_LENGTH ? RM_LENGTH : body == H1_BODY_NONE ? RM_NONE : RM_CLOSE;
+        r->resp_remain = res->content_length;
+        if (body == H1_BODY_CHUNKED)
+            h1_chunked_init(&u->chunks);
+        client_head(c, res, body);
+        iobuf_consume(u->in, (size_t)n);
+        u->head_done = true;
+        if (body == H1_BODY_TUNNEL) {
+            c->state = CS_TUNNEL;
+            r->response_done = false;
+        }
+        return 1;
+    }
+}
+
+static void body_done(upconn_t *u)
+{
+    conn_t *c = u->client;
+    if (c->req->resp_mode == RM_CHUNKED)
+        conn_write(c, "0\r\n\r\n", 5);
+    c->req->status = c->req->status ? c->req->status : 200;
+    conn_response_complete(c);
+}
+
+/* Relay decoded upstream body bytes as the client framing wants. */
+static void emit(conn_t *c, const char *p, size_t n)
+{
+    if (c->req->resp_mode == RM_CHUNKED) {
+        conn_printf(c, "%zx\r\n", n);
+        conn_write(c, p, n);
+        conn_write(c, "\r\n", 2);
+    } else {
+        conn_write(c, p, n);
+    }
+}
+
+/* Move as much body as c->out takes; returns 1 when the body is complete. */
+static int move_response(upconn_t *u)
+{
+    conn_t *c = u->client;
+    request_t *r = c->req;
+    while (iobuf_len(u->in)) {
+        size_t space = conn_out_space(c);
+        if (space < 64)
+            return 0;
+        size_t take = iobuf_len(u->in) < space - 32 ? iobuf_len(u->in) : space - 32;
+        if (u->body == H1_BODY_CHUNKED) {
+            size_t used;
+            h1_slice_t data;
+            int rc = h1_chunked_decode(&u->chunks, iobuf_rd(u->in), take, &used, &data);
+            iobuf_consume(u->in, used);
+            if (rc == H1_CHUNK_ERROR) {
+                fail(c, 502, "invalid chunked body: %s", u->chunks.error);
+                return -1;
+            }
+            if (rc == H1_CHUNK_DATA)
+                emit(c, data.p, data.n);
+            if (rc == H1_CHUNK_DONE)
+                return 1;
+            continue;
+        }
+        if (u->body == H1_BODY_LENGTH && (uint64_t)r->resp_remain < take)
+            take = (size_t)r->resp_remain;
+        if (u->body == H1_BODY_TUNNEL)
+            conn_write(c, iobuf_rd(u->in), take);
+        else
+            emit(c, iobuf_rd(u->in), take);
+        iobuf_consume(u->in, take);
+        if (u->body == H1_BODY_LENGTH && (r->resp_remain -= (int64_t)take) == 0)
+            return 1;
+    }
+    return u->body == H1_BODY_NONE || (u->body == H1_BODY_LENGTH && r->resp_remain == 0);
+}
+
+static void relay_response(upconn_t *u)
+{
+    conn_t *c = u->client;
+    if (!u->head_done) {
+        int rc = response_head(u);
+        if (rc <= 0)
+            return;
+    }
+    int done = move_response(u);
+    if (done < 0 || c->closed)
+        return;
+    if (done == 1 && u->body != H1_BODY_TUNNEL) {
+        if (iobuf_len(u->in))
+            u->keepalive = 0; /* bytes after the response: do not trust this connection */
+        body_done(u);
+        return;
+    }
+    if (conn_flush(c) < 0)
+        return;
+    /* Backpressure: stop reading the upstream while the client has not taken the last buffer. */
+    u->read_paused = iobuf_len(c->out) > 0 || iobuf_space(u->in) == 0;
+    ev_set(W->loop, &u->io, (u->read_paused ? 0 : EV_READ) | (iobuf_len(u->out) ? EV_WRITE : 0));
+    arm_timer(u);
+}
+
+void proxy_client_drained(conn_t *c)
+{
+    upconn_t *u = c->req ? c->req->up : NULL;
+    if (u == NULL || u->closed)
+        return;
+    if (iobuf_len(u->in))
+        relay_response(u);
+    else if (u->read_paused) {
+        u->read_paused = false;
+        ev_set(W->loop, &u->io, EV_READ | (iobuf_len(u->out) ? EV_WRITE : 0));
+    }
+    if (c->state == CS_TUNNEL && !c->closed && iobuf_len(c->in))
+        feed_body(c);
+}
+
+/* ---- upstream events --------------------------------------------------------------------- */
+
+/* A pooled connection that died before answering: replay the request head
+ * on a fresh connection to the same server (only bodiless requests, whose
+ * head was saved when the pooled connection was taken). */
+static bool retry_fresh(upconn_t *u)
+{
+    conn_t *c = u->client;
+    request_t *r = c->req;
+    if (!u->reused || u->got_bytes || r->replay == NULL)
+        return false;
+    uint32_t server = u->server;
+    const char *why;
+    r->up = NULL;
+    u->client = NULL;
+    up_close(u);
+    upconn_t *fresh = up_connect(c, server, &why);
+    if (fresh == NULL || (fresh->out = iobuf_get()) == NULL) {
+        if (fresh)
+            up_close(fresh);
+        fail(c, 502, "reconnect failed: %s", fresh ? "out of memory" : why);
+        return true;
+    }
+    attach(c, fresh, server);
+    memcpy(iobuf_wr(fresh->out), r->replay, r->replay_len);
+    fresh->out->end += (uint32_t)r->replay_len;
+    r->replay = NULL; /* once */
+    arm_timer(fresh);
+    return true;
+}
+
+static void upstream_eof(upconn_t *u)
+{
+    conn_t *c = u->client;
+    request_t *r = c->req;
+    if (!u->head_done) {
+        if (retry_fresh(u))
+            return;
+        fail(c, 502, u->got_bytes ? "closed in the middle of the response head"
+                                  : "closed the connection without responding");
+        return;
+    }
+    if (u->body == H1_BODY_CLOSE) {
+        u->keepalive = 0;
+        move_response(u);
+        body_done(u);
+        return;
+    }
+    if (u->body == H1_BODY_TUNNEL) {
+        conn_flush(c);
+        conn_close(c, "upstream closed the tunnel");
+        return;
+    }
+    log_err("upstream %s (site %s): closed after %llu bytes of the response body", u->key, site_name(r),
+            (unsigned long long)r->resp_bytes);
+    conn_close(c, "upstream closed mid-body");
+}
+
+static int up_flush(upconn_t *u)
+{
+    while (iobuf_len(u->out)) {
+        ssize_t n = write(u->io.fd, iobuf_rd(u->out), iobuf_len(u->out));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            break;
+        if (n < 0) {
+            fail(u->client, 502, "send failed: %s", strerror(errno));
+            return -1;
+        }
+        iobuf_consume(u->out, (size_t)n);
+    }
+    conn_t *c = u->client;
+    if (iobuf_len(u->out) == 0 && c->read_paused && !c->req->body_done)
+        conn_pause_read(c, false);
+    if (iobuf_len(u->out) == 0 && iobuf_len(c->in) && (!c->req->body_done || c->state == CS_TUNNEL))
+        feed_body(c);
+    if (!u->closed && u->client)
+        ev_set(W->loop, &u->io, (u->read_paused ? 0 : EV_READ) | (u->out && iobuf_len(u->out) ? EV_WRITE : 0));
+    return 0;
+}
+
+static void up_read(upconn_t *u)
+{
+    if (u->in == NULL && (u->in = iobuf_get()) == NULL) {
+        conn_close(u->client, "out of memory");
+        return;
+    }
+    if (iobuf_space(u->in) == 0)
+        iobuf_compact(u->in);
+    if (iobuf_space(u->in) == 0) {
+        if (!u->head_done)
+            fail(u->client, 502, "response head larger than %d bytes", IOBUF_SIZE);
+        return;
+    }
+    ssize_t n;
+    do
+        n = read(u->io.fd, iobuf_wr(u->in), iobuf_space(u->in));
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && errno == EAGAIN)
+        return;
+    if (n <= 0) {
+        if (n < 0)
+            log_warn("upstream %s: read: %s", u->key, strerror(errno));
+        upstream_eof(u);
+        return;
+    }
+    u->got_bytes = true;
+    u->in->end += (uint32_t)n;
+    relay_response(u);
+}
+
+static void connected(upconn_t *u)
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+    getsockopt(u->io.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err) {
+        fail(u->client, 502, "connect failed: %s", err == ECONNREFUSED ? "connection refused" : strerror(err));
+        return;
+    }
+    u->state = US_ACTIVE;
+    ev_set(W->loop, &u->io, EV_READ | EV_WRITE);
+    arm_timer(u);
+}
+
+static void up_io(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
+{
+    upconn_t *u = (upconn_t *)io;
+    (void)loop;
+    if (u->closed)
+        return;
+    if (u->state == US_IDLE) {
+        up_close(u); /* data or EOF on an idle pooled connection */
+        return;
+    }
+    if (u->client == NULL || u->client->closed)
+        return;
+    if (u->state == US_CONNECTING) {
+        connected(u);
+        if (u->closed || u->client == NULL || u->client->closed || u->state != US_ACTIVE)
+            return;
+    }
+    if ((revents & EV_WRITE) && up_flush(u) < 0)
+        return;
+    if (!u->closed && u->client && (revents & (EV_READ | EV_HUP | EV_ERROR)) && !u->read_paused)
+        up_read(u);
+    if (!u->closed && u->client && !u->client->closed && u->client->req && u->client->req->up == u)
+        arm_timer(u);
+}
+
+static void up_timer(ev_loop_t *loop, ev_timer_t *t)
+{
+    upconn_t *u = (upconn_t *)((char *)t - offsetof(upconn_t, timer));
+    (void)loop;
+    if (u->state == US_IDLE || u->client == NULL) {
+        up_close(u);
+        return;
+    }
+    conn_t *c = u->client;
+    const rt_policy_t *p = &c->req->table->t.policies[c->req->table->t.routes[c->req->route].policy];
+    if (u->state == US_CONNECTING)
+        fail(c, 504, "connect timed out after %ums", p->connect_ms);
+    else if (c->state == CS_TUNNEL)
+        conn_close(c, "tunnel idle timeout");
+    else if (iobuf_len(u->out))
+        fail(c, 504, "send timed out after %ums", p->send_ms);
+    else
+        fail(c, 504, "read timed out after %ums", p->read_ms);
+}
+
+void proxy_detach(conn_t *c, bool reusable)
+{
+    request_t *r = c->req;
+    upconn_t *u = r->up;
+    if (u == NULL)
+        return;
+    r->up = NULL;
+    u->client = NULL;
+    if (reusable && u->state == US_ACTIVE && u->head_done && u->keepalive && r->body_done &&
+        iobuf_len(u->out) == 0 && iobuf_len(u->in) == 0 && u->body != H1_BODY_TUNNEL)
+        pool_put(u);
+    else
+        up_close(u);
+}

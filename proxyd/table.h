@@ -1,0 +1,48 @@
+/*
+ * table.h - a loaded generation as a worker uses it: the verified rule
+ * table (read in place) plus what is derived from it once per load: PCRE2
+ * regexes compiled with JIT, per-upstream balancing state, static roots
+ * opened as directory fds.
+ *
+ * A table is reference counted.  The worker holds one reference for "the
+ * current table" and every request holds one for the table it started on,
+ * so a reload can swap the current pointer between requests while requests
+ * in flight finish on their own table; the last tref_put frees it.
+ */
+#ifndef PROXYD_TABLE_H
+#define PROXYD_TABLE_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "../common/ruletable.h"
+
+typedef struct {
+    int32_t current;   /* smooth weighted round robin state */
+    int32_t effective;
+} rr_state_t;
+
+typedef struct tref {
+    unsigned refs;
+    int64_t generation;
+    uint8_t *blob;
+    size_t len;
+    rt_table_t t;
+    void **regex;          /* per route: pcre2_code * or NULL */
+    void *match_data;      /* pcre2_match_data * sized for the largest pattern */
+    rr_state_t *rr;        /* per server */
+    int *root_fd;          /* per route: static root O_PATH fd, or -1 */
+    struct sockaddr_storage *resolved; /* per server: host-name servers resolved at load */
+} tref_t;
+
+/* Load generation gen (0: the active one) from the store, read-only.  NULL
+ * with a reason in err when it is missing, unreadable or fails verification. */
+tref_t *tref_load(const char *db, int64_t gen, char *err, size_t errlen);
+/* Derive worker state (regexes, roots, balancing); 0 or -1 with err. */
+int tref_prepare(tref_t *r, char *err, size_t errlen);
+static inline tref_t *tref_get(tref_t *r) { r->refs++; return r; }
+void tref_put(tref_t *r);
+/* Route regex callback for route_match(). */
+int tref_regex(void *ud, uint32_t route, const char *path, size_t n);
+
+#endif

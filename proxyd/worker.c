@@ -1,0 +1,175 @@
+/*
+ * worker.c - a worker process: accepts on the inherited listeners and runs
+ * every connection to completion on its event loop.
+ *
+ * Signals arrive through a signalfd, so handlers are ordinary loop
+ * callbacks: HUP swaps in the generation the master names in shared memory
+ * (requests in flight keep the table they started with), TERM drains (stop
+ * accepting, let requests finish, close idle connections), QUIT exits now.
+ */
+#include "worker.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/log.h"
+#include "../common/store.h"
+#include "accesslog.h"
+#include "conn.h"
+#include "proxy.h"
+
+worker_t *W;
+
+static ev_io_t sig_io;
+static ev_timer_t drain_timer;
+
+const char *worker_date(void)
+{
+    time_t now = time(NULL);
+    if ((uint64_t)now != W->date_sec) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(W->date, sizeof(W->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        W->date_sec = (uint64_t)now;
+    }
+    return W->date;
+}
+
+void worker_count_status(uint32_t site, int status)
+{
+    if (status < 100 || status > 599)
+        return;
+    unsigned cls = (unsigned)status / 100 - 1;
+    if (site != RT_NONE && site < STATS_MAX_SITES)
+        W->stats->site[site][cls]++;
+    else
+        W->stats->other_site[cls]++;
+}
+
+static void idle(void *arg)
+{
+    (void)arg;
+    conn_free_deferred();
+    proxy_free_deferred();
+    accesslog_flush();
+    if (W->draining && W->conns == 0)
+        ev_stop(W->loop);
+}
+
+static void on_accept(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
+{
+    (void)loop;
+    (void)revents;
+    conn_accept((listener_t *)io);
+}
+
+/* Load the generation the master announced and make it current. */
+static void reload(void)
+{
+    int64_t want = W->shm->generation;
+    if (want == W->table->generation)
+        return;
+    char err[512];
+    tref_t *t = tref_load(W->db, want, err, sizeof(err));
+    if (t == NULL || tref_prepare(t, err, sizeof(err)) < 0) {
+        log_err("reload refused, keeping generation %lld: %s", (long long)W->table->generation, err);
+        tref_put(t);
+        return;
+    }
+    tref_put(W->table);
+    W->table = t;
+    W->stats->generation = t->generation;
+}
+
+static void drain_expired(ev_loop_t *loop, ev_timer_t *t)
+{
+    (void)t;
+    log_warn("drain timeout: closing %u connections", W->conns);
+    ev_stop(loop);
+}
+
+static void start_drain(void)
+{
+    if (W->draining)
+        return;
+    W->draining = true;
+    for (int i = 0; i < W->nlisteners; i++)
+        ev_del(W->loop, &W->listeners[i].io);
+    proxy_pool_close_all();
+    conn_close_idle();
+    ev_timer_start(W->loop, &drain_timer, W->table->t.global->drain_timeout_ms, drain_expired);
+}
+
+static void on_signal(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
+{
+    struct signalfd_siginfo si;
+    (void)revents;
+    while (read(io->fd, &si, sizeof(si)) == sizeof(si)) {
+        if (si.ssi_signo == SIGHUP)
+            reload();
+        else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+            start_drain();
+        else if (si.ssi_signo == SIGQUIT)
+            ev_stop(loop);
+    }
+}
+
+static int setup_signals(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGQUIT);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    return fd < 0 ? -1 : ev_add(W->loop, &sig_io, fd, EV_READ, on_signal);
+}
+
+int worker_main(int id, const char *db, tref_t *table, listener_t *ls, int nls, stats_shm_t *shm)
+{
+    static worker_t w;
+    char ident[32];
+    W = &w;
+    w.id = id;
+    w.db = db;
+    w.table = table;
+    w.listeners = ls;
+    w.nlisteners = nls;
+    w.shm = shm;
+    w.stats = &shm->workers[id];
+    worker_stats_t *stats = w.stats;
+    snprintf(ident, sizeof(ident), "worker %d", id);
+    log_set_ident(ident);
+    prctl(PR_SET_PDEATHSIG, SIGQUIT); /* never outlive the master */
+    w.loop = ev_new();
+    w.hreq = malloc(sizeof(*w.hreq));
+    w.hres = malloc(sizeof(*w.hres));
+    if (w.loop == NULL || w.hreq == NULL || w.hres == NULL || setup_signals() < 0) {
+        log_err("cannot start: %s", strerror(errno));
+        return 1;
+    }
+    for (int i = 0; i < nls; i++)
+        if (ev_add_exclusive(w.loop, &ls[i].io, ls[i].fd, on_accept) < 0) {
+            log_err("cannot watch listener on port %u: %s", ls[i].port, strerror(errno));
+            return 1;
+        }
+    stats->pid = getpid();
+    w.pid_hash = (uint32_t)getpid() * 2654435761u ^ (uint32_t)time(NULL);
+    stats->generation = table->generation;
+    stats->started = (uint64_t)time(NULL);
+    stats->conns_active = 0;
+    ev_set_idle(w.loop, idle, NULL);
+    ev_run(w.loop);
+    accesslog_flush();
+    return 0;
+}
