@@ -75,6 +75,10 @@ build/unit/test_http1: tests/unit/test_http1.c proxyd/http1.c proxyd/http1.h
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -Wno-missing-prototypes -O1 -g $(SAN) -Iproxyd -o $@ $< proxyd/http1.c -lcmocka
 
+build/unit/test_static: tests/unit/test_static.c proxyd/static.c proxyd/static.h proxyd/http1.h
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -Wno-missing-prototypes -O1 -g $(SAN) -Iproxyd -o $@ $< proxyd/static.c -lcmocka
+
 unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
 

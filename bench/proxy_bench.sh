@@ -22,7 +22,8 @@
 #
 # Ports: origin 18080, proxyd 18081, nginx 18082, haproxy 18083 (all on
 # 127.0.0.1; the script stops if one is taken). proxyd rows say n/a when
-# bin/proxyd is missing or does not answer within 5 s.
+# bin/proxyd is missing or does not answer within 5 s. The environment
+# variables PROXYD and PROXYCTL name other builds (default bin/proxyd, bin/proxyctl).
 # Output: Markdown on stdout (tables, the commands, the configurations);
 # progress on stderr. Every process started here is stopped by PID on exit.
 set -eu
@@ -46,6 +47,8 @@ done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$ROOT/build/bench
+PROXYD=${PROXYD:-$ROOT/bin/proxyd}
+PROXYCTL=${PROXYCTL:-$ROOT/bin/proxyctl}
 ORIGIN_PORT=18080
 TARGETS="origin proxyd nginx haproxy"
 TMP=$(mktemp -d /tmp/proxy-bench-XXXXXX)
@@ -84,7 +87,7 @@ start_bg() {
 # stop_pid PID: SIGTERM, up to 5 s, then SIGKILL; children left behind by a
 # master that had to be killed are killed by their PIDs too.
 stop_pid() {
-    local pid=$1 kids i
+    local pid=$1 kids i rest=""
     kids=$(ps -o pid= --ppid "$pid" 2>/dev/null || true)
     if kill -TERM "$pid" 2>/dev/null; then
         for i in $(seq 1 50); do
@@ -95,7 +98,8 @@ stop_pid() {
     fi
     wait "$pid" 2>/dev/null || true
     for i in $kids; do kill -KILL "$i" 2>/dev/null || true; done
-    STARTED=$(printf ' %s ' $STARTED | sed "s/ $pid / /; s/^ *//; s/ *$//")
+    for i in $STARTED; do [ "$i" = "$pid" ] || rest="$rest $i"; done
+    STARTED=$rest
 }
 
 cleanup() {
@@ -216,10 +220,10 @@ routes:
   - match: {path_prefix: /}
     upstream: origin
 EOF
-    record "$ROOT/bin/proxyctl" --db "$d/store.db" init --global "$d/proxy.yaml"
-    record "$ROOT/bin/proxyctl" --db "$d/store.db" add-site "$d/bench.yaml"
-    "$ROOT/bin/proxyctl" --db "$d/store.db" init --global "$d/proxy.yaml" >"$d/proxyctl.log" 2>&1 &&
-        "$ROOT/bin/proxyctl" --db "$d/store.db" add-site "$d/bench.yaml" >>"$d/proxyctl.log" 2>&1
+    record "$PROXYCTL" --db "$d/store.db" init --global "$d/proxy.yaml"
+    record "$PROXYCTL" --db "$d/store.db" add-site "$d/bench.yaml"
+    "$PROXYCTL" --db "$d/store.db" init --global "$d/proxy.yaml" >"$d/proxyctl.log" 2>&1 &&
+        "$PROXYCTL" --db "$d/store.db" add-site "$d/bench.yaml" >>"$d/proxyctl.log" 2>&1
 }
 
 # start_target NAME WORKERS: start a fresh proxy and wait until it serves the
@@ -237,8 +241,8 @@ start_target() {
         ;;
     proxyd)
         [ -z "$PROXYD_NA" ] || return 1
-        if [ ! -x "$ROOT/bin/proxyd" ]; then
-            PROXYD_NA="bin/proxyd does not exist"
+        if [ ! -x "$PROXYD" ]; then
+            PROXYD_NA="$PROXYD does not exist"
             return 1
         fi
         d=$TMP/proxyd-w$w
@@ -246,14 +250,14 @@ start_target() {
             PROXYD_NA="proxyctl could not build the store: $(tail -n 3 "$d/proxyctl.log" | tr '\n' ' ')"
             return 1
         fi
-        start_bg "$d/out.log" "$ROOT/bin/proxyd" --db "$d/store.db" --foreground
+        start_bg "$d/out.log" "$PROXYD" --db "$d/store.db" --foreground
         ;;
     esac
     TARGET_PID=$LAST_PID
     if ! wait_http "$(port_of "$name")" "$TARGET_PID" || ! check_body "$(port_of "$name")"; then
         log "$name ($w workers) did not serve the origin's body within 5 s: $(tail -n 3 "$d/out.log" 2>/dev/null)"
         [ "$name" = proxyd ] &&
-            PROXYD_NA="bin/proxyd did not serve the origin's 100-byte body on 127.0.0.1:18081 within 5 s; its output: $(tail -n 3 "$d/out.log" | tr '\n' ' ')"
+            PROXYD_NA="$PROXYD did not serve the origin's 100-byte body on 127.0.0.1:18081 within 5 s; its output: $(tail -n 3 "$d/out.log" | tr '\n' ' ')"
         stop_pid "$TARGET_PID"
         return 1
     fi
@@ -391,11 +395,15 @@ cell() {
         "$RESULTS" | median
 }
 
-fmt_rps() { [ "$1" = - ] && echo n/a || printf '%.0f' "$1"; }
-fmt_ms() { [ "$1" = - ] && echo n/a || awk -v v="$1" 'BEGIN { printf "%.2f ms", v / 1000 }'; }
+fmt_rps() {
+    if [ "$1" = - ]; then echo n/a; else printf '%.0f' "$1"; fi
+}
+fmt_ms() {
+    if [ "$1" = - ]; then echo n/a; else awk -v v="$1" 'BEGIN { printf "%.2f ms", v / 1000 }'; fi
+}
 
 load_table() {
-    local t w mode cells
+    local t w mode cells name
     echo "| target | workers | keep-alive req/s | p50 | p99 | new-connection req/s | p50 | p99 |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for t in $TARGETS; do
@@ -406,7 +414,9 @@ load_table() {
                 cells="$cells | $(fmt_rps "$(cell "$t" "$w" "$mode" 5)")"
                 cells="$cells | $(fmt_ms "$(cell "$t" "$w" "$mode" 6)") | $(fmt_ms "$(cell "$t" "$w" "$mode" 7)")"
             done
-            [ "$t" = origin ] && echo "| origin (direct) | 1$cells |" || echo "| $t | $w$cells |"
+            name=$t
+            [ "$t" != origin ] || name="origin (direct)"
+            echo "| $name | $w$cells |"
         done
     done
 }

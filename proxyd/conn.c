@@ -61,6 +61,7 @@ const char *status_reason(int s)
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
     case 410: return "Gone";
+    case 412: return "Precondition Failed";
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
     case 416: return "Range Not Satisfiable";

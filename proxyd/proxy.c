@@ -828,19 +828,25 @@ static void relay_response(upconn_t *u)
         if (rc <= 0)
             return;
     }
-    int done = move_response(u);
-    if (done < 0 || c->closed)
-        return;
-    if (done == 1 && u->body != H1_BODY_TUNNEL) {
-        if (iobuf_len(u->in))
-            u->keepalive = 0; /* bytes after the response: do not trust this connection */
-        body_done(u);
-        return;
+    for (;;) {
+        int done = move_response(u);
+        if (done < 0 || c->closed)
+            return;
+        if (done == 1 && u->body != H1_BODY_TUNNEL) {
+            if (iobuf_len(u->in))
+                u->keepalive = 0; /* bytes after the response: do not trust this connection */
+            body_done(u);
+            return;
+        }
+        if (conn_flush(c) < 0)
+            return;
+        if (iobuf_len(c->out) || iobuf_len(u->in) == 0)
+            break; /* the client is behind, or everything read so far is out */
     }
-    if (conn_flush(c) < 0)
-        return;
     /* Backpressure: stop reading the upstream while the client has not taken the last buffer. */
-    u->read_paused = iobuf_len(c->out) > 0 || iobuf_space(u->in) == 0;
+    u->read_paused = iobuf_len(c->out) > 0;
+    if (u->in && iobuf_space(u->in) < IOBUF_SIZE / 4)
+        iobuf_compact(u->in);
     ev_set(W->loop, &u->io, (u->read_paused ? 0 : EV_READ) | (iobuf_len(u->out) ? EV_WRITE : 0));
     arm_timer(u);
 }

@@ -234,9 +234,9 @@ static bool date_to_time(const date_t *d, time_t *out)
 static bool parse_imf(cur_t *c, date_t *d)
 {
     return take_name(c, day_short, 7) >= 0 && take_lit(c, ", ") && take_num(c, 2, &d->day) &&
-           take_lit(c, " ") && (d->mon = take_name(c, month_name, 12)) >= 0 &&
-           take_lit(c, " ") && take_num(c, 4, &d->year) && take_lit(c, " ") &&
-           take_time(c, &d->hh, &d->mm, &d->ss) && take_lit(c, " GMT");
+           take_lit(c, " ") && (d->mon = take_name(c, month_name, 12)) >= 0 && take_lit(c, " ") &&
+           take_num(c, 4, &d->year) && take_lit(c, " ") && take_time(c, &d->hh, &d->mm, &d->ss) &&
+           take_lit(c, " GMT");
 }
 
 /* The year of an rfc850-date: a two-digit year that would be more than 50
@@ -256,9 +256,9 @@ static bool parse_rfc850(cur_t *c, date_t *d)
 {
     int yy = 0;
     if (!(take_name(c, day_long, 7) >= 0 && take_lit(c, ", ") && take_num(c, 2, &d->day) &&
-          take_lit(c, "-") && (d->mon = take_name(c, month_name, 12)) >= 0 &&
-          take_lit(c, "-") && take_num(c, 2, &yy) && take_lit(c, " ") &&
-          take_time(c, &d->hh, &d->mm, &d->ss) && take_lit(c, " GMT")))
+          take_lit(c, "-") && (d->mon = take_name(c, month_name, 12)) >= 0 && take_lit(c, "-") &&
+          take_num(c, 2, &yy) && take_lit(c, " ") && take_time(c, &d->hh, &d->mm, &d->ss) &&
+          take_lit(c, " GMT")))
         return false;
     d->year = rfc850_year(yy);
     return true;
@@ -503,7 +503,8 @@ static bool if_range_holds(const static_req_t *r, const static_result_t *o)
         return false;
     time_t t;
     /* A date starts with a day name ("Wed, ..."), never with '"' or "W/". */
-    if (h->value.n > 1 && (h->value.p[0] == '"' || (h->value.p[0] == 'W' && h->value.p[1] == '/'))) {
+    if (h->value.n > 1 &&
+        (h->value.p[0] == '"' || (h->value.p[0] == 'W' && h->value.p[1] == '/'))) {
         const char *p = h->value.p;
         etag_t e;
         return etag_next(&p, p + h->value.n, &e) == 1 && p == h->value.p + h->value.n &&
@@ -525,8 +526,8 @@ static void apply_range(const static_req_t *r, static_result_t *o)
         o->status = 206;
         o->offset = first;
         o->length = last - first + 1;
-        snprintf(o->content_range, sizeof o->content_range, "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64,
-                 first, last, o->size);
+        snprintf(o->content_range, sizeof o->content_range,
+                 "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, first, last, o->size);
         break;
     case RANGE_UNSATISFIABLE:
         o->status = 416;
@@ -618,10 +619,10 @@ static int open_errno_status(int err)
 
 typedef struct {
     char buf[PATH_MAX];
-    size_t dir_len;   /* rel of the directory part (no trailing '/') */
-    size_t len;       /* whole rel, with the index name when slash */
-    size_t name_off;  /* start of the last segment, for the content type */
-    bool slash;       /* the request path ends in '/' */
+    size_t dir_len;  /* rel of the directory part (no trailing '/') */
+    size_t len;      /* whole rel, with the index name when slash */
+    size_t name_off; /* start of the last segment, for the content type */
+    bool slash;      /* the request path ends in '/' */
 } rel_path_t;
 
 /* The NUL-terminated path relative to the root: the request path minus the

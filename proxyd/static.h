@@ -31,15 +31,15 @@
 #define STATIC_DEFAULT_INDEX "index.html"
 
 typedef struct {
-    h1_slice_t path;       /* after the caller's normalization: percent-decoded except
-                              %2F, dot segments resolved, starting with '/'; no query */
-    size_t strip;          /* bytes of the matched route prefix to drop (strip_prefix), else 0 */
-    const char *index;     /* index file name; NULL for STATIC_DEFAULT_INDEX */
-    h1_method_t method;    /* GET and HEAD are served; anything else gets 405 */
+    h1_slice_t path;    /* after the caller's normalization: percent-decoded except
+                           %2F, dot segments resolved, starting with '/'; no query */
+    size_t strip;       /* bytes of the matched route prefix to drop (strip_prefix), else 0 */
+    const char *index;  /* index file name; NULL for STATIC_DEFAULT_INDEX */
+    h1_method_t method; /* GET and HEAD are served; anything else gets 405 */
     const h1_header_t *headers; /* request fields: Range, If-Range, If-Match, If-None-Match,
                                    If-Modified-Since, If-Unmodified-Since */
     size_t nheaders;
-    uint32_t expires_s;    /* the route's expires, echoed into the result */
+    uint32_t expires_s; /* the route's expires, echoed into the result */
 } static_req_t;
 
 typedef struct {
@@ -51,20 +51,20 @@ typedef struct {
      * 500 system error (static_serve returned -1, errno says why).
      */
     int status;
-    int fd;                   /* O_RDONLY|O_CLOEXEC regular file for 200/206 to GET, else -1;
-                                 the caller closes it */
-    uint64_t offset, length;  /* bytes to send (200: 0 and size; 206: the range); also set
-                                 for HEAD, where Content-Length is still `length` */
+    int fd;                  /* O_RDONLY|O_CLOEXEC regular file for 200/206 to GET, else -1;
+                                the caller closes it */
+    uint64_t offset, length; /* bytes to send (200: 0 and size; 206: the range); also set
+                                for HEAD, where Content-Length is still `length` */
     /* The fields below are filled whenever a regular file was found
        (200, 206, 304, 412, 416); otherwise zero, "" or NULL. */
     uint64_t size;            /* whole file size, for Content-Range */
     const char *content_type; /* static string */
     time_t mtime;
-    char last_modified[32];   /* IMF-fixdate, e.g. "Sun, 06 Nov 1994 08:49:37 GMT" */
-    char etag[48];            /* strong: "<size hex>-<mtime ns hex>" with the quotes */
-    char content_range[80];   /* 206: "bytes a-b/size"; 416: "bytes *\/size"; else "" */
-    char location_suffix[2];  /* 301: "/" to append to the request path; else "" */
-    uint32_t expires_s;       /* echo of static_req_t.expires_s (Cache-Control max-age) */
+    char last_modified[32];  /* IMF-fixdate, e.g. "Sun, 06 Nov 1994 08:49:37 GMT" */
+    char etag[48];           /* strong: "<size hex>-<mtime ns hex>" with the quotes */
+    char content_range[80];  /* 206: "bytes a-b/size"; 416: "bytes *\/size"; else "" */
+    char location_suffix[2]; /* 301: "/" to append to the request path; else "" */
+    uint32_t expires_s;      /* echo of static_req_t.expires_s (Cache-Control max-age) */
 } static_result_t;
 
 /*

@@ -138,8 +138,8 @@ static void check_result(const static_req_t *req, const static_result_t *o)
     bool body = req->method == H1_METHOD_GET && (o->status == 200 || o->status == 206);
     if (body != (o->fd >= 0))
         abort();
-    if (o->fd >= 0 && (!is_inside(o->fd) || o->offset + o->length > o->size ||
-                       o->offset + o->length < o->offset))
+    if (o->fd >= 0 &&
+        (!is_inside(o->fd) || o->offset + o->length > o->size || o->offset + o->length < o->offset))
         abort();
     if (o->status == 206 && (o->length == 0 || o->content_range[0] == '\0'))
         abort();

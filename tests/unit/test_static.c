@@ -34,12 +34,12 @@
 
 #define NTAB(a) (sizeof(a) / sizeof((a)[0]))
 
-#define HELLO "hello world\n" /* 12 bytes */
+#define HELLO "hello world\n"  /* 12 bytes */
 #define HELLO_MTIME 1000000000 /* Sun, 09 Sep 2001 01:46:40 GMT */
 #define HELLO_LM "Sun, 09 Sep 2001 01:46:40 GMT"
 #define EXPIRES 3600
 
-static char base[64];      /* temp dir: base/root is the served root */
+static char base[64]; /* temp dir: base/root is the served root */
 static char root_path[96];
 static int root_fd = -1;
 static char hello_etag[48]; /* computed from stat(2), independently of static.c */
@@ -80,12 +80,13 @@ static int build_tree(void)
     if (fd < 0 || write(fd, "secret\n", 7) != 7)
         return -1;
     close(fd);
-    int rc = mkdir(root_path, 0755) | put("hello.txt", HELLO) | put("index.html", "<h1>root</h1>\n") |
-             put("empty.bin", "") | put("Photo.JPG", "jpeg") | put("noext", "x") |
-             put(".hidden", "hidden") | dir("sub") | put("sub/index.html", "<h1>sub</h1>\n") |
-             put("sub/page.css", "body{}\n") | dir("sub/.git") | put("sub/.git/config", "[core]\n") |
-             dir("nodir") | dir("idxdir") | put("idxdir/default.htm", "<p>custom</p>\n") |
-             dir("dirindex") | dir("dirindex/index.html") | put("locked.txt", "locked\n") |
+    int rc = mkdir(root_path, 0755) | put("hello.txt", HELLO) |
+             put("index.html", "<h1>root</h1>\n") | put("empty.bin", "") |
+             put("Photo.JPG", "jpeg") | put("noext", "x") | put(".hidden", "hidden") | dir("sub") |
+             put("sub/index.html", "<h1>sub</h1>\n") | put("sub/page.css", "body{}\n") |
+             dir("sub/.git") | put("sub/.git/config", "[core]\n") | dir("nodir") | dir("idxdir") |
+             put("idxdir/default.htm", "<p>custom</p>\n") | dir("dirindex") |
+             dir("dirindex/index.html") | put("locked.txt", "locked\n") |
              link_to("hello.txt", "link.txt") | link_to("../hello.txt", "sub/up.txt") |
              link_to("sub", "linkdir") | link_to("/etc/passwd", "passwd") |
              link_to("../outside.txt", "escape.txt") | link_to("/tmp", "tmpdir") |
@@ -148,14 +149,14 @@ typedef struct {
     const char *path;
     size_t path_len;
     size_t strip;
-    h1_method_t method;       /* 0 (OTHER) means GET in rows; OTHER is spelled out below */
+    h1_method_t method; /* 0 (OTHER) means GET in rows; OTHER is spelled out below */
     const char *index;
-    const char *hdrs[4];      /* "Name: value"; %E = hello.txt's ETag, %L = its Last-Modified */
+    const char *hdrs[4]; /* "Name: value"; %E = hello.txt's ETag, %L = its Last-Modified */
     int status;
-    const char *body;         /* bytes of the 200/206 body, or NULL */
+    const char *body; /* bytes of the 200/206 body, or NULL */
     const char *content_range;
     const char *content_type;
-    const char *location;     /* expected location_suffix, or NULL for "" */
+    const char *location; /* expected location_suffix, or NULL for "" */
 } row_t;
 
 #define PATH(lit) .path = lit, .path_len = sizeof(lit) - 1
@@ -362,12 +363,13 @@ static const row_t range_rows[] = {
      .content_range = "bytes */0"},
     {"range_multi_ignored", PATH("/hello.txt"), .hdrs = {"Range: bytes=0-1,3-4"}, .status = 200,
      .body = HELLO},
-    {"range_two_fields_ignored", PATH("/hello.txt"), .hdrs = {"Range: bytes=0-1", "Range: bytes=3-4"},
-     .status = 200, .body = HELLO},
+    {"range_two_fields_ignored", PATH("/hello.txt"),
+     .hdrs = {"Range: bytes=0-1", "Range: bytes=3-4"}, .status = 200, .body = HELLO},
     {"range_reversed_ignored", PATH("/hello.txt"), .hdrs = {"Range: bytes=5-2"}, .status = 200},
     {"range_garbage_ignored", PATH("/hello.txt"), .hdrs = {"Range: bytes=abc"}, .status = 200},
     {"range_no_spec_ignored", PATH("/hello.txt"), .hdrs = {"Range: bytes="}, .status = 200},
-    {"range_double_dash_ignored", PATH("/hello.txt"), .hdrs = {"Range: bytes=1-2-3"}, .status = 200},
+    {"range_double_dash_ignored", PATH("/hello.txt"), .hdrs = {"Range: bytes=1-2-3"},
+     .status = 200},
     {"range_other_unit_ignored", PATH("/hello.txt"), .hdrs = {"Range: items=0-4"}, .status = 200},
     {"range_space_before_eq_ignored", PATH("/hello.txt"), .hdrs = {"Range: bytes =0-4"},
      .status = 200},
@@ -398,25 +400,27 @@ static const row_t cond_rows[] = {
     {"inm_weak_304", PATH("/hello.txt"), .hdrs = {"If-None-Match: W/%E"}, .status = 304},
     {"inm_list_304", PATH("/hello.txt"), .hdrs = {"If-None-Match: \"a\", W/\"b\" ,%E"},
      .status = 304},
-    {"inm_two_fields_304", PATH("/hello.txt"), .hdrs = {"If-None-Match: \"a\"", "if-none-match: %E"},
-     .status = 304},
+    {"inm_two_fields_304", PATH("/hello.txt"),
+     .hdrs = {"If-None-Match: \"a\"", "if-none-match: %E"}, .status = 304},
     {"inm_other_200", PATH("/hello.txt"), .hdrs = {"If-None-Match: \"nope\""}, .status = 200,
      .body = HELLO},
     {"inm_malformed_200", PATH("/hello.txt"), .hdrs = {"If-None-Match: nope"}, .status = 200},
-    {"inm_beats_ims", PATH("/hello.txt"), .hdrs = {"If-None-Match: \"nope\"", "If-Modified-Since: %L"},
-     .status = 200},
+    {"inm_beats_ims", PATH("/hello.txt"),
+     .hdrs = {"If-None-Match: \"nope\"", "If-Modified-Since: %L"}, .status = 200},
     {"inm_head_304", PATH("/hello.txt"), HEAD_M, .hdrs = {"If-None-Match: %E"}, .status = 304},
     {"inm_beats_range", PATH("/hello.txt"), .hdrs = {"If-None-Match: %E", "Range: bytes=0-1"},
      .status = 304},
     {"inm_missing_404", PATH("/missing"), .hdrs = {"If-None-Match: *"}, .status = 404},
     {"ims_equal_304", PATH("/hello.txt"), .hdrs = {"If-Modified-Since: %L"}, .status = 304},
     {"ims_later_304", PATH("/hello.txt"), .hdrs = {"If-Modified-Since: " NEW_DATE}, .status = 304},
-    {"ims_earlier_200", PATH("/hello.txt"), .hdrs = {"If-Modified-Since: " OLD_DATE}, .status = 200},
-    {"ims_rfc850_304", PATH("/hello.txt"), .hdrs = {"If-Modified-Since: Sunday, 09-Sep-01 01:46:40 GMT"},
-     .status = 304},
+    {"ims_earlier_200", PATH("/hello.txt"), .hdrs = {"If-Modified-Since: " OLD_DATE},
+     .status = 200},
+    {"ims_rfc850_304", PATH("/hello.txt"),
+     .hdrs = {"If-Modified-Since: Sunday, 09-Sep-01 01:46:40 GMT"}, .status = 304},
     {"ims_asctime_304", PATH("/hello.txt"), .hdrs = {"If-Modified-Since: Sun Sep  9 01:46:40 2001"},
      .status = 304},
-    {"ims_invalid_200", PATH("/hello.txt"), .hdrs = {"If-Modified-Since: yesterday"}, .status = 200},
+    {"ims_invalid_200", PATH("/hello.txt"), .hdrs = {"If-Modified-Since: yesterday"},
+     .status = 200},
     {"ims_twice_ignored_200", PATH("/hello.txt"),
      .hdrs = {"If-Modified-Since: %L", "If-Modified-Since: %L"}, .status = 200},
     {"ims_head_304", PATH("/hello.txt"), HEAD_M, .hdrs = {"If-Modified-Since: %L"}, .status = 304},
@@ -426,11 +430,12 @@ static const row_t cond_rows[] = {
     {"if_match_weak_412", PATH("/hello.txt"), .hdrs = {"If-Match: W/%E"}, .status = 412},
     {"ius_earlier_412", PATH("/hello.txt"), .hdrs = {"If-Unmodified-Since: " OLD_DATE},
      .status = 412},
-    {"ius_later_200", PATH("/hello.txt"), .hdrs = {"If-Unmodified-Since: " NEW_DATE}, .status = 200},
+    {"ius_later_200", PATH("/hello.txt"), .hdrs = {"If-Unmodified-Since: " NEW_DATE},
+     .status = 200},
     {"if_match_then_range", PATH("/hello.txt"), .hdrs = {"If-Match: %E", "Range: bytes=-1"},
      .status = 206, .body = "\n", .content_range = "bytes 11-11/12"},
-    {"conditional_405", PATH("/hello.txt"), .method = H1_METHOD_POST,
-     .hdrs = {"If-None-Match: *"}, .status = 405},
+    {"conditional_405", PATH("/hello.txt"), .method = H1_METHOD_POST, .hdrs = {"If-None-Match: *"},
+     .status = 405},
 };
 
 /* ---- fixed tests --------------------------------------------------------------- */
@@ -534,21 +539,45 @@ static void test_content_types(void **state)
     static const struct {
         const char *name, *type;
     } cases[] = {
-        {"a.html", HTML}, {"a.HTM", HTML}, {"a.css", "text/css; charset=utf-8"},
-        {"a.js", "text/javascript; charset=utf-8"}, {"a.mjs", "text/javascript; charset=utf-8"},
-        {"a.json", "application/json"}, {"a.xml", "application/xml"}, {"a.txt", TXT},
-        {"a.csv", "text/csv; charset=utf-8"}, {"a.svg", "image/svg+xml"}, {"a.PNG", "image/png"},
-        {"a.jpg", "image/jpeg"}, {"a.jpeg", "image/jpeg"}, {"a.gif", "image/gif"},
-        {"a.webp", "image/webp"}, {"a.avif", "image/avif"}, {"favicon.ico", "image/x-icon"},
-        {"a.woff", "font/woff"}, {"a.woff2", "font/woff2"}, {"a.ttf", "font/ttf"},
-        {"a.otf", "font/otf"}, {"a.pdf", "application/pdf"}, {"a.zip", "application/zip"},
-        {"a.tar.gz", "application/gzip"}, {"a.tar", "application/x-tar"}, {"a.mp4", "video/mp4"},
-        {"a.webm", "video/webm"}, {"a.mp3", "audio/mpeg"}, {"a.wasm", "application/wasm"},
-        {"app.js.map", "application/json"}, {"README.md", "text/markdown; charset=utf-8"},
-        {"a", "application/octet-stream"}, {"a.", "application/octet-stream"},
-        {".bashrc", "application/octet-stream"}, {"d.html/x", "application/octet-stream"},
-        {"d/.html", "application/octet-stream"}, {"a.exe", "application/octet-stream"},
-        {"a.htmlx", "application/octet-stream"}, {"", "application/octet-stream"},
+        {"a.html", HTML},
+        {"a.HTM", HTML},
+        {"a.css", "text/css; charset=utf-8"},
+        {"a.js", "text/javascript; charset=utf-8"},
+        {"a.mjs", "text/javascript; charset=utf-8"},
+        {"a.json", "application/json"},
+        {"a.xml", "application/xml"},
+        {"a.txt", TXT},
+        {"a.csv", "text/csv; charset=utf-8"},
+        {"a.svg", "image/svg+xml"},
+        {"a.PNG", "image/png"},
+        {"a.jpg", "image/jpeg"},
+        {"a.jpeg", "image/jpeg"},
+        {"a.gif", "image/gif"},
+        {"a.webp", "image/webp"},
+        {"a.avif", "image/avif"},
+        {"favicon.ico", "image/x-icon"},
+        {"a.woff", "font/woff"},
+        {"a.woff2", "font/woff2"},
+        {"a.ttf", "font/ttf"},
+        {"a.otf", "font/otf"},
+        {"a.pdf", "application/pdf"},
+        {"a.zip", "application/zip"},
+        {"a.tar.gz", "application/gzip"},
+        {"a.tar", "application/x-tar"},
+        {"a.mp4", "video/mp4"},
+        {"a.webm", "video/webm"},
+        {"a.mp3", "audio/mpeg"},
+        {"a.wasm", "application/wasm"},
+        {"app.js.map", "application/json"},
+        {"README.md", "text/markdown; charset=utf-8"},
+        {"a", "application/octet-stream"},
+        {"a.", "application/octet-stream"},
+        {".bashrc", "application/octet-stream"},
+        {"d.html/x", "application/octet-stream"},
+        {"d/.html", "application/octet-stream"},
+        {"a.exe", "application/octet-stream"},
+        {"a.htmlx", "application/octet-stream"},
+        {"", "application/octet-stream"},
     };
     for (size_t i = 0; i < NTAB(cases); i++) {
         const char *got = static_content_type(cases[i].name, strlen(cases[i].name));
