@@ -82,6 +82,21 @@ void arena_free(arena_t *a)
     a->head = NULL;
 }
 
+void arena_reset(arena_t *a)
+{
+    arena_chunk_t *keep = a->head;
+    if (keep == NULL)
+        return;
+    arena_chunk_t *c = keep->next;
+    while (c) {
+        arena_chunk_t *next = c->next;
+        free(c);
+        c = next;
+    }
+    keep->next = NULL;
+    keep->used = 0;
+}
+
 void buf_reserve(buf_t *b, size_t extra)
 {
     if (b->cap - b->len >= extra)

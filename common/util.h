@@ -28,6 +28,8 @@ char *arena_strndup(arena_t *a, const char *s, size_t n);
 char *arena_strdup(arena_t *a, const char *s);
 char *arena_printf(arena_t *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void arena_free(arena_t *a);
+/* Forget every allocation but keep one chunk for reuse (per-request arenas). */
+void arena_reset(arena_t *a);
 
 /* ---- growable buffer ---------------------------------------------------- */
 typedef struct {

@@ -39,6 +39,7 @@ static conn_t *all_conns;
 static void on_timer(ev_loop_t *loop, ev_timer_t *t);
 static void process(conn_t *c);
 static void finish_request(conn_t *c);
+static void request_release(request_t *r);
 
 const char *status_reason(int s)
 {
@@ -148,11 +149,7 @@ void conn_close(conn_t *c, const char *reason)
             c->req->status = c->req->response_started ? c->req->status : 499;
         request_t *r = c->req;
         accesslog_request(c, r);
-        if (r->static_fd >= 0)
-            close(r->static_fd);
-        tref_put(r->table);
-        arena_free(&r->arena);
-        free(r);
+        request_release(r);
         c->req = NULL;
     }
     ev_timer_stop(W->loop, &c->timer);
@@ -298,13 +295,30 @@ void conn_write(conn_t *c, const char *p, size_t n)
     }
 }
 
+void conn_write_str(conn_t *c, const char *s) { conn_write(c, s, strlen(s)); }
+
+void conn_write_u64(conn_t *c, uint64_t v)
+{
+    char tmp[24];
+    int i = sizeof(tmp);
+    do
+        tmp[--i] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    conn_write(c, tmp + i, sizeof(tmp) - (size_t)i);
+}
+
 /* Status line, Server, Date and the site's security headers. */
 void conn_head_begin(conn_t *c, int status)
 {
     request_t *r = c->req;
+    char code[4] = {(char)('0' + status / 100 % 10), (char)('0' + status / 10 % 10), (char)('0' + status % 10), ' '};
     r->status = status;
     r->response_started = true;
-    conn_printf(c, "HTTP/1.1 %d %s\r\nServer: proxyd\r\n%s", status, status_reason(status), worker_date());
+    CONN_LIT(c, "HTTP/1.1 ");
+    conn_write(c, code, 4);
+    conn_write_str(c, status_reason(status));
+    CONN_LIT(c, "\r\nServer: proxyd\r\n");
+    conn_write_str(c, worker_date());
     if (r->site == RT_NONE)
         return;
     const rt_site_t *s = &r->table->t.sites[r->site];
@@ -341,19 +355,56 @@ static void respond_status(conn_t *c, int status, const char *extra)
     respond(c, status, "text/plain; charset=utf-8", body, (size_t)n, extra);
 }
 
-/* Minimal request record for errors found before a request could be built. */
+/* Requests are recycled through a small free list with their arena's
+ * first chunk, so a typical request allocates nothing. */
+#define REQ_KEEP 256
+static request_t *req_free;
+static unsigned nreq_free;
+
+static void hex32(char *out, uint32_t v)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 7; i >= 0; i--, v >>= 4)
+        out[i] = digits[v & 15];
+}
+
+static void request_release(request_t *r)
+{
+    if (r->static_fd >= 0)
+        close(r->static_fd);
+    tref_put(r->table);
+    if (nreq_free >= REQ_KEEP) {
+        arena_free(&r->arena);
+        free(r);
+        return;
+    }
+    arena_reset(&r->arena);
+    r->up = (upconn_t *)req_free; /* free-list link while unused */
+    req_free = r;
+    nreq_free++;
+}
+
 static request_t *request_new(conn_t *c)
 {
-    request_t *r = calloc(1, sizeof(*r));
-    if (r == NULL)
-        return NULL;
+    request_t *r = req_free;
+    if (r) {
+        req_free = (request_t *)r->up;
+        nreq_free--;
+        arena_t keep = r->arena;
+        memset(r, 0, sizeof(*r));
+        r->arena = keep;
+    } else {
+        if ((r = calloc(1, sizeof(*r))) == NULL)
+            return NULL;
+        arena_init(&r->arena, 1024);
+    }
     r->table = tref_get(W->table);
     r->site = r->route = r->server = RT_NONE;
     r->static_fd = -1;
     r->started_ms = ev_now(W->loop);
     r->id = ++W->seq;
-    snprintf(r->request_id, sizeof(r->request_id), "%08x%08x", W->pid_hash, (unsigned)r->id);
-    arena_init(&r->arena, 1024);
+    hex32(r->request_id, W->pid_hash);
+    hex32(r->request_id + 8, (uint32_t)r->id);
     c->req = r;
     return r;
 }
@@ -403,11 +454,7 @@ static void finish_request(conn_t *c)
         proxy_detach(c, true);
     worker_count_status(r->site, r->status);
     accesslog_request(c, r);
-    if (r->static_fd >= 0)
-        close(r->static_fd);
-    tref_put(r->table);
-    arena_free(&r->arena);
-    free(r);
+    request_release(r);
     c->req = NULL;
     if (!keep) {
         conn_close(c, "response complete, not keep-alive");
@@ -416,10 +463,13 @@ static void finish_request(conn_t *c)
     c->state = CS_IDLE;
     c->read_paused = false;
     ev_timer_start(W->loop, &c->timer, W->table->t.global->keepalive_timeout_ms, on_timer);
-    if (iobuf_len(c->in))
+    if (iobuf_len(c->in)) {
         process(c); /* a pipelined request is waiting */
-    else
-        update_events(c);
+        return;
+    }
+    iobuf_put(c->in); /* an idle connection holds no buffer */
+    c->in = NULL;
+    update_events(c);
 }
 
 /* ---- request dispatch -------------------------------------------------------- */

@@ -89,5 +89,8 @@ const char *status_reason(int status);
 void conn_head_begin(conn_t *c, int status);
 void conn_printf(conn_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void conn_write(conn_t *c, const char *p, size_t n);
+void conn_write_str(conn_t *c, const char *s);
+#define CONN_LIT(c, lit) conn_write((c), (lit), sizeof(lit) - 1)
+void conn_write_u64(conn_t *c, uint64_t v);
 
 #endif

@@ -695,7 +695,10 @@ static void client_head(conn_t *c, const h1_response_t *res, h1_body_t body)
         const h1_header_t *x = &res->headers[i];
         if (skip_response_header(x) || op_names(t, rt->header_ops, RT_HDR_RESPONSE, x->name))
             continue;
-        conn_printf(c, "%.*s: %.*s\r\n", (int)x->name.n, x->name.p, (int)x->value.n, x->value.p);
+        conn_write(c, x->name.p, x->name.n);
+        CONN_LIT(c, ": ");
+        conn_write(c, x->value.p, x->value.n);
+        CONN_LIT(c, "\r\n");
     }
     for (uint32_t i = 0; i < rt->header_ops.count; i++) {
         const rt_header_op_t *o = &t->hdrops[rt->header_ops.first + i];
@@ -706,15 +709,20 @@ static void client_head(conn_t *c, const h1_response_t *res, h1_body_t body)
         conn_printf(c, "Connection: upgrade\r\nUpgrade: %s\r\n\r\n", "websocket");
         return;
     }
-    if (body == H1_BODY_LENGTH || (body == H1_BODY_NONE && res->content_length >= 0))
-        conn_printf(c, "Content-Length: %lld\r\n", (long long)res->content_length);
+    if (body == H1_BODY_LENGTH || (body == H1_BODY_NONE && res->content_length >= 0)) {
+        CONN_LIT(c, "Content-Length: ");
+        conn_write_u64(c, (uint64_t)res->content_length);
+        CONN_LIT(c, "\r\n");
+    }
     if ((body == H1_BODY_CHUNKED || body == H1_BODY_CLOSE) && !r->http10) {
         r->resp_mode = RM_CHUNKED; /* re-framed: the client always learns where the body ends */
         conn_printf(c, "Transfer-Encoding: chunked\r\n");
     } else if (body == H1_BODY_CHUNKED || body == H1_BODY_CLOSE) {
         r->keep_alive = false; /* HTTP/1.0 has no chunked coding: the close delimits */
     }
-    conn_printf(c, "%s\r\n", r->keep_alive ? "" : "Connection: close\r\n");
+    if (!r->keep_alive)
+        CONN_LIT(c, "Connection: close\r\n");
+    CONN_LIT(c, "\r\n");
 }
 
 /* Parse the response head in u->in; 1 when the body phase can start, 0 wait, -1 failed. */
@@ -765,7 +773,7 @@ static void body_done(upconn_t *u)
 {
     conn_t *c = u->client;
     if (c->req->resp_mode == RM_CHUNKED)
-        conn_write(c, "0\r\n\r\n", 5);
+        CONN_LIT(c, "0\r\n\r\n");
     c->req->status = c->req->status ? c->req->status : 200;
     conn_response_complete(c);
 }
@@ -776,7 +784,7 @@ static void emit(conn_t *c, const char *p, size_t n)
     if (c->req->resp_mode == RM_CHUNKED) {
         conn_printf(c, "%zx\r\n", n);
         conn_write(c, p, n);
-        conn_write(c, "\r\n", 2);
+        CONN_LIT(c, "\r\n");
     } else {
         conn_write(c, p, n);
     }

@@ -56,7 +56,8 @@ def table(tmp_path_factory):
     assert struct.unpack_from("<I", blob, OFF_NSEC)[0] == NSEC
     t = SimpleNamespace(dir=d, db=work, gid=gid, blob=bytes(blob))
     t.commands = [["dump"], ["route-test", "http://www.example.com/"],
-                  ["route-test", "http://secure.example.com/login", "-X", "POST"]]
+                  ["route-test", "http://secure.example.com/login", "-X", "POST"],
+                  ["route-test", "http://x.chat.example.com/", "--json"]]
     t.original = [probe(t, cmd) for cmd in t.commands]
     for rc, out, err in t.original:
         assert rc == 0 and out and err == ""
@@ -156,30 +157,52 @@ def test_body_byte_flips(table):
     assert not problems, "\n".join(problems)
 
 
-def test_header_byte_flips_never_give_garbage(table):
-    """Every header byte flipped: refused, or (at worst) read exactly as the original."""
-    problems = []
+@pytest.fixture(scope="module")
+def header_flips(table):
+    """Every header byte flipped (all bits, and the lowest bit): the results of every command."""
+    results = []
     for off in range(HEADER_SIZE):
-        install(table, flip(table.blob, off))
-        for cmd, orig in zip(table.commands, table.original):
-            rc, out, err = probe(table, cmd)
-            if rc == "TIMEOUT" or sanitizer_report(err):
-                problems.append(f"header byte {off}: {cmd[0]} {rc} {err}")
-            elif rc == 0 and (out, err) != orig[1:]:
-                problems.append(f"header byte {off}: {cmd[0]} accepted and printed something else")
-            elif rc not in (0, 3) or (rc == 3 and (out or not ERROR_LINE.fullmatch(err))):
-                problems.append(f"header byte {off}: {cmd[0]} rc={rc} out={out[:60]!r} err={err[:120]!r}")
+        for mask in (0xff, 0x01):
+            install(table, flip(table.blob, off, mask))
+            for cmd, orig in zip(table.commands, table.original):
+                results.append((off, mask, cmd, orig, probe(table, cmd)))
+    return results
+
+
+def test_header_byte_flips_never_crash(header_flips):
+    problems = []
+    for off, mask, cmd, orig, (rc, out, err) in header_flips:
+        if rc == "TIMEOUT" or sanitizer_report(err):
+            problems.append(f"header byte {off}^{mask:#x}: {cmd[0]} {rc} {err}")
+        elif rc not in (0, 3) or (rc == 3 and (out or not ERROR_LINE.fullmatch(err))):
+            problems.append(f"header byte {off}^{mask:#x}: {cmd[0]} rc={rc} out={out[:60]!r} err={err[:120]!r}")
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: rt_open (common/ruletable.c verify_header) ignores the header's "
-                   "`reserved` field (bytes 60-63), which the body checksum does not cover, so a table with a "
-                   "corrupted header is accepted instead of refused")
-def test_header_byte_flips_refused(table):
+HEADER_NOT_COVERED = ("BUG: the header's section table (offsets and counts) and its `reserved` field are not "
+                      "covered by the body checksum, and rt_open (common/ruletable.c) accepts some single-bit "
+                      "changes there: e.g. the lowest bit of the high byte of the wildcard section's offset moves "
+                      "that section 256 bytes back into the exact-host hash table, which still verifies, and "
+                      "route-test http://x.chat.example.com/ then answers with the default site instead of 'chat'")
+
+
+@pytest.mark.xfail(strict=True, reason=HEADER_NOT_COVERED)
+def test_header_byte_flips_never_give_garbage(header_flips):
+    """A flipped header byte is refused, or at worst read exactly as the original."""
     problems = []
-    for off in range(HEADER_SIZE):
-        for mask in (0xff, 0x01):
-            problems += refused(table, flip(table.blob, off, mask), f"header byte {off} ^ {mask:#x}")
+    for off, mask, cmd, orig, (rc, out, err) in header_flips:
+        if rc == 0 and (rc, out, err) != orig:
+            problems.append(f"header byte {off}^{mask:#x}: {' '.join(cmd)} accepted and printed something else")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.xfail(strict=True, reason=HEADER_NOT_COVERED + "; a changed reserved field (bytes 60-63) is "
+                   "accepted as well")
+def test_header_byte_flips_refused(header_flips):
+    problems = []
+    for off, mask, cmd, orig, (rc, out, err) in header_flips:
+        if rc != 3:
+            problems.append(f"header byte {off}^{mask:#x}: {cmd[0]} rc={rc}")
     assert not problems, "\n".join(problems)
 
 
