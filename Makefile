@@ -105,7 +105,7 @@ fuzz: $(FUZZERS)
 	    $$f -max_total_time=$(FUZZ_TIME) -print_final_stats=1 build/fuzz/new-$$n tests/fuzz/corpus/$$n 2>&1 | tail -n 12; done
 
 # ---- integration tests (pytest, real processes) --------------------------
-integration: build/asan/proxyctl build/asan/proxyd bin/proxyctl bin/proxyd
+integration: build/asan/proxyctl build/asan/proxyd bin/proxyctl bin/proxyd build/bench/origin build/bench/idle_clients
 	PROXYCTL=$(CURDIR)/build/asan/proxyctl PROXYD=$(CURDIR)/build/asan/proxyd $(PYTEST) -q tests/integration
 
 test: deps
@@ -114,8 +114,12 @@ test: deps
 	$(MAKE) fuzz-replay
 	$(MAKE) integration
 
+build/bench/%: bench/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) -O2 -o $@ $<
+
 demo: deps
-	$(MAKE) all
+	$(MAKE) all build/bench/origin
 	@examples/demo.sh
 
 bench: all

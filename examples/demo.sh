@@ -1,44 +1,59 @@
 #!/bin/sh
-# demo.sh - `make demo`: a store built from examples/ under ./var/demo, and a
-# tour of what proxyctl does with it.  Everything it creates stays in
-# ./var/demo; it starts no background process.
+# demo.sh - `make demo`: compile examples/ into a store under ./var/demo,
+# start demo backends (bench/origin --echo, which answers with what it
+# received) on the example upstream ports 9001-9009 and proxyd on
+# 127.0.0.1:8080, print things to try, and stop everything it started on
+# Ctrl-C.  DEMO_SECONDS=N stops it after N seconds (used by the tests).
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
 P="$ROOT/bin/proxyctl"
-DEMO="$ROOT/var/demo"
-DB="$DEMO/store.db"
-rm -rf "$DEMO"
-mkdir -p "$DEMO"
-run() { printf '\n$ %s\n' "$*"; "$@"; }
+DB="$ROOT/var/demo/store.db"
+PIDS=""
+cleanup() {
+    for p in $PIDS; do kill "$p" 2>/dev/null || true; done
+    for p in $PIDS; do
+        i=0
+        while kill -0 "$p" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+        kill -9 "$p" 2>/dev/null || true
+    done
+    echo "demo stopped"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-run "$P" --db "$DB" init
-run "$P" --db "$DB" apply "$ROOT/examples"
-run "$P" --db "$DB" list-sites
-run "$P" --db "$DB" route-test https://api.example.com/v1/login -X POST
-run "$P" --db "$DB" route-test http://routing.example.com/api/users
-run "$P" --db "$DB" route-test http://blog.example.com/backup.SQL
-run "$P" --db "$DB" route-test http://unknown.example.org/
-cat > "$DEMO/broken.yaml" <<'YAML'
-site: broken
-hosts: [api.example.com]
-upstreams:
-  app:
-    servers: [{address: "127.0.0.1:99999"}]
-routes:
-  - match: {path_regex: '^/(a|b'}
-    upstreem: app
-YAML
-printf '\n$ %s\n' "$P --db $DB add-site $DEMO/broken.yaml   # every error, with file:line:col"
-"$P" --db "$DB" add-site "$DEMO/broken.yaml" || echo "(exit $? - nothing was stored)"
-run "$P" --db "$DB" add-site demo --host demo.example.com --upstream 127.0.0.1:9000
-run "$P" --db "$DB" generations
-run "$P" --db "$DB" rollback
-run "$P" --db "$DB" generations
+rm -rf "$ROOT/var/demo" && mkdir -p "$ROOT/var/demo" "$ROOT/var/run" "$ROOT/var/log"
+"$P" --db "$DB" init >/dev/null
+"$P" --db "$DB" apply "$ROOT/examples"
+for port in 9001 9002 9003 9004 9005 9006 9007 9008 9009; do
+    "$ROOT/build/bench/origin" "$port" --echo >/dev/null 2>&1 &
+    PIDS="$PIDS $!"
+done
+"$ROOT/bin/proxyd" --db "$DB" --foreground 2>"$ROOT/var/log/demo-proxyd.log" &
+PIDS="$PIDS $!"
+i=0
+until curl -s -o /dev/null http://127.0.0.1:8080/ 2>/dev/null; do
+    i=$((i + 1))
+    [ $i -lt 50 ] || { echo "proxyd did not start:"; cat "$ROOT/var/log/demo-proxyd.log"; exit 1; }
+    sleep 0.1
+done
 cat <<MSG
 
-Try more:
-  $P --db $DB dump | less
-  $P --db $DB route-test http://pool.example.com/ -X DELETE
-  $P --db $DB show-site api
-  $P --db $DB validate $ROOT/examples/*.yaml
+proxyd is serving the examples on http://127.0.0.1:8080 (backends echo what they receive).
+Try:
+  curl -s http://127.0.0.1:8080/ -H 'Host: www.example.com'                 # basic proxy (default site)
+  curl -s http://127.0.0.1:8080/api/users?x=1 -H 'Host: routing.example.com'  # path routing, /api/ stripped
+  curl -si http://127.0.0.1:8080/backup.sql -H 'Host: blog.example.com'      # exploit path blocked: 404
+  curl -si http://127.0.0.1:8080/ -H 'Host: secure.example.com'             # redirect_http: 301 to https
+  curl -si -X DELETE http://127.0.0.1:8080/v1/x -H 'Host: api.example.com'  # methods and rate limits
+  curl -s --unix-socket var/run/admin.sock http://x/status                    # admin: status JSON
+  curl -s --unix-socket var/run/admin.sock http://x/metrics | head -20       # admin: Prometheus metrics
+  $P --db $DB route-test http://routing.example.com/api/users
+  tail -f var/log/access.log
+Press Ctrl-C to stop.
 MSG
+if [ -n "${DEMO_SECONDS:-}" ]; then
+    sleep "$DEMO_SECONDS"
+else
+    while :; do sleep 3600; done
+fi
