@@ -112,7 +112,7 @@ void accesslog_request(const conn_t *c, const request_t *r)
                      "\"status\":%d,\"bytes_sent\":%llu,\"request_time_ms\":%llu,\"upstream_time_ms\":%lld,"
                      "\"site\":\"%s\",\"request_id\":\"%s\",\"user_agent\":\"%s\",\"referer\":\"%s\"}\n",
                      ts, peer, host, r->method ? r->method : "-", uri, r->status, (unsigned long long)r->resp_bytes,
-                     (unsigned long long)ms, r->upstream_ms ? (long long)r->upstream_ms : -1LL,
+                     (unsigned long long)ms, r->upstream_answered ? (long long)r->upstream_ms : -1LL,
                      r->site == RT_NONE ? "" : rt_cstr(&r->table->t, r->table->t.sites[r->site].name), r->request_id,
                      ua, ref);
     } else {

@@ -31,7 +31,7 @@ struct request {
     int status;
     uint8_t method_id;        /* h1_method_t */
     bool keep_alive, head, websocket_ok, response_started, response_done, body_done;
-    bool expect_continue, upgrade, http10;
+    bool expect_continue, upgrade, http10, upstream_answered;
     char *replay;             /* saved upstream head for a retry on a fresh connection */
     size_t replay_len;
     int64_t body_remain;      /* request body: bytes left, or -1 when chunked */

@@ -62,6 +62,7 @@ static void up_io(ev_loop_t *loop, ev_io_t *io, uint32_t revents);
 static void up_timer(ev_loop_t *loop, ev_timer_t *t);
 static void up_close(upconn_t *u);
 static void relay_response(upconn_t *u);
+static bool retry_fresh(upconn_t *u);
 
 /* ---- naming things in the error log ------------------------------------------ */
 
@@ -702,8 +703,15 @@ static void client_head(conn_t *c, const h1_response_t *res, h1_body_t body)
     }
     for (uint32_t i = 0; i < rt->header_ops.count; i++) {
         const rt_header_op_t *o = &t->hdrops[rt->header_ops.first + i];
-        if (o->dir == RT_HDR_RESPONSE && o->op == RT_HDR_SET)
-            conn_printf(c, "%s: %s\r\n", rt_cstr(t, o->name), rt_cstr(t, o->value));
+        if (o->dir != RT_HDR_RESPONSE || o->op != RT_HDR_SET)
+            continue;
+        char val[1024];
+        hbuf_t b = {val, 0, sizeof(val), false};
+        expand(&b, c, rt_cstr(t, o->value));
+        conn_write_str(c, rt_cstr(t, o->name));
+        CONN_LIT(c, ": ");
+        conn_write(c, val, b.n);
+        CONN_LIT(c, "\r\n");
     }
     if (body == H1_BODY_TUNNEL) {
         conn_printf(c, "Connection: upgrade\r\nUpgrade: %s\r\n\r\n", "websocket");
@@ -753,6 +761,7 @@ static int response_head(upconn_t *u)
             u->keepalive = 0;
         observe_latency(ev_now(W->loop) - r->upstream_ms);
         r->upstream_ms = ev_now(W->loop) - r->upstream_ms;
+        r->upstream_answered = true;
         u->body = (uint8_t)body;
         r->resp_mode = body == H1_BODY_LENGTH ? RM_LENGTH : body == H1_BODY_NONE ? RM_NONE : RM_CLOSE;
         r->resp_remain = res->content_length;
@@ -941,7 +950,9 @@ static int up_flush(upconn_t *u)
         if (n < 0 && errno == EAGAIN)
             break;
         if (n < 0) {
-            fail(u->client, 502, "send failed: %s", strerror(errno));
+            int e = errno;
+            if (!retry_fresh(u))
+                fail(u->client, 502, "send failed: %s", strerror(e));
             return -1;
         }
         iobuf_consume(u->out, (size_t)n);
