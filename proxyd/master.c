@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <systemd/sd-daemon.h>
+
 #include "../common/log.h"
 #include "admin.h"
 
@@ -180,7 +182,9 @@ int master_reload(char *err, size_t errlen)
     M.shm->generation = t->generation;
     M.shm->reloads++;
     log_info("reload: generation %lld (%u sites)", (long long)t->generation, t->t.nsites);
+    sd_notifyf(0, "RELOADING=1\nSTATUS=reloading to generation %lld", (long long)t->generation);
     signal_workers(SIGHUP);
+    sd_notifyf(0, "READY=1\nSTATUS=serving generation %lld (%u sites)", (long long)t->generation, t->t.nsites);
     return 0;
 }
 
@@ -199,6 +203,7 @@ static void begin_stop(int sig)
     if (M.stopping && sig != SIGQUIT)
         return;
     M.stopping = true;
+    sd_notify(0, "STOPPING=1");
     admin_stop();
     signal_workers(sig == SIGQUIT ? SIGQUIT : SIGTERM);
     ev_timer_start(M.loop, &stop_timer, (uint64_t)M.table->t.global->drain_timeout_ms + 1000, stop_expired);
@@ -261,6 +266,8 @@ int master_main(const char *db, tref_t *table, int workers)
             return 1;
     log_info("serving generation %lld (%u sites) with %d workers", (long long)table->generation, table->t.nsites,
              M.nworkers);
+    sd_notifyf(0, "READY=1\nMAINPID=%d\nSTATUS=serving generation %lld (%u sites)", (int)getpid(),
+               (long long)table->generation, table->t.nsites);
     ev_run(M.loop);
     admin_stop();
     log_info("stopped");
