@@ -446,6 +446,41 @@ void conn_response_complete(conn_t *c)
         finish_request(c);
 }
 
+/* Close after a final response, politely: a client that is still sending
+ * (a refused request's body, pipelined requests) would otherwise get an RST
+ * that can destroy the response before it reads it (RFC 9112 §9.6). */
+#define LINGER_MS 2000
+#define LINGER_BYTES (256 * 1024)
+
+static void linger(conn_t *c)
+{
+    if (shutdown(c->io.fd, SHUT_WR) < 0) {
+        conn_close(c, "response complete");
+        return;
+    }
+    c->state = CS_LINGER;
+    c->read_paused = false;
+    c->linger_left = LINGER_BYTES;
+    ev_timer_start(W->loop, &c->timer, LINGER_MS, on_timer);
+    ev_set(W->loop, &c->io, EV_READ);
+}
+
+static void linger_read(conn_t *c)
+{
+    char sink[4096];
+    for (;;) {
+        ssize_t n = read(c->io.fd, sink, sizeof(sink));
+        if (n > 0 && (size_t)n < c->linger_left) {
+            c->linger_left -= (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EAGAIN)
+            return;
+        conn_close(c, "response complete");
+        return;
+    }
+}
+
 static void finish_request(conn_t *c)
 {
     request_t *r = c->req;
@@ -457,7 +492,7 @@ static void finish_request(conn_t *c)
     request_release(r);
     c->req = NULL;
     if (!keep) {
-        conn_close(c, "response complete, not keep-alive");
+        linger(c);
         return;
     }
     c->state = CS_IDLE;
@@ -802,7 +837,7 @@ static void on_io(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
         }
     }
     if (!c->closed && (revents & (EV_READ | EV_HUP | EV_ERROR)) && (c->io.events & EV_READ))
-        on_readable(c);
+        c->state == CS_LINGER ? linger_read(c) : on_readable(c);
 }
 
 static void on_timer(ev_loop_t *loop, ev_timer_t *t)
@@ -821,6 +856,9 @@ static void on_timer(ev_loop_t *loop, ev_timer_t *t)
         return;
     case CS_IDLE:
         conn_close(c, "keep-alive timeout");
+        return;
+    case CS_LINGER:
+        conn_close(c, "response complete");
         return;
     case CS_PROXY:
         if (c->req && !c->req->body_done) {

@@ -9,6 +9,9 @@
  *        return/redirect/error/static: RESPOND --flushed--> IDLE (keep-alive) | closed
  *        upstream: PROXY (body to upstream, response from upstream) --done--> IDLE | closed
  *        upgrade accepted: TUNNEL --either side closes--> closed
+ *   a response after which the connection closes: LINGER (our side shut,
+ *   the client's unread bytes drained for a moment so they cannot turn the
+ *   response into a reset) --> closed
  *
  * Only one request per connection is served at a time; pipelined requests
  * wait in `in` and are parsed when the previous response is complete.
@@ -18,7 +21,7 @@
 
 #include "worker.h"
 
-enum conn_state { CS_IDLE, CS_HEAD, CS_RESPOND, CS_PROXY, CS_TUNNEL };
+enum conn_state { CS_IDLE, CS_HEAD, CS_RESPOND, CS_PROXY, CS_TUNNEL, CS_LINGER };
 
 /* How the response body is framed towards the client. */
 enum resp_mode { RM_NONE, RM_LENGTH, RM_CHUNKED, RM_CLOSE };
@@ -63,6 +66,7 @@ struct conn {
     uint8_t peer_family;      /* 4 or 6 (0 unix) */
     uint16_t peer_port, local_port;
     uint8_t peer_ip[16];
+    uint32_t linger_left;     /* CS_LINGER: bytes we still drain */
 };
 
 void conn_accept(listener_t *l);
