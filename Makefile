@@ -14,7 +14,7 @@ SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 COMMON_SRC  := common/util.c common/ruletable.c common/rtwrite.c common/store.c common/route.c
 PROXYCTL_SRC := proxyctl/main.c proxyctl/diag.c proxyctl/yaml.c proxyctl/config.c proxyctl/check.c \
                 proxyctl/compile.c proxyctl/build.c proxyctl/cmd_site.c proxyctl/cmd_gen.c \
-                proxyctl/cmd_route.c proxyctl/cmd_admin.c proxyctl/dump.c
+                proxyctl/cmd_route.c proxyctl/cmd_admin.c proxyctl/dump.c proxyctl/certs.c
 GEN_SRC     := build/gen/store_sql.c
 PROXYD_SRC  := proxyd/main.c proxyd/master.c proxyd/admin.c proxyd/worker.c proxyd/event.c proxyd/conn.c \
                proxyd/proxy.c proxyd/http1.c proxyd/path.c proxyd/static.c proxyd/table.c proxyd/iobuf.c \
@@ -68,16 +68,16 @@ clang: $(GEN_SRC)
 UNIT_TESTS := $(patsubst tests/unit/%.c,build/unit/%,$(wildcard tests/unit/test_*.c))
 build/unit/%: tests/unit/%.c $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS) proxyd/http1.c
 	@mkdir -p $(@D)
-	clang $(CSTD) $(WARN) -Wno-missing-prototypes -O1 -g $(SAN) \
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) \
 	    $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(GEN_SRC) $(LDLIBS) -lcmocka
 
 build/unit/test_http1: tests/unit/test_http1.c proxyd/http1.c proxyd/http1.h
 	@mkdir -p $(@D)
-	clang $(CSTD) $(WARN) -Wno-missing-prototypes -O1 -g $(SAN) -Iproxyd -o $@ $< proxyd/http1.c -lcmocka
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) -Iproxyd -o $@ $< proxyd/http1.c -lcmocka
 
 build/unit/test_static: tests/unit/test_static.c proxyd/static.c proxyd/static.h proxyd/http1.h
 	@mkdir -p $(@D)
-	clang $(CSTD) $(WARN) -Wno-missing-prototypes -O1 -g $(SAN) -Iproxyd -o $@ $< proxyd/static.c -lcmocka
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) -Iproxyd -o $@ $< proxyd/static.c -lcmocka
 
 unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
@@ -86,12 +86,12 @@ unit: $(UNIT_TESTS)
 FUZZERS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 build/fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS) proxyd/http1.c
 	@mkdir -p $(@D)
-	clang $(CSTD) $(WARN) -Wno-missing-prototypes -O1 -g -fsanitize=fuzzer,address,undefined \
+	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined \
 	    $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(GEN_SRC) $(LDLIBS)
 
 build/fuzz/fuzz_http1: tests/fuzz/fuzz_http1.c proxyd/http1.c proxyd/http1.h
 	@mkdir -p $(@D)
-	clang $(CSTD) $(WARN) -Wno-missing-prototypes -O1 -g -fsanitize=fuzzer,address,undefined -Iproxyd -o $@ $< proxyd/http1.c
+	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined -Iproxyd -o $@ $< proxyd/http1.c
 
 # Replay every checked-in corpus once (part of make test).
 fuzz-replay: $(FUZZERS)

@@ -6,10 +6,10 @@
  */
 #include "rtwrite.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/sha.h>
 
 struct rtw {
     buf_t sec[RT_SEC_COUNT];
@@ -89,6 +89,8 @@ uint32_t rtw_add(rtw_t *w, unsigned sec, const void *recs, uint32_t count)
     size_t es = rt_entsize(sec);
     buf_t *b = &w->sec[sec];
     uint32_t first = (uint32_t)(b->len / es);
+    if (count == 0)
+        return first;
     buf_reserve(b, es * count);
     if (recs)
         memcpy(b->p + b->len, recs, es * count);
@@ -128,8 +130,8 @@ int rtw_finish(rtw_t *w, uint8_t **out, size_t *len)
         if (w->sec[i].len)
             memcpy(p + h.sections[i].off, w->sec[i].p, w->sec[i].len);
     h.total_size = off;
-    SHA256(p + sizeof(h), off - sizeof(h), h.body_sha256);
     memcpy(p, &h, sizeof(h));
+    rt_checksum(p, off, p + offsetof(rt_header_t, sha256)); /* covers the header too */
     *out = p;
     *len = off;
     return 0;

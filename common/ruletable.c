@@ -1,7 +1,8 @@
 /*
  * ruletable.c - the verifying reader of the rule table (see ruletable.h).
  *
- * Invariant established by rt_open(): every rt_str_t in the table lies inside
+ * Invariant established by rt_open(): the checksum covers every byte (header
+ * included), every rt_str_t in the table lies inside
  * the string section and is followed by a NUL with no NUL inside it; every
  * span and index is in range of the section it names; every enum is known;
  * hash tables have power-of-two sizes and every bucket hash matches its name;
@@ -9,10 +10,11 @@
  */
 #include "ruletable.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
-#include <openssl/sha.h>
+#include <openssl/evp.h>
 
 static const size_t entsize[RT_SEC_COUNT] = {
     [RT_SEC_STRINGS] = 1,
@@ -142,6 +144,27 @@ static int pow2_or_zero(uint32_t n) { return (n & (n - 1)) == 0; }
     if (!span_ok((s), (n)))          \
     FAIL(v, "%s %u: span out of bounds", what, (unsigned)(i))
 
+void rt_checksum(const uint8_t *b, size_t len, uint8_t out[32])
+{
+    static const uint8_t zero[32];
+    const size_t at = offsetof(rt_header_t, sha256);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    unsigned n = 32;
+    if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1 || EVP_DigestUpdate(ctx, b, at) != 1 ||
+        EVP_DigestUpdate(ctx, zero, sizeof(zero)) != 1 ||
+        EVP_DigestUpdate(ctx, b + at + sizeof(zero), len - at - sizeof(zero)) != 1 ||
+        EVP_DigestFinal_ex(ctx, out, &n) != 1)
+        memset(out, 0xff, 32); /* never matches a stored checksum */
+    EVP_MD_CTX_free(ctx);
+}
+
+static int checksum_ok(const uint8_t *b, size_t len)
+{
+    uint8_t md[32];
+    rt_checksum(b, len, md);
+    return memcmp(md, b + offsetof(rt_header_t, sha256), sizeof(md)) == 0;
+}
+
 static int verify_header(vctx_t *v, const uint8_t *b, size_t len)
 {
     const rt_header_t *h = (const rt_header_t *)b;
@@ -157,10 +180,8 @@ static int verify_header(vctx_t *v, const uint8_t *b, size_t len)
         FAIL(v, "header size or section count mismatch");
     if (h->total_size != len)
         FAIL(v, "table size %zu does not match header (%llu)", len, (unsigned long long)h->total_size);
-    uint8_t md[SHA256_DIGEST_LENGTH];
-    SHA256(b + h->header_size, len - h->header_size, md);
-    if (memcmp(md, h->body_sha256, sizeof(md)) != 0)
-        FAIL(v, "body checksum mismatch: table is corrupted");
+    if (checksum_ok(b, len) == 0)
+        FAIL(v, "checksum mismatch: table is corrupted");
     for (unsigned i = 0; i < RT_SEC_COUNT; i++) {
         const rt_section_t *s = &h->sections[i];
         uint64_t end = (uint64_t)s->off + (uint64_t)s->count * entsize[i];

@@ -68,7 +68,7 @@ typedef struct {
     uint32_t version;
     uint32_t header_size;
     uint64_t total_size;
-    uint8_t body_sha256[32]; /* SHA-256 of bytes [header_size, total_size) */
+    uint8_t sha256[32];      /* SHA-256 of the whole table, taken with this field zeroed */
     uint32_t section_count;
     uint32_t reserved;
     rt_section_t sections[RT_SEC_COUNT];
@@ -336,6 +336,10 @@ typedef struct {
 int rt_open(rt_table_t *t, const void *buf, size_t len, char *err, size_t errlen);
 
 static inline const char *rt_cstr(const rt_table_t *t, rt_str_t s) { return t->strings + s.off; }
+
+/* The table checksum: SHA-256 of b[0..len) with the checksum field taken as
+ * zeros (len >= sizeof(rt_header_t)). */
+void rt_checksum(const uint8_t *b, size_t len, uint8_t out[32]);
 
 /* Record size of section sec (1 for strings). */
 size_t rt_entsize(unsigned sec);

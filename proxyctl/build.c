@@ -18,6 +18,7 @@
 
 #include "../common/ruletable.h"
 #include "cli.h"
+#include "certs.h"
 #include "config.h"
 
 void site_list_add(site_list_t *l, const char *name, const char *yaml, const char *source)
@@ -214,9 +215,12 @@ static int compile_and_store(store_t *st, cfg_global_t *g, cfg_site_t **parsed, 
         snprintf(st->err, sizeof(st->err), "internal error: compiled table fails verification: %s", why);
         goto out;
     }
-    for (size_t i = 0; i < sites->n; i++)
+    for (size_t i = 0; i < sites->n; i++) {
         if (parsed[i]->cert_mode == RT_CERT_FILE && import_cert_files(st, parsed[i]) < 0)
             goto out;
+        if (certs_ensure(st, parsed[i]) < 0)
+            goto out;
+    }
     if (store_add_generation(st, blob, len, comment, gyaml, gen) < 0 || record_sources(st, *gen, sites) < 0)
         goto out;
     *table_size = len;
@@ -291,4 +295,19 @@ int cli_notify_reload(cli_t *cli, store_t *st)
         close(fd);
     free(path);
     return rc;
+}
+
+void cli_json_str(FILE *out, const char *s)
+{
+    fputc('"', out);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(out, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(out, "\\u%04x", c);
+        else
+            fputc(c, out);
+    }
+    fputc('"', out);
 }

@@ -172,7 +172,7 @@ int cmd_dump(cli_t *cli, int argc, char **argv)
     if (rc < 0 || blob == NULL) {
         fprintf(stderr, "proxyctl: %s\n", rc < 0 ? st.err : "the store has no active generation");
         store_close(&st);
-        return EXIT_RUNTIME;
+        return rc < 0 && strstr(st.err, "no generation") ? EXIT_INVALID : EXIT_RUNTIME;
     }
     rt_table_t t;
     char why[256];

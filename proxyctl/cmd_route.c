@@ -106,14 +106,19 @@ static void strip_show(const rt_table_t *t, const rt_route_t *r, const request_t
 static void json_route(const rt_table_t *t, uint32_t site, const route_result_t *res)
 {
     const rt_site_t *s = &t->sites[site];
-    printf("{\"site\":\"%s\",\"source\":\"%s\",\"status\":%d", rt_cstr(t, s->name), rt_cstr(t, s->source),
-           res->status ? res->status : 0);
+    printf("{\"site\":");
+    cli_json_str(stdout, rt_cstr(t, s->name));
+    printf(",\"source\":");
+    cli_json_str(stdout, rt_cstr(t, s->source));
+    printf(",\"status\":%d", res->status ? res->status : 200);
     if (res->route != RT_NONE) {
         const rt_route_t *r = &t->routes[res->route];
         printf(",\"route\":%u,\"line\":%u,\"action\":\"%s\"", res->route - s->routes.first + 1, r->line,
                rt_enum_name("action", r->action));
-        if (r->action == RT_ACT_UPSTREAM)
-            printf(",\"upstream\":\"%s\"", rt_cstr(t, t->upstreams[r->upstream].name));
+        if (r->action == RT_ACT_UPSTREAM) {
+            printf(",\"upstream\":");
+            cli_json_str(stdout, rt_cstr(t, t->upstreams[r->upstream].name));
+        }
     }
     printf("}\n");
 }

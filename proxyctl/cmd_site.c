@@ -209,24 +209,33 @@ int cmd_validate(cli_t *cli, int argc, char **argv)
     size_t n = (size_t)argc - 1;
     cfg_site_t **sites = calloc(n + stored.n + 1, sizeof(*sites));
     char **texts = calloc(n + 1, sizeof(*texts));
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (read_source(argv[i + 1], &texts[i]) < 0) {
+    char **names = calloc(n + 1, sizeof(*names));
+    for (size_t i = 0; i < n; i++)
+        if (read_source(argv[i + 1], &texts[i]) < 0)
             d.errors++;
-            continue;
-        }
-        cfg_site_t *s = config_site(&a, argv[i + 1], texts[i], &d);
-        if (s)
-            sites[k++] = s;
-    }
+        else
+            names[i] = site_name_of(argv[i + 1], texts[i], &d);
+    /* Stored sites come first: a conflict is reported at the file being validated. */
+    size_t k = 0;
     for (size_t i = 0; i < stored.n; i++) {
         int replaced = 0;
-        for (size_t j = 0; j < k; j++)
-            replaced |= strcmp(sites[j]->name.s, stored.v[i].name) == 0;
-        cfg_site_t *s = replaced ? NULL : config_site(&a, stored.v[i].source, stored.v[i].yaml, &d);
+        for (size_t j = 0; j < n; j++)
+            replaced |= names[j] && strcmp(names[j], stored.v[i].name) == 0;
+        diag_t quiet = {0};
+        cfg_site_t *s = replaced ? NULL : config_site(&a, stored.v[i].source, stored.v[i].yaml, &quiet);
+        diag_free(&quiet);
         if (s)
             sites[k++] = s;
     }
+    for (size_t i = 0; i < n; i++) {
+        diag_t quiet = {0};
+        cfg_site_t *s = names[i] ? config_site(&a, argv[i + 1], texts[i], &quiet) : NULL;
+        diag_free(&quiet);
+        if (s)
+            sites[k++] = s;
+        free(names[i]);
+    }
+    free(names);
     if (g && d.errors == 0)
         check_sites(g, sites, k, &d);
     print_diag(&d);
@@ -387,21 +396,6 @@ int cmd_remove_site(cli_t *cli, int argc, char **argv)
     return rc;
 }
 
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
 int cmd_list_sites(cli_t *cli, int argc, char **argv)
 {
     (void)argv;
@@ -426,9 +420,9 @@ int cmd_list_sites(cli_t *cli, int argc, char **argv)
         strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", gmtime(&when));
         if (cli->json) {
             printf("%s{\"name\":", first ? "" : ",");
-            json_str(name);
+            cli_json_str(stdout, name);
             printf(",\"source\":");
-            json_str(src);
+            cli_json_str(stdout, src);
             printf(",\"digest\":\"%s\",\"updated\":\"%s\"}", sqlite3_column_text(q, 2), ts);
         } else {
             if (first)
@@ -501,7 +495,8 @@ static int expand_dir(const char *dir, char ***files, size_t *n, char **global)
         (*files)[(*n)++] = path;
     }
     closedir(dp);
-    qsort(*files, *n, sizeof(**files), name_cmp);
+    if (*n)
+        qsort(*files, *n, sizeof(**files), name_cmp);
     return 0;
 }
 

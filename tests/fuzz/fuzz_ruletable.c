@@ -50,8 +50,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size >= sizeof(rt_header_t)) {
         rt_header_t *h = (rt_header_t *)b;
         h->total_size = size;
-        if (h->header_size <= size)
-            SHA256(b + h->header_size, size - h->header_size, h->body_sha256);
+        rt_checksum(b, size, b + offsetof(rt_header_t, sha256));
         if (rt_open(&t, b, size, why, sizeof(why)) == 0)
             exercise(&t);
     }

@@ -49,16 +49,6 @@ def _is_sanitized(path):
 
 SANITIZED = _is_sanitized(PROXYCTL)
 
-# Known C bug (see the report): compiling a generation with zero sites makes
-# rtw_add() compute `NULL + 0` (common/rtwrite.c, memset(b->p + b->len, 0, 0)
-# when the sites section is still empty), which UBSan aborts on.  So under the
-# sanitized build `init` on a new store, `remove-site` of the last site and
-# `apply` of an empty directory all exit 1 with a UBSan report.
-ZERO_SITE_BUG = ("BUG: a generation with zero sites crashes under UBSan: common/rtwrite.c:96 "
-                 "'applying zero offset to null pointer' in rtw_add(RT_SEC_SITES, NULL, 0); "
-                 "`proxyctl --db new.db init` exits 1")
-xfail_zero_sites = pytest.mark.xfail(SANITIZED, strict=True, reason=ZERO_SITE_BUG)
-
 # Global settings every fixture store starts with: a private admin socket
 # (relative, so it resolves inside tmp_path, never /run/proxyd) and the zones
 # the diagnostics tests refer to.
@@ -118,22 +108,12 @@ def sql(db, query, *params):
 def init_store(db, cwd, global_text=GLOBAL_YAML):
     """Initialise a store with global settings; returns the stdout of init.
 
-    Uses the binary under test.  If it dies with the known zero-sites UBSan
-    report (ZERO_SITE_BUG, exposed by strict-xfail tests in
-    test_cli_commands.py), the store is created again with the plain build so
-    the rest of the suite can still run.
+    Uses the binary under test.
     """
     cwd = Path(cwd)
     g = cwd / "init-global.yaml"
     g.write_text(global_text)
-    rc, out, err = run("--db", db, "init", "--global", g.name, cwd=cwd, allow_sanitizer=True)
-    if rc != 0 and sanitizer_report(err) and os.path.exists(PROXYCTL_PLAIN):
-        for ext in ("", "-wal", "-shm"):
-            if os.path.exists(str(db) + ext):
-                os.remove(str(db) + ext)
-        p = subprocess.run([PROXYCTL_PLAIN, "--db", str(db), "init", "--global", g.name], cwd=str(cwd),
-                           capture_output=True, text=True, timeout=TIMEOUT)
-        rc, out, err = p.returncode, p.stdout, p.stderr
+    rc, out, err = run("--db", db, "init", "--global", g.name, cwd=cwd)
     assert rc == 0, f"init failed ({rc}):\n{out}\n{err}"
     return out
 

@@ -442,15 +442,21 @@ class PyBackend:
     (count accepted), raw (bytes received per connection id).
     """
 
-    def __init__(self, handler=None, max_body=1 << 26):
+    def __init__(self, handler=None, max_body=1 << 26, unix=None):
         self.handler = handler or (lambda req, conn: conn.respond(200, b"ok"))
         self.max_body = max_body
-        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
+        if unix:
+            self.lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.lsock.bind(str(unix))
+            self.port = None
+            self.address = f"unix:{unix}"
+        else:
+            self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.lsock.bind(("127.0.0.1", 0))
+            self.port = self.lsock.getsockname()[1]
+            self.address = f"127.0.0.1:{self.port}"
         self.lsock.listen(1024)
-        self.port = self.lsock.getsockname()[1]
-        self.address = f"127.0.0.1:{self.port}"
         self.requests = []
         self.connections = 0
         self.raw = {}
@@ -586,6 +592,59 @@ class PyBackend:
         self.thread.join(timeout=2)
         for t in self.threads:
             t.join(timeout=2)
+
+
+class ModuleEnv:
+    """Processes shared by the tests of one module (module-scoped fixtures); stop() by PID."""
+
+    def __init__(self, tmp):
+        self.tmp = Path(tmp)
+        self.proxyds = []
+        self.backends = []
+        self.origins = []
+
+    def proxyd(self, global_settings=None, sites=(), workers=2, name=None):
+        p = Proxyd(self.tmp, global_settings, sites, workers=workers, name=name or f"proxyd{len(self.proxyds)}")
+        self.proxyds.append(p)
+        return p.start()
+
+    def backend(self, handler=None, **kw):
+        b = PyBackend(handler, **kw)
+        self.backends.append(b)
+        return b
+
+    def origin(self, echo=True):
+        binary = ensure_origin()
+        port = free_port()
+        proc = subprocess.Popen([binary, str(port)] + (["--echo"] if echo else []), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.origins.append(proc)
+        assert wait_port(port, 5.0, proc), "origin did not start"
+        return Origin(port, proc)
+
+    def check(self):
+        for p in self.proxyds:
+            p.assert_no_sanitizer()
+
+    def stop(self):
+        errors = []
+        for p in self.proxyds:
+            try:
+                p.stop()
+            except AssertionError as e:
+                errors.append(str(e))
+        for b in self.backends:
+            b.stop()
+        for proc in self.origins:
+            if proc.poll() is None:
+                _kill_pid(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    _kill_pid(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=5)
+        if errors:
+            pytest.fail("\n".join(errors))
 
 
 @pytest.fixture
@@ -751,6 +810,37 @@ def raw_exchange(port, data, timeout=5.0, half_close=False):
         return recv_all(s, timeout)
     finally:
         s.close()
+
+
+def exchange_eof(port, data, timeout=5.0):
+    """Send data on a new connection; (bytes read, True when the server closed within timeout)."""
+    s = connect(port, timeout)
+    deadline = time.monotonic() + timeout
+    chunks, eof = [], False
+    try:
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            s.settimeout(left)
+            try:
+                d = s.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                eof = True
+                break
+            if not d:
+                eof = True
+                break
+            chunks.append(d)
+    finally:
+        s.close()
+    return b"".join(chunks), eof
 
 
 def read_response(sock, timeout=5.0, head_request=False):

@@ -101,13 +101,6 @@ FIRST = y("""
         return: {status: 200}
     """)
 
-VALIDATE_ORDER_BUG = ("BUG: validate checks the given files before the stored sites, so a conflict with a stored "
-                      "site is reported at the stored site's file (e.g. 'first.yaml:3:9: error: host ... is already "
-                      "claimed by site 'two' (site.yaml:...)') instead of at the file being validated, unlike add-site")
-
-REGEX_COLUMN_BUG = ("BUG: check.c check_regex adds PCRE2's offset to the column of the scalar's opening quote "
-                    "(the comment says 'YAML quotes take one column' but no column is added), so the caret is one "
-                    "column left of the offending character for quoted regexes")
 
 CASES = [
     # --- YAML syntax
@@ -191,11 +184,9 @@ CASES = [
     Case("regex-plain", rt("  - match: {path_regex: x(abc}\n    return: {status: 404}\n"),
          ["site.yaml:4:30: error: invalid regex 'x(abc': missing closing parenthesis at offset 5"]),
     Case("regex-quoted", rt("  - match: {path_regex: '(abc'}\n    return: {status: 404}\n"),
-         ["site.yaml:4:30: error: invalid regex '(abc': missing closing parenthesis at offset 4"],
-         bug=REGEX_COLUMN_BUG),
+         ["site.yaml:4:30: error: invalid regex '(abc': missing closing parenthesis at offset 4"]),
     Case("regex-quoted-offset-0", rt('  - match: {path_regex: "*abc"}\n    return: {status: 404}\n'),
-         ["site.yaml:4:26: error: invalid regex '*abc': quantifier does not follow a repeatable item at offset 0"],
-         bug=REGEX_COLUMN_BUG),
+         ["site.yaml:4:26: error: invalid regex '*abc': quantifier does not follow a repeatable item at offset 0"]),
     # --- strip_prefix
     Case("strip-prefix-exact", up("    upstream: app\n").replace("path_prefix: /", "path_exact: /a")
          + "    strip_prefix: true\n",
@@ -220,7 +211,7 @@ CASES = [
             return: {status: 200}
         """),
          ["site.yaml:4:5: error: host 'a.example.com' is already claimed by site 'one' (first.yaml:3:9)"],
-         setup={"first.yaml": FIRST}, validate_bug=VALIDATE_ORDER_BUG),
+         setup={"first.yaml": FIRST}),
     Case("host-conflict-case-and-wildcard", y("""
         site: two
         hosts: [A.Example.COM, "*.W.example.com"]
@@ -230,7 +221,7 @@ CASES = [
         """),
          ["site.yaml:2:9: error: host 'a.example.com' is already claimed by site 'one' (first.yaml:3:9)",
           "site.yaml:2:24: error: host '*.w.example.com' is already claimed by site 'one' (first.yaml:3:24)"],
-         setup={"first.yaml": FIRST}, validate_bug=VALIDATE_ORDER_BUG),
+         setup={"first.yaml": FIRST}),
     Case("two-defaults", y("""
         site: two
         default: true
@@ -239,7 +230,7 @@ CASES = [
             return: {status: 200}
         """),
          ["site.yaml:2:10: error: site 'two' is also marked default (site 'one' is the default, first.yaml:2:10)"],
-         setup={"first.yaml": FIRST}, validate_bug=VALIDATE_ORDER_BUG),
+         setup={"first.yaml": FIRST}),
     # --- several errors: all reported, sorted by line
     Case("several-config-errors", y("""
         site: a
@@ -251,12 +242,18 @@ CASES = [
           - match: {path_prefix: /}
             upstream: app
             timeouts: {read: 5x}
+          - match: {path_regex: 'x(', methods: [GET, FETCH]}
+            upstream: nope
         compression: {gzip: maybe}
         """),
          ["site.yaml:3:1: error: unknown key 'bogus'",
           "site.yaml:5:19: error: invalid address '127.0.0.1': missing :port",
           "site.yaml:9:22: error: invalid duration '5x' for 'read': unknown unit (use ms, s, m, h or d)",
-          "site.yaml:10:21: error: 'gzip' must be true or false, not 'maybe'"]),
+          "site.yaml:10:28: error: invalid regex 'x(': missing closing parenthesis at offset 2",
+          "site.yaml:10:46: error: invalid method 'FETCH' (expected one of: GET, HEAD, POST, PUT, DELETE, PATCH, "
+          "OPTIONS, CONNECT, TRACE; did you mean 'PATCH'?)",
+          "site.yaml:11:15: error: undefined upstream 'nope'",
+          "site.yaml:12:21: error: 'gzip' must be true or false, not 'maybe'"]),
     Case("several-semantic-errors-sorted", y("""
         site: two
         default: true
@@ -268,15 +265,14 @@ CASES = [
             upstream: app
             rate_limit: {zone: nope}
             cache: {zone: nope2}
-          - match: {path_regex: ab(}
+          - match: {path_regex: ab}
             upstream: app
         """),
          ["site.yaml:2:10: error: site 'two' is also marked default (site 'one' is the default, first.yaml:2:10)",
           "site.yaml:3:9: error: host 'a.example.com' is already claimed by site 'one' (first.yaml:3:9)",
           "site.yaml:9:24: error: unknown rate-limit zone 'nope' (define it under rate_limit_zones in the global settings)",
-          "site.yaml:10:19: error: unknown cache zone 'nope2' (define it under cache_zones in the global settings)",
-          "site.yaml:11:28: error: invalid regex 'ab(': missing closing parenthesis at offset 3"],
-         setup={"first.yaml": FIRST}, validate_bug=VALIDATE_ORDER_BUG),
+          "site.yaml:10:19: error: unknown cache zone 'nope2' (define it under cache_zones in the global settings)"],
+         setup={"first.yaml": FIRST}),
 ]
 
 CERT_CASES = [
