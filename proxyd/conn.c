@@ -680,6 +680,36 @@ static void copy_request(conn_t *c, const h1_request_t *h)
         h1_chunked_init(&r->body_chunks);
 }
 
+/* ACME HTTP-01 (RFC 8555 §8.3): proxyctl renew-cert publishes tokens in the
+ * store; any host on a plain listener gets the key authorization.  Returns
+ * false when the path is not a token we hold, so routing proceeds. */
+#define ACME_PREFIX "/.well-known/acme-challenge/"
+
+static bool acme_challenge(conn_t *c)
+{
+    request_t *r = c->req;
+    const char *token = r->path + sizeof(ACME_PREFIX) - 1;
+    size_t n = strlen(token);
+    if (c->tls || n == 0 || n > 128 || strspn(token, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") != n)
+        return false;
+    if (W->challenges.db == NULL && store_open(&W->challenges, W->db, STORE_RDONLY) < 0) {
+        log_err("acme challenge %s: %s", token, W->challenges.err);
+        return false;
+    }
+    sqlite3_stmt *q = store_prepare(&W->challenges, "SELECT key_authorization FROM acme_challenges "
+                                                    "WHERE token = ? AND expires > strftime('%s','now')");
+    if (q == NULL)
+        return false;
+    sqlite3_bind_text(q, 1, token, (int)n, SQLITE_STATIC);
+    bool found = sqlite3_step(q) == SQLITE_ROW;
+    if (found) {
+        const char *ka = (const char *)sqlite3_column_text(q, 0);
+        respond(c, 200, "application/octet-stream", ka, strlen(ka), NULL);
+    }
+    sqlite3_finalize(q);
+    return found;
+}
+
 static void dispatch(conn_t *c, const h1_request_t *h)
 {
     request_t *r = c->req;
@@ -698,6 +728,8 @@ static void dispatch(conn_t *c, const h1_request_t *h)
     }
     r->path[pn] = '\0';
     r->path_len = (size_t)pn;
+    if (strncmp(r->path, ACME_PREFIX, sizeof(ACME_PREFIX) - 1) == 0 && acme_challenge(c))
+        return;
     r->site = route_site(t, h->host.p, h->host.n);
     if (r->site == RT_NONE) {
         conn_error(c, 404, NULL);

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "../common/ruletable.h"
+#include "../common/store.h"
 #include "../common/util.h"
 #include "event.h"
 #include "http1.h"
@@ -49,6 +50,7 @@ typedef struct {
     bool draining;
     char date[40];             /* "Date: ..." line, refreshed once per second */
     uint64_t date_sec;
+    store_t challenges;        /* opened on the first ACME challenge request */
 } worker_t;
 
 extern worker_t *W;
