@@ -25,7 +25,7 @@ static uint32_t host_probe(const rt_table_t *t, const rt_host_t *tab, uint32_t c
     }
 }
 
-uint32_t route_site(const rt_table_t *t, const char *host, size_t n)
+uint32_t route_site_named(const rt_table_t *t, const char *host, size_t n)
 {
     /* Strip ":port" (but not inside an IPv6 literal) and one trailing dot. */
     if (n && host[0] == '[') {
@@ -49,7 +49,13 @@ uint32_t route_site(const rt_table_t *t, const char *host, size_t n)
         if (s != RT_NONE)
             return s;
     }
-    return t->global->default_site.first;
+    return RT_NONE;
+}
+
+uint32_t route_site(const rt_table_t *t, const char *host, size_t n)
+{
+    uint32_t s = route_site_named(t, host, n);
+    return s != RT_NONE ? s : t->global->default_site.first;
 }
 
 typedef struct {

@@ -21,6 +21,8 @@ typedef struct {
 /* Site for a Host header value (port and trailing dot ignored, any case):
  * exact name, then the longest wildcard suffix, then the default site. */
 uint32_t route_site(const rt_table_t *t, const char *host, size_t n);
+/* The same without the default site: RT_NONE when no site names this host. */
+uint32_t route_site_named(const rt_table_t *t, const char *host, size_t n);
 /* The first route of site, in file order, that matches method and path. */
 void route_match(const rt_table_t *t, uint32_t site, const char *method, size_t mlen, const char *path, size_t plen,
                  route_regex_fn regex, void *ud, route_result_t *res);

@@ -31,6 +31,7 @@
 #include "path.h"
 #include "proxy.h"
 #include "static.h"
+#include "tls.h"
 
 #define ACCEPT_BATCH 64
 
@@ -120,6 +121,15 @@ void conn_accept(listener_t *l)
         peer_from(c, &ss);
         c->local_port = l->port;
         c->io.fd = -1;
+        if (l->kind == RT_LISTEN_HTTPS) {
+            if ((c->ssl = tls_accept(W->table, fd)) == NULL) {
+                close(fd);
+                free(c);
+                continue;
+            }
+            c->tls = true;
+            c->state = CS_HANDSHAKE;
+        }
         if (ev_add(W->loop, &c->io, fd, EV_READ, on_io) < 0) {
             close(fd);
             free(c);
@@ -154,6 +164,8 @@ void conn_close(conn_t *c, const char *reason)
     }
     ev_timer_stop(W->loop, &c->timer);
     ev_del(W->loop, &c->io);
+    tls_free(c->ssl);
+    c->ssl = NULL;
     close(c->io.fd);
     c->io.fd = -1;
     iobuf_put(c->in);
@@ -197,15 +209,22 @@ static void update_events(conn_t *c)
     bool reading = c->state == CS_IDLE || c->state == CS_HEAD || c->state == CS_PROXY || c->state == CS_TUNNEL;
     if (reading && !c->read_paused)
         ev |= EV_READ;
-    if (iobuf_len(c->out) || (c->req && c->req->static_left))
+    if (iobuf_len(c->out) || (c->req && c->req->static_left) || c->tls_want_write)
         ev |= EV_WRITE;
     ev_set(W->loop, &c->io, ev);
 }
+
+static conn_t *deferred_reads[256];
+static unsigned ndeferred;
 
 void conn_pause_read(conn_t *c, bool pause)
 {
     c->read_paused = pause;
     update_events(c);
+    if (!pause && c->ssl && SSL_pending(c->ssl) > 0 && !c->read_deferred && ndeferred < 256) {
+        c->read_deferred = true;
+        deferred_reads[ndeferred++] = c;
+    }
 }
 
 size_t conn_out_space(conn_t *c)
@@ -219,9 +238,43 @@ size_t conn_out_space(conn_t *c)
 
 /* ---- output -------------------------------------------------------------------- */
 
+static ssize_t c_write(conn_t *c, const void *p, size_t n);
+
+/* TLS has no sendfile: stage file bytes through the output buffer. */
+static int send_static_tls(conn_t *c)
+{
+    request_t *r = c->req;
+    while (r->static_left && conn_out_space(c)) {
+        size_t k = r->static_left < iobuf_space(c->out) ? (size_t)r->static_left : iobuf_space(c->out);
+        ssize_t n = pread(r->static_fd, iobuf_wr(c->out), k, (off_t)r->static_off);
+        if (n <= 0) {
+            conn_close(c, "static file read failed");
+            return -1;
+        }
+        c->out->end += (uint32_t)n;
+        r->static_off += (uint64_t)n;
+        r->static_left -= (uint64_t)n;
+        ssize_t w = c_write(c, iobuf_rd(c->out), iobuf_len(c->out));
+        if (w == -2) {
+            conn_close(c, "client write failed");
+            return -1;
+        }
+        if (w < 0)
+            return 0; /* what is staged goes out with the next flush */
+        iobuf_consume(c->out, (size_t)w);
+        W->stats->bytes_out += (uint64_t)w;
+        r->resp_bytes += (uint64_t)w;
+        if (iobuf_len(c->out))
+            return 0;
+    }
+    return 0;
+}
+
 static int send_static(conn_t *c)
 {
     request_t *r = c->req;
+    if (c->ssl)
+        return send_static_tls(c);
     while (r->static_left) {
         off_t off = (off_t)r->static_off;
         size_t chunk = r->static_left > (1u << 20) ? (1u << 20) : (size_t)r->static_left;
@@ -247,10 +300,8 @@ int conn_flush(conn_t *c)
     if (c->closed)
         return -1;
     while (iobuf_len(c->out)) {
-        ssize_t n = write(c->io.fd, iobuf_rd(c->out), iobuf_len(c->out));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
+        ssize_t n = c_write(c, iobuf_rd(c->out), iobuf_len(c->out));
+        if (n == -1)
             break;
         if (n < 0) {
             conn_close(c, "client write failed");
@@ -269,6 +320,35 @@ int conn_flush(conn_t *c)
     }
     update_events(c);
     return 0;
+}
+
+/* Socket I/O, plain or TLS: >0 bytes, 0 EOF (reads), -1 try later, -2 error. */
+static ssize_t c_write(conn_t *c, const void *p, size_t n)
+{
+    if (c->ssl) {
+        ssize_t r = tls_write(c->ssl, p, n);
+        c->tls_want_write = false;
+        return r > 0 ? r : r == TLS_WANT_WRITE || r == TLS_WANT_READ ? -1 : -2;
+    }
+    ssize_t r;
+    do
+        r = write(c->io.fd, p, n);
+    while (r < 0 && errno == EINTR);
+    return r >= 0 ? r : errno == EAGAIN ? -1 : -2;
+}
+
+static ssize_t c_read(conn_t *c, void *p, size_t n)
+{
+    if (c->ssl) {
+        ssize_t r = tls_read(c->ssl, p, n);
+        c->tls_want_write = r == TLS_WANT_WRITE;
+        return r >= 0 ? r : r == TLS_WANT_READ || r == TLS_WANT_WRITE ? -1 : -2;
+    }
+    ssize_t r;
+    do
+        r = read(c->io.fd, p, n);
+    while (r < 0 && errno == EINTR);
+    return r >= 0 ? r : errno == EAGAIN ? -1 : -2;
 }
 
 /* Append formatted bytes to c->out (response heads are small). */
@@ -813,23 +893,23 @@ static ssize_t read_in(conn_t *c)
         iobuf_compact(c->in);
     if (iobuf_space(c->in) == 0)
         return -1;
-    ssize_t n;
-    do
-        n = read(c->io.fd, iobuf_wr(c->in), iobuf_space(c->in));
-    while (n < 0 && errno == EINTR);
+    ssize_t n = c_read(c, iobuf_wr(c->in), iobuf_space(c->in));
     if (n > 0) {
         c->in->end += (uint32_t)n;
         W->stats->bytes_in += (uint64_t)n;
-        return n;
     }
-    if (n == 0)
-        return 0;
-    return errno == EAGAIN ? -1 : -2;
+    return n;
 }
 
 static void on_readable(conn_t *c)
 {
     ssize_t n = read_in(c);
+    /* TLS may hold more decrypted bytes than one read took: take what fits. */
+    while (n > 0 && c->ssl && SSL_pending(c->ssl) > 0 && iobuf_space(c->in) > 0) {
+        ssize_t more = read_in(c);
+        if (more <= 0)
+            break;
+    }
     if (n == 0 || n == -2) {
         if (c->state == CS_PROXY || c->state == CS_TUNNEL) {
             proxy_client_input(c); /* let the proxy see EOF on a half-closed client */
@@ -852,12 +932,49 @@ static void on_readable(conn_t *c)
         process(c);
 }
 
+static void handshake(conn_t *c)
+{
+    int rc = tls_handshake(c->ssl);
+    if (rc == TLS_WANT_READ || rc == TLS_WANT_WRITE) {
+        ev_set(W->loop, &c->io, rc == TLS_WANT_READ ? EV_READ : EV_WRITE);
+        return;
+    }
+    if (rc != 1) {
+        tls_error(); /* clears the queue; failed handshakes (scanners, bad SNI) are not worth a log line */
+        conn_close(c, "TLS handshake failed");
+        return;
+    }
+    c->state = CS_IDLE;
+    update_events(c);
+    on_readable(c); /* the first request may have arrived with the handshake */
+}
+
+void conn_run_deferred_reads(void)
+{
+    while (ndeferred) {
+        conn_t *c = deferred_reads[--ndeferred];
+        c->read_deferred = false;
+        if (!c->closed && !c->read_paused)
+            on_readable(c);
+    }
+}
+
 static void on_io(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
 {
     conn_t *c = (conn_t *)io;
     (void)loop;
     if (c->closed)
         return;
+    if (c->state == CS_HANDSHAKE) {
+        handshake(c);
+        return;
+    }
+    if ((revents & EV_WRITE) && c->tls_want_write) {
+        c->tls_want_write = false;
+        on_readable(c);
+        if (c->closed)
+            return;
+    }
     if (revents & EV_WRITE) {
         if (conn_flush(c) < 0)
             return;
@@ -891,6 +1008,9 @@ static void on_timer(ev_loop_t *loop, ev_timer_t *t)
         return;
     case CS_LINGER:
         conn_close(c, "response complete");
+        return;
+    case CS_HANDSHAKE:
+        conn_close(c, "TLS handshake timeout");
         return;
     case CS_PROXY:
         if (c->req && !c->req->body_done) {

@@ -5,7 +5,7 @@
  * A connection is an explicit state plus the buffers it holds only while
  * bytes are in flight:
  *
- *   IDLE --bytes--> HEAD --head parsed--> request dispatched:
+ *   [HANDSHAKE on TLS listeners] --> IDLE --bytes--> HEAD --head parsed--> request dispatched:
  *        return/redirect/error/static: RESPOND --flushed--> IDLE (keep-alive) | closed
  *        upstream: PROXY (body to upstream, response from upstream) --done--> IDLE | closed
  *        upgrade accepted: TUNNEL --either side closes--> closed
@@ -21,7 +21,7 @@
 
 #include "worker.h"
 
-enum conn_state { CS_IDLE, CS_HEAD, CS_RESPOND, CS_PROXY, CS_TUNNEL, CS_LINGER };
+enum conn_state { CS_IDLE, CS_HEAD, CS_RESPOND, CS_PROXY, CS_TUNNEL, CS_LINGER, CS_HANDSHAKE };
 
 /* How the response body is framed towards the client. */
 enum resp_mode { RM_NONE, RM_LENGTH, RM_CHUNKED, RM_CLOSE };
@@ -63,6 +63,9 @@ struct conn {
     conn_t *all_prev, *all_next; /* every open connection of the worker */
     uint8_t state;            /* conn_state */
     bool closed, read_paused, tls;
+    bool tls_want_write;      /* the TLS layer needs writability to make progress */
+    bool read_deferred;       /* queued for a read of data the TLS layer holds */
+    struct ssl_st *ssl;       /* TLS connections only */
     uint8_t peer_family;      /* 4 or 6 (0 unix) */
     uint16_t peer_port, local_port;
     uint8_t peer_ip[16];
@@ -88,6 +91,9 @@ void conn_free_deferred(void);
 void conn_close_idle(void);
 /* (Re)arm the client body timeout while the proxy waits on request bytes. */
 void conn_arm_body_timer(conn_t *c);
+/* Reading resumed: a TLS connection may hold decrypted bytes epoll cannot
+ * report; read them from the event loop's idle hook. */
+void conn_run_deferred_reads(void);
 const char *status_reason(int status);
 /* Response head pieces: status line, Server, Date, security headers. */
 void conn_head_begin(conn_t *c, int status);

@@ -27,11 +27,26 @@
 
 #include "../common/log.h"
 #include "admin.h"
+#include "tls.h"
 
 master_t M;
 
 static ev_io_t sig_io;
-static ev_timer_t stop_timer;
+static ev_timer_t stop_timer, ticket_timer;
+
+/* Session-ticket keys: kept in the store (so the HA peer can share them),
+ * rotated here, published to the workers through shared memory. */
+static void rotate_tickets(ev_loop_t *loop, ev_timer_t *t)
+{
+    store_t st;
+    char err[512];
+    uint32_t rotation = M.table->t.global->ticket_key_rotation_s;
+    if (store_open(&st, M.db, 0) < 0 || tls_rotate_ticket_keys(&st, rotation, err, sizeof(err)) < 0)
+        log_err("session ticket keys: %s", st.db ? err : st.err);
+    store_close(&st);
+    uint64_t every = rotation ? (uint64_t)rotation * 1000 / 4 : 3600000;
+    ev_timer_start(loop, t, every > 300000 ? 300000 : every, rotate_tickets);
+}
 
 int master_live_workers(void)
 {
@@ -87,18 +102,14 @@ static int bind_all(const rt_table_t *t)
         return -1;
     for (uint32_t i = 0; i < t->global->listens.count; i++) {
         const rt_listen_t *l = &t->listens[t->global->listens.first + i];
-        if (l->kind == RT_LISTEN_HTTPS) {
-            log_warn("listen https %s: TLS termination is not built yet; not listening", rt_cstr(t, l->sa.addr));
-            continue;
-        }
-        if (l->kind != RT_LISTEN_HTTP)
+        if (l->kind != RT_LISTEN_HTTP && l->kind != RT_LISTEN_HTTPS)
             continue;
         if (bind_listener(t, l, &M.ls[M.nls]) < 0)
             return -1;
         M.nls++;
     }
     if (M.nls == 0) {
-        log_err("no HTTP listener configured");
+        log_err("no HTTP or HTTPS listener configured");
         return -1;
     }
     return 0;
@@ -123,7 +134,7 @@ static int spawn(int id)
         /* Inherited table: the master's current generation. */
         tref_t *t = tref_get(M.table);
         char err[256];
-        if (t->regex == NULL && tref_prepare(t, err, sizeof(err)) < 0) {
+        if (t->regex == NULL && tref_prepare(t, M.db, err, sizeof(err)) < 0) {
             log_err("worker %d: %s", id, err);
             _exit(1);
         }
@@ -166,7 +177,7 @@ static void signal_workers(int sig)
 int master_reload(char *err, size_t errlen)
 {
     tref_t *t = tref_load(M.db, 0, err, errlen);
-    if (t == NULL || tref_prepare(t, err, errlen) < 0) {
+    if (t == NULL || tref_prepare(t, M.db, err, errlen) < 0) {
         tref_put(t);
         snprintf(M.last_reload_error, sizeof(M.last_reload_error), "%s", err);
         log_err("reload refused, keeping generation %lld: %s", (long long)M.table->generation, err);
@@ -259,6 +270,13 @@ int master_main(const char *db, tref_t *table, int workers)
         return 1;
     }
     M.shm->generation = table->generation;
+    tls_ticket_shm_t *tickets = mmap(NULL, sizeof(*tickets), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (tickets == MAP_FAILED) {
+        log_err("cannot map ticket keys: %s", strerror(errno));
+        return 1;
+    }
+    tls_set_ticket_shm(tickets);
+    rotate_tickets(M.loop, &ticket_timer);
     if (bind_all(&table->t) < 0 || admin_start(M.loop, &table->t) < 0)
         return 1;
     for (int i = 0; i < M.nworkers; i++)

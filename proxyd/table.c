@@ -14,6 +14,7 @@
 #include <pcre2.h>
 
 #include "../common/store.h"
+#include "tls.h"
 
 tref_t *tref_load(const char *db, int64_t gen, char *err, size_t errlen)
 {
@@ -117,7 +118,7 @@ static void resolve_names(tref_t *r)
     }
 }
 
-int tref_prepare(tref_t *r, char *err, size_t errlen)
+int tref_prepare(tref_t *r, const char *db, char *err, size_t errlen)
 {
     snprintf(err, errlen, "out of memory");
     if (compile_regexes(r, err, errlen) < 0 || open_roots(r) < 0)
@@ -131,7 +132,14 @@ int tref_prepare(tref_t *r, char *err, size_t errlen)
     if (r->resolved == NULL)
         return -1;
     resolve_names(r);
-    return 0;
+    store_t st;
+    if (store_open(&st, db, STORE_RDONLY) < 0) {
+        snprintf(err, errlen, "%s", st.err);
+        return -1;
+    }
+    int rc = tls_prepare(r, &st, err, errlen);
+    store_close(&st);
+    return rc;
 }
 
 void tref_put(tref_t *r)
@@ -148,6 +156,7 @@ void tref_put(tref_t *r)
     free(r->root_fd);
     free(r->rr);
     free(r->resolved);
+    tls_release(r);
     free(r->blob);
     free(r);
 }

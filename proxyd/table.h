@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include <openssl/ssl.h>
+
 #include "../common/ruletable.h"
 
 typedef struct {
@@ -33,13 +35,18 @@ typedef struct tref {
     rr_state_t *rr;        /* per server */
     int *root_fd;          /* per route: static root O_PATH fd, or -1 */
     struct sockaddr_storage *resolved; /* per server: host-name servers resolved at load */
+    SSL_CTX **site_ctx;    /* per site: its certificate(s), or NULL (tls.c) */
+    SSL_CTX **up_ctx;      /* per upstream: TLS client context, or NULL */
+    SSL_CTX *base_ctx;     /* every accepted TLS connection starts here; SNI switches */
+    SSL_CTX *default_ctx;  /* base_ctx when the default site has a certificate */
 } tref_t;
 
 /* Load generation gen (0: the active one) from the store, read-only.  NULL
  * with a reason in err when it is missing, unreadable or fails verification. */
 tref_t *tref_load(const char *db, int64_t gen, char *err, size_t errlen);
-/* Derive worker state (regexes, roots, balancing); 0 or -1 with err. */
-int tref_prepare(tref_t *r, char *err, size_t errlen);
+/* Derive worker state (regexes, roots, balancing, TLS contexts from the
+ * store db's certificates); 0 or -1 with err. */
+int tref_prepare(tref_t *r, const char *db, char *err, size_t errlen);
 static inline tref_t *tref_get(tref_t *r) { r->refs++; return r; }
 void tref_put(tref_t *r);
 /* Route regex callback for route_match(). */

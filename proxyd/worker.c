@@ -56,6 +56,7 @@ void worker_count_status(uint32_t site, int status)
 static void idle(void *arg)
 {
     (void)arg;
+    conn_run_deferred_reads();
     conn_free_deferred();
     proxy_free_deferred();
     accesslog_flush();
@@ -78,7 +79,7 @@ static void reload(void)
         return;
     char err[512];
     tref_t *t = tref_load(W->db, want, err, sizeof(err));
-    if (t == NULL || tref_prepare(t, err, sizeof(err)) < 0) {
+    if (t == NULL || tref_prepare(t, W->db, err, sizeof(err)) < 0) {
         log_err("reload refused, keeping generation %lld: %s", (long long)W->table->generation, err);
         tref_put(t);
         return;
