@@ -23,7 +23,7 @@
 #define TEMPORARY_DAYS 90
 #define RENEW_WITHIN (7 * 86400)
 
-static void hosts_joined(const cfg_site_t *s, char *out, size_t cap)
+void certs_hosts(const cfg_site_t *s, char *out, size_t cap)
 {
     out[0] = '\0';
     for (size_t i = 0; i < s->nhosts; i++)
@@ -100,8 +100,7 @@ fail:
     return NULL;
 }
 
-/* PEM of a key or certificate into a malloc'ed string. */
-static char *pem(EVP_PKEY *key, X509 *x)
+char *certs_pem(EVP_PKEY *key, X509 *x)
 {
     BIO *b = BIO_new(BIO_s_mem());
     char *out = NULL, *data;
@@ -153,12 +152,12 @@ int certs_ensure(store_t *st, const cfg_site_t *s)
         return 0;
     const char *source = s->cert_mode == RT_CERT_ACME ? "temporary" : "self-signed";
     char hosts[8192];
-    hosts_joined(s, hosts, sizeof(hosts));
+    certs_hosts(s, hosts, sizeof(hosts));
     if (current(st, s->name.s, hosts, source))
         return 0;
     EVP_PKEY *key = EVP_EC_gen("P-256");
     X509 *x = key ? make_cert(key, s, s->cert_mode == RT_CERT_ACME ? TEMPORARY_DAYS : SELF_SIGNED_DAYS) : NULL;
-    char *cert = x ? pem(NULL, x) : NULL, *kp = x ? pem(key, NULL) : NULL;
+    char *cert = x ? certs_pem(NULL, x) : NULL, *kp = x ? certs_pem(key, NULL) : NULL;
     int rc = cert && kp ? store_cert(st, s, hosts, cert, kp, x, source) : -1;
     if (!(cert && kp))
         snprintf(st->err, sizeof(st->err), "cannot make a certificate for site '%s'", s->name.s);

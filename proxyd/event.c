@@ -195,6 +195,8 @@ void ev_run(ev_loop_t *l)
     while (!l->stop) {
         if (l->idle)
             l->idle(l->idle_arg);
+        if (l->stop)
+            break;
         int n = epoll_wait(l->epfd, evs, EV_BATCH, next_timeout(l));
         l->now = clock_ms();
         if (n < 0 && errno != EINTR)

@@ -35,8 +35,9 @@
 
 #include "../common/log.h"
 #include "path.h"
+#include "tls.h"
 
-enum up_state { US_CONNECTING, US_ACTIVE, US_IDLE };
+enum up_state { US_CONNECTING, US_HANDSHAKE, US_ACTIVE, US_IDLE };
 
 #define POOL_BUCKETS 256
 #define TUNNEL_TIMEOUT_MS 3600000
@@ -53,7 +54,8 @@ struct upconn {
     uint32_t server;            /* index in the client's table */
     uint32_t keepalive;         /* pool limit of its upstream */
     h1_chunked_t chunks;        /* response body decoder */
-    char key[112];              /* pool key: the server address as written */
+    SSL *ssl;                   /* https upstreams */
+    char key[160];              /* pool key: [tls:SNI@]server address */
 };
 
 static upconn_t *pool[POOL_BUCKETS];
@@ -185,6 +187,8 @@ static void up_close(upconn_t *u)
         pool_remove(u);
     ev_timer_stop(W->loop, &u->timer);
     ev_del(W->loop, &u->io);
+    tls_free(u->ssl);
+    u->ssl = NULL;
     close(u->io.fd);
     iobuf_put(u->in);
     iobuf_put(u->out);
@@ -230,6 +234,17 @@ static int sockaddr_of(const rt_table_t *t, const rt_sockaddr_t *a, struct socka
     return 0;
 }
 
+/* Connections are pooled per address and, for TLS, per upstream TLS identity. */
+static void pool_key(const rt_table_t *t, uint32_t server, char *out, size_t cap)
+{
+    const rt_server_t *sv = &t->servers[server];
+    const rt_upstream_t *u = &t->upstreams[sv->upstream];
+    if (u->tls_flags & RT_UTLS_ON)
+        snprintf(out, cap, "tls:%s@%s", rt_cstr(t, u->tls_sni), rt_cstr(t, sv->sa.addr));
+    else
+        snprintf(out, cap, "%s", rt_cstr(t, sv->sa.addr));
+}
+
 static upconn_t *up_connect(conn_t *c, uint32_t server, const char **why)
 {
     request_t *r = c->req;
@@ -271,7 +286,7 @@ static upconn_t *up_connect(conn_t *c, uint32_t server, const char **why)
         return NULL;
     }
     u->state = US_CONNECTING;
-    snprintf(u->key, sizeof(u->key), "%s", rt_cstr(t, sv->sa.addr));
+    pool_key(t, server, u->key, sizeof(u->key));
     return u;
 }
 
@@ -451,7 +466,9 @@ static int build_head(conn_t *c, const h1_request_t *h, upconn_t *u)
         return -1;
     hbuf_t b = {iobuf_wr(u->out), 0, iobuf_space(u->out), false};
     request_line(&b, c, h, rt);
-    hb_header(&b, "Host", r->host, strlen(r->host));
+    h1_slice_t host_name = {"Host", 4};
+    if (!op_names(t, rt->header_ops, RT_HDR_REQUEST, host_name)) /* headers: {request: {set: {Host: ...}}} replaces it */
+        hb_header(&b, "Host", r->host, strlen(r->host));
     for (size_t i = 0; i < h->nheaders; i++) {
         const h1_header_t *x = &h->headers[i];
         if (skip_request_header(x) || op_names(t, rt->header_ops, RT_HDR_REQUEST, x->name))
@@ -557,6 +574,7 @@ static int body_length(conn_t *c, upconn_t *u)
 }
 
 static int up_flush(upconn_t *u);
+static void up_read(upconn_t *u);
 
 /* Move request bytes from the client to the upstream buffer and set who reads. */
 static void feed_body(conn_t *c)
@@ -603,7 +621,7 @@ static void arm_timer(upconn_t *u)
 {
     request_t *r = u->client->req;
     const rt_policy_t *p = &r->table->t.policies[r->table->t.routes[r->route].policy];
-    uint64_t ms = u->state == US_CONNECTING ? p->connect_ms
+    uint64_t ms = u->state == US_CONNECTING || u->state == US_HANDSHAKE ? p->connect_ms
                 : u->client->state == CS_TUNNEL ? TUNNEL_TIMEOUT_MS
                 : iobuf_len(u->out) ? p->send_ms : p->read_ms;
     ev_timer_start(W->loop, &u->timer, ms, up_timer);
@@ -643,7 +661,9 @@ void proxy_start(conn_t *c, const h1_request_t *h)
     }
     r->server = server;
     const char *why = NULL;
-    upconn_t *u = r->websocket_ok ? NULL : pool_take(rt_cstr(t, t->servers[server].sa.addr));
+    char key[160];
+    pool_key(t, server, key, sizeof(key));
+    upconn_t *u = r->websocket_ok ? NULL : pool_take(key);
     if (u == NULL && (u = up_connect(c, server, &why)) == NULL) {
         fail(c, 502, "connect failed: %s", why);
         return;
@@ -878,6 +898,8 @@ void proxy_client_drained(conn_t *c)
     else if (u->read_paused) {
         u->read_paused = false;
         ev_set(W->loop, &u->io, EV_READ | (iobuf_len(u->out) ? EV_WRITE : 0));
+        if (u->ssl && SSL_pending(u->ssl) > 0)
+            up_read(u);
     }
     if (c->state == CS_TUNNEL && !c->closed && iobuf_len(c->in))
         feed_body(c);
@@ -941,13 +963,32 @@ static void upstream_eof(upconn_t *u)
     conn_close(c, "upstream closed mid-body");
 }
 
+/* Socket I/O, plain or TLS: >0 bytes, 0 EOF (reads), -1 try later (errno EAGAIN), -2 error. */
+static ssize_t u_io(upconn_t *u, bool wr, void *p, size_t n)
+{
+    if (u->ssl) {
+        ssize_t r = wr ? tls_write(u->ssl, p, n) : tls_read(u->ssl, p, n);
+        if (r >= 0)
+            return r;
+        if (r == TLS_WANT_READ || r == TLS_WANT_WRITE) {
+            errno = EAGAIN;
+            return -1;
+        }
+        errno = EPROTO;
+        return -2;
+    }
+    ssize_t r;
+    do
+        r = wr ? write(u->io.fd, p, n) : read(u->io.fd, p, n);
+    while (r < 0 && errno == EINTR);
+    return r >= 0 ? r : errno == EAGAIN ? -1 : -2;
+}
+
 static int up_flush(upconn_t *u)
 {
     while (iobuf_len(u->out)) {
-        ssize_t n = write(u->io.fd, iobuf_rd(u->out), iobuf_len(u->out));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
+        ssize_t n = u_io(u, true, iobuf_rd(u->out), iobuf_len(u->out));
+        if (n == -1)
             break;
         if (n < 0) {
             int e = errno;
@@ -980,21 +1021,21 @@ static void up_read(upconn_t *u)
             fail(u->client, 502, "response head larger than %d bytes", IOBUF_SIZE);
         return;
     }
-    ssize_t n;
-    do
-        n = read(u->io.fd, iobuf_wr(u->in), iobuf_space(u->in));
-    while (n < 0 && errno == EINTR);
-    if (n < 0 && errno == EAGAIN)
+    ssize_t n = u_io(u, false, iobuf_wr(u->in), iobuf_space(u->in));
+    if (n == -1)
         return;
     if (n <= 0) {
         if (n < 0)
-            log_warn("upstream %s: read: %s", u->key, strerror(errno));
+            log_warn("upstream %s: read: %s", u->key, u->ssl ? tls_error() : strerror(errno));
         upstream_eof(u);
         return;
     }
     u->got_bytes = true;
     u->in->end += (uint32_t)n;
     relay_response(u);
+    /* Decrypted bytes the TLS layer still holds raise no epoll event. */
+    if (!u->closed && u->client && u->ssl && !u->read_paused && SSL_pending(u->ssl) > 0)
+        up_read(u);
 }
 
 static void connected(upconn_t *u)
@@ -1004,6 +1045,34 @@ static void connected(upconn_t *u)
     getsockopt(u->io.fd, SOL_SOCKET, SO_ERROR, &err, &len);
     if (err) {
         fail(u->client, 502, "connect failed: %s", err == ECONNREFUSED ? "connection refused" : strerror(err));
+        return;
+    }
+    request_t *r = u->client->req;
+    uint32_t up = r->table->t.servers[u->server].upstream;
+    if (r->table->up_ctx[up]) {
+        if ((u->ssl = tls_connect(r->table, up, u->io.fd)) == NULL) {
+            fail(u->client, 502, "TLS setup failed: %s", tls_error());
+            return;
+        }
+        u->state = US_HANDSHAKE;
+        return;
+    }
+    u->state = US_ACTIVE;
+    ev_set(W->loop, &u->io, EV_READ | EV_WRITE);
+    arm_timer(u);
+}
+
+static void up_handshake(upconn_t *u)
+{
+    int rc = tls_handshake(u->ssl);
+    if (rc == TLS_WANT_READ || rc == TLS_WANT_WRITE) {
+        ev_set(W->loop, &u->io, rc == TLS_WANT_READ ? EV_READ : EV_WRITE);
+        return;
+    }
+    if (rc != 1) {
+        long v = SSL_get_verify_result(u->ssl);
+        fail(u->client, 502, "TLS handshake failed: %s",
+             v != X509_V_OK ? X509_verify_cert_error_string(v) : tls_error());
         return;
     }
     u->state = US_ACTIVE;
@@ -1023,11 +1092,12 @@ static void up_io(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
     }
     if (u->client == NULL || u->client->closed)
         return;
-    if (u->state == US_CONNECTING) {
+    if (u->state == US_CONNECTING)
         connected(u);
-        if (u->closed || u->client == NULL || u->client->closed || u->state != US_ACTIVE)
-            return;
-    }
+    if (!u->closed && u->client && !u->client->closed && u->state == US_HANDSHAKE)
+        up_handshake(u);
+    if (u->closed || u->client == NULL || u->client->closed || u->state != US_ACTIVE)
+        return;
     if ((revents & EV_WRITE) && up_flush(u) < 0)
         return;
     if (!u->closed && u->client && (revents & (EV_READ | EV_HUP | EV_ERROR)) && !u->read_paused)
@@ -1048,6 +1118,8 @@ static void up_timer(ev_loop_t *loop, ev_timer_t *t)
     const rt_policy_t *p = &c->req->table->t.policies[c->req->table->t.routes[c->req->route].policy];
     if (u->state == US_CONNECTING)
         fail(c, 504, "connect timed out after %ums", p->connect_ms);
+    else if (u->state == US_HANDSHAKE)
+        fail(c, 504, "TLS handshake timed out after %ums", p->connect_ms);
     else if (c->state == CS_TUNNEL)
         conn_close(c, "tunnel idle timeout");
     else if (iobuf_len(u->out))
