@@ -345,17 +345,34 @@ static int bind_tcp(const rt_listen_t *l)
     return fd;
 }
 
+/* An fd number handed over by the previous master in an environment variable. */
+static int inherited(const char *var)
+{
+    const char *v = getenv(var);
+    if (v == NULL || *v == '\0')
+        return -1;
+    int fd = atoi(v);
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    return fd;
+}
+
 int admin_start(ev_loop_t *l, const rt_table_t *t)
 {
     loop = l;
-    int fd = bind_unix(rt_cstr(t, t->global->admin_socket));
+    int fd = inherited("PROXYD_ADMIN_FD");
+    if (fd >= 0)
+        snprintf(sock_path, sizeof(sock_path), "%s", rt_cstr(t, t->global->admin_socket));
+    else
+        fd = bind_unix(rt_cstr(t, t->global->admin_socket));
     if (fd < 0 || ev_add(l, &unix_l.io, fd, EV_READ, on_accept) < 0)
         return -1;
     for (uint32_t i = 0; i < t->global->listens.count; i++) {
         const rt_listen_t *ls = &t->listens[t->global->listens.first + i];
         if (ls->kind != RT_LISTEN_METRICS)
             continue;
-        int mfd = bind_tcp(ls);
+        int mfd = inherited("PROXYD_METRICS_FD");
+        if (mfd < 0)
+            mfd = bind_tcp(ls);
         if (mfd < 0) {
             log_err("metrics_listen %s: %s", rt_cstr(t, ls->sa.addr), strerror(errno));
             return -1;
@@ -366,13 +383,21 @@ int admin_start(ev_loop_t *l, const rt_table_t *t)
     return 0;
 }
 
-void admin_stop(void)
+int admin_fds(int *unix_fd, int *metrics_fd)
+{
+    *unix_fd = unix_l.io.fd;
+    *metrics_fd = tcp_l.io.fd;
+    return 0;
+}
+
+void admin_stop(bool keep_path)
 {
     if (unix_l.io.fd >= 0) {
         ev_del(loop, &unix_l.io);
         close(unix_l.io.fd);
         unix_l.io.fd = -1;
-        unlink(sock_path);
+        if (!keep_path)
+            unlink(sock_path);
     }
     if (tcp_l.io.fd >= 0) {
         ev_del(loop, &tcp_l.io);

@@ -6,12 +6,17 @@
 #ifndef PROXYD_ADMIN_H
 #define PROXYD_ADMIN_H
 
+#include <stdbool.h>
+
 #include "event.h"
 #include "table.h"
 
 /* Bind the admin socket (removing a stale one) and the metrics listener. */
 int admin_start(ev_loop_t *loop, const rt_table_t *t);
-void admin_stop(void);
+/* keep_path: the socket file now belongs to a new master (binary upgrade). */
+void admin_stop(bool keep_path);
+/* The listening fds, to hand over to a new master. */
+int admin_fds(int *unix_fd, int *metrics_fd);
 /* A forked worker drops the master's admin sockets. */
 void admin_close_in_child(void);
 

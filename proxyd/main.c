@@ -83,9 +83,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "proxyd: cannot open log files: %s\n", strerror(errno));
         return 1;
     }
-    if (!foreground && daemonize() < 0) {
+    if (!foreground && getenv("PROXYD_UPGRADE_FD") == NULL && daemonize() < 0) {
         fprintf(stderr, "proxyd: cannot daemonize: %s\n", strerror(errno));
         return 1;
     }
-    return master_main(db, t, workers);
+    return master_main(db, t, workers, argv);
 }

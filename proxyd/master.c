@@ -11,6 +11,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -31,8 +32,12 @@
 
 master_t M;
 
-static ev_io_t sig_io;
-static ev_timer_t stop_timer, ticket_timer;
+static ev_io_t sig_io, upgrade_io;
+static ev_timer_t stop_timer, ticket_timer, upgrade_timer;
+static pid_t upgrade_pid;
+
+static void upgrade_abort(const char *why);
+static void stop_expired(ev_loop_t *loop, ev_timer_t *t);
 
 /* Session-ticket keys: kept in the store (so the HA peer can share them),
  * rotated here, published to the workers through shared memory. */
@@ -95,6 +100,28 @@ fail:
     return -1;
 }
 
+/* A listener handed over by the previous master (binary upgrade):
+ * PROXYD_LISTEN_FDS="fd kind addr;fd kind addr;..." */
+static int adopt_listener(const rt_listen_t *l, const char *addr, listener_t *out)
+{
+    const char *v = getenv("PROXYD_LISTEN_FDS");
+    for (const char *p = v; p && *p;) {
+        int fd, kind, used = 0;
+        char a[128];
+        if (sscanf(p, "%d %d %127[^;]%n", &fd, &kind, a, &used) != 3)
+            break;
+        p += used + (p[used] == ';');
+        if (kind != l->kind || strcmp(a, addr) != 0)
+            continue;
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        out->fd = fd;
+        out->kind = l->kind;
+        out->port = l->sa.port;
+        return 0;
+    }
+    return -1;
+}
+
 static int bind_all(const rt_table_t *t)
 {
     M.ls = calloc(t->global->listens.count + 1, sizeof(*M.ls));
@@ -104,7 +131,7 @@ static int bind_all(const rt_table_t *t)
         const rt_listen_t *l = &t->listens[t->global->listens.first + i];
         if (l->kind != RT_LISTEN_HTTP && l->kind != RT_LISTEN_HTTPS)
             continue;
-        if (bind_listener(t, l, &M.ls[M.nls]) < 0)
+        if (adopt_listener(l, rt_cstr(t, l->sa.addr), &M.ls[M.nls]) < 0 && bind_listener(t, l, &M.ls[M.nls]) < 0)
             return -1;
         M.nls++;
     }
@@ -149,6 +176,16 @@ static void reap(void)
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (pid == upgrade_pid) {
+            upgrade_pid = 0;
+            if (upgrade_io.fd >= 0) {
+                char why[96];
+                snprintf(why, sizeof(why), "the new master exited (%s %d) before it was ready",
+                         WIFSIGNALED(status) ? "signal" : "status", WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+                upgrade_abort(why);
+            }
+            continue;
+        }
         for (int i = 0; i < M.nworkers; i++) {
             if (M.pids[i] != pid)
                 continue;
@@ -199,6 +236,149 @@ int master_reload(char *err, size_t errlen)
     return 0;
 }
 
+/* ---- binary upgrade (SIGUSR2) --------------------------------------------------------
+ *
+ * The master forks and executes the proxyd binary again, handing over the
+ * listening sockets and the admin socket by fd number.  The new master
+ * writes one byte to a pipe once its workers run; only then does this
+ * master retire: its workers stop accepting and drain, and it exits when
+ * they are done.  If the new binary fails before that, nothing changes here
+ * and the reason is logged.
+ */
+
+static void upgrade_abort(const char *why)
+{
+    log_err("binary upgrade failed, still serving: %s", why);
+    if (upgrade_io.fd >= 0) {
+        ev_del(M.loop, &upgrade_io);
+        close(upgrade_io.fd);
+        upgrade_io.fd = -1;
+    }
+    ev_timer_stop(M.loop, &upgrade_timer);
+    for (int i = 0; i < M.nls; i++)
+        fcntl(M.ls[i].fd, F_SETFD, FD_CLOEXEC);
+    if (upgrade_pid > 0) {
+        kill(upgrade_pid, SIGKILL);
+        upgrade_pid = 0;
+    }
+}
+
+static void retire(void)
+{
+    log_info("binary upgrade: new master %d serves; draining %d workers", (int)upgrade_pid, master_live_workers());
+    ev_del(M.loop, &upgrade_io);
+    close(upgrade_io.fd);
+    upgrade_io.fd = -1;
+    ev_timer_stop(M.loop, &upgrade_timer);
+    M.stopping = true;
+    admin_stop(true);
+    for (int i = 0; i < M.nls; i++)
+        close(M.ls[i].fd);
+    signal_workers(SIGTERM);
+    ev_timer_start(M.loop, &stop_timer, (uint64_t)M.table->t.global->drain_timeout_ms + 1000, stop_expired);
+    if (master_live_workers() == 0)
+        ev_stop(M.loop);
+}
+
+static void on_upgrade_pipe(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
+{
+    char b;
+    (void)loop;
+    (void)revents;
+    if (read(io->fd, &b, 1) == 1 && b == 'R')
+        retire();
+    else
+        upgrade_abort("the new master exited before it was ready (see its log lines above)");
+}
+
+static void upgrade_expired(ev_loop_t *loop, ev_timer_t *t)
+{
+    (void)loop;
+    (void)t;
+    upgrade_abort("the new master did not report ready within 15 s");
+}
+
+static void upgrade_env(int pipe_w)
+{
+    char buf[4096] = "", item[256], n[16];
+    for (int i = 0; i < M.nls; i++) {
+        const rt_table_t *t = &M.table->t;
+        const char *addr = "";
+        for (uint32_t k = 0; k < t->global->listens.count; k++) {
+            const rt_listen_t *l = &t->listens[t->global->listens.first + k];
+            if (l->kind == M.ls[i].kind && l->sa.port == M.ls[i].port)
+                addr = rt_cstr(t, l->sa.addr);
+        }
+        snprintf(item, sizeof(item), "%s%d %d %s", i ? ";" : "", M.ls[i].fd, M.ls[i].kind, addr);
+        strncat(buf, item, sizeof(buf) - strlen(buf) - 1);
+        fcntl(M.ls[i].fd, F_SETFD, 0);
+    }
+    setenv("PROXYD_LISTEN_FDS", buf, 1);
+    int ufd, mfd;
+    admin_fds(&ufd, &mfd);
+    snprintf(n, sizeof(n), "%d", ufd);
+    setenv("PROXYD_ADMIN_FD", n, 1);
+    fcntl(ufd, F_SETFD, 0);
+    if (mfd >= 0) {
+        snprintf(n, sizeof(n), "%d", mfd);
+        setenv("PROXYD_METRICS_FD", n, 1);
+        fcntl(mfd, F_SETFD, 0);
+    }
+    snprintf(n, sizeof(n), "%d", pipe_w);
+    setenv("PROXYD_UPGRADE_FD", n, 1);
+}
+
+static void upgrade_start(void)
+{
+    int p[2];
+    if (upgrade_pid > 0 || M.stopping) {
+        log_warn("binary upgrade already in progress or stopping; SIGUSR2 ignored");
+        return;
+    }
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        log_err("binary upgrade: pipe: %s", strerror(errno));
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        fcntl(p[1], F_SETFD, 0);
+        upgrade_env(p[1]);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execv(M.exe, M.argv);
+        log_err("binary upgrade: cannot execute %s: %s", M.exe, strerror(errno));
+        _exit(127);
+    }
+    close(p[1]);
+    if (pid < 0) {
+        close(p[0]);
+        log_err("binary upgrade: fork: %s", strerror(errno));
+        return;
+    }
+    upgrade_pid = pid;
+    log_info("binary upgrade: started %s as pid %d", M.exe, (int)pid);
+    ev_add(M.loop, &upgrade_io, p[0], EV_READ, on_upgrade_pipe);
+    ev_timer_start(M.loop, &upgrade_timer, 15000, upgrade_expired);
+}
+
+/* The new master, once its workers run: tell the previous one to retire. */
+static void upgrade_report_ready(void)
+{
+    const char *v = getenv("PROXYD_UPGRADE_FD");
+    if (v == NULL)
+        return;
+    int fd = atoi(v);
+    ssize_t w = write(fd, "R", 1);
+    (void)w;
+    close(fd);
+    unsetenv("PROXYD_UPGRADE_FD");
+    unsetenv("PROXYD_LISTEN_FDS");
+    unsetenv("PROXYD_ADMIN_FD");
+    unsetenv("PROXYD_METRICS_FD");
+}
+
 /* ---- signals ------------------------------------------------------------------------- */
 
 static void stop_expired(ev_loop_t *loop, ev_timer_t *t)
@@ -215,7 +395,7 @@ static void begin_stop(int sig)
         return;
     M.stopping = true;
     sd_notify(0, "STOPPING=1");
-    admin_stop();
+    admin_stop(upgrade_pid > 0 && upgrade_io.fd < 0);
     signal_workers(sig == SIGQUIT ? SIGQUIT : SIGTERM);
     ev_timer_start(M.loop, &stop_timer, (uint64_t)M.table->t.global->drain_timeout_ms + 1000, stop_expired);
     if (master_live_workers() == 0)
@@ -235,6 +415,7 @@ static void on_signal(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
         case SIGTERM:
         case SIGINT:
         case SIGQUIT: begin_stop((int)si.ssi_signo); break;
+        case SIGUSR2: upgrade_start(); break;
         default: break;
         }
     }
@@ -253,8 +434,13 @@ static int setup_signals(void)
     return fd < 0 ? -1 : ev_add(M.loop, &sig_io, fd, EV_READ, on_signal);
 }
 
-int master_main(const char *db, tref_t *table, int workers)
+int master_main(const char *db, tref_t *table, int workers, char **argv)
 {
+    upgrade_io.fd = -1;
+    M.argv = argv;
+    M.exe = realpath(argv[0], NULL);
+    if (M.exe == NULL)
+        M.exe = argv[0];
     M.db = db;
     M.table = table;
     M.started = (uint64_t)time(NULL);
@@ -286,8 +472,9 @@ int master_main(const char *db, tref_t *table, int workers)
              M.nworkers);
     sd_notifyf(0, "READY=1\nMAINPID=%d\nSTATUS=serving generation %lld (%u sites)", (int)getpid(),
                (long long)table->generation, table->t.nsites);
+    upgrade_report_ready();
     ev_run(M.loop);
-    admin_stop();
+    admin_stop(upgrade_pid > 0);
     log_info("stopped");
     return 0;
 }

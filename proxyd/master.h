@@ -25,12 +25,14 @@ typedef struct {
     bool stopping;
     uint64_t started;
     char last_reload_error[256];
+    char *exe;                 /* the binary, resolved at start: SIGUSR2 executes it again */
+    char **argv;
 } master_t;
 
 extern master_t M;
 
 /* Run the master until it stops; returns the exit status. */
-int master_main(const char *db, tref_t *table, int workers);
+int master_main(const char *db, tref_t *table, int workers, char **argv);
 /* Load and verify the active generation, then tell every worker to switch.
  * 0 (also when already current) or -1 with the reason in err. */
 int master_reload(char *err, size_t errlen);

@@ -289,11 +289,15 @@ def test_max_connections(proxyd_factory, origin_factory):
     o = origin_factory()
     p = proxyd_factory({"limits": {"max_connections": 4}}, sites=[proxy_site("mc", o.address, default=True)],
                        workers=1)
-    held = [connect(p.port) for _ in range(4)]
+    # The start-up probe connection counts until proxyd has read its EOF: start from zero.
+    assert wait_for(lambda: p.status()["connections"] == 0, 5), p.status()
+    held = []
     try:
-        for s in held:
-            s.sendall(b"GET /held HTTP/1.1\r\n")      # a head in progress: every slot busy
-        time.sleep(0.3)
+        for n in range(1, 5):
+            s = connect(p.port)
+            held.append(s)
+            s.sendall(b"GET /held HTTP/1.1\r\n")      # a head in progress: the slot stays busy
+            assert wait_for(lambda: p.status()["connections"] == n, 5), p.status()
         out, eof = exchange_eof(p.port, request_bytes("GET", "/over", "mc.test"), timeout=3)
         assert eof and parse_response(out) is None, out[:200]   # refused: closed without an answer
     finally:
