@@ -9,12 +9,16 @@ WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototyp
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS = $(CSTD) $(WARN) $(CFLAGS) $(shell pkg-config --cflags $(PKGS))
 LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# Only proxyctl talks to an ACME CA: proxyd never links libcurl or jansson.
+CTL_PKGS := libcurl jansson
+CTL_LIBS := $(shell pkg-config --libs $(CTL_PKGS) 2>/dev/null)
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 COMMON_SRC  := common/util.c common/ruletable.c common/rtwrite.c common/store.c common/route.c
 PROXYCTL_SRC := proxyctl/main.c proxyctl/diag.c proxyctl/yaml.c proxyctl/config.c proxyctl/check.c \
                 proxyctl/compile.c proxyctl/build.c proxyctl/cmd_site.c proxyctl/cmd_gen.c \
-                proxyctl/cmd_route.c proxyctl/cmd_admin.c proxyctl/dump.c proxyctl/certs.c
+                proxyctl/cmd_route.c proxyctl/cmd_admin.c proxyctl/dump.c proxyctl/certs.c \
+                proxyctl/acme.c proxyctl/cmd_cert.c
 GEN_SRC     := build/gen/store_sql.c
 PROXYD_SRC  := proxyd/main.c proxyd/master.c proxyd/admin.c proxyd/worker.c proxyd/event.c proxyd/conn.c \
                proxyd/proxy.c proxyd/http1.c proxyd/path.c proxyd/static.c proxyd/table.c proxyd/iobuf.c \
@@ -38,7 +42,7 @@ build/gen/store_sql.c: schema/store.sql common/gen_sql.sh
 
 bin/proxyctl: $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -o $@ $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) $(shell pkg-config --cflags $(CTL_PKGS)) -o $@ $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(LDLIBS) $(CTL_LIBS)
 
 bin/proxyd: $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(HEADERS)
 	@mkdir -p $(@D)
@@ -53,14 +57,14 @@ build/asan/proxyd: $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(HEADERS)
 
 build/asan/proxyctl: $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS)
 	@mkdir -p $(@D)
-	clang $(CSTD) $(WARN) -O1 -g $(SAN) $(shell pkg-config --cflags $(PKGS)) -o $@ \
-	    $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(LDLIBS)
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) $(shell pkg-config --cflags $(PKGS) $(CTL_PKGS)) -o $@ \
+	    $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(LDLIBS) $(CTL_LIBS)
 
 # The same sources must be warning-free under clang too.
 clang: $(GEN_SRC)
 	@mkdir -p build/clang
-	clang $(CSTD) $(WARN) -O2 $(shell pkg-config --cflags $(PKGS)) -o build/clang/proxyctl \
-	    $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(LDLIBS)
+	clang $(CSTD) $(WARN) -O2 $(shell pkg-config --cflags $(PKGS) $(CTL_PKGS)) -o build/clang/proxyctl \
+	    $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(LDLIBS) $(CTL_LIBS)
 	clang $(CSTD) $(WARN) -O2 $(shell pkg-config --cflags $(PKGS)) -o build/clang/proxyd \
 	    $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(LDLIBS)
 

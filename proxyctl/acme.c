@@ -74,6 +74,7 @@ struct acme {
     char ptype[160]; /* type of the last problem document, "" if none */
     char nonce[256];
     json_t *dir;
+    char *dir_err; /* why the directory could not be had, once it could not */
     EVP_PKEY *key;
     json_t *jwk;
     char *kid, *thumbprint;
@@ -463,6 +464,8 @@ static int directory(acme_t *a)
 {
     if (a->dir)
         return 0;
+    if (a->dir_err) /* one unreachable CA fails every site at once, not after a timeout each */
+        return fail(a, "%s", a->dir_err);
     if (strncmp(a->directory, "https://", 8) != 0)
         return fail(a, "ACME directory %s is not an https:// URL (RFC 8555 §6.1)", a->directory);
     resp_t r = {0};
@@ -479,6 +482,8 @@ static int directory(acme_t *a)
         j = NULL;
     }
     a->dir = j;
+    if (rc < 0)
+        a->dir_err = strdup(a->err);
     resp_free(&r);
     return rc;
 }
@@ -979,6 +984,7 @@ void acme_free(acme_t *a)
     curl_slist_free_all(a->hdr_jose);
     curl_slist_free_all(a->hdr_pem);
     json_decref(a->dir);
+    free(a->dir_err);
     json_decref(a->jwk);
     EVP_PKEY_free(a->key);
     free(a->kid);

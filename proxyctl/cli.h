@@ -72,6 +72,8 @@ int cmd_generations(cli_t *, int, char **);
 int cmd_rollback(cli_t *, int, char **);
 int cmd_dump(cli_t *, int, char **);
 int cmd_route_test(cli_t *, int, char **);
+int cmd_renew_cert(cli_t *, int, char **);
+int cmd_certs(cli_t *, int, char **);
 int cmd_reload(cli_t *, int, char **);
 int cmd_status(cli_t *, int, char **);
 int cmd_health(cli_t *, int, char **);

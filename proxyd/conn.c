@@ -129,6 +129,7 @@ void conn_accept(listener_t *l)
             }
             c->tls = true;
             c->state = CS_HANDSHAKE;
+            c->hs_table = tref_get(W->table); /* a reload must not free what SNI looks at */
         }
         if (ev_add(W->loop, &c->io, fd, EV_READ, on_io) < 0) {
             close(fd);
@@ -166,6 +167,10 @@ void conn_close(conn_t *c, const char *reason)
     ev_del(W->loop, &c->io);
     tls_free(c->ssl);
     c->ssl = NULL;
+    if (c->hs_table) {
+        tref_put(c->hs_table);
+        c->hs_table = NULL;
+    }
     close(c->io.fd);
     c->io.fd = -1;
     iobuf_put(c->in);
@@ -183,12 +188,18 @@ void conn_close(conn_t *c, const char *reason)
     W->closed = c;
 }
 
-void conn_close_idle(void)
+/* Draining (stop or binary upgrade): a connection between requests gets a
+ * short grace instead of an abrupt close, so a client that is sending its
+ * next request right now is answered (with Connection: close) rather than
+ * reset; connections that stay quiet are closed when it ends. */
+#define DRAIN_IDLE_GRACE_MS 1000
+
+void conn_drain_idle(void)
 {
     for (conn_t *c = all_conns, *next; c; c = next) {
         next = c->all_next;
         if (c->state == CS_IDLE || (c->state == CS_HEAD && iobuf_len(c->in) == 0))
-            conn_close(c, "draining");
+            ev_timer_start(W->loop, &c->timer, DRAIN_IDLE_GRACE_MS, on_timer);
     }
 }
 
@@ -414,6 +425,8 @@ void conn_head_begin(conn_t *c, int status)
 
 static void head_end(conn_t *c)
 {
+    if (W->draining)
+        c->req->keep_alive = false;
     conn_printf(c, "%s\r\n", c->req->keep_alive ? "" : "Connection: close\r\n");
 }
 
@@ -944,6 +957,8 @@ static void handshake(conn_t *c)
         conn_close(c, "TLS handshake failed");
         return;
     }
+    tref_put(c->hs_table);
+    c->hs_table = NULL;
     c->state = CS_IDLE;
     update_events(c);
     on_readable(c); /* the first request may have arrived with the handshake */

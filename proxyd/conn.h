@@ -66,6 +66,7 @@ struct conn {
     bool tls_want_write;      /* the TLS layer needs writability to make progress */
     bool read_deferred;       /* queued for a read of data the TLS layer holds */
     struct ssl_st *ssl;       /* TLS connections only */
+    tref_t *hs_table;         /* during the handshake: the table its SNI callback reads */
     uint8_t peer_family;      /* 4 or 6 (0 unix) */
     uint16_t peer_port, local_port;
     uint8_t peer_ip[16];
@@ -87,8 +88,8 @@ void conn_pause_read(conn_t *c, bool pause);
 /* Make room in c->out (allocating it); returns space available. */
 size_t conn_out_space(conn_t *c);
 void conn_free_deferred(void);
-/* Close every connection that is between requests (drain). */
-void conn_close_idle(void);
+/* Draining: give connections between requests a short grace, then close. */
+void conn_drain_idle(void);
 /* (Re)arm the client body timeout while the proxy waits on request bytes. */
 void conn_arm_body_timer(conn_t *c);
 /* Reading resumed: a TLS connection may hold decrypted bytes epoll cannot

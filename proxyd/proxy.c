@@ -748,6 +748,8 @@ static void client_head(conn_t *c, const h1_response_t *res, h1_body_t body)
     } else if (body == H1_BODY_CHUNKED || body == H1_BODY_CLOSE) {
         r->keep_alive = false; /* HTTP/1.0 has no chunked coding: the close delimits */
     }
+    if (W->draining)
+        r->keep_alive = false;
     if (!r->keep_alive)
         CONN_LIT(c, "Connection: close\r\n");
     CONN_LIT(c, "\r\n");

@@ -104,7 +104,7 @@ static void start_drain(void)
     for (int i = 0; i < W->nlisteners; i++)
         ev_del(W->loop, &W->listeners[i].io);
     proxy_pool_close_all();
-    conn_close_idle();
+    conn_drain_idle();
     ev_timer_start(W->loop, &drain_timer, W->table->t.global->drain_timeout_ms, drain_expired);
 }
 

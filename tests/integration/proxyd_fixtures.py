@@ -37,10 +37,21 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-PROXYD = os.environ.get("PROXYD", str(ROOT / "build" / "asan" / "proxyd"))
-PROXYCTL = os.environ.get("PROXYCTL", str(ROOT / "build" / "asan" / "proxyctl"))
-PROXYCTL_PLAIN = os.environ.get("PROXYCTL_PLAIN", str(ROOT / "bin" / "proxyctl"))
-ORIGIN = os.environ.get("PROXYD_TEST_ORIGIN", str(ROOT / "build" / "bench" / "origin"))
+PROXYD = os.path.abspath(os.environ.get("PROXYD", str(ROOT / "build" / "asan" / "proxyd")))
+PROXYCTL = os.path.abspath(os.environ.get("PROXYCTL", str(ROOT / "build" / "asan" / "proxyctl")))
+PROXYCTL_PLAIN = os.path.abspath(os.environ.get("PROXYCTL_PLAIN", str(ROOT / "bin" / "proxyctl")))
+ORIGIN = os.path.abspath(os.environ.get("PROXYD_TEST_ORIGIN", str(ROOT / "build" / "bench" / "origin")))
+
+def _is_sanitized(path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return b"__asan_init" in data or b"__ubsan_handle" in data
+
+
+PROXYD_SANITIZED = _is_sanitized(PROXYD)
 
 SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer", "runtime error")
 
