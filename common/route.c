@@ -27,8 +27,10 @@ static uint32_t host_probe(const rt_table_t *t, const rt_host_t *tab, uint32_t c
 
 uint32_t route_site_named(const rt_table_t *t, const char *host, size_t n)
 {
+    if (n == 0)
+        return RT_NONE;
     /* Strip ":port" (but not inside an IPv6 literal) and one trailing dot. */
-    if (n && host[0] == '[') {
+    if (host[0] == '[') {
         const char *close = memchr(host, ']', n);
         if (close)
             n = (size_t)(close - host) + 1;

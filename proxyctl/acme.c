@@ -17,12 +17,14 @@
  */
 #include "acme.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -468,6 +470,8 @@ static int directory(acme_t *a)
         return fail(a, "%s", a->dir_err);
     if (strncmp(a->directory, "https://", 8) != 0)
         return fail(a, "ACME directory %s is not an https:// URL (RFC 8555 §6.1)", a->directory);
+    if (a->ca_file && access(a->ca_file, R_OK) < 0)
+        return fail(a, "acme.ca_file %s (the CA bundle trusted for %s): %s", a->ca_file, a->directory, strerror(errno));
     resp_t r = {0};
     json_t *j = NULL;
     int rc = http_do(a, "ACME directory", a->directory, NULL, false, &r);

@@ -30,9 +30,12 @@ typedef struct {
     int nnames;
 } renew_opts_t;
 
-/* What renew-cert works on: the parsed global settings and sites. */
+/* What renew-cert works on: the parsed global settings and sites (which point
+ * into the stored sources, so those live as long). */
 typedef struct {
     arena_t arena;
+    site_list_t src;
+    char *gyaml, *gsource;
     cfg_global_t *g;
     cfg_site_t **sites;
     size_t n;
@@ -83,19 +86,18 @@ static int parse_opts(int argc, char **argv, renew_opts_t *o)
 
 static int load_model(store_t *st, model_t *m)
 {
-    site_list_t sites = {0};
-    char *gyaml = NULL, *gsource = NULL;
     diag_t d = {0};
     int rc = -1;
     arena_init(&m->arena, 1 << 16);
-    if (cli_load_sites(st, &sites) < 0 || cli_load_global(st, &gyaml, &gsource) < 0) {
+    if (cli_load_sites(st, &m->src) < 0 || cli_load_global(st, &m->gyaml, &m->gsource) < 0) {
         fprintf(stderr, "proxyctl: %s\n", st->err);
         goto out;
     }
-    m->g = config_global(&m->arena, gsource && *gsource ? gsource : "proxy.yaml", gyaml && *gyaml ? gyaml : NULL, &d);
-    m->sites = arena_alloc(&m->arena, (sites.n + 1) * sizeof(*m->sites));
-    for (size_t i = 0; i < sites.n; i++)
-        if ((m->sites[m->n] = config_site(&m->arena, sites.v[i].source, sites.v[i].yaml, &d)) != NULL)
+    const char *gs = m->gsource && *m->gsource ? m->gsource : "proxy.yaml";
+    m->g = config_global(&m->arena, gs, m->gyaml && *m->gyaml ? m->gyaml : NULL, &d);
+    m->sites = arena_alloc(&m->arena, (m->src.n + 1) * sizeof(*m->sites));
+    for (size_t i = 0; i < m->src.n; i++)
+        if ((m->sites[m->n] = config_site(&m->arena, m->src.v[i].source, m->src.v[i].yaml, &d)) != NULL)
             m->n++;
     if (m->g == NULL || d.errors) { /* stored sources were valid when stored: a newer proxyctl? */
         diag_print(&d, stderr);
@@ -105,10 +107,15 @@ static int load_model(store_t *st, model_t *m)
     rc = 0;
 out:
     diag_free(&d);
-    site_list_free(&sites);
-    free(gyaml);
-    free(gsource);
     return rc;
+}
+
+static void free_model(model_t *m)
+{
+    arena_free(&m->arena);
+    site_list_free(&m->src);
+    free(m->gyaml);
+    free(m->gsource);
 }
 
 static cfg_site_t *find_site(const model_t *m, const char *name)
@@ -410,7 +417,7 @@ int cmd_renew_cert(cli_t *cli, int argc, char **argv)
     acme_free(acme);
     free(sel);
     free(o.names);
-    arena_free(&m.arena);
+    free_model(&m);
     store_close(&st);
     return rc;
 }

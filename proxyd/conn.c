@@ -32,6 +32,7 @@
 #include "proxy.h"
 #include "static.h"
 #include "tls.h"
+#include "vars.h"
 
 #define ACCEPT_BATCH 64
 
@@ -408,7 +409,10 @@ void conn_head_begin(conn_t *c, int status)
     CONN_LIT(c, "HTTP/1.1 ");
     conn_write(c, code, 4);
     conn_write_str(c, status_reason(status));
-    CONN_LIT(c, "\r\nServer: proxyd\r\n");
+    CONN_LIT(c, "\r\n");
+    const rt_table_t *t = &r->table->t;
+    if (r->route == RT_NONE || !vars_route_names(t, &t->routes[r->route], RT_HDR_RESPONSE, "Server", 6))
+        CONN_LIT(c, "Server: proxyd\r\n");
     conn_write_str(c, worker_date());
     if (r->site == RT_NONE)
         return;
@@ -425,8 +429,11 @@ void conn_head_begin(conn_t *c, int status)
 
 static void head_end(conn_t *c)
 {
-    if (W->draining)
-        c->req->keep_alive = false;
+    request_t *r = c->req;
+    /* Answered without reading its body: the body would be parsed as the
+     * next request (smuggling).  Close after the response instead. */
+    if (W->draining || (!r->body_done && r->body_remain != 0))
+        r->keep_alive = false;
     conn_printf(c, "%s\r\n", c->req->keep_alive ? "" : "Connection: close\r\n");
 }
 
@@ -739,9 +746,15 @@ static void act(conn_t *c, const h1_request_t *h, const rt_route_t *rt)
     case RT_ACT_RETURN:
         do_return(c, rt);
         return;
-    case RT_ACT_REDIRECT:
-        redirect_to(c, rt->status, NULL, rt_cstr(t, rt->target));
+    case RT_ACT_REDIRECT: {
+        char to[2048];
+        if (vars_expand(c, rt_cstr(t, rt->target), to, sizeof(to)) >= sizeof(to)) {
+            conn_error(c, 500, "redirect target too long after expansion");
+            return;
+        }
+        redirect_to(c, rt->status, NULL, to);
         return;
+    }
     case RT_ACT_STATIC:
         serve_static(c, h, rt);
         return;
@@ -758,7 +771,7 @@ static void copy_request(conn_t *c, const h1_request_t *h)
     const h1_header_t *ua = find_named(h, "user-agent"), *ref = find_named(h, "referer");
     r->method_id = (uint8_t)h->method_id;
     r->method = slice_dup(r, h->method);
-    r->host = slice_dup(r, h->host);
+    r->host = h->host.p ? slice_dup(r, h->host) : arena_strdup(&r->arena, ""); /* HTTP/1.0 may omit Host */
     r->uri = slice_dup(r, h->target);
     r->user_agent = ua ? slice_dup(r, ua->value) : NULL;
     r->referer = ref ? slice_dup(r, ref->value) : NULL;
@@ -823,7 +836,7 @@ static void dispatch(conn_t *c, const h1_request_t *h)
     r->path_len = (size_t)pn;
     if (strncmp(r->path, ACME_PREFIX, sizeof(ACME_PREFIX) - 1) == 0 && acme_challenge(c))
         return;
-    r->site = route_site(t, h->host.p, h->host.n);
+    r->site = route_site(t, r->host, strlen(r->host));
     if (r->site == RT_NONE) {
         conn_error(c, 404, NULL);
         return;

@@ -396,6 +396,9 @@ static void begin_stop(int sig)
     M.stopping = true;
     sd_notify(0, "STOPPING=1");
     admin_stop(upgrade_pid > 0 && upgrade_io.fd < 0);
+    for (int i = 0; i < M.nls; i++)
+        close(M.ls[i].fd); /* the workers close theirs: new connections are refused, not left waiting */
+    M.nls = 0;
     signal_workers(sig == SIGQUIT ? SIGQUIT : SIGTERM);
     ev_timer_start(M.loop, &stop_timer, (uint64_t)M.table->t.global->drain_timeout_ms + 1000, stop_expired);
     if (master_live_workers() == 0)

@@ -36,6 +36,7 @@
 #include "../common/log.h"
 #include "path.h"
 #include "tls.h"
+#include "vars.h"
 
 enum up_state { US_CONNECTING, US_HANDSHAKE, US_ACTIVE, US_IDLE };
 
@@ -324,14 +325,6 @@ static bool name_is(h1_slice_t n, const char *s)
     return n.n == l && strncasecmp(n.p, s, l) == 0;
 }
 
-static void peer_text(const conn_t *c, char *out, size_t cap)
-{
-    if (c->peer_family == 4 || c->peer_family == 6)
-        inet_ntop(c->peer_family == 4 ? AF_INET : AF_INET6, c->peer_ip, out, (socklen_t)cap);
-    else
-        snprintf(out, cap, "unix");
-}
-
 static bool peer_trusted(const conn_t *c, const rt_table_t *t)
 {
     const rt_span_t tp = t->global->trusted_proxies;
@@ -341,47 +334,15 @@ static bool peer_trusted(const conn_t *c, const rt_table_t *t)
     return false;
 }
 
-/* $host $scheme $remote_addr $request_id $server_port $request_uri */
-static void expand(hbuf_t *b, const conn_t *c, const char *v)
+/* Append a template with its variables expanded. */
+static void hb_expand(hbuf_t *b, const conn_t *c, const char *tmpl)
 {
-    const request_t *r = c->req;
-    while (*v) {
-        const char *d = strchr(v, '$');
-        if (d == NULL) {
-            hb_str(b, v);
-            return;
-        }
-        hb_add(b, v, (size_t)(d - v));
-        char tmp[64];
-        static const char *const vars[] = {"host", "scheme", "remote_addr", "request_id", "server_port", "request_uri"};
-        size_t k = 0, len = 0;
-        for (; k < sizeof(vars) / sizeof(vars[0]); k++) {
-            len = strlen(vars[k]);
-            if (strncmp(d + 1, vars[k], len) == 0)
-                break;
-        }
-        switch (k) {
-        case 0: hb_str(b, r->host ? r->host : ""); break;
-        case 1: hb_str(b, c->tls ? "https" : "http"); break;
-        case 2: peer_text(c, tmp, sizeof(tmp)); hb_str(b, tmp); break;
-        case 3: hb_str(b, r->request_id); break;
-        case 4: snprintf(tmp, sizeof(tmp), "%u", c->local_port); hb_str(b, tmp); break;
-        case 5: hb_str(b, r->uri ? r->uri : ""); break;
-        default: hb_add(b, "$", 1); len = 0; break;
-        }
-        v = d + 1 + len;
-    }
-}
-
-/* Is header name dropped by a request header op (set replaces, remove drops)? */
-static bool op_names(const rt_table_t *t, rt_span_t ops, int dir, h1_slice_t name)
-{
-    for (uint32_t i = 0; i < ops.count; i++) {
-        const rt_header_op_t *o = &t->hdrops[ops.first + i];
-        if (o->dir == dir && name.n == o->name.len && strncasecmp(name.p, rt_cstr(t, o->name), name.n) == 0)
-            return true;
-    }
-    return false;
+    char val[2048];
+    size_t n = vars_expand(c, tmpl, val, sizeof(val));
+    if (n >= sizeof(val))
+        b->overflow = true;
+    else
+        hb_add(b, val, n);
 }
 
 static void forwarded_headers(hbuf_t *b, const conn_t *c, const h1_request_t *h, const rt_table_t *t)
@@ -389,13 +350,13 @@ static void forwarded_headers(hbuf_t *b, const conn_t *c, const h1_request_t *h,
     const request_t *r = c->req;
     bool trusted = peer_trusted(c, t);
     char peer[64], port[8];
-    peer_text(c, peer, sizeof(peer));
+    vars_peer(c, peer, sizeof(peer));
     snprintf(port, sizeof(port), "%u", c->local_port);
-    h1_slice_t xff = {NULL, 0}, xri = {NULL, 0}, xfp = {NULL, 0}, xfh = {NULL, 0}, xfport = {NULL, 0};
+    h1_slice_t xri = {NULL, 0}, xfp = {NULL, 0}, xfh = {NULL, 0}, xfport = {NULL, 0};
     for (size_t i = 0; trusted && i < h->nheaders; i++) {
         const h1_header_t *x = &h->headers[i];
         if (name_is(x->name, "x-forwarded-for"))
-            xff = x->value; /* several fields: the last wins; proxies append to one */
+            continue; /* joined below: several fields are one list (RFC 9110 §5.3) */
         else if (name_is(x->name, "x-real-ip"))
             xri = x->value;
         else if (name_is(x->name, "x-forwarded-proto"))
@@ -406,10 +367,11 @@ static void forwarded_headers(hbuf_t *b, const conn_t *c, const h1_request_t *h,
             xfport = x->value;
     }
     hb_str(b, "X-Forwarded-For: ");
-    if (xff.n) {
-        hb_add(b, xff.p, xff.n);
-        hb_str(b, ", ");
-    }
+    for (size_t i = 0; trusted && i < h->nheaders; i++)
+        if (name_is(h->headers[i].name, "x-forwarded-for") && h->headers[i].value.n) {
+            hb_add(b, h->headers[i].value.p, h->headers[i].value.n);
+            hb_str(b, ", ");
+        }
     hb_str(b, peer);
     hb_str(b, "\r\n");
     hb_header(b, "X-Real-IP", xri.n ? xri.p : peer, xri.n ? xri.n : strlen(peer));
@@ -467,11 +429,11 @@ static int build_head(conn_t *c, const h1_request_t *h, upconn_t *u)
     hbuf_t b = {iobuf_wr(u->out), 0, iobuf_space(u->out), false};
     request_line(&b, c, h, rt);
     h1_slice_t host_name = {"Host", 4};
-    if (!op_names(t, rt->header_ops, RT_HDR_REQUEST, host_name)) /* headers: {request: {set: {Host: ...}}} replaces it */
+    if (!vars_route_names(t, rt, RT_HDR_REQUEST, host_name.p, host_name.n)) /* headers: {request: {set: {Host: ...}}} replaces it */
         hb_header(&b, "Host", r->host, strlen(r->host));
     for (size_t i = 0; i < h->nheaders; i++) {
         const h1_header_t *x = &h->headers[i];
-        if (skip_request_header(x) || op_names(t, rt->header_ops, RT_HDR_REQUEST, x->name))
+        if (skip_request_header(x) || vars_route_names(t, rt, RT_HDR_REQUEST, x->name.p, x->name.n))
             continue;
         hb_add(&b, x->name.p, x->name.n);
         hb_add(&b, ": ", 2);
@@ -485,7 +447,7 @@ static int build_head(conn_t *c, const h1_request_t *h, upconn_t *u)
             continue;
         hb_str(&b, rt_cstr(t, o->name));
         hb_str(&b, ": ");
-        expand(&b, c, rt_cstr(t, o->value));
+        hb_expand(&b, c, rt_cstr(t, o->value));
         hb_str(&b, "\r\n");
     }
     char tmp[64];
@@ -494,6 +456,8 @@ static int build_head(conn_t *c, const h1_request_t *h, upconn_t *u)
         hb_str(&b, tmp);
     } else if (r->body_remain < 0) {
         hb_str(&b, "Transfer-Encoding: chunked\r\n");
+    } else if (h->content_length == 0) {
+        hb_str(&b, "Content-Length: 0\r\n"); /* some upstreams answer 411 without it */
     }
     if (r->websocket_ok) {
         hb_str(&b, "Connection: upgrade\r\nUpgrade: ");
@@ -714,7 +678,7 @@ static void client_head(conn_t *c, const h1_response_t *res, h1_body_t body)
     conn_head_begin(c, res->status);
     for (size_t i = 0; i < res->nheaders; i++) {
         const h1_header_t *x = &res->headers[i];
-        if (skip_response_header(x) || op_names(t, rt->header_ops, RT_HDR_RESPONSE, x->name))
+        if (skip_response_header(x) || vars_route_names(t, rt, RT_HDR_RESPONSE, x->name.p, x->name.n))
             continue;
         conn_write(c, x->name.p, x->name.n);
         CONN_LIT(c, ": ");
@@ -726,11 +690,10 @@ static void client_head(conn_t *c, const h1_response_t *res, h1_body_t body)
         if (o->dir != RT_HDR_RESPONSE || o->op != RT_HDR_SET)
             continue;
         char val[1024];
-        hbuf_t b = {val, 0, sizeof(val), false};
-        expand(&b, c, rt_cstr(t, o->value));
+        size_t vn = vars_expand(c, rt_cstr(t, o->value), val, sizeof(val));
         conn_write_str(c, rt_cstr(t, o->name));
         CONN_LIT(c, ": ");
-        conn_write(c, val, b.n);
+        conn_write(c, val, vn < sizeof(val) ? vn : strlen(val));
         CONN_LIT(c, "\r\n");
     }
     if (body == H1_BODY_TUNNEL) {
@@ -1001,7 +964,7 @@ static int up_flush(upconn_t *u)
         iobuf_consume(u->out, (size_t)n);
     }
     conn_t *c = u->client;
-    if (iobuf_len(u->out) == 0 && c->read_paused && !c->req->body_done)
+    if (iobuf_len(u->out) == 0 && c->read_paused && (!c->req->body_done || c->state == CS_TUNNEL))
         conn_pause_read(c, false);
     if (iobuf_len(u->out) == 0 && iobuf_len(c->in) && (!c->req->body_done || c->state == CS_TUNNEL))
         feed_body(c);

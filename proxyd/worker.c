@@ -71,6 +71,32 @@ static void on_accept(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
     conn_accept((listener_t *)io);
 }
 
+/* Per-site counters are indexed by a table's site order; carry them over to
+ * the new table by name (both tables list sites sorted by name). */
+static void remap_site_counters(const rt_table_t *from, const rt_table_t *to)
+{
+    uint32_t nf = from->nsites < STATS_MAX_SITES ? from->nsites : STATS_MAX_SITES;
+    uint32_t nt = to->nsites < STATS_MAX_SITES ? to->nsites : STATS_MAX_SITES;
+    uint64_t (*old)[STATS_CLASSES] = malloc((nf + 1) * sizeof(*old));
+    if (old == NULL)
+        return;
+    for (uint32_t i = 0; i < nf; i++)
+        for (int k = 0; k < STATS_CLASSES; k++)
+            old[i][k] = W->stats->site[i][k];
+    for (uint32_t i = 0; i < nt || i < nf; i++)
+        for (int k = 0; k < STATS_CLASSES; k++)
+            W->stats->site[i][k] = 0;
+    for (uint32_t i = 0, j = 0; i < nf && j < nt;) {
+        int c = strcmp(rt_cstr(from, from->sites[i].name), rt_cstr(to, to->sites[j].name));
+        if (c == 0)
+            for (int k = 0; k < STATS_CLASSES; k++)
+                W->stats->site[j][k] = old[i][k];
+        i += c <= 0;
+        j += c >= 0;
+    }
+    free(old);
+}
+
 /* Load the generation the master announced and make it current. */
 static void reload(void)
 {
@@ -84,6 +110,7 @@ static void reload(void)
         tref_put(t);
         return;
     }
+    remap_site_counters(&W->table->t, &t->t);
     tref_put(W->table);
     W->table = t;
     W->stats->generation = t->generation;
@@ -101,8 +128,13 @@ static void start_drain(void)
     if (W->draining)
         return;
     W->draining = true;
-    for (int i = 0; i < W->nlisteners; i++)
+    /* Close our copies: once every process has, new connections are refused
+     * instead of waiting in a backlog nobody accepts from. */
+    for (int i = 0; i < W->nlisteners; i++) {
         ev_del(W->loop, &W->listeners[i].io);
+        close(W->listeners[i].fd);
+        W->listeners[i].fd = -1;
+    }
     proxy_pool_close_all();
     conn_drain_idle();
     ev_timer_start(W->loop, &drain_timer, W->table->t.global->drain_timeout_ms, drain_expired);

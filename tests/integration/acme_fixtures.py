@@ -20,6 +20,7 @@ Fixtures:
                          (AcmeStore.start_proxyd()); everything stopped at teardown.
   silent_listener        a TCP listener that counts connections (a "CA" that must never be called)
 """
+import json
 import os
 import signal
 import socket
@@ -31,7 +32,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from proxyd_fixtures import PROXYCTL, Proxyd, _kill_pid, free_port, run_proxyctl, wait_port
 
@@ -120,7 +120,7 @@ class Pebble:
             "certificate": self.ca_file, "privateKey": str(self.dir / "pebble-key.pem"),
             "httpPort": self.http_port, "tlsPort": free_port(), "ocspResponderURL": "",
             "externalAccountBindingRequired": False}}
-        (self.dir / "pebble.json").write_text(yaml.safe_dump(config))
+        (self.dir / "pebble.json").write_text(json.dumps(config))
         full_env = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_AUTHZREUSE": "100"}
         full_env.update(env)
         self.proc = self._spawn([PEBBLE, "-config", str(self.dir / "pebble.json"),

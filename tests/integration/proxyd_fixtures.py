@@ -1,8 +1,7 @@
 """Fixtures and helpers for the proxyd integration tests (tests/integration/test_proxyd_*.py).
 
 Binaries: $PROXYD and $PROXYCTL (default: the ASan+UBSan builds build/asan/proxyd and
-build/asan/proxyctl); bin/proxyctl ($PROXYCTL_PLAIN) is used only to initialise a store
-when the sanitized proxyctl cannot (the known zero-sites UBSan report, see conftest.py).
+build/asan/proxyctl).
 The test origin is build/bench/origin (built from bench/origin.c when missing).
 
 Fixtures (pytest, function scope, everything stopped by PID at teardown):
@@ -208,16 +207,7 @@ class Proxyd:
 
     # -- store --
     def _init_store(self):
-        rc, out, err = run_proxyctl("--db", self.db, "init", "--global", self.dir / "proxy.yaml", cwd=self.dir,
-                                    allow_sanitizer=True)
-        if rc != 0 and sanitizer_report(err) and os.path.exists(PROXYCTL_PLAIN):
-            # Known bug (conftest.ZERO_SITE_BUG): the sanitized proxyctl cannot compile an empty
-            # generation.  Create the store with the plain build; everything else uses PROXYCTL.
-            for ext in ("", "-wal", "-shm"):
-                if os.path.exists(str(self.db) + ext):
-                    os.remove(str(self.db) + ext)
-            rc, out, err = run_proxyctl("--db", self.db, "init", "--global", self.dir / "proxy.yaml",
-                                        binary=PROXYCTL_PLAIN, cwd=self.dir)
+        rc, out, err = run_proxyctl("--db", self.db, "init", "--global", self.dir / "proxy.yaml", cwd=self.dir)
         assert rc == 0, f"proxyctl init failed ({rc}):\n{out}\n{err}\n--- proxy.yaml:\n{self.global_text}"
 
     def add_site(self, text, expect_rc=0):

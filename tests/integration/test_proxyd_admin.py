@@ -352,10 +352,6 @@ def test_sigterm_stops_within_drain_timeout(drain_env):
     assert took <= 2.0 + 1.5, f"stopped after {took:.1f}s with drain_timeout 2s"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: during a graceful stop the workers stop accepting (worker.c start_drain "
-                   "ev_del's the listeners) but the master keeps the listening sockets open, so new clients "
-                   "complete the TCP handshake and then hang unanswered until proxyd exits (up to drain_timeout, "
-                   "default 300s) instead of being refused")
 def test_new_connections_during_drain_not_left_hanging(drain_env):
     """While draining (a request in flight keeps proxyd alive), a new client must be refused
     or served promptly, not parked in a listen queue nobody accepts from."""
@@ -435,11 +431,6 @@ def test_reload_refuses_bad_generation_and_keeps_serving(env):
     assert http(env.port, target="/still", host="main.test").status == 200
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: per-site request counters are indexed by the site's position in the worker's rule table "
-    "(stats.h site[STATS_MAX_SITES]) but /metrics labels them with the names of the master's current table, "
-    "so after a reload that inserts a site before an existing one the old counts are reported under the new "
-    "site's name and the existing site's counter restarts (zeta 5 -> alpha 5, zeta 2)"))
 def test_metrics_per_site_counters_survive_reload(proxyd_factory, origin_factory):
     o = origin_factory()
     p = proxyd_factory(sites=[proxy_site("zeta", o.address, hosts=["zeta.test"])])

@@ -263,9 +263,6 @@ def test_redirect(env):
     assert r.header("location") == "https://elsewhere.test/"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: redirect.to variables are not expanded (schema: 'May use variables "
-                   "such as $host and $request_uri'): conn.c act() passes rt_cstr(rt->target) verbatim, so "
-                   "Location is the literal 'https://$host$request_uri'")
 def test_redirect_expands_variables(env):
     r = get(env, "/var-redirect?a=1")
     assert r.status == 308
@@ -414,18 +411,11 @@ def test_upstream_keepalive_pool_reused_on_one_client_connection(proxyd_factory,
 # ---- more proxying edge cases ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: several X-Forwarded-For fields from a trusted proxy: proxy.c "
-                   "forwarded_headers() keeps only the last field ('the last wins'), so earlier hops are "
-                   "silently dropped; RFC 9110 §5.3 makes the field lines one list and SPEC §2 says incoming "
-                   "values from trusted_proxies are kept")
 def test_multiple_forwarded_for_fields_from_trusted_peer_all_kept(env):
     r = get(env, "/app/xff", headers=[("X-Forwarded-For", "192.0.2.1"), ("X-Forwarded-For", "192.0.2.2")])
     assert dict(echo_headers(r))["X-Forwarded-For"] == "192.0.2.1, 192.0.2.2, 127.0.0.1"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: `headers: {response: {remove: [Server]}}` (the SPEC §2 example) has no "
-                   "effect: conn.c conn_head_begin() always writes 'Server: proxyd', the remove op only filters "
-                   "the upstream's fields")
 def test_response_remove_server_header(proxyd_factory, origin_factory):
     o = origin_factory()
     p = proxyd_factory(sites=[proxy_site("s", o.address, default=True,
@@ -648,10 +638,6 @@ def test_websocket_upgrade_tunnelled(ws_env):
     assert up.header("Sec-WebSocket-Key") == "dGhlIHNhbXBsZSBub25jZQ=="
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: a tunnel stalls once a client->upstream burst fills the 16 KiB buffer: "
-                   "proxy.c feed_body() pauses client reads when u->out has no room, and up_flush() only resumes "
-                   "them when !req->body_done (always true for the bodiless GET of an Upgrade) or when c->in still "
-                   "holds bytes; so after 16384 bytes nothing more is read from the client")
 def test_websocket_tunnel_large_client_message(ws_env):
     s, _ = ws_open(ws_env)
     try:
@@ -701,10 +687,6 @@ def test_request_ids_unique(env):
     assert len(ids) == 30
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG (interop): a POST with 'Content-Length: 0' is forwarded with no Content-Length at all (proxy.c "
-    "build_head() writes it only when body_remain > 0); RFC 9110 §8.6 expects it on a POST even when 0, and "
-    "strict upstreams answer 411 Length Required"))
 def test_post_with_empty_body_keeps_content_length(env):
     r = http(env.port, "POST", "/app/empty", host=HOST, headers=[("Content-Length", "0")])
     assert r.status == 200

@@ -189,17 +189,11 @@ def test_header_over_buffer_with_default_limits(tmp_path_factory):
         e.stop()
 
 
-NO_HOST_BUG = ("BUG: an HTTP/1.0 request without Host (legal in 1.0) crashes the worker when routed to the default "
-               "site: h->host is {NULL,0}, so common/route.c route_site() calls memchr(NULL, ...) (UB: the UBSan "
-               "build aborts for any route) and proxy.c build_head()/forwarded_headers() call strlen(r->host == "
-               "NULL) (SIGSEGV in bin/proxyd too for proxied routes). Repro: printf 'GET / HTTP/1.0\\r\\n\\r\\n' | "
-               "nc 127.0.0.1 PORT")
 
 
 @pytest.mark.parametrize("path", [
-    pytest.param("/proxied", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=NO_HOST_BUG)),
-    pytest.param("/ok", marks=pytest.mark.xfail(PROXYD_SANITIZED, strict=True, raises=AssertionError,
-                                                reason=NO_HOST_BUG + " (return route: only the UB in route_site)")),
+    pytest.param("/proxied"),
+    pytest.param("/ok"),
 ])
 def test_http10_without_host_served_by_default_site(proxyd_factory, backend_factory, path):
     import time
@@ -256,20 +250,14 @@ def local_env(proxyd_factory, backend_factory, tmp_path):
     return p
 
 
-BODY_DESYNC_BUG = ("BUG: request smuggling/desync: when proxyd answers a request itself via return, redirect, "
-                   "405 (route methods) or a static route, the request body is neither read nor the connection "
-                   "closed (conn.c respond()/respond_status() bypass conn_error()'s unread-body check), so the "
-                   "body is parsed as the next request and forwarded upstream. Repro: printf 'POST /ret HTTP/1.1"
-                   "\\r\\nHost: x\\r\\nContent-Length: 45\\r\\n\\r\\nGET /app/smuggled HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' | nc "
-                   "127.0.0.1 PORT  -> two responses, and the upstream receives GET /app/smuggled")
 
 
 @pytest.mark.parametrize("method,path,status", [
-    pytest.param("POST", "/ret", 200, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=BODY_DESYNC_BUG)),
-    pytest.param("POST", "/redir", 302, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=BODY_DESYNC_BUG)),
-    pytest.param("POST", "/getonly/x", 405, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=BODY_DESYNC_BUG)),
-    pytest.param("GET", "/files/a.txt", 200, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=BODY_DESYNC_BUG)),
-    pytest.param("POST", "/files/a.txt", 405, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=BODY_DESYNC_BUG)),
+    pytest.param("POST", "/ret", 200),
+    pytest.param("POST", "/redir", 302),
+    pytest.param("POST", "/getonly/x", 405),
+    pytest.param("GET", "/files/a.txt", 200),
+    pytest.param("POST", "/files/a.txt", 405),
     ("POST", "/nothing-here", 404),
     ("POST", "/deny/x", 403),
 ])
@@ -288,7 +276,6 @@ def test_body_of_locally_answered_request_is_never_a_request(local_env, method, 
     assert [r.status for r in rs] == [status], rs
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=BODY_DESYNC_BUG)
 def test_body_of_locally_answered_request_then_pipelined_request(local_env):
     """Either proxyd skips the body and serves the pipelined request, or it closes: never a third answer."""
     data = (req("POST /ret HTTP/1.1", HOST, "Content-Length: 5", body=b"hello")

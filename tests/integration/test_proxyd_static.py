@@ -176,3 +176,23 @@ def test_escapes_above_url_root_refused(senv, path):
     r = get(senv, path)
     assert r.status in (400, 404), (path, r)
     assert SECRET not in r.body and b"root:" not in r.body
+
+
+def test_keep_alive_across_sendfile_responses(senv):
+    from proxyd_fixtures import keepalive_socket, read_response, request_bytes
+    s = keepalive_socket(senv.p.port)
+    try:
+        for path, want in [("/static/big.bin", BIG), ("/static/style.css", senv.files["style.css"]),
+                           ("/static/big.bin", BIG)]:
+            s.sendall(request_bytes("GET", path, "files.test"))
+            r = read_response(s)
+            assert (r.status, r.body) == (200, want), path
+        s.sendall(request_bytes("GET", "/static/big.bin", "files.test", [("Range", "bytes=100-199")]))
+        r = read_response(s)
+        assert (r.status, r.body) == (206, BIG[100:200])
+        # Pipelined: two files in one send, answered in order.
+        s.sendall(request_bytes("GET", "/static/app.js", "files.test") + request_bytes("GET", "/static/noext", "files.test"))
+        assert read_response(s).body == senv.files["app.js"]
+        assert read_response(s).body == senv.files["noext"]
+    finally:
+        s.close()
