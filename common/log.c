@@ -7,19 +7,26 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <systemd/sd-journal.h>
+
 static int log_fd = 2;
+static int journal; /* structured entries to journald instead of text lines */
 static char ident[32] = "proxyd";
 
 int log_open(const char *path)
 {
     if (path == NULL || *path == '\0') {
+        /* Under systemd stderr is a journal stream: send structured entries instead. */
+        journal = getenv("JOURNAL_STREAM") != NULL;
         log_fd = 2;
         return 0;
     }
+    journal = 0;
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
     if (fd < 0)
         return -1;
@@ -44,6 +51,12 @@ void log_msg(enum log_level lvl, const char *fmt, ...)
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof(line) - n - 1, fmt, ap);
     va_end(ap);
+    if (journal) {
+        static const int prio[] = {3, 4, 6, 7}; /* syslog levels of err, warning, info, debug */
+        sd_journal_send("MESSAGE=%s", line + n, "PRIORITY=%d", prio[lvl], "SYSLOG_IDENTIFIER=proxyd",
+                        "PROXYD_PROCESS=%s", ident, NULL);
+        return;
+    }
     n = m < 0 ? n : n + (size_t)m >= sizeof(line) - 1 ? sizeof(line) - 2 : n + (size_t)m;
     line[n++] = '\n';
     ssize_t w = write(log_fd, line, n);

@@ -59,8 +59,10 @@ int store_open(store_t *s, const char *path, int flags)
     if (flags & STORE_CREATE) {
         if (create_private(s, path) < 0)
             return -1;
-    } else if (access(path, F_OK) < 0) {
-        return fail(s, "does not exist (run 'proxyctl init' first)");
+    } else if (access(path, (flags & STORE_RDONLY) ? R_OK : R_OK | W_OK) < 0) {
+        if (errno == ENOENT)
+            return fail(s, "does not exist (run 'proxyctl init' first)");
+        return fail(s, "cannot open: %s", strerror(errno));
     }
     if (sqlite3_open_v2(path, &s->db, oflags, NULL) != SQLITE_OK) {
         fail_db(s, "cannot open");

@@ -8,6 +8,7 @@
  * is stored: on any diagnostic the caller rolls back.
  */
 #include <errno.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,6 +128,26 @@ static int put_site(store_t *st, const site_src_t *s)
         return -1;
     }
     return 0;
+}
+
+/* As root, hand the store to the user proxyd's workers run as, so they can
+ * open it read-only (mode stays 0600; sqlite gives its -wal and -shm files
+ * the database's owner). */
+void cli_store_owner(const char *db, const char *user)
+{
+    if (geteuid() != 0)
+        return;
+    struct passwd *pw = getpwnam(user && *user ? user : "proxyd"); /* proxyd's default, as in its worker.c */
+    if (pw == NULL)
+        return;
+    user = pw->pw_name;
+    static const char *const ext[] = {"", "-wal", "-shm"};
+    char path[4096];
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s%s", db, ext[i]);
+        if (chown(path, pw->pw_uid, pw->pw_gid) < 0 && errno != ENOENT)
+            fprintf(stderr, "proxyctl: cannot give %s to user %s: %s\n", path, user, strerror(errno));
+    }
 }
 
 int store_put_sites(store_t *st, site_list_t *sites, const char *gyaml, const char *gsource)
@@ -252,6 +273,8 @@ int build_generation(store_t *st, const char *gyaml, const char *gsource, site_l
         sites->v[i].name = strdup(parsed[i]->name.s);
     }
     rc = compile_and_store(st, g, parsed, sites, comment, gyaml, gen, table_size);
+    if (rc == EXIT_OK)
+        cli_store_owner(st->path, g->user);
 out:
     free(parsed);
     arena_free(&a);

@@ -1270,7 +1270,7 @@ static void global_defaults(arena_t *a, cfg_global_t *g)
     const char *why;
     g->listens[g->nlistens] = (cfg_listen_t){{NULL, 0, 0}, RT_LISTEN_HTTPS, {{0, 0}, 0, {0}, 0, 0, {0}}, (char *)s};
     parse_sockaddr(s, strlen(s), &g->listens[g->nlistens++].sa, &why);
-    g->user = root ? "proxyd" : "";
+    g->user = ""; /* absent: proxyd drops to 'proxyd' when that user exists (see worker.c) */
     g->admin_socket = root ? "/run/proxyd/admin.sock" : "./var/run/admin.sock";
     g->trusted = arena_alloc(a, sizeof(*g->trusted));
     parse_cidr("127.0.0.1/32", 12, &g->trusted[0], &why);

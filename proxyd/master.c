@@ -33,7 +33,8 @@
 master_t M;
 
 static ev_io_t sig_io, upgrade_io;
-static ev_timer_t stop_timer, ticket_timer, upgrade_timer;
+static ev_timer_t stop_timer, ticket_timer, upgrade_timer, watchdog_timer;
+static uint64_t watchdog_ms;
 static pid_t upgrade_pid;
 
 static void upgrade_abort(const char *why);
@@ -100,6 +101,36 @@ fail:
     return -1;
 }
 
+/* A listener from systemd socket activation (proxyd.socket): the fds from
+ * SD_LISTEN_FDS_START on, matched to the table's listen addresses by what
+ * they are bound to. */
+static int activated_listener(const rt_listen_t *l, listener_t *out)
+{
+    static int n = -1;
+    if (n < 0)
+        n = sd_listen_fds(0);
+    for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + n; fd++) {
+        int family = l->sa.kind == RT_ADDR_INET ? AF_INET : AF_INET6;
+        if (sd_is_socket_inet(fd, family, SOCK_STREAM, 1, l->sa.port) <= 0)
+            continue;
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+            continue;
+        const void *ip = family == AF_INET ? (const void *)&((struct sockaddr_in *)&ss)->sin_addr
+                                           : (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
+        if (memcmp(ip, l->sa.ip, family == AF_INET ? 4 : 16) != 0)
+            continue;
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        out->fd = fd;
+        out->kind = l->kind;
+        out->port = l->sa.port;
+        return 0;
+    }
+    return -1;
+}
+
 /* A listener handed over by the previous master (binary upgrade):
  * PROXYD_LISTEN_FDS="fd kind addr;fd kind addr;..." */
 static int adopt_listener(const rt_listen_t *l, const char *addr, listener_t *out)
@@ -131,7 +162,8 @@ static int bind_all(const rt_table_t *t)
         const rt_listen_t *l = &t->listens[t->global->listens.first + i];
         if (l->kind != RT_LISTEN_HTTP && l->kind != RT_LISTEN_HTTPS)
             continue;
-        if (adopt_listener(l, rt_cstr(t, l->sa.addr), &M.ls[M.nls]) < 0 && bind_listener(t, l, &M.ls[M.nls]) < 0)
+        if (adopt_listener(l, rt_cstr(t, l->sa.addr), &M.ls[M.nls]) < 0 &&
+            activated_listener(l, &M.ls[M.nls]) < 0 && bind_listener(t, l, &M.ls[M.nls]) < 0)
             return -1;
         M.nls++;
     }
@@ -379,6 +411,14 @@ static void upgrade_report_ready(void)
     unsetenv("PROXYD_METRICS_FD");
 }
 
+/* systemd's watchdog: pet it only while every worker is alive. */
+static void watchdog(ev_loop_t *loop, ev_timer_t *t)
+{
+    if (master_live_workers() == M.nworkers)
+        sd_notify(0, "WATCHDOG=1");
+    ev_timer_start(loop, t, watchdog_ms / 2, watchdog);
+}
+
 /* ---- signals ------------------------------------------------------------------------- */
 
 static void stop_expired(ev_loop_t *loop, ev_timer_t *t)
@@ -476,6 +516,9 @@ int master_main(const char *db, tref_t *table, int workers, char **argv)
     sd_notifyf(0, "READY=1\nMAINPID=%d\nSTATUS=serving generation %lld (%u sites)", (int)getpid(),
                (long long)table->generation, table->t.nsites);
     upgrade_report_ready();
+    uint64_t usec;
+    if (sd_watchdog_enabled(0, &usec) > 0 && (watchdog_ms = usec / 1000) > 0)
+        watchdog(M.loop, &watchdog_timer);
     ev_run(M.loop);
     admin_stop(upgrade_pid > 0);
     log_info("stopped");

@@ -10,6 +10,8 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -168,6 +170,33 @@ static int setup_signals(void)
     return fd < 0 ? -1 : ev_add(W->loop, &sig_io, fd, EV_READ, on_signal);
 }
 
+/* Started as root: run as `user` (global setting) once the listeners are
+ * bound.  The master keeps root to bind new listeners and read keys. */
+static int drop_privileges(const char *user)
+{
+    if (geteuid() != 0)
+        return 0;
+    bool dflt = user == NULL || *user == '\0';
+    struct passwd *pw = getpwnam(dflt ? "proxyd" : user);
+    if (pw == NULL && dflt) {
+        if (W->id == 0)
+            log_warn("workers run as root: no 'user' is set and user 'proxyd' does not exist");
+        return 0;
+    }
+    if (pw == NULL) {
+        log_err("user '%s' does not exist; refusing to serve as root", user);
+        return -1;
+    }
+    user = pw->pw_name;
+    if (setgroups(0, NULL) < 0 || initgroups(user, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
+        setuid(pw->pw_uid) < 0) {
+        log_err("cannot drop privileges to '%s': %s", user, strerror(errno));
+        return -1;
+    }
+    prctl(PR_SET_PDEATHSIG, SIGQUIT); /* setuid clears it */
+    return 0;
+}
+
 int worker_main(int id, const char *db, tref_t *table, listener_t *ls, int nls, stats_shm_t *shm)
 {
     static worker_t w;
@@ -184,6 +213,8 @@ int worker_main(int id, const char *db, tref_t *table, listener_t *ls, int nls, 
     snprintf(ident, sizeof(ident), "worker %d", id);
     log_set_ident(ident);
     prctl(PR_SET_PDEATHSIG, SIGQUIT); /* never outlive the master */
+    if (drop_privileges(rt_cstr(&table->t, table->t.global->user)) < 0)
+        return 1;
     w.loop = ev_new();
     w.hreq = malloc(sizeof(*w.hreq));
     w.hres = malloc(sizeof(*w.hres));
