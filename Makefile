@@ -22,7 +22,8 @@ PROXYCTL_SRC := proxyctl/main.c proxyctl/diag.c proxyctl/yaml.c proxyctl/config.
 GEN_SRC     := build/gen/store_sql.c
 PROXYD_SRC  := proxyd/main.c proxyd/master.c proxyd/admin.c proxyd/worker.c proxyd/event.c proxyd/conn.c \
                proxyd/proxy.c proxyd/http1.c proxyd/path.c proxyd/static.c proxyd/table.c proxyd/iobuf.c \
-               proxyd/accesslog.c proxyd/tls.c proxyd/vars.c
+               proxyd/accesslog.c proxyd/tls.c proxyd/vars.c \
+               proxyd/balance.c proxyd/health.c
 PROXYD_COMMON := common/util.c common/ruletable.c common/store.c common/route.c common/log.c
 HEADERS     := $(wildcard common/*.h proxyctl/*.h proxyd/*.h)
 
@@ -82,6 +83,10 @@ build/unit/test_http1: tests/unit/test_http1.c proxyd/http1.c proxyd/http1.h
 build/unit/test_static: tests/unit/test_static.c proxyd/static.c proxyd/static.h proxyd/http1.h
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g $(SAN) -Iproxyd -o $@ $< proxyd/static.c -lcmocka
+
+build/unit/test_balance: tests/unit/test_balance.c proxyd/balance.c proxyd/balance.h proxyd/health.h proxyd/table.h
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) -Iproxyd -o $@ $< -lcmocka
 
 unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done

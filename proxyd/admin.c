@@ -22,6 +22,7 @@
 
 #include "../common/log.h"
 #include "../common/util.h"
+#include "health.h"
 #include "http1.h"
 #include "master.h"
 
@@ -55,6 +56,76 @@ static void conn_done(admin_conn_t *a)
 
 /* ---- bodies ----------------------------------------------------------------------- */
 
+/* s inside a JSON string or a Prometheus label value (both escape \ " and newline). */
+static void put_escaped(buf_t *b, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            buf_printf(b, "\\%c", ch);
+        else if (ch == '\n')
+            buf_printf(b, "\\n");
+        else if (ch < 0x20)
+            buf_printf(b, "\\u%04x", ch);
+        else
+            buf_append(b, s, 1);
+    }
+}
+
+/* Every server of every upstream with its shared state (health.h). */
+static void status_check(buf_t *b, const health_slot_t *s)
+{
+    uint64_t last = atomic_load(&s->hc_last_ms);
+    buf_printf(b, ",\"check\":{\"state\":\"%s\",\"checks\":%llu,\"consecutive_failures\":%u,"
+                  "\"consecutive_successes\":%u,\"last_status\":%u,\"last_error\":\"%s\",\"last_check\":",
+               atomic_load(&s->hc_down) ? "down" : "up", (unsigned long long)atomic_load(&s->hc_checks),
+               atomic_load(&s->hc_fails), atomic_load(&s->hc_oks), atomic_load(&s->hc_last_status),
+               health_error_name(atomic_load(&s->hc_last_error)));
+    if (last)
+        buf_printf(b, "%llu.%03llu}", (unsigned long long)(last / 1000), (unsigned long long)(last % 1000));
+    else
+        buf_printf(b, "null}");
+}
+
+static void status_server(buf_t *b, const rt_table_t *t, uint32_t i, const health_slot_t *s, uint64_t now)
+{
+    const rt_server_t *sv = &t->servers[i];
+    bool hc = t->upstreams[sv->upstream].hc_interval_ms != 0;
+    uint64_t until = atomic_load(&s->down_until);
+    bool passive = health_passive_down(s, now);
+    buf_printf(b, "{\"address\":\"");
+    put_escaped(b, rt_cstr(t, sv->sa.addr));
+    buf_printf(b, "\",\"weight\":%u,\"backup\":%s,\"state\":\"%s\",\"in_flight\":%d,\"requests\":%llu,"
+                  "\"failures\":%llu,\"downs\":%llu,\"passive_down\":%s,\"down_for_ms\":%llu",
+               sv->weight, sv->flags & RT_SVF_BACKUP ? "true" : "false",
+               health_usable(s, hc, now) ? "up" : "down", health_load(s),
+               (unsigned long long)atomic_load(&s->requests), (unsigned long long)atomic_load(&s->failures),
+               (unsigned long long)atomic_load(&s->downs), passive ? "true" : "false",
+               (unsigned long long)(passive ? until - now : 0));
+    if (hc)
+        status_check(b, s);
+    buf_printf(b, "}");
+}
+
+static void status_upstreams(buf_t *b)
+{
+    const tref_t *tr = M.table;
+    const rt_table_t *t = &tr->t;
+    uint64_t now = ev_now(loop);
+    buf_printf(b, ",\"upstreams\":[");
+    for (uint32_t i = 0; i < t->nupstreams; i++) {
+        const rt_upstream_t *u = &t->upstreams[i];
+        buf_printf(b, "%s{\"site\":\"%s\",\"upstream\":\"%s\",\"balance\":\"%s\",\"servers\":[", i ? "," : "",
+                   rt_cstr(t, t->sites[u->site].name), rt_cstr(t, u->name), rt_enum_name("balance", u->balance));
+        for (uint32_t k = 0; k < u->servers.count; k++) {
+            buf_printf(b, "%s", k ? "," : "");
+            status_server(b, t, u->servers.first + k, tr->slot[u->servers.first + k], now);
+        }
+        buf_printf(b, "]}");
+    }
+    buf_printf(b, "]");
+}
+
 static void status_json(buf_t *b)
 {
     const stats_shm_t *s = M.shm;
@@ -75,6 +146,7 @@ static void status_json(buf_t *b)
                (unsigned long long)reqs, M.table->t.nsites);
     if (M.last_reload_error[0])
         buf_printf(b, ",\"last_reload_error\":\"%s\"", M.last_reload_error);
+    status_upstreams(b);
     buf_printf(b, "}\n");
 }
 
@@ -134,10 +206,61 @@ static void metrics_latency(buf_t *b)
                (unsigned long long)sum_field(offsetof(worker_stats_t, upstream_count)));
 }
 
+enum server_metric { SM_UP, SM_IN_FLIGHT, SM_REQUESTS, SM_FAILURES, SM_DOWNS, SM_CHECK_FAILURES, SM_LAST_CHECK };
+
+/* One metric family over every server; false leaves a server out. */
+static bool server_value(enum server_metric m, const rt_table_t *t, uint32_t i, const health_slot_t *s, uint64_t now,
+                         double *v)
+{
+    bool hc = t->upstreams[t->servers[i].upstream].hc_interval_ms != 0;
+    switch (m) {
+    case SM_UP: *v = health_usable(s, hc, now); return true;
+    case SM_IN_FLIGHT: *v = health_load(s); return true;
+    case SM_REQUESTS: *v = (double)atomic_load(&s->requests); return true;
+    case SM_FAILURES: *v = (double)atomic_load(&s->failures); return true;
+    case SM_DOWNS: *v = (double)atomic_load(&s->downs); return true;
+    case SM_CHECK_FAILURES: *v = atomic_load(&s->hc_fails); return hc;
+    case SM_LAST_CHECK: *v = (double)atomic_load(&s->hc_last_ms) / 1000.0; return hc && *v > 0;
+    }
+    return false;
+}
+
+static void metrics_servers(buf_t *b)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } fam[] = {
+        {"proxyd_upstream_server_up", "gauge", "1 when the server takes traffic, 0 when passive or active health marks it down."},
+        {"proxyd_upstream_server_in_flight", "gauge", "Requests being served by the server, all workers."},
+        {"proxyd_upstream_server_requests_total", "counter", "Attempts sent to the server (retries included)."},
+        {"proxyd_upstream_server_failures_total", "counter", "Attempts that failed (connect, timeout, reset, retry.on statuses)."},
+        {"proxyd_upstream_server_downs_total", "counter", "Times the server was marked down."},
+        {"proxyd_upstream_server_check_failures", "gauge", "Consecutive failed active health checks."},
+        {"proxyd_upstream_server_last_check_timestamp_seconds", "gauge", "Unix time of the last active health check."},
+    };
+    const tref_t *tr = M.table;
+    const rt_table_t *t = &tr->t;
+    uint64_t now = ev_now(loop);
+    for (unsigned m = 0; m < sizeof(fam) / sizeof(fam[0]); m++) {
+        metric_header(b, fam[m].name, fam[m].type, fam[m].help);
+        for (uint32_t i = 0; i < t->nservers; i++) {
+            double v;
+            if (!server_value((enum server_metric)m, t, i, tr->slot[i], now, &v))
+                continue;
+            const rt_upstream_t *u = &t->upstreams[t->servers[i].upstream];
+            buf_printf(b, "%s{site=\"%s\",upstream=\"%s\",server=\"", fam[m].name, rt_cstr(t, t->sites[u->site].name),
+                       rt_cstr(t, u->name));
+            put_escaped(b, rt_cstr(t, t->servers[i].sa.addr));
+            buf_printf(b, m == SM_LAST_CHECK ? "\"} %.3f\n" : "\"} %.0f\n", v);
+        }
+    }
+}
+
 static void metrics_text(buf_t *b)
 {
     metrics_requests(b);
     metrics_latency(b);
+    metrics_servers(b);
     metric_header(b, "proxyd_connections_active", "gauge", "Open client connections.");
     buf_printf(b, "proxyd_connections_active %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, conns_active)));
     metric_header(b, "proxyd_connections_total", "counter", "Client connections accepted.");

@@ -42,6 +42,8 @@ static void on_timer(ev_loop_t *loop, ev_timer_t *t);
 static void process(conn_t *c);
 static void finish_request(conn_t *c);
 static void request_release(request_t *r);
+static void handshake(conn_t *c);
+static void on_readable(conn_t *c);
 
 const char *status_reason(int s)
 {
@@ -145,6 +147,12 @@ void conn_accept(listener_t *l)
         W->stats->conns_active = W->conns;
         W->stats->conns_total++;
         ev_timer_start(W->loop, &c->timer, W->table->t.global->header_timeout_ms, on_timer);
+        /* With TCP_DEFER_ACCEPT the first bytes are usually here already:
+         * take them now rather than after another trip through epoll. */
+        if (c->ssl)
+            handshake(c);
+        else
+            on_readable(c);
     }
 }
 

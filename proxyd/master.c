@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,7 @@
 
 #include "../common/log.h"
 #include "admin.h"
+#include "health.h"
 #include "tls.h"
 
 master_t M;
@@ -88,6 +90,10 @@ static int bind_listener(const rt_table_t *t, const rt_listen_t *l, listener_t *
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (ss.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)); /* [::] and 0.0.0.0 side by side */
+    /* Wake a worker only when the client has sent something (its request or
+     * ClientHello), which the worker then reads right after accept. */
+    int defer = 10;
+    setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof(defer));
     if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 4096) < 0)
         goto fail;
     out->fd = fd;
@@ -200,7 +206,33 @@ static int spawn(int id)
         _exit(worker_main(id, M.db, t, M.ls, M.nls, M.shm));
     }
     M.pids[id] = pid;
+    M.spawned_ms[id] = ev_now(M.loop);
     return 0;
+}
+
+/* A worker that dies right after it starts (bad user, no memory, a crash on
+ * the table) would otherwise be restarted in a tight loop: back off. */
+static ev_timer_t respawn_timer[STATS_MAX_WORKERS];
+
+static void respawn_due(ev_loop_t *loop, ev_timer_t *t)
+{
+    (void)loop;
+    int id = (int)(t - respawn_timer);
+    if (!M.stopping && M.pids[id] == 0)
+        spawn(id);
+}
+
+static void respawn(int id)
+{
+    if (ev_now(M.loop) - M.spawned_ms[id] >= 1000) {
+        M.backoff_ms[id] = 0;
+        spawn(id);
+        return;
+    }
+    M.backoff_ms[id] = M.backoff_ms[id] ? M.backoff_ms[id] * 2 : 100;
+    if (M.backoff_ms[id] > 5000)
+        M.backoff_ms[id] = 5000;
+    ev_timer_start(M.loop, &respawn_timer[id], M.backoff_ms[id], respawn_due);
 }
 
 static void reap(void)
@@ -229,7 +261,7 @@ static void reap(void)
                 log_err("worker %d (pid %d) killed by signal %d; restarting", i, (int)pid, WTERMSIG(status));
             else
                 log_err("worker %d (pid %d) exited with status %d; restarting", i, (int)pid, WEXITSTATUS(status));
-            spawn(i);
+            respawn(i);
         }
     }
     if (M.stopping && master_live_workers() == 0)
@@ -253,15 +285,18 @@ int master_reload(char *err, size_t errlen)
         return -1;
     }
     M.last_reload_error[0] = '\0';
-    if (t->generation == M.table->generation) {
+    bool same = t->generation == M.table->generation;
+    if (same && tref_same_addresses(t, M.table)) {
         tref_put(t);
         return 0;
     }
     tref_put(M.table);
     M.table = t;
     M.shm->generation = t->generation;
+    M.shm->epoch++;
     M.shm->reloads++;
-    log_info("reload: generation %lld (%u sites)", (long long)t->generation, t->t.nsites);
+    log_info("reload: generation %lld (%u sites)%s", (long long)t->generation, t->t.nsites,
+             same ? ": host names of upstream servers resolve differently now" : "");
     sd_notifyf(0, "RELOADING=1\nSTATUS=reloading to generation %lld", (long long)t->generation);
     signal_workers(SIGHUP);
     sd_notifyf(0, "READY=1\nSTATUS=serving generation %lld (%u sites)", (long long)t->generation, t->t.nsites);
@@ -499,6 +534,10 @@ int master_main(const char *db, tref_t *table, int workers, char **argv)
         return 1;
     }
     M.shm->generation = table->generation;
+    if (health_init() < 0 || health_bind(table) < 0) {
+        log_err("cannot map upstream state: %s", strerror(errno));
+        return 1;
+    }
     tls_ticket_shm_t *tickets = mmap(NULL, sizeof(*tickets), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (tickets == MAP_FAILED) {
         log_err("cannot map ticket keys: %s", strerror(errno));

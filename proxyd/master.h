@@ -21,6 +21,8 @@ typedef struct {
     int nls;
     int nworkers;
     pid_t pids[STATS_MAX_WORKERS];
+    uint64_t spawned_ms[STATS_MAX_WORKERS]; /* loop clock at fork */
+    uint64_t backoff_ms[STATS_MAX_WORKERS]; /* restart delay of a worker that keeps dying young */
     ev_loop_t *loop;
     bool stopping;
     uint64_t started;

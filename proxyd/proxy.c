@@ -12,9 +12,24 @@
  * blindly: the request body is decoded by our parser and written with our
  * own framing, so a smuggled second request cannot ride along.
  *
- * A connection taken from the keep-alive pool may have been closed by the
- * upstream just before we wrote to it; a request without a body that got no
- * response byte is retried once on a new connection (RFC 9110 §9.2.2).
+ * Server choice, failures and retries.  Every attempt goes to the server
+ * balance_pick() chooses, leaving out those this request already tried.  An
+ * attempt that fails before any response byte reached the client counts
+ * against its server (passive health, health.h) and, when the route's
+ * retry.on lists the failure (error, timeout, or the response status) and
+ * tries are left, the request moves to another server of the pool:
+ *   - nothing was written to the failed server yet: its buffer (the head
+ *     and the body read so far) moves over as it is, whatever the method;
+ *   - bytes were written: only idempotent methods (GET HEAD PUT DELETE
+ *     OPTIONS TRACE) are replayed, from r->replay, a copy of everything
+ *     sent so far; it holds REPLAY_MAX bytes, so a body that has streamed
+ *     beyond that (we never buffer a whole body) cannot be replayed.
+ * tries counts attempts (1: no retry).  When no other server is up, a
+ * failed status is relayed as the upstream gave it.  A connection taken from
+ * the keep-alive pool may have been closed by the upstream just before we
+ * wrote to it: a request that got no response byte is replayed once on a
+ * fresh connection to the same server, which counts neither as a try nor
+ * as a failure (RFC 9110 §9.2.2; non-idempotent only when bodiless).
  */
 #include "proxy.h"
 
@@ -34,6 +49,8 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "balance.h"
+#include "health.h"
 #include "path.h"
 #include "tls.h"
 #include "vars.h"
@@ -42,6 +59,7 @@ enum up_state { US_CONNECTING, US_HANDSHAKE, US_ACTIVE, US_IDLE };
 
 #define POOL_BUCKETS 256
 #define TUNNEL_TIMEOUT_MS 3600000
+#define REPLAY_MAX IOBUF_SIZE /* request bytes kept for a replay on another server */
 
 struct upconn {
     ev_io_t io;
@@ -54,6 +72,11 @@ struct upconn {
     uint8_t body;               /* h1_body_t of the response */
     uint32_t server;            /* index in the client's table */
     uint32_t keepalive;         /* pool limit of its upstream */
+    health_slot_t *slot;        /* the server's shared state, while counted */
+    bool counted;               /* counted in the server's requests in flight */
+    uint8_t tries;              /* attempts of this request so far, this one included */
+    uint64_t tried;             /* pool positions (bit pos % 64) this request tried */
+    uint64_t sent;              /* bytes of this request written to the server */
     h1_chunked_t chunks;        /* response body decoder */
     SSL *ssl;                   /* https upstreams */
     char key[160];              /* pool key: [tls:SNI@]server address */
@@ -65,7 +88,7 @@ static void up_io(ev_loop_t *loop, ev_io_t *io, uint32_t revents);
 static void up_timer(ev_loop_t *loop, ev_timer_t *t);
 static void up_close(upconn_t *u);
 static void relay_response(upconn_t *u);
-static bool retry_fresh(upconn_t *u);
+static void up_failed(upconn_t *u, unsigned cond, int status, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* ---- naming things in the error log ------------------------------------------ */
 
@@ -86,31 +109,6 @@ static void fail(conn_t *c, int status, const char *fmt, ...)
     const char *addr = r->server != RT_NONE ? rt_cstr(&r->table->t, r->table->t.servers[r->server].sa.addr) : "-";
     log_err("upstream %s (site %s): %s", addr, site_name(r), msg);
     conn_error(c, status, NULL);
-}
-
-/* ---- server choice: smooth weighted round robin -------------------------------- */
-
-static uint32_t pick_server(tref_t *tr, const rt_upstream_t *u)
-{
-    const rt_table_t *t = &tr->t;
-    int32_t total = 0;
-    uint32_t best = RT_NONE;
-    bool any_primary = false;
-    for (uint32_t i = 0; i < u->servers.count; i++)
-        any_primary |= !(t->servers[u->servers.first + i].flags & RT_SVF_BACKUP);
-    for (uint32_t i = 0; i < u->servers.count; i++) {
-        uint32_t s = u->servers.first + i;
-        if (any_primary && (t->servers[s].flags & RT_SVF_BACKUP))
-            continue; /* backups serve only when no primary can (health: its own issue) */
-        rr_state_t *st = &tr->rr[s];
-        st->current += st->effective;
-        total += st->effective;
-        if (best == RT_NONE || st->current > tr->rr[best].current)
-            best = s;
-    }
-    if (best != RT_NONE)
-        tr->rr[best].current -= total;
-    return best;
 }
 
 /* ---- the keep-alive pool --------------------------------------------------------- */
@@ -179,11 +177,20 @@ void proxy_pool_close_all(void)
         }
 }
 
+/* The attempt no longer occupies its server. */
+static void unclaim(upconn_t *u)
+{
+    if (u->counted)
+        health_end(u->slot);
+    u->counted = false;
+}
+
 static void up_close(upconn_t *u)
 {
     if (u->closed)
         return;
     u->closed = true;
+    unclaim(u);
     if (u->state == US_IDLE)
         pool_remove(u);
     ev_timer_stop(W->loop, &u->timer);
@@ -209,32 +216,6 @@ void proxy_free_deferred(void)
 
 /* ---- connect ----------------------------------------------------------------------- */
 
-static int sockaddr_of(const rt_table_t *t, const rt_sockaddr_t *a, struct sockaddr_storage *ss, socklen_t *len)
-{
-    memset(ss, 0, sizeof(*ss));
-    if (a->kind == RT_ADDR_INET) {
-        struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons(a->port);
-        memcpy(&s4->sin_addr, a->ip, 4);
-        *len = sizeof(*s4);
-    } else if (a->kind == RT_ADDR_INET6) {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons(a->port);
-        memcpy(&s6->sin6_addr, a->ip, 16);
-        *len = sizeof(*s6);
-    } else if (a->kind == RT_ADDR_UNIX) {
-        struct sockaddr_un *su = (struct sockaddr_un *)ss;
-        su->sun_family = AF_UNIX;
-        snprintf(su->sun_path, sizeof(su->sun_path), "%s", rt_cstr(t, a->addr) + 5);
-        *len = sizeof(*su);
-    } else {
-        return -1; /* host names are resolved when the table is prepared */
-    }
-    return 0;
-}
-
 /* Connections are pooled per address and, for TLS, per upstream TLS identity. */
 static void pool_key(const rt_table_t *t, uint32_t server, char *out, size_t cap)
 {
@@ -250,31 +231,20 @@ static upconn_t *up_connect(conn_t *c, uint32_t server, const char **why)
 {
     request_t *r = c->req;
     const rt_table_t *t = &r->table->t;
-    const rt_server_t *sv = &t->servers[server];
     struct sockaddr_storage ss;
     socklen_t sl;
-    const struct sockaddr_storage *use = &ss;
-    if (sv->sa.kind == RT_ADDR_NAME) {
-        if (r->table->resolved == NULL || r->table->resolved[server].ss_family == 0) {
-            *why = "host name did not resolve when the table was loaded";
-            return NULL;
-        }
-        use = &r->table->resolved[server];
-        sl = use->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
-    } else if (sockaddr_of(t, &sv->sa, &ss, &sl) < 0) {
-        *why = "unusable address";
+    if (tref_sockaddr(r->table, server, &ss, &sl, why) < 0)
         return NULL;
-    }
-    int fd = socket(use->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         *why = strerror(errno);
         return NULL;
     }
-    if (use->ss_family != AF_UNIX) {
+    if (ss.ss_family != AF_UNIX) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
-    if (connect(fd, (const struct sockaddr *)use, sl) < 0 && errno != EINPROGRESS) {
+    if (connect(fd, (const struct sockaddr *)&ss, sl) < 0 && errno != EINPROGRESS) {
         *why = errno == ECONNREFUSED ? "connection refused" : strerror(errno);
         close(fd);
         return NULL;
@@ -419,14 +389,12 @@ static void request_line(hbuf_t *b, const conn_t *c, const h1_request_t *h, cons
     hb_str(b, " HTTP/1.1\r\n");
 }
 
-static int build_head(conn_t *c, const h1_request_t *h, upconn_t *u)
+static int build_head(conn_t *c, const h1_request_t *h, iobuf_t *out)
 {
     request_t *r = c->req;
     const rt_table_t *t = &r->table->t;
     const rt_route_t *rt = &t->routes[r->route];
-    if ((u->out == NULL && (u->out = iobuf_get()) == NULL))
-        return -1;
-    hbuf_t b = {iobuf_wr(u->out), 0, iobuf_space(u->out), false};
+    hbuf_t b = {iobuf_wr(out), 0, iobuf_space(out), false};
     request_line(&b, c, h, rt);
     h1_slice_t host_name = {"Host", 4};
     if (!vars_route_names(t, rt, RT_HDR_REQUEST, host_name.p, host_name.n)) /* headers: {request: {set: {Host: ...}}} replaces it */
@@ -467,7 +435,7 @@ static int build_head(conn_t *c, const h1_request_t *h, upconn_t *u)
     hb_str(&b, "\r\n");
     if (b.overflow)
         return -1;
-    u->out->end += (uint32_t)b.n;
+    out->end += (uint32_t)b.n;
     return 0;
 }
 
@@ -540,6 +508,20 @@ static int body_length(conn_t *c, upconn_t *u)
 static int up_flush(upconn_t *u);
 static void up_read(upconn_t *u);
 
+/* Keep a copy of request bytes as they go to the upstream buffer; past
+ * REPLAY_MAX the request can no longer be replayed. */
+static void replay_add(request_t *r, const char *p, size_t n)
+{
+    if (r->replay == NULL || n == 0)
+        return;
+    if (r->replay_len + n > REPLAY_MAX) {
+        r->replay = NULL;
+        return;
+    }
+    memcpy(r->replay + r->replay_len, p, n);
+    r->replay_len += n;
+}
+
 /* Move request bytes from the client to the upstream buffer and set who reads. */
 static void feed_body(conn_t *c)
 {
@@ -557,8 +539,10 @@ static void feed_body(conn_t *c)
         u->out->end += (uint32_t)k;
         iobuf_consume(c->in, k);
     } else if (!r->body_done) {
+        size_t before = iobuf_len(u->out);
         if ((r->body_remain < 0 ? body_chunked(c, u) : body_length(c, u)) < 0)
             return;
+        replay_add(r, iobuf_rd(u->out) + before, iobuf_len(u->out) - before);
     }
     bool room = iobuf_space(u->out) > 0;
     if (c->state == CS_TUNNEL)
@@ -598,11 +582,23 @@ static void attach(conn_t *c, upconn_t *u, uint32_t server)
     u->client = c;
     u->server = server;
     u->keepalive = t->upstreams[t->servers[server].upstream].keepalive;
+    u->slot = r->table->slot[server];
+    u->counted = true;
+    health_begin(u->slot);
     r->up = u;
+    r->server = server;
     if (u->state == US_IDLE) {
         u->state = US_ACTIVE;
         ev_set(W->loop, &u->io, EV_READ);
     }
+}
+
+/* The request lets go of u (which is closed). */
+static void abandon(upconn_t *u)
+{
+    u->client->req->up = NULL;
+    u->client = NULL;
+    up_close(u);
 }
 
 static void send_continue(conn_t *c)
@@ -612,43 +608,247 @@ static void send_continue(conn_t *c)
     conn_flush(c);
 }
 
+/* ---- server choice and retries ---------------------------------------------------------- */
+
+static const rt_policy_t *policy_of(const request_t *r)
+{
+    return &r->table->t.policies[r->table->t.routes[r->route].policy];
+}
+
+static bool idempotent(unsigned method)
+{
+    return method == H1_METHOD_GET || method == H1_METHOD_HEAD || method == H1_METHOD_PUT ||
+           method == H1_METHOD_DELETE || method == H1_METHOD_OPTIONS || method == H1_METHOD_TRACE;
+}
+
+static uint32_t pick(conn_t *c, uint64_t tried)
+{
+    request_t *r = c->req;
+    size_t n = c->peer_family == 4 ? 4 : c->peer_family == 6 ? 16 : 0;
+    return balance_pick(r->table, r->table->t.routes[r->route].upstream, c->peer_ip, n, tried, ev_now(W->loop));
+}
+
+static uint64_t pos_bit(const tref_t *tr, uint32_t server)
+{
+    const rt_upstream_t *u = &tr->t.upstreams[tr->t.servers[server].upstream];
+    return 1ull << ((server - u->servers.first) % 64);
+}
+
+/* Start an attempt with out (the bytes to send first) on server first, or
+ * when that is RT_NONE on the server balance_pick() chooses; tries and
+ * tried carry over from earlier attempts.  A server that cannot even be
+ * connected to counts as failed and the next is tried (as retry.on and
+ * tries allow).  When none is left, answer status with msg (the last
+ * failure) and return NULL. */
+static upconn_t *launch(conn_t *c, iobuf_t *out, uint8_t tries, uint64_t tried, uint32_t first, int status,
+                        const char *msg)
+{
+    request_t *r = c->req;
+    const rt_policy_t *p = policy_of(r);
+    uint32_t max = p->retry_tries ? p->retry_tries : 1, server = first;
+    char why_msg[192];
+    for (;;) {
+        if (server == RT_NONE && tries < max)
+            server = pick(c, tried);
+        if (server == RT_NONE)
+            break;
+        tries++;
+        tried |= pos_bit(r->table, server);
+        char key[160];
+        const char *why = NULL;
+        pool_key(&r->table->t, server, key, sizeof(key));
+        upconn_t *u = r->websocket_ok ? NULL : pool_take(key);
+        if (u == NULL && (u = up_connect(c, server, &why)) == NULL) {
+            r->server = server;
+            health_failed(r->table, server, ev_now(W->loop), why);
+            snprintf(why_msg, sizeof(why_msg), "connect failed: %s", why);
+            status = 502;
+            msg = why_msg;
+            server = RT_NONE;
+            if (!(p->retry_on & RT_ON_ERROR))
+                break;
+            if (tries < max)
+                log_warn("upstream %s (site %s): %s; trying another server",
+                         rt_cstr(&r->table->t, r->table->t.servers[r->server].sa.addr), site_name(r), msg);
+            continue;
+        }
+        attach(c, u, server);
+        u->tries = tries;
+        u->tried = tried;
+        iobuf_put(u->out);
+        u->out = out;
+        return u;
+    }
+    iobuf_put(out);
+    fail(c, status, "%s", msg);
+    return NULL;
+}
+
+/* After a new attempt started: move what the client sent meanwhile and arm
+ * its timer (the attempt may already have failed over again). */
+static void attempt_go(conn_t *c, request_t *r)
+{
+    feed_body(c);
+    if (!c->closed && c->req == r && r->up && !r->up->closed)
+        arm_timer(r->up);
+}
+
+/* Move the request to another server after u failed with cond.  false when
+ * the route, the method or what was sent does not allow it, or no other
+ * server is up (the caller then answers). */
+static bool retry_elsewhere(upconn_t *u, unsigned cond, int status, const char *msg)
+{
+    conn_t *c = u->client;
+    request_t *r = c->req;
+    const rt_policy_t *p = policy_of(r);
+    if (!(p->retry_on & cond) || u->tries >= p->retry_tries || c->state == CS_TUNNEL)
+        return false;
+    if (u->sent != 0 && !(idempotent(r->method_id) && r->replay))
+        return false;
+    uint32_t next = pick(c, u->tried);
+    if (next == RT_NONE)
+        return false;
+    iobuf_t *out = NULL;
+    if (u->sent == 0) {
+        out = u->out;
+        u->out = NULL;
+    } else if ((out = iobuf_get()) != NULL) {
+        memcpy(iobuf_wr(out), r->replay, r->replay_len);
+        out->end += (uint32_t)r->replay_len;
+    }
+    if (out == NULL)
+        return false;
+    log_warn("upstream %s (site %s): %s; retrying on %s (attempt %u of %u)", u->key, site_name(r), msg,
+             rt_cstr(&r->table->t, r->table->t.servers[next].sa.addr), u->tries + 1u, p->retry_tries);
+    uint8_t tries = u->tries;
+    uint64_t tried = u->tried;
+    abandon(u);
+    if (launch(c, out, tries, tried, next, status, msg))
+        attempt_go(c, r);
+    return true;
+}
+
+/* A pooled connection died before its first response byte: replay on a
+ * fresh connection to the same server (see the top of the file). */
+static bool retry_fresh(upconn_t *u)
+{
+    conn_t *c = u->client;
+    request_t *r = c->req;
+    bool bodiless = r->body_done && r->body_bytes == 0;
+    if (!u->reused || u->got_bytes || (u->sent != 0 && !(r->replay && (bodiless || idempotent(r->method_id)))))
+        return false;
+    uint32_t server = u->server;
+    uint8_t tries = u->tries;
+    uint64_t tried = u->tried;
+    iobuf_t *out = u->sent == 0 ? u->out : iobuf_get();
+    if (out == NULL)
+        return false;
+    if (u->sent == 0)
+        u->out = NULL;
+    else {
+        memcpy(iobuf_wr(out), r->replay, r->replay_len);
+        out->end += (uint32_t)r->replay_len;
+    }
+    abandon(u);
+    const char *why;
+    upconn_t *fresh = up_connect(c, server, &why);
+    if (fresh == NULL) {
+        char msg[192];
+        snprintf(msg, sizeof(msg), "reconnect failed: %s", why);
+        r->server = server;
+        health_failed(r->table, server, ev_now(W->loop), msg);
+        if (!(policy_of(r)->retry_on & RT_ON_ERROR)) {
+            iobuf_put(out);
+            fail(c, 502, "%s", msg);
+        } else if (launch(c, out, tries, tried, RT_NONE, 502, msg)) {
+            attempt_go(c, r);
+        }
+        return true;
+    }
+    attach(c, fresh, server);
+    fresh->tries = tries;
+    fresh->tried = tried;
+    fresh->out = out;
+    attempt_go(c, r);
+    return true;
+}
+
+/* The attempt on u failed (cond: RT_ON_ERROR or RT_ON_TIMEOUT).  Before any
+ * response byte reached the client this counts against the server and may
+ * move the request elsewhere; after it the client connection is closed. */
+static void up_failed(upconn_t *u, unsigned cond, int status, const char *fmt, ...)
+{
+    conn_t *c = u->client;
+    request_t *r = c->req;
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (u->head_done || c->state == CS_TUNNEL) {
+        fail(c, status, "%s", msg);
+        return;
+    }
+    if (cond == RT_ON_ERROR && retry_fresh(u))
+        return;
+    health_failed(r->table, u->server, ev_now(W->loop), msg);
+    if (!retry_elsewhere(u, cond, status, msg))
+        fail(c, status, "%s", msg);
+}
+
+/* A response status retry.on may name. */
+static unsigned status_cond(int status)
+{
+    switch (status) {
+    case 500: return RT_ON_500;
+    case 502: return RT_ON_502;
+    case 503: return RT_ON_503;
+    case 504: return RT_ON_504;
+    case 429: return RT_ON_429;
+    default: return 0;
+    }
+}
+
+/* Copy the request head (and, when the route may retry, the start of the
+ * body as it is sent) for a replay. */
+static void replay_begin(request_t *r, const iobuf_t *out)
+{
+    size_t n = iobuf_len(out);
+    bool body = !r->body_done;
+    r->replay = NULL;
+    r->replay_len = 0;
+    if (body && policy_of(r)->retry_tries < 2)
+        return;
+    r->replay = arena_alloc(&r->arena, body ? REPLAY_MAX : n);
+    memcpy(r->replay, out->data + out->start, n);
+    r->replay_len = n;
+}
+
 void proxy_start(conn_t *c, const h1_request_t *h)
 {
     request_t *r = c->req;
     const rt_table_t *t = &r->table->t;
     const rt_route_t *rt = &t->routes[r->route];
     r->websocket_ok = h->upgrade && (rt->flags & RT_RF_WEBSOCKET) && h->method_id == H1_METHOD_GET;
-    uint32_t server = pick_server(r->table, &t->upstreams[rt->upstream]);
-    if (server == RT_NONE) {
-        fail(c, 503, "no server available");
+    iobuf_t *out = iobuf_get();
+    if (out == NULL) {
+        conn_close(c, "out of memory");
         return;
     }
-    r->server = server;
-    const char *why = NULL;
-    char key[160];
-    pool_key(t, server, key, sizeof(key));
-    upconn_t *u = r->websocket_ok ? NULL : pool_take(key);
-    if (u == NULL && (u = up_connect(c, server, &why)) == NULL) {
-        fail(c, 502, "connect failed: %s", why);
-        return;
-    }
-    attach(c, u, server);
-    if (build_head(c, h, u) < 0) {
-        proxy_detach(c, false);
+    if (build_head(c, h, out) < 0) {
+        iobuf_put(out);
         fail(c, 502, "request head too large to forward");
         return;
     }
-    if (u->reused && r->body_done) {
-        r->replay_len = iobuf_len(u->out);
-        r->replay = arena_strndup(&r->arena, iobuf_rd(u->out), r->replay_len);
-    }
+    replay_begin(r, out);
+    char msg[160];
+    snprintf(msg, sizeof(msg), "no server of upstream %s is up", rt_cstr(t, t->upstreams[rt->upstream].name));
+    if (launch(c, out, 0, 0, RT_NONE, 503, msg) == NULL)
+        return;
     r->upstream_ms = ev_now(W->loop);
     if (r->expect_continue && !r->body_done)
         send_continue(c);
-    feed_body(c);
-    if (c->closed || c->req == NULL)
-        return;
-    arm_timer(u);
+    attempt_go(c, r);
 }
 
 /* ---- response: upstream -> client ---------------------------------------------------------- */
@@ -718,6 +918,20 @@ static void client_head(conn_t *c, const h1_response_t *res, h1_body_t body)
     CONN_LIT(c, "\r\n");
 }
 
+/* A status the route's retry.on lists counts against the server; true when
+ * the request went on to another server instead (the response is dropped). */
+static bool failed_status(upconn_t *u, int status)
+{
+    request_t *r = u->client->req;
+    unsigned cond = status_cond(status);
+    if (cond == 0 || !(policy_of(r)->retry_on & cond))
+        return false;
+    char msg[48];
+    snprintf(msg, sizeof(msg), "answered %d", status);
+    health_failed(r->table, u->server, ev_now(W->loop), msg);
+    return retry_elsewhere(u, cond, status, msg);
+}
+
 /* Parse the response head in u->in; 1 when the body phase can start, 0 wait, -1 failed. */
 static int response_head(upconn_t *u)
 {
@@ -729,7 +943,7 @@ static int response_head(upconn_t *u)
         if (n == 0)
             return 0;
         if (n < 0) {
-            fail(c, 502, "invalid response: %s", W->hres->error);
+            up_failed(u, RT_ON_ERROR, 502, "invalid response: %s", W->hres->error);
             return -1;
         }
         const h1_response_t *res = W->hres;
@@ -739,9 +953,11 @@ static int response_head(upconn_t *u)
         }
         h1_body_t body = h1_response_body(res, r->head ? H1_METHOD_HEAD : (h1_method_t)r->method_id);
         if (body == H1_BODY_TUNNEL && !(res->status == 101 && r->websocket_ok)) {
-            fail(c, 502, "unexpected %d response", res->status);
+            up_failed(u, RT_ON_ERROR, 502, "unexpected %d response", res->status);
             return -1;
         }
+        if (failed_status(u, res->status))
+            return -1;
         if (!res->keep_alive || body == H1_BODY_CLOSE)
             u->keepalive = 0;
         observe_latency(ev_now(W->loop) - r->upstream_ms);
@@ -872,44 +1088,13 @@ void proxy_client_drained(conn_t *c)
 
 /* ---- upstream events --------------------------------------------------------------------- */
 
-/* A pooled connection that died before answering: replay the request head
- * on a fresh connection to the same server (only bodiless requests, whose
- * head was saved when the pooled connection was taken). */
-static bool retry_fresh(upconn_t *u)
-{
-    conn_t *c = u->client;
-    request_t *r = c->req;
-    if (!u->reused || u->got_bytes || r->replay == NULL)
-        return false;
-    uint32_t server = u->server;
-    const char *why;
-    r->up = NULL;
-    u->client = NULL;
-    up_close(u);
-    upconn_t *fresh = up_connect(c, server, &why);
-    if (fresh == NULL || (fresh->out = iobuf_get()) == NULL) {
-        if (fresh)
-            up_close(fresh);
-        fail(c, 502, "reconnect failed: %s", fresh ? "out of memory" : why);
-        return true;
-    }
-    attach(c, fresh, server);
-    memcpy(iobuf_wr(fresh->out), r->replay, r->replay_len);
-    fresh->out->end += (uint32_t)r->replay_len;
-    r->replay = NULL; /* once */
-    arm_timer(fresh);
-    return true;
-}
-
 static void upstream_eof(upconn_t *u)
 {
     conn_t *c = u->client;
     request_t *r = c->req;
     if (!u->head_done) {
-        if (retry_fresh(u))
-            return;
-        fail(c, 502, u->got_bytes ? "closed in the middle of the response head"
-                                  : "closed the connection without responding");
+        up_failed(u, RT_ON_ERROR, 502, "%s", u->got_bytes ? "closed in the middle of the response head"
+                                                          : "closed the connection without responding");
         return;
     }
     if (u->body == H1_BODY_CLOSE) {
@@ -956,11 +1141,10 @@ static int up_flush(upconn_t *u)
         if (n == -1)
             break;
         if (n < 0) {
-            int e = errno;
-            if (!retry_fresh(u))
-                fail(u->client, 502, "send failed: %s", strerror(e));
+            up_failed(u, RT_ON_ERROR, 502, "send failed: %s", strerror(errno));
             return -1;
         }
+        u->sent += (uint64_t)n;
         iobuf_consume(u->out, (size_t)n);
     }
     conn_t *c = u->client;
@@ -983,7 +1167,7 @@ static void up_read(upconn_t *u)
         iobuf_compact(u->in);
     if (iobuf_space(u->in) == 0) {
         if (!u->head_done)
-            fail(u->client, 502, "response head larger than %d bytes", IOBUF_SIZE);
+            up_failed(u, RT_ON_ERROR, 502, "response head larger than %d bytes", IOBUF_SIZE);
         return;
     }
     ssize_t n = u_io(u, false, iobuf_wr(u->in), iobuf_space(u->in));
@@ -1009,14 +1193,14 @@ static void connected(upconn_t *u)
     socklen_t len = sizeof(err);
     getsockopt(u->io.fd, SOL_SOCKET, SO_ERROR, &err, &len);
     if (err) {
-        fail(u->client, 502, "connect failed: %s", err == ECONNREFUSED ? "connection refused" : strerror(err));
+        up_failed(u, RT_ON_ERROR, 502, "connect failed: %s", err == ECONNREFUSED ? "connection refused" : strerror(err));
         return;
     }
     request_t *r = u->client->req;
     uint32_t up = r->table->t.servers[u->server].upstream;
     if (r->table->up_ctx[up]) {
         if ((u->ssl = tls_connect(r->table, up, u->io.fd)) == NULL) {
-            fail(u->client, 502, "TLS setup failed: %s", tls_error());
+            up_failed(u, RT_ON_ERROR, 502, "TLS setup failed: %s", tls_error());
             return;
         }
         u->state = US_HANDSHAKE;
@@ -1036,7 +1220,7 @@ static void up_handshake(upconn_t *u)
     }
     if (rc != 1) {
         long v = SSL_get_verify_result(u->ssl);
-        fail(u->client, 502, "TLS handshake failed: %s",
+        up_failed(u, RT_ON_ERROR, 502, "TLS handshake failed: %s",
              v != X509_V_OK ? X509_verify_cert_error_string(v) : tls_error());
         return;
     }
@@ -1082,15 +1266,15 @@ static void up_timer(ev_loop_t *loop, ev_timer_t *t)
     conn_t *c = u->client;
     const rt_policy_t *p = &c->req->table->t.policies[c->req->table->t.routes[c->req->route].policy];
     if (u->state == US_CONNECTING)
-        fail(c, 504, "connect timed out after %ums", p->connect_ms);
+        up_failed(u, RT_ON_TIMEOUT, 504, "connect timed out after %ums", p->connect_ms);
     else if (u->state == US_HANDSHAKE)
-        fail(c, 504, "TLS handshake timed out after %ums", p->connect_ms);
+        up_failed(u, RT_ON_TIMEOUT, 504, "TLS handshake timed out after %ums", p->connect_ms);
     else if (c->state == CS_TUNNEL)
         conn_close(c, "tunnel idle timeout");
     else if (iobuf_len(u->out))
-        fail(c, 504, "send timed out after %ums", p->send_ms);
+        up_failed(u, RT_ON_TIMEOUT, 504, "send timed out after %ums", p->send_ms);
     else
-        fail(c, 504, "read timed out after %ums", p->read_ms);
+        up_failed(u, RT_ON_TIMEOUT, 504, "read timed out after %ums", p->read_ms);
 }
 
 void proxy_detach(conn_t *c, bool reusable)
@@ -1101,6 +1285,7 @@ void proxy_detach(conn_t *c, bool reusable)
         return;
     r->up = NULL;
     u->client = NULL;
+    unclaim(u);
     if (reusable && u->state == US_ACTIVE && u->head_done && u->keepalive && r->body_done &&
         iobuf_len(u->out) == 0 && iobuf_len(u->in) == 0 && u->body != H1_BODY_TUNNEL)
         pool_put(u);

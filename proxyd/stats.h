@@ -22,6 +22,7 @@ typedef struct {
     volatile int64_t pid;         /* 0: slot unused */
     volatile int64_t generation;  /* table the worker serves */
     volatile uint64_t started;    /* unix seconds */
+    volatile uint64_t epoch;      /* the master's table epoch the worker serves */
     volatile uint64_t conns_active, conns_total;
     volatile uint64_t requests_total, bytes_in, bytes_out;
     volatile uint64_t upstream_count, upstream_ms_sum;
@@ -32,6 +33,7 @@ typedef struct {
 
 typedef struct {
     volatile int64_t generation;   /* the master's active generation */
+    volatile uint64_t epoch;       /* bumped at every table swap, also one that only re-resolved host names */
     volatile uint64_t reloads;
     worker_stats_t workers[STATS_MAX_WORKERS];
 } stats_shm_t;

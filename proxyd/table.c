@@ -6,14 +6,17 @@
 
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <pcre2.h>
 
 #include "../common/store.h"
+#include "health.h"
 #include "tls.h"
 
 tref_t *tref_load(const char *db, int64_t gen, char *err, size_t errlen)
@@ -98,7 +101,8 @@ static int open_roots(tref_t *r)
     return 0;
 }
 
-/* Servers given by name are resolved here, once per load, never on the request path. */
+/* Servers given by name are resolved here, once per load (so again on every
+ * reload), never on the request path. */
 static void resolve_names(tref_t *r)
 {
     const rt_table_t *t = &r->t;
@@ -123,11 +127,8 @@ int tref_prepare(tref_t *r, const char *db, char *err, size_t errlen)
     snprintf(err, errlen, "out of memory");
     if (compile_regexes(r, err, errlen) < 0 || open_roots(r) < 0)
         return -1;
-    r->rr = calloc(r->t.nservers + 1, sizeof(*r->rr));
-    if (r->rr == NULL)
+    if (balance_prepare(r) < 0)
         return -1;
-    for (uint32_t i = 0; i < r->t.nservers; i++)
-        r->rr[i].effective = (int32_t)r->t.servers[i].weight;
     r->resolved = calloc(r->t.nservers + 1, sizeof(*r->resolved));
     if (r->resolved == NULL)
         return -1;
@@ -139,6 +140,10 @@ int tref_prepare(tref_t *r, const char *db, char *err, size_t errlen)
     }
     int rc = tls_prepare(r, &st, err, errlen);
     store_close(&st);
+    if (rc == 0 && health_bind(r) < 0) {
+        snprintf(err, errlen, "out of memory");
+        rc = -1;
+    }
     return rc;
 }
 
@@ -154,11 +159,55 @@ void tref_put(tref_t *r)
     pcre2_match_data_free(r->match_data);
     free(r->regex);
     free(r->root_fd);
-    free(r->rr);
+    balance_release(r);
+    health_release(r);
     free(r->resolved);
     tls_release(r);
     free(r->blob);
     free(r);
+}
+
+int tref_sockaddr(const tref_t *r, uint32_t server, struct sockaddr_storage *ss, socklen_t *len, const char **why)
+{
+    const rt_table_t *t = &r->t;
+    const rt_sockaddr_t *a = &t->servers[server].sa;
+    memset(ss, 0, sizeof(*ss));
+    if (a->kind == RT_ADDR_INET) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(a->port);
+        memcpy(&s4->sin_addr, a->ip, 4);
+        *len = sizeof(*s4);
+    } else if (a->kind == RT_ADDR_INET6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(a->port);
+        memcpy(&s6->sin6_addr, a->ip, 16);
+        *len = sizeof(*s6);
+    } else if (a->kind == RT_ADDR_UNIX) {
+        struct sockaddr_un *su = (struct sockaddr_un *)ss;
+        su->sun_family = AF_UNIX;
+        snprintf(su->sun_path, sizeof(su->sun_path), "%s", rt_cstr(t, a->addr) + 5);
+        *len = sizeof(*su);
+    } else if (r->resolved && r->resolved[server].ss_family != 0) {
+        *ss = r->resolved[server];
+        *len = ss->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    } else {
+        *why = a->kind == RT_ADDR_NAME ? "host name did not resolve when the table was loaded" : "unusable address";
+        return -1;
+    }
+    return 0;
+}
+
+bool tref_same_addresses(const tref_t *a, const tref_t *b)
+{
+    if (a->t.nservers != b->t.nservers || a->resolved == NULL || b->resolved == NULL)
+        return a->t.nservers == b->t.nservers;
+    for (uint32_t i = 0; i < a->t.nservers; i++)
+        if (a->t.servers[i].sa.kind == RT_ADDR_NAME &&
+            memcmp(&a->resolved[i], &b->resolved[i], sizeof(a->resolved[i])) != 0)
+            return false;
+    return true;
 }
 
 int tref_regex(void *ud, uint32_t route, const char *path, size_t n)

@@ -25,6 +25,7 @@
 #include "../common/store.h"
 #include "accesslog.h"
 #include "conn.h"
+#include "health.h"
 #include "proxy.h"
 
 worker_t *W;
@@ -103,8 +104,9 @@ static void remap_site_counters(const rt_table_t *from, const rt_table_t *to)
 static void reload(void)
 {
     int64_t want = W->shm->generation;
-    if (want == W->table->generation)
-        return;
+    uint64_t epoch = W->shm->epoch;
+    if (want == W->table->generation && epoch == W->stats->epoch)
+        return; /* (a new epoch of the same generation: host names resolve anew) */
     char err[512];
     tref_t *t = tref_load(W->db, want, err, sizeof(err));
     if (t == NULL || tref_prepare(t, W->db, err, sizeof(err)) < 0) {
@@ -116,6 +118,8 @@ static void reload(void)
     tref_put(W->table);
     W->table = t;
     W->stats->generation = t->generation;
+    W->stats->epoch = epoch;
+    health_checker_switch(t);
 }
 
 static void drain_expired(ev_loop_t *loop, ev_timer_t *t)
@@ -138,6 +142,7 @@ static void start_drain(void)
         W->listeners[i].fd = -1;
     }
     proxy_pool_close_all();
+    health_checker_stop();
     conn_drain_idle();
     ev_timer_start(W->loop, &drain_timer, W->table->t.global->drain_timeout_ms, drain_expired);
 }
@@ -230,7 +235,10 @@ int worker_main(int id, const char *db, tref_t *table, listener_t *ls, int nls, 
     stats->pid = getpid();
     w.pid_hash = (uint32_t)getpid() * 2654435761u ^ (uint32_t)time(NULL);
     stats->generation = table->generation;
+    stats->epoch = shm->epoch;
     stats->started = (uint64_t)time(NULL);
+    if (id == 0)
+        health_checker_start(w.loop, table); /* one checker for the node */
     stats->conns_active = 0;
     ev_set_idle(w.loop, idle, NULL);
     ev_run(w.loop);

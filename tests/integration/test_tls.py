@@ -542,6 +542,36 @@ def test_redirect_http_empty_host(mp):
     assert r.status == 400 or (r.status == 301 and r.header("Location") == "https://main.test/x"), r
 
 
+def test_redirect_http_absolute_form_target(mp):
+    """RFC 9112 §3.2.2: a server accepts absolute-form; the Location is built from the
+    authority and the path + query, not the whole target."""
+    data = raw_exchange(mp.port, b"GET http://main.test/abs?q=1 HTTP/1.1\r\nHost: main.test\r\n"
+                                 b"Connection: close\r\n\r\n", timeout=3)
+    r = parse_response(data)
+    assert r is not None and r.status == 301, data[:300]
+    assert r.header("Location") == "https://main.test/abs?q=1", r
+
+
+def test_acme_site_is_served_with_a_temporary_certificate(proxyd_factory):
+    """SPEC §4: an `acme` site not yet issued is served with a temporary self-signed
+    certificate (and its HTTP-01 path is reachable over plain HTTP)."""
+    site = """\
+site: shop
+default: true
+hosts: [shop.test, www.shop.test]
+tls: {certificate: acme, redirect_http: true}
+routes:
+  - match: {path_prefix: /}
+    return: {status: 200, body: "shop"}
+"""
+    p = tls_proxyd(proxyd_factory, [site], settings={"acme": {"email": "ops@shop.test"}})
+    h = tls_probe(p.https_port, "www.shop.test")
+    assert h.cert.dns == ["shop.test", "www.shop.test"] and h.cert.key_type == "ec", h
+    assert https_request(p.https_port, host="shop.test").body == b"shop"
+    r = http(p.port, target="/.well-known/acme-challenge/unknown-token", host="shop.test")
+    assert r.status != 301, r
+
+
 # ---- HTTPS upstreams ---------------------------------------------------------------------------------
 
 def upstream_site(address, tls_yaml, host="up.test", route_extra="", keepalive=8):
@@ -912,6 +942,83 @@ def test_100_mib_download_over_tls(origin_behind_tls):
         s.close()
     assert got == n
     assert h.hexdigest() == hashlib.sha256(b"x" * n).hexdigest()
+
+
+def test_pipelined_requests_over_tls(mp):
+    """Several requests in one TLS record: every response comes back, in order."""
+    s = tls_connect(mp.https_port, "main.test")
+    try:
+        reqs = b"".join(request_bytes("GET", f"/p{i}", host) for i, host in
+                        enumerate(["main.test", "rsa.test", "ecdsa.test", "hsts.test"]))
+        s.sendall(reqs + request_bytes("GET", "/last", "plain.test", [("Connection", "close")]))
+        data = _read_all(s, 5)
+    finally:
+        s.close()
+    from proxyd_fixtures import parse_responses
+    rs = parse_responses(data)
+    assert [r.body for r in rs] == [b"site main", b"site rsa", b"site ecdsa", b"site hsts", b"site plain"], data[:600]
+
+
+def _read_all(s, timeout):
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            d = s.recv(1 << 20)
+        except (socket.timeout, ssl.SSLError, OSError):
+            break
+        if not d:
+            break
+        out += d
+    return out
+
+
+def test_large_upload_over_tls(origin_behind_tls):
+    p = origin_behind_tls
+    n = 32 << 20
+    body = b"u" * n
+    c = TlsKeepAlive(p.https_port, "ecdsa.test", timeout=60)
+    try:
+        r = c.request("POST", "/sink", "ecdsa.test", body=body)
+        assert r.status == 200 and r.json() == {"received": n}, r
+        r = c.request("GET", "/after", "ecdsa.test")      # the connection is still in step
+        assert r.status == 200 and r.body == b"x" * 100
+    finally:
+        c.close()
+
+
+def test_slow_reader_over_tls(origin_behind_tls):
+    """Back-pressure on a TLS client: a reader that stops for a while still gets every byte."""
+    p = origin_behind_tls
+    n = 16 << 20
+    s = tls_connect(p.https_port, "ecdsa.test", timeout=30)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    got, h = 0, hashlib.sha256()
+    try:
+        s.sendall(request_bytes("GET", f"/bytes/{n}", "ecdsa.test", [("Connection", "close")]))
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = s.recv(65536)
+            assert d
+            buf += d
+        body = buf.split(b"\r\n\r\n", 1)[1]
+        h.update(body)
+        got = len(body)
+        pauses = 0
+        deadline = time.monotonic() + 60
+        while got < n and time.monotonic() < deadline:
+            if got > (pauses + 1) * (4 << 20) and pauses < 3:
+                time.sleep(0.7)       # proxyd's buffers and the socket fill up meanwhile
+                pauses += 1
+            d = s.recv(65536)
+            if not d:
+                break
+            h.update(d)
+            got += len(d)
+    finally:
+        s.close()
+    assert got == n and h.hexdigest() == hashlib.sha256(b"x" * n).hexdigest()
 
 
 # ---- bugs found on the way ----------------------------------------------------------------------------
