@@ -451,6 +451,9 @@ static void step_read(hc_probe_t *p)
             continue;
         unsigned status = status_of(p->buf, p->off);
         unsigned expect = upstream_of_probe(p)->hc_expect;
+        char sink[4096]; /* what else already arrived: closing on unread bytes would reset */
+        for (int i = 0; r > 0 && i < 16 && (r = probe_io(p, false, sink, sizeof(sink))) > 0; i++)
+            ;
         if (status == 0)
             finish(p, r <= 0 && p->off == 0 ? HC_ERR_CLOSED : HC_ERR_RESPONSE, 0);
         else

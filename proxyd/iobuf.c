@@ -3,7 +3,7 @@
  *
  * Buffers are whole anonymous mappings, not heap blocks: only the pages a
  * transfer touches become resident (a 300-byte response costs one page, not
- * 16 KiB), and a buffer beyond the IOBUF_KEEP cached ones goes straight back
+ * 16 KiB), and a buffer beyond the IOBUF_KEEP (256) cached ones goes straight back
  * to the kernel instead of fragmenting the heap of a long-lived worker.
  */
 #include "iobuf.h"
@@ -11,7 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#define IOBUF_KEEP 64
+#define IOBUF_KEEP 256
 
 static iobuf_t *free_list;
 static unsigned nfree;
