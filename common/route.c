@@ -128,9 +128,10 @@ void route_match(const rt_table_t *t, uint32_t site, const char *method, size_t 
                  route_regex_fn regex, void *ud, route_result_t *res)
 {
     const rt_site_t *s = &t->sites[site];
-    matcher_t m = {t, rt_method_bit(method, mlen), res};
     res->route = RT_NONE;
     res->allow = 0;
+    res->status = 0;
+    matcher_t m = {t, rt_method_bit(method, mlen), res};
     match_exact(&m, s, path, plen);
     match_prefix(&m, s, path, plen);
     for (uint32_t i = 0; i < s->scan.count; i++) {

@@ -443,9 +443,9 @@ static int verify_leaves(vctx_t *v)
 
 int rt_open(rt_table_t *t, const void *buf, size_t len, char *err, size_t errlen)
 {
+    memset(t, 0, sizeof(*t));
     vctx_t v = {t, err, errlen};
     uint32_t nglobal;
-    memset(t, 0, sizeof(*t));
     if (verify_header(&v, buf, len) < 0)
         return -1;
     map_sections(t, buf, len);

@@ -81,7 +81,7 @@ static const char *suggest_key(const opt_t *opts, const char *word)
 {
     const char *cands[64];
     size_t n = 0;
-    for (; opts[n].key && n < ARRAY_LEN(cands); n++)
+    for (; n < ARRAY_LEN(cands) && opts[n].key; n++)
         cands[n] = opts[n].key;
     return diag_suggest(word, cands, n);
 }
