@@ -593,6 +593,9 @@ static void finish_request(conn_t *c)
 {
     request_t *r = c->req;
     bool keep = r->keep_alive && !W->draining && c->state != CS_TUNNEL;
+    /* Linger only when the client may still be sending: an unread body, bytes
+     * we hold, or a refused request.  A plain Connection: close just closes. */
+    bool may_send = !r->body_done || iobuf_len(c->in) || r->status >= 400;
     if (r->up)
         proxy_detach(c, true);
     worker_count_status(r->site, r->status);
@@ -600,7 +603,10 @@ static void finish_request(conn_t *c)
     request_release(r);
     c->req = NULL;
     if (!keep) {
-        linger(c);
+        if (may_send)
+            linger(c);
+        else
+            conn_close(c, "response complete");
         return;
     }
     c->state = CS_IDLE;
