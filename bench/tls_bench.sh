@@ -39,8 +39,9 @@
 # configured alike: TLS 1.2 + 1.3, ECDHE AEAD suites, server preference,
 # session tickets on, ALPN http/1.1, upstream keep-alive 64, no access log.
 # s_time's request is HTTP/1.0 with no Host; the -www path carries one
-# (`-www $'/ HTTP/1.0\r\nHost: bench.test\r\nX-Bench: 1'`), because proxyd's
-# worker crashes on an HTTP/1.0 request without Host (see test_tls.py).
+# (`-www $'/ HTTP/1.0\r\nHost: bench.test\r\nX-Bench: 1'`) so that every
+# server gets the same ordinary request (earlier proxyd builds crashed a
+# worker on HTTP/1.0 without Host: test_tls.py's test_http10_without_host_*).
 #
 # Ports (127.0.0.1; the script stops if one is taken): origin 18090, proxyd
 # 18091, nginx 18092, haproxy 18093. proxyd cells say n/a when bin/proxyd is

@@ -31,9 +31,10 @@ typedef struct {
     bool metrics_only;
 } admin_listener_t;
 
-typedef struct {
+typedef struct admin_conn {
     ev_io_t io;
     ev_timer_t timer;
+    struct admin_conn *prev, *next; /* open connections: a forked worker closes them */
     bool metrics_only;
     char in[8192];
     size_t inlen;
@@ -44,9 +45,16 @@ typedef struct {
 static admin_listener_t unix_l = {.io = {.fd = -1}}, tcp_l = {.io = {.fd = -1}};
 static char sock_path[108];
 static ev_loop_t *loop;
+static admin_conn_t *open_conns;
 
 static void conn_done(admin_conn_t *a)
 {
+    if (a->prev)
+        a->prev->next = a->next;
+    else
+        open_conns = a->next;
+    if (a->next)
+        a->next->prev = a->prev;
     ev_timer_stop(loop, &a->timer);
     ev_del(loop, &a->io);
     close(a->io.fd);
@@ -384,6 +392,10 @@ static void on_accept(ev_loop_t *l, ev_io_t *io, uint32_t revents)
             continue;
         }
         a->metrics_only = al->metrics_only;
+        a->next = open_conns;
+        if (open_conns)
+            open_conns->prev = a;
+        open_conns = a;
         ev_timer_start(l, &a->timer, 10000, on_timeout);
     }
 }
@@ -531,6 +543,8 @@ void admin_stop(bool keep_path)
 
 void admin_close_in_child(void)
 {
+    for (admin_conn_t *a = open_conns; a; a = a->next)
+        close(a->io.fd); /* or the client waits for an answer the master sent long ago */
     if (unix_l.io.fd >= 0)
         close(unix_l.io.fd);
     if (tcp_l.io.fd >= 0)

@@ -37,7 +37,10 @@ static uint64_t mix64(uint64_t x)
     return x;
 }
 
-uint32_t bal_hash_client(const void *p, size_t n) { return (uint32_t)(mix64(fnv64(p, n, 0xcbf29ce484222325ull)) >> 32); }
+uint32_t bal_hash_client(const void *p, size_t n)
+{
+    return (uint32_t)(mix64(fnv64(p, n, 0xcbf29ce484222325ull)) >> 32);
+}
 
 uint64_t bal_random(uint64_t *state)
 {
@@ -90,7 +93,7 @@ uint32_t bal_least_conn(rr_state_t *rr, bal_cand_t *c, uint32_t n)
 /* One candidate drawn by weight, leaving out index skip (or n for none). */
 static uint32_t draw(const bal_cand_t *c, uint32_t n, uint32_t skip, uint64_t total, uint64_t *rng)
 {
-    uint64_t x = bal_random(rng) % total;
+    uint64_t x = total ? bal_random(rng) % total : 0;
     for (uint32_t i = 0; i < n; i++) {
         if (i == skip)
             continue;
@@ -251,9 +254,7 @@ uint32_t balance_pick(tref_t *tr, uint32_t upstream, const void *client, size_t 
         return RT_NONE;
     rr_state_t *rr = tr->rr + u->servers.first;
     switch (u->balance) {
-    case RT_BAL_LEAST_CONN:
-        i = bal_least_conn(rr, tr->cand, n);
-        break;
+    case RT_BAL_LEAST_CONN: i = bal_least_conn(rr, tr->cand, n); break;
     case RT_BAL_RANDOM_TWO:
         if (rng == 0) /* first pick in this process: workers must not share a sequence */
             rng = (uint64_t)getpid() << 32 ^ (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&rng;
@@ -266,9 +267,7 @@ uint32_t balance_pick(tref_t *tr, uint32_t upstream, const void *client, size_t 
         uint32_t pos = bal_ring_lookup(&tr->ring[upstream], bal_hash_client(client, clen), tr->ok);
         return pos == BAL_NONE ? RT_NONE : u->servers.first + pos;
     }
-    default:
-        i = bal_swrr(rr, tr->cand, n);
-        break;
+    default: i = bal_swrr(rr, tr->cand, n); break;
     }
     return u->servers.first + tr->cand[i].pos;
 }

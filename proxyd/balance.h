@@ -28,29 +28,29 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BAL_NONE UINT32_MAX
+#define BAL_NONE        UINT32_MAX
 #define BAL_RING_POINTS 512        /* ring points per unit of weight */
-#define BAL_RING_MAX (1u << 20)    /* points per ring at most; weights scale down beyond */
+#define BAL_RING_MAX    (1u << 20) /* points per ring at most; weights scale down beyond */
 
 typedef struct {
-    int32_t current;   /* smooth weighted round robin state, per worker */
+    int32_t current; /* smooth weighted round robin state, per worker */
     int32_t effective;
 } rr_state_t;
 
 /* A server that may take the attempt. */
 typedef struct {
-    uint32_t pos;      /* position in its pool */
-    uint32_t weight;   /* >= 1 */
-    int64_t load;      /* requests in flight, all workers */
+    uint32_t pos;    /* position in its pool */
+    uint32_t weight; /* >= 1 */
+    int64_t load;    /* requests in flight, all workers */
 } bal_cand_t;
 
 typedef struct {
     uint32_t point;
-    uint32_t pos;      /* position in the pool */
+    uint32_t pos; /* position in the pool */
 } bal_vnode_t;
 
 typedef struct {
-    bal_vnode_t *v;    /* sorted by point */
+    bal_vnode_t *v; /* sorted by point */
     uint32_t n;
 } bal_ring_t;
 

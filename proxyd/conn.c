@@ -147,8 +147,10 @@ void conn_accept(listener_t *l)
         W->stats->conns_active = W->conns;
         W->stats->conns_total++;
         ev_timer_start(W->loop, &c->timer, W->table->t.global->header_timeout_ms, on_timer);
-        /* With TCP_DEFER_ACCEPT the first bytes are usually here already:
-         * take them now rather than after another trip through epoll. */
+        /* A client that connects and writes at once (most do) has its first
+         * bytes here already: take them now, not after a trip through epoll.
+         * (TCP_DEFER_ACCEPT would save more, but hides silent connections
+         * from the header timeout.) */
         if (c->ssl)
             handshake(c);
         else
@@ -562,6 +564,10 @@ void conn_response_complete(conn_t *c)
 
 static void linger(conn_t *c)
 {
+    if (c->ssl) {
+        SSL_shutdown(c->ssl); /* close_notify before our half of the TCP close */
+        tls_error();
+    }
     if (shutdown(c->io.fd, SHUT_WR) < 0) {
         conn_close(c, "response complete");
         return;
@@ -830,6 +836,23 @@ static bool acme_challenge(conn_t *c)
     return found;
 }
 
+/* redirect_http: the same host without its port (an IPv6 literal keeps its
+ * brackets) and the same path and query, over https. */
+static void redirect_https(conn_t *c, const h1_request_t *h)
+{
+    request_t *r = c->req;
+    size_t hn = r->host[0] == '[' ? strcspn(r->host, "]") + 1 : strcspn(r->host, ":");
+    if (hn == 0 || hn > strlen(r->host)) {
+        conn_error(c, 400, NULL); /* no host to redirect to */
+        return;
+    }
+    char *to = h->form == H1_FORM_ABSOLUTE
+                   ? arena_printf(&r->arena, "https://%.*s%.*s%s%.*s", (int)hn, r->host, (int)h->path.n, h->path.p,
+                                  h->query.p ? "?" : "", (int)h->query.n, h->query.p ? h->query.p : "")
+                   : arena_printf(&r->arena, "https://%.*s%s", (int)hn, r->host, r->uri);
+    redirect_to(c, 301, NULL, to);
+}
+
 static void dispatch(conn_t *c, const h1_request_t *h)
 {
     request_t *r = c->req;
@@ -857,7 +880,7 @@ static void dispatch(conn_t *c, const h1_request_t *h)
     }
     const rt_site_t *s = &t->sites[r->site];
     if ((s->flags & RT_SF_REDIRECT_HTTP) && !c->tls && strncmp(r->path, "/.well-known/acme-challenge/", 28) != 0) {
-        redirect_to(c, 301, arena_printf(&r->arena, "https://%.*s", (int)strcspn(r->host, ":"), r->host), r->uri);
+        redirect_https(c, h);
         return;
     }
     route_result_t res;

@@ -21,17 +21,17 @@
 #include "../common/log.h"
 #include "tls.h"
 
-#define KEY_FREE 0
+#define KEY_FREE     0
 #define KEY_RECYCLED 1
 
-static health_slot_t *region;   /* HEALTH_SLOTS slots, or NULL */
-static pid_t region_owner;      /* the master; other processes only look up */
-static uint64_t epoch;          /* master: tables bound so far */
+static health_slot_t *region; /* HEALTH_SLOTS slots, or NULL */
+static pid_t region_owner;    /* the master; other processes only look up */
+static uint64_t epoch;        /* master: tables bound so far */
 
 int health_init(void)
 {
-    void *p = mmap(NULL, HEALTH_SLOTS * sizeof(health_slot_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                   -1, 0);
+    void *p =
+        mmap(NULL, HEALTH_SLOTS * sizeof(health_slot_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return -1;
     region = p;
@@ -51,12 +51,20 @@ static const char *upstream_of(const rt_table_t *t, uint32_t server)
     return rt_cstr(t, t->upstreams[t->servers[server].upstream].name);
 }
 
-static const char *addr_of(const rt_table_t *t, uint32_t server) { return rt_cstr(t, t->servers[server].sa.addr); }
+static const char *addr_of(const rt_table_t *t, uint32_t server)
+{
+    return rt_cstr(t, t->servers[server].sa.addr);
+}
 
 const char *health_error_name(unsigned e)
 {
-    static const char *const names[] = {"", "connect failed", "timed out", "closed without a status line",
-                                        "unexpected status", "TLS handshake failed", "invalid response"};
+    static const char *const names[] = {"",
+                                        "connect failed",
+                                        "timed out",
+                                        "closed without a status line",
+                                        "unexpected status",
+                                        "TLS handshake failed",
+                                        "invalid response"};
     return e < sizeof(names) / sizeof(names[0]) ? names[e] : "?";
 }
 
@@ -100,7 +108,8 @@ static void slot_clear(health_slot_t *s)
 static health_slot_t *slot_find(uint64_t key, bool create)
 {
     health_slot_t *reuse = NULL;
-    for (uint32_t k = 0, i = (uint32_t)key & (HEALTH_SLOTS - 1); k < HEALTH_SLOTS; k++, i = (i + 1) & (HEALTH_SLOTS - 1)) {
+    for (uint32_t k = 0, i = (uint32_t)key & (HEALTH_SLOTS - 1); k < HEALTH_SLOTS;
+         k++, i = (i + 1) & (HEALTH_SLOTS - 1)) {
         uint64_t have = atomic_load_explicit(&region[i].key, memory_order_acquire);
         if (have == key)
             return &region[i];
@@ -221,17 +230,17 @@ bool health_failed(tref_t *tr, uint32_t server, uint64_t now, const char *why)
 enum hc_phase { HC_IDLE, HC_CONNECTING, HC_HANDSHAKE, HC_SENDING, HC_READING };
 
 typedef struct {
-    ev_io_t io;          /* first: the io callback gets this pointer */
-    ev_timer_t timer;    /* next check while idle, the check's timeout while busy */
+    ev_io_t io;       /* first: the io callback gets this pointer */
+    ev_timer_t timer; /* next check while idle, the check's timeout while busy */
     uint32_t server;
-    uint8_t phase;       /* enum hc_phase */
+    uint8_t phase; /* enum hc_phase */
     SSL *ssl;
-    size_t off;          /* request bytes sent, then response bytes read */
-    char buf[32];        /* the start of the response: its status line */
+    size_t off;   /* request bytes sent, then response bytes read */
+    char buf[32]; /* the start of the response: its status line */
 } hc_probe_t;
 
 static struct {
-    ev_loop_t *loop;     /* NULL: not the checker process */
+    ev_loop_t *loop; /* NULL: not the checker process */
     tref_t *table;
     hc_probe_t *probes;
     uint32_t n;

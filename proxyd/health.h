@@ -99,7 +99,10 @@ static inline void health_begin(health_slot_t *s)
     atomic_fetch_add_explicit(&s->requests, 1, memory_order_relaxed);
 }
 
-static inline void health_end(health_slot_t *s) { atomic_fetch_sub_explicit(&s->inflight, 1, memory_order_relaxed); }
+static inline void health_end(health_slot_t *s)
+{
+    atomic_fetch_sub_explicit(&s->inflight, 1, memory_order_relaxed);
+}
 
 /* The active checker (worker 0): start on loop with the current table,
  * follow a reload, stop when draining.  No-ops in other processes. */

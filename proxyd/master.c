@@ -13,7 +13,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,10 +89,6 @@ static int bind_listener(const rt_table_t *t, const rt_listen_t *l, listener_t *
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (ss.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)); /* [::] and 0.0.0.0 side by side */
-    /* Wake a worker only when the client has sent something (its request or
-     * ClientHello), which the worker then reads right after accept. */
-    int defer = 10;
-    setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof(defer));
     if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 4096) < 0)
         goto fail;
     out->fd = fd;

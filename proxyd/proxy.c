@@ -217,20 +217,29 @@ void proxy_free_deferred(void)
 /* ---- connect ----------------------------------------------------------------------- */
 
 /* Connections are pooled per address and, for TLS, per upstream TLS identity. */
-static void pool_key(const rt_table_t *t, uint32_t server, char *out, size_t cap)
+static void pool_key(const tref_t *tr, uint32_t server, char *out, size_t cap)
 {
+    const rt_table_t *t = &tr->t;
     const rt_server_t *sv = &t->servers[server];
     const rt_upstream_t *u = &t->upstreams[sv->upstream];
+    char ip[INET6_ADDRSTRLEN + 1] = "";
+    if (sv->sa.kind == RT_ADDR_NAME && tr->resolved && tr->resolved[server].ss_family) {
+        /* A name is pooled with what it resolved to: a reload may resolve it elsewhere. */
+        const struct sockaddr_storage *ss = &tr->resolved[server];
+        const void *a = ss->ss_family == AF_INET ? (const void *)&((const struct sockaddr_in *)ss)->sin_addr
+                                                 : (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr;
+        ip[0] = '=';
+        inet_ntop(ss->ss_family, a, ip + 1, sizeof(ip) - 1);
+    }
     if (u->tls_flags & RT_UTLS_ON)
-        snprintf(out, cap, "tls:%s@%s", rt_cstr(t, u->tls_sni), rt_cstr(t, sv->sa.addr));
+        snprintf(out, cap, "tls:%s@%s%s", rt_cstr(t, u->tls_sni), rt_cstr(t, sv->sa.addr), ip);
     else
-        snprintf(out, cap, "%s", rt_cstr(t, sv->sa.addr));
+        snprintf(out, cap, "%s%s", rt_cstr(t, sv->sa.addr), ip);
 }
 
 static upconn_t *up_connect(conn_t *c, uint32_t server, const char **why)
 {
     request_t *r = c->req;
-    const rt_table_t *t = &r->table->t;
     struct sockaddr_storage ss;
     socklen_t sl;
     if (tref_sockaddr(r->table, server, &ss, &sl, why) < 0)
@@ -257,7 +266,7 @@ static upconn_t *up_connect(conn_t *c, uint32_t server, const char **why)
         return NULL;
     }
     u->state = US_CONNECTING;
-    pool_key(t, server, u->key, sizeof(u->key));
+    pool_key(r->table, server, u->key, sizeof(u->key));
     return u;
 }
 
@@ -686,7 +695,7 @@ static upconn_t *launch(conn_t *c, iobuf_t *out, uint8_t tries, uint64_t tried, 
         tried |= pos_bit(r->table, server);
         char key[160];
         const char *why = NULL;
-        pool_key(&r->table->t, server, key, sizeof(key));
+        pool_key(r->table, server, key, sizeof(key));
         upconn_t *u = r->websocket_ok ? NULL : pool_take(key);
         if (u == NULL && (u = up_connect(c, server, &why)) == NULL) {
             r->server = server;

@@ -445,6 +445,13 @@ void tls_free(SSL *s)
 {
     if (s == NULL)
         return;
-    SSL_set_quiet_shutdown(s, 1);
+    /* Send close_notify (RFC 8446 §6.1) without waiting for the peer's: a
+     * client that sees the TCP close without it treats the session as
+     * truncated and will not resume it. */
+    if (SSL_is_init_finished(s)) {
+        ERR_clear_error();
+        SSL_shutdown(s);
+    }
+    ERR_clear_error();
     SSL_free(s);
 }

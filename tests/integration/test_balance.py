@@ -638,3 +638,45 @@ def test_ipv6_unix_and_host_name_servers(proxyd_factory, backend_factory, tmp_pa
     finally:
         v6.shutdown()
         v6.server_close()
+
+
+def test_host_name_resolved_again_on_reload(proxyd_factory, tmp_path, monkeypatch):
+    """A server given by name is resolved when a table is loaded; a reload of the same
+    generation picks up a changed answer.  proxyd runs in a private mount namespace whose
+    /etc/hosts is a file of the test (root and unshare(1) needed)."""
+    import shutil
+
+    import proxyd_fixtures
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 lb-upstream.test\n")
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1)")
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f'mount --bind "{hosts}" /etc/hosts && getent hosts lb-upstream.test'],
+                           capture_output=True, text=True)
+    if probe.returncode != 0 or "127.0.0.1" not in probe.stdout:
+        pytest.skip(f"no private mount namespace here: {probe.stderr.strip()}")
+    port = free_port()
+    a = OriginProc(port, 1001)
+    b = OriginProc(port, 2002)
+    a.start()
+    b.proc = subprocess.Popen([ensure_origin(), str(port), "--host", "127.0.0.2", "--body", "2002"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wrapper = tmp_path / "proxyd-ns.sh"
+        wrapper.write_text("#!/bin/sh\nexec unshare -m sh -c 'mount --bind \"$0\" /etc/hosts && exec \"$@\"' "
+                           f"'{hosts}' '{proxyd_fixtures.PROXYD}' \"$@\"\n")
+        wrapper.chmod(0o755)
+        monkeypatch.setattr(proxyd_fixtures, "PROXYD", str(wrapper))
+        p = proxyd_factory(sites=[lb_site([{"address": f"lb-upstream.test:{port}"}])])
+        assert len(http(p.port, host=HOST).body) == 1001
+        gen = p.status()["generation"]
+        hosts.write_text("127.0.0.2 lb-upstream.test\n")          # same file: the bind mount sees it
+        st, _, body = p.admin("POST", "/reload")
+        assert st == 200, body
+        assert wait_for(lambda: len(http(p.port, host=HOST).body) == 2002, 5), p.diagnostics()
+        assert {len(http(p.port, host=HOST).body) for _ in range(6)} == {2002}
+        assert p.status()["generation"] == gen
+        assert "resolve differently now" in p.error_log_text() + p.stderr_text()
+    finally:
+        a.stop()
+        b.stop()

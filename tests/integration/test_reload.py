@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import sqlite3
 import ssl
 import threading
@@ -17,7 +18,7 @@ import time
 import pytest
 
 import proxyd_fixtures
-from proxyd_fixtures import ROOT, free_port, origin_factory, proxyd_factory, vm_rss_kib  # noqa: F401
+from proxyd_fixtures import ROOT, backend_factory, free_port, origin_factory, proxyd_factory, vm_rss_kib  # noqa: F401
 
 SITE = """\
 site: app
@@ -147,8 +148,9 @@ def _active_generation(db):
         con.close()
 
 
-def _upgrade(p, timeout=15.0):
-    """SIGUSR2 the current master; returns once a new master serves and the old one is gone."""
+def _upgrade(p, timeout=15.0, old_exits=True):
+    """SIGUSR2 the current master; returns once a new master serves (and, with old_exits,
+    once the old one is gone: it waits for its connections to end)."""
     old = p.status()["pid"]
     os.kill(old, signal.SIGUSR2)
     deadline = time.monotonic() + timeout
@@ -157,7 +159,8 @@ def _upgrade(p, timeout=15.0):
             st = p.status()
         except (OSError, AssertionError):
             st = None
-        if st and st["pid"] != old and all(w["alive"] for w in st["workers"]) and not _pid_alive(old):
+        if st and st["pid"] != old and all(w["alive"] for w in st["workers"]) and \
+                not (old_exits and _pid_alive(old)):
             return st["pid"]
         time.sleep(0.05)
     raise AssertionError(f"binary upgrade of master {old} did not complete:\n{p.diagnostics()}")
@@ -272,3 +275,52 @@ def test_reload_memory_flat(proxyd_factory, origin_factory, tmp_path, monkeypatc
     after = sum(vm_rss_kib(w) for w in p.worker_pids())
     print(f"\nworker RSS before {before} KiB, after 1,000 reloads {after} KiB")
     assert after - before < 2048, (before, after)
+
+
+def test_tunnel_and_slow_download_survive_reloads_and_upgrade(proxyd_factory, backend_factory, origin_factory):
+    """A WebSocket tunnel and a slow download keep going through 10 reloads (inside the
+    same workers) and a binary upgrade (they stay on the old, draining workers)."""
+    from test_proxyd_basic import ws_echo, ws_handler, ws_open  # the tunnel backend and client
+    b = backend_factory(ws_handler)
+    origin = origin_factory(echo=False)
+    site = (f"site: ws\ndefault: true\nupstreams:\n  app:\n    servers: [{{address: \"{b.address}\"}}]\n"
+            f"  dl:\n    servers: [{{address: \"127.0.0.1:{origin.port}\"}}]\n"
+            "routes:\n  - match: {path_prefix: /bytes/}\n    upstream: dl\n"
+            "  - match: {path_prefix: /}\n    upstream: app\n    websocket: true\n")
+    p = proxyd_factory(sites=[site], global_settings={"limits": {"drain_timeout": "30s"}})
+    p.backend = b
+    s, _ = ws_open(p)
+    dl = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    dl.sendall(b"GET /bytes/200000000 HTTP/1.1\r\nHost: ws.test\r\nConnection: close\r\n\r\n")
+    got, masters = 0, []
+    try:
+        for i in range(10):
+            assert p.proxyctl("reload")[0] in (0,)
+            gen_before = p.status()["generation"]
+            p.add_site(site + f"# reload {i}\n", expect_rc=0)  # a new generation each time
+            _wait_generation(p, _active_generation(p.db))
+            assert p.status()["generation"] != gen_before
+            assert ws_echo(s, [f"msg{i}".encode()]) == f"MSG{i}".encode()
+            got += len(dl.recv(65536))  # the download advances slowly, never reset
+        old_master = p.status()["pid"]
+        masters.append(_upgrade(p, old_exits=False))
+        assert _pid_alive(old_master), "the old master must wait for the tunnel and the download"
+        assert ws_echo(s, [b"after-upgrade"]) == b"AFTER-UPGRADE"  # still served by an old worker
+        dl.settimeout(20)
+        while True:
+            d = dl.recv(1 << 20)
+            if not d:
+                break
+            got += len(d)
+        assert got > 200000000, f"download truncated at {got} bytes"
+        s.close()
+        deadline = time.monotonic() + 10  # with its last connections gone, the old master exits
+        while time.monotonic() < deadline and _pid_alive(old_master):
+            time.sleep(0.05)
+        assert not _pid_alive(old_master)
+    finally:
+        s.close()
+        dl.close()
+        for pid in masters:
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGTERM)
