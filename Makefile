@@ -119,6 +119,7 @@ integration: build/asan/proxyctl build/asan/proxyd bin/proxyctl bin/proxyd build
 
 test: deps
 	$(MAKE) all clang asan
+	$(MAKE) lint
 	$(MAKE) unit
 	$(MAKE) fuzz-replay
 	$(MAKE) integration
