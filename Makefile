@@ -22,7 +22,7 @@ PROXYCTL_SRC := proxyctl/main.c proxyctl/diag.c proxyctl/yaml.c proxyctl/config.
 GEN_SRC     := build/gen/store_sql.c
 PROXYD_SRC  := proxyd/main.c proxyd/master.c proxyd/admin.c proxyd/worker.c proxyd/event.c proxyd/conn.c \
                proxyd/proxy.c proxyd/http1.c proxyd/path.c proxyd/static.c proxyd/table.c proxyd/iobuf.c \
-               proxyd/accesslog.c proxyd/tls.c proxyd/vars.c \
+               proxyd/accesslog.c proxyd/tls.c proxyd/vars.c proxyd/net.c \
                proxyd/balance.c proxyd/health.c
 PROXYD_COMMON := common/util.c common/ruletable.c common/store.c common/route.c common/log.c
 HEADERS     := $(wildcard common/*.h proxyctl/*.h proxyd/*.h)

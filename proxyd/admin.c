@@ -25,6 +25,7 @@
 #include "health.h"
 #include "http1.h"
 #include "master.h"
+#include "net.h"
 
 typedef struct {
     ev_io_t io;
@@ -451,34 +452,6 @@ static int bind_unix(const char *path)
     return fd;
 }
 
-static int bind_tcp(const rt_listen_t *l)
-{
-    struct sockaddr_storage ss;
-    socklen_t len;
-    memset(&ss, 0, sizeof(ss));
-    if (l->sa.kind == RT_ADDR_INET) {
-        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons(l->sa.port);
-        memcpy(&s4->sin_addr, l->sa.ip, 4);
-        len = sizeof(*s4);
-    } else {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons(l->sa.port);
-        memcpy(&s6->sin6_addr, l->sa.ip, 16);
-        len = sizeof(*s6);
-    }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
-    if (fd < 0)
-        return -1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 64) < 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
 
 /* An fd number handed over by the previous master in an environment variable. */
 static int inherited(const char *var)
@@ -507,7 +480,7 @@ int admin_start(ev_loop_t *l, const rt_table_t *t)
             continue;
         int mfd = inherited("PROXYD_METRICS_FD");
         if (mfd < 0)
-            mfd = bind_tcp(ls);
+            mfd = net_listen(t, ls, 64);
         if (mfd < 0) {
             log_err("metrics_listen %s: %s", rt_cstr(t, ls->sa.addr), strerror(errno));
             return -1;

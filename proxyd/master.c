@@ -28,6 +28,7 @@
 
 #include "../common/log.h"
 #include "admin.h"
+#include "net.h"
 #include "health.h"
 #include "tls.h"
 
@@ -67,39 +68,15 @@ int master_live_workers(void)
 
 static int bind_listener(const rt_table_t *t, const rt_listen_t *l, listener_t *out)
 {
-    struct sockaddr_storage ss;
-    socklen_t len;
-    memset(&ss, 0, sizeof(ss));
-    if (l->sa.kind == RT_ADDR_INET) {
-        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons(l->sa.port);
-        memcpy(&s4->sin_addr, l->sa.ip, 4);
-        len = sizeof(*s4);
-    } else {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons(l->sa.port);
-        memcpy(&s6->sin6_addr, l->sa.ip, 16);
-        len = sizeof(*s6);
+    int fd = net_listen(t, l, 4096);
+    if (fd < 0) {
+        log_err("listen %s: %s", rt_cstr(t, l->sa.addr), strerror(errno));
+        return -1;
     }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
-    if (fd < 0)
-        goto fail;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (ss.ss_family == AF_INET6)
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)); /* [::] and 0.0.0.0 side by side */
-    if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 4096) < 0)
-        goto fail;
     out->fd = fd;
     out->kind = l->kind;
     out->port = l->sa.port;
     return 0;
-fail:
-    log_err("listen %s: %s", rt_cstr(t, l->sa.addr), strerror(errno));
-    if (fd >= 0)
-        close(fd);
-    return -1;
 }
 
 /* A listener from systemd socket activation (proxyd.socket): the fds from

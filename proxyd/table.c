@@ -17,6 +17,7 @@
 
 #include "../common/store.h"
 #include "health.h"
+#include "net.h"
 #include "tls.h"
 
 tref_t *tref_load(const char *db, int64_t gen, char *err, size_t errlen)
@@ -171,32 +172,15 @@ int tref_sockaddr(const tref_t *r, uint32_t server, struct sockaddr_storage *ss,
 {
     const rt_table_t *t = &r->t;
     const rt_sockaddr_t *a = &t->servers[server].sa;
-    memset(ss, 0, sizeof(*ss));
-    if (a->kind == RT_ADDR_INET) {
-        struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons(a->port);
-        memcpy(&s4->sin_addr, a->ip, 4);
-        *len = sizeof(*s4);
-    } else if (a->kind == RT_ADDR_INET6) {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons(a->port);
-        memcpy(&s6->sin6_addr, a->ip, 16);
-        *len = sizeof(*s6);
-    } else if (a->kind == RT_ADDR_UNIX) {
-        struct sockaddr_un *su = (struct sockaddr_un *)ss;
-        su->sun_family = AF_UNIX;
-        snprintf(su->sun_path, sizeof(su->sun_path), "%s", rt_cstr(t, a->addr) + 5);
-        *len = sizeof(*su);
-    } else if (r->resolved && r->resolved[server].ss_family != 0) {
+    if (net_sockaddr(t, a, ss, len) == 0)
+        return 0;
+    if (r->resolved && r->resolved[server].ss_family != 0) { /* a host name, resolved at load */
         *ss = r->resolved[server];
         *len = ss->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
-    } else {
-        *why = a->kind == RT_ADDR_NAME ? "host name did not resolve when the table was loaded" : "unusable address";
-        return -1;
+        return 0;
     }
-    return 0;
+    *why = a->kind == RT_ADDR_NAME ? "host name did not resolve when the table was loaded" : "unusable address";
+    return -1;
 }
 
 bool tref_same_addresses(const tref_t *a, const tref_t *b)
