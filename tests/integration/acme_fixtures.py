@@ -185,7 +185,7 @@ def site_text(name, hosts, mode="acme"):
 class AcmeStore(Proxyd):
     """A private store whose global settings name an ACME directory; proxyd started on demand.
 
-    proxy.yaml (as `proxyctl init --global` gets it): listen http [127.0.0.1:http_port], no https,
+    proxy.yaml (as `proxyctl init --global` gets it): listen http [127.0.0.1:http_port], https on a free port,
     admin socket in the store's folder, one worker, acme {directory, ca_file, email}.
     """
 
@@ -193,7 +193,9 @@ class AcmeStore(Proxyd):
         acme = {"directory": directory, "email": "ops@example.com"}
         if ca_file:
             acme["ca_file"] = ca_file
-        super().__init__(tmp, {"listen": {"http": [f"127.0.0.1:{http_port}"], "https": []}, "acme": acme},
+        self.https_port = free_port()
+        super().__init__(tmp, {"listen": {"http": [f"127.0.0.1:{http_port}"],
+                                          "https": [f"127.0.0.1:{self.https_port}"]}, "acme": acme},
                          workers=1, name=name)
         self.port = http_port  # Proxyd picked its own; the CA probes this one
 

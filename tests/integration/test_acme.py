@@ -9,8 +9,11 @@ Run with: /usr/bin/python3 -m pytest -q tests/integration/test_acme.py
 """
 import json
 import re
+import socket
 import sqlite3
+import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -414,3 +417,64 @@ def test_bad_nonce_retried(acme_store, tmp_path_factory):
         assert "reject 30% of good nonces" in peb.log_text()
     finally:
         peb.stop()
+
+
+@needs_pebble
+def test_renewal_while_traffic_flows_then_served_chain_verifies(acme_store, pebble, tmp_path):
+    """HTTP and HTTPS requests keep succeeding through an issuance (and the reload it
+    triggers), and afterwards `curl --cacert` with pebble's root verifies the chain proxyd
+    serves for the site's name."""
+    s = acme_store("live")
+    s.add_site("site: live\nhosts: [live.test.example]\ntls: {certificate: acme}\n"
+               "routes:\n  - return: {status: 200, body: \"live\"}\n")
+    s.start_proxyd()
+    stop, ok, failures = threading.Event(), [0], []
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the temporary certificate before, pebble's after
+
+    def one(tls):
+        raw = socket.create_connection(("127.0.0.1", s.https_port if tls else s.port), timeout=5)
+        c = ctx.wrap_socket(raw, server_hostname="live.test.example") if tls else raw
+        try:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: live.test.example\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    break
+                data += d
+        finally:
+            c.close()
+        if not (data.startswith(b"HTTP/1.1 200") and data.endswith(b"live")):
+            raise AssertionError(data[:80])
+
+    def load():
+        n = 0
+        while not stop.is_set() and n < 100000:
+            n += 1
+            for tls in (False, True):
+                try:
+                    one(tls)
+                    ok[0] += 1
+                except Exception as e:  # every failure counts; the test asserts there are none
+                    failures.append(f"{'https' if tls else 'http'}: {type(e).__name__}: {e}")
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.3)
+        rc, out, err, secs = s.run("renew-cert", "live")
+        assert rc == 0, f"{out}\n{err}"
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    print(f"\n{ok[0]} requests (HTTP and HTTPS) around a {secs:.2f} s renewal, {len(failures)} failed")
+    assert ok[0] > 20 and failures == [], failures[:10]
+    root = tmp_path / "root.pem"
+    root.write_text(pebble.root_pem())
+    r = subprocess.run(["curl", "-sS", "--cacert", str(root), "--resolve",
+                        f"live.test.example:{s.https_port}:127.0.0.1", f"https://live.test.example:{s.https_port}/"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == "live", (r.returncode, r.stdout, r.stderr)
