@@ -70,8 +70,14 @@ int store_open(store_t *s, const char *path, int flags)
         return -1;
     }
     sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
-    if (!(flags & STORE_RDONLY) && store_exec(s, "PRAGMA journal_mode=WAL") < 0)
-        goto fail;
+    if (!(flags & STORE_RDONLY)) {
+        /* Keep -wal and -shm after the last writer closes: a read-only reader
+         * (proxyd's unprivileged workers) cannot create them itself. */
+        int persist = 1;
+        sqlite3_file_control(s->db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
+        if (store_exec(s, "PRAGMA journal_mode=WAL") < 0)
+            goto fail;
+    }
     if (store_exec(s, "PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL") < 0)
         goto fail;
     return 0;
