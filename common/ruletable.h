@@ -214,7 +214,6 @@ typedef struct {
 #define RT_RF_STRIP_PREFIX (1u << 0)
 #define RT_RF_WEBSOCKET (1u << 1)
 #define RT_RF_NO_BUFFERING (1u << 2)
-#define RT_RF_CASELESS (1u << 3) /* regex compiled with (?i) is the pattern's business; reserved */
 
 typedef struct {
     uint32_t connect_ms, read_ms, send_ms;

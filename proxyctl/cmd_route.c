@@ -91,7 +91,7 @@ static int parse_args(int argc, char **argv, request_t *rq)
     return 0;
 }
 
-static void strip_show(const rt_table_t *t, const rt_route_t *r, const request_t *rq, FILE *out)
+static void strip_show(const rt_route_t *r, const request_t *rq, FILE *out)
 {
     if (!(r->flags & RT_RF_STRIP_PREFIX))
         return;
@@ -100,7 +100,6 @@ static void strip_show(const rt_table_t *t, const rt_route_t *r, const request_t
     size_t rl = rq->pathlen - pl;
     /* "/api/" + "users" -> "/users": the stripped path always starts with '/'. */
     fprintf(out, "  rewrite: %.*s -> %s%.*s\n", (int)rq->pathlen, rq->path, rl && rest[0] == '/' ? "" : "/", (int)rl, rest);
-    (void)t;
 }
 
 static void json_route(const rt_table_t *t, uint32_t site, const route_result_t *res)
@@ -144,7 +143,7 @@ static void explain(const rt_table_t *t, uint32_t site, const route_result_t *re
         strncmp(rq->path, "/.well-known/acme-challenge/", 28) != 0)
         printf("note: plain HTTP gets 301 to https (redirect_http); over https:\n");
     dump_route(t, res->route, "", stdout);
-    strip_show(t, r, rq, stdout);
+    strip_show(r, rq, stdout);
     if (r->action == RT_ACT_UPSTREAM)
         dump_upstream(t, r->upstream, "  ", stdout);
 }

@@ -340,7 +340,6 @@ static int prepare_upstreams(tref_t *r, char *err, size_t errlen)
     return 0;
 }
 
-bool tls_enabled(const tref_t *r) { return r->base_ctx != NULL; }
 
 int tls_prepare(tref_t *r, store_t *st, char *err, size_t errlen)
 {

@@ -53,7 +53,6 @@ int tls_rotate_ticket_keys(store_t *st, uint32_t rotation_s, char *err, size_t e
  * certificates.  0, or -1 with a reason naming the site. */
 int tls_prepare(tref_t *t, store_t *st, char *err, size_t errlen);
 void tls_release(tref_t *t);
-bool tls_enabled(const tref_t *t);
 
 /* A server-side SSL for an accepted socket (the table chooses certificates). */
 SSL *tls_accept(tref_t *t, int fd);
