@@ -14,17 +14,17 @@ CTL_PKGS := libcurl jansson
 CTL_LIBS := $(shell pkg-config --libs $(CTL_PKGS) 2>/dev/null)
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-COMMON_SRC  := common/util.c common/ruletable.c common/rtwrite.c common/store.c common/route.c
+COMMON_SRC  := common/util.c common/ruletable.c common/rtwrite.c common/store.c common/route.c common/ha.c
 PROXYCTL_SRC := proxyctl/main.c proxyctl/diag.c proxyctl/yaml.c proxyctl/config.c proxyctl/check.c \
                 proxyctl/compile.c proxyctl/build.c proxyctl/cmd_site.c proxyctl/cmd_gen.c \
                 proxyctl/cmd_route.c proxyctl/cmd_admin.c proxyctl/dump.c proxyctl/certs.c \
-                proxyctl/acme.c proxyctl/cmd_cert.c
-GEN_SRC     := build/gen/store_sql.c
+                proxyctl/acme.c proxyctl/cmd_cert.c proxyctl/cmd_ha.c
+GEN_SRC     := build/gen/store_sql.c build/gen/store_v2_sql.c build/gen/keepalived_conf.c
 PROXYD_SRC  := proxyd/main.c proxyd/master.c proxyd/admin.c proxyd/worker.c proxyd/event.c proxyd/conn.c \
                proxyd/proxy.c proxyd/http1.c proxyd/path.c proxyd/static.c proxyd/table.c proxyd/iobuf.c \
                proxyd/accesslog.c proxyd/tls.c proxyd/vars.c proxyd/net.c \
-               proxyd/balance.c proxyd/health.c
-PROXYD_COMMON := common/util.c common/ruletable.c common/store.c common/route.c common/log.c
+               proxyd/balance.c proxyd/health.c proxyd/replica.c
+PROXYD_COMMON := common/util.c common/ruletable.c common/store.c common/route.c common/log.c common/ha.c
 HEADERS     := $(wildcard common/*.h proxyctl/*.h proxyd/*.h)
 
 PYTEST := /usr/bin/python3 -m pytest
@@ -40,6 +40,14 @@ deps:
 build/gen/store_sql.c: schema/store.sql common/gen_sql.sh
 	@mkdir -p $(@D)
 	common/gen_sql.sh $< store_sql > $@
+
+build/gen/keepalived_conf.c: templates/keepalived.conf.in common/gen_sql.sh
+	@mkdir -p $(@D)
+	common/gen_sql.sh $< keepalived_conf_in > $@
+
+build/gen/store_v2_sql.c: schema/store_v2.sql common/gen_sql.sh
+	@mkdir -p $(@D)
+	common/gen_sql.sh $< store_v2_sql > $@
 
 bin/proxyctl: $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS)
 	@mkdir -p $(@D)

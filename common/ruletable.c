@@ -256,7 +256,8 @@ static int verify_global(vctx_t *v)
     CHECK_STR(v, g->admin_socket, "global", 0);
     CHECK_STR(v, g->access_log_path, "global", 0);
     CHECK_STR(v, g->error_log_path, "global", 0);
-    CHECK_STR(v, g->ha_node, "global", 0);
+    if (g->reserved.off || g->reserved.len)
+        FAIL(v, "global: reserved field is not zero");
     CHECK_SPAN(v, g->listens, t->nlistens, "global", 0);
     CHECK_SPAN(v, g->trusted_proxies, t->ncidrs, "global", 0);
     if (!opt_idx_ok(g->default_site.first, t->nsites))

@@ -141,7 +141,7 @@ typedef struct {
     rt_str_t error_log_path;     /* "" = stderr */
     rt_span_t listens;           /* RT_SEC_LISTENS */
     rt_span_t trusted_proxies;   /* RT_SEC_CIDRS */
-    rt_str_t ha_node;
+    rt_str_t reserved;           /* 0; node-local settings (ha) never enter the table */
     rt_span_t default_site;      /* first = site index or RT_NONE; count unused */
 } rt_global_t;
 

@@ -18,7 +18,7 @@
 
 #include <openssl/sha.h>
 
-extern const char store_sql[];
+extern const char store_sql[], store_v2_sql[];
 
 static int fail(store_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int fail(store_t *s, const char *fmt, ...)
@@ -128,7 +128,7 @@ static int user_version(store_t *s, int *v)
 
 int store_migrate(store_t *s, int *from)
 {
-    static const char *const migrations[] = {store_sql}; /* index i moves version i to i+1 */
+    static const char *const migrations[] = {store_sql, store_v2_sql}; /* index i moves version i to i+1 */
     int v;
     if (store_begin(s) < 0)
         return -1;

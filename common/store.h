@@ -12,7 +12,7 @@
 
 #include <sqlite3.h>
 
-#define STORE_VERSION 1
+#define STORE_VERSION 2
 #define STORE_BUSY_MS 10000
 
 enum { STORE_RDONLY = 1, STORE_CREATE = 2 };

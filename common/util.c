@@ -442,3 +442,19 @@ fail:
     }
     return NULL;
 }
+
+char *path_beside(const char *file, const char *rel)
+{
+    if (rel[0] == '\0' || rel[0] == '/')
+        return strdup(rel);
+    const char *slash = strrchr(file, '/');
+    if (slash == NULL)
+        return strdup(rel);
+    if (rel[0] == '.' && rel[1] == '/')
+        rel += 2;
+    size_t n = (size_t)(slash - file) + 1 + strlen(rel) + 1;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%.*s/%s", (int)(slash - file), file, rel);
+    return p;
+}

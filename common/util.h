@@ -55,6 +55,10 @@ int parse_sockaddr(const char *s, size_t n, rt_sockaddr_t *out, const char **why
 int parse_rate(const char *s, size_t n, uint32_t *per_sec_milli, const char **why);
 bool cidr_contains(const rt_cidr_t *c, int family, const uint8_t *addr);
 
+/* A path named in the settings, relative ones resolved against the directory
+ * of file (the store): both nodes of a pair share settings, not directories.
+ * malloc'ed; "" and absolute paths are returned as they are. */
+char *path_beside(const char *file, const char *rel);
 /* Whole-file read, NUL-terminated; NULL with errno set on failure. */
 char *read_file(const char *path, size_t *len);
 

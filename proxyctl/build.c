@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/ha.h"
 #include "../common/ruletable.h"
 #include "cli.h"
 #include "certs.h"
@@ -272,6 +273,12 @@ int build_generation(store_t *st, const char *gyaml, const char *gsource, site_l
         free(sites->v[i].name);
         sites->v[i].name = strdup(parsed[i]->name.s);
     }
+    /* The node-local ha block is kept beside, for proxyd's replication. */
+    if (ha_conf_save(st, g->has_ha ? g->ha_node : NULL, g->ha_peer, g->ha_listen) < 0) {
+        fprintf(stderr, "proxyctl: %s\n", st->err);
+        rc = EXIT_RUNTIME;
+        goto out;
+    }
     rc = compile_and_store(st, g, parsed, sites, comment, gyaml, gen, table_size);
     if (rc == EXIT_OK)
         cli_store_owner(st->path, g->user);
@@ -290,7 +297,7 @@ static char *admin_socket_path(store_t *st)
     rt_table_t t;
     char why[128], *path = NULL;
     if (store_active(st, &id, &blob, &len) == 0 && blob && rt_open(&t, blob, len, why, sizeof(why)) == 0)
-        path = strdup(rt_cstr(&t, t.global->admin_socket));
+        path = path_beside(st->path, rt_cstr(&t, t.global->admin_socket));
     free(blob);
     return path;
 }

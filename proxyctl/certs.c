@@ -51,22 +51,10 @@ static int current(store_t *st, const char *site, const char *hosts, const char 
     return ok;
 }
 
-static int add_ext(X509 *x, int nid, const char *value)
-{
-    X509V3_CTX ctx;
-    X509V3_set_ctx_nodb(&ctx);
-    X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
-    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
-    int rc = e && X509_add_ext(x, e, -1) == 1 ? 0 : -1;
-    X509_EXTENSION_free(e);
-    return rc;
-}
-
-static X509 *make_cert(EVP_PKEY *key, const cfg_site_t *s, int days)
+X509 *certs_make(const cert_spec_t *spec, EVP_PKEY *key, X509 *issuer, EVP_PKEY *issuer_key)
 {
     X509 *x = X509_new();
     unsigned char serial[16];
-    char san[8192] = "";
     if (x == NULL || RAND_bytes(serial, sizeof(serial)) != 1)
         goto fail;
     serial[0] &= 0x7f; /* positive */
@@ -80,24 +68,48 @@ static X509 *make_cert(EVP_PKEY *key, const cfg_site_t *s, int days)
     ASN1_INTEGER_free(ai);
     X509_set_version(x, 2);
     X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400);
+    X509_gmtime_adj(X509_getm_notAfter(x), (long)spec->days * 86400);
     X509_NAME *name = X509_get_subject_name(x);
-    const char *cn = s->nhosts ? s->hosts[0].s : "localhost";
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
-    X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)"proxyd self-signed", -1, -1, 0);
-    X509_set_issuer_name(x, name);
-    for (size_t i = 0; i < s->nhosts || (i == 0 && s->nhosts == 0); i++)
-        snprintf(san + strlen(san), sizeof(san) - strlen(san), "%sDNS:%s", i ? "," : "",
-                 s->nhosts ? s->hosts[i].s : "localhost");
-    if (X509_set_pubkey(x, key) != 1 || add_ext(x, NID_subject_alt_name, san) < 0 ||
-        add_ext(x, NID_basic_constraints, "critical,CA:FALSE") < 0 ||
-        add_ext(x, NID_key_usage, "critical,digitalSignature") < 0 ||
-        add_ext(x, NID_ext_key_usage, "serverAuth") < 0 || X509_sign(x, key, EVP_sha256()) == 0)
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)spec->cn, -1, -1, 0);
+    X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)spec->org, -1, -1, 0);
+    X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : name);
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, issuer ? issuer : x, x, NULL, NULL, 0);
+    const struct {
+        int nid;
+        const char *value;
+    } ext[] = {{NID_subject_alt_name, spec->san},   {NID_basic_constraints, spec->basic},
+               {NID_key_usage, spec->key_usage},     {NID_ext_key_usage, spec->ext_key_usage},
+               {NID_subject_key_identifier, "hash"}, {NID_authority_key_identifier, issuer ? "keyid:always" : NULL}};
+    if (X509_set_pubkey(x, key) != 1)
+        goto fail;
+    for (size_t i = 0; i < sizeof(ext) / sizeof(ext[0]); i++) {
+        if (ext[i].value == NULL)
+            continue;
+        X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &ctx, ext[i].nid, ext[i].value);
+        int ok = e && X509_add_ext(x, e, -1) == 1;
+        X509_EXTENSION_free(e);
+        if (!ok)
+            goto fail;
+    }
+    if (X509_sign(x, issuer_key ? issuer_key : key, EVP_sha256()) == 0)
         goto fail;
     return x;
 fail:
     X509_free(x);
     return NULL;
+}
+
+static X509 *make_cert(EVP_PKEY *key, const cfg_site_t *s, int days)
+{
+    char san[8192] = "";
+    for (size_t i = 0; i < s->nhosts || (i == 0 && s->nhosts == 0); i++)
+        snprintf(san + strlen(san), sizeof(san) - strlen(san), "%sDNS:%s", i ? "," : "",
+                 s->nhosts ? s->hosts[i].s : "localhost");
+    cert_spec_t spec = {s->nhosts ? s->hosts[0].s : "localhost", "proxyd self-signed", san, "critical,CA:FALSE",
+                        "critical,digitalSignature", "serverAuth", days};
+    return certs_make(&spec, key, NULL, NULL);
 }
 
 char *certs_pem(EVP_PKEY *key, X509 *x)

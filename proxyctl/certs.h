@@ -22,6 +22,17 @@ int certs_ensure(store_t *st, const cfg_site_t *s);
 /* The site's hosts as stored in certificates.hosts: space-separated. */
 void certs_hosts(const cfg_site_t *s, char *out, size_t cap);
 
+/* What certs_make puts in a certificate: extension values in openssl's
+ * configuration syntax (NULL: left out). */
+typedef struct {
+    const char *cn, *org, *san, *basic, *key_usage, *ext_key_usage;
+    int days;
+} cert_spec_t;
+
+/* A certificate for key, signed by issuer_key as issuer (both NULL:
+ * self-signed), valid from an hour ago for spec->days.  NULL on failure. */
+X509 *certs_make(const cert_spec_t *spec, EVP_PKEY *key, X509 *issuer, EVP_PKEY *issuer_key);
+
 /* PEM of a private key (key != NULL) or a certificate, malloc'ed; NULL on
  * failure.  The caller wipes a key's PEM before freeing it. */
 char *certs_pem(EVP_PKEY *key, X509 *x);

@@ -78,6 +78,9 @@ int cmd_renew_cert(cli_t *, int, char **);
 int cmd_certs(cli_t *, int, char **);
 int cmd_reload(cli_t *, int, char **);
 int cmd_status(cli_t *, int, char **);
+int cmd_ha(cli_t *, int, char **);
+/* In an HA pair and not MASTER (keepalived's last report): no renewals here. */
+bool ha_is_backup(store_t *st);
 int cmd_health(cli_t *, int, char **);
 
 extern const command_t commands[];

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "../common/ruletable.h"
+#include "../common/util.h"
 #include "cli.h"
 
 static char *admin_path(cli_t *cli)
@@ -29,7 +30,7 @@ static char *admin_path(cli_t *cli)
     else if (rt_open(&t, blob, len, why, sizeof(why)) < 0)
         fprintf(stderr, "proxyctl: generation %lld: %s\n", (long long)id, why);
     else
-        path = strdup(rt_cstr(&t, t.global->admin_socket));
+        path = path_beside(cli->db, rt_cstr(&t, t.global->admin_socket));
     free(blob);
     store_close(&st);
     return path;

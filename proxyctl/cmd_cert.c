@@ -21,6 +21,7 @@
 
 #include "acme.h"
 #include "certs.h"
+#include "../common/ha.h"
 #include "cli.h"
 #include "config.h"
 
@@ -400,6 +401,16 @@ int cmd_renew_cert(cli_t *cli, int argc, char **argv)
     if (cli_open_store(cli, &st, o.dry_run ? STORE_RDONLY : 0) < 0) {
         free(o.names);
         return EXIT_RUNTIME;
+    }
+    if (ha_is_backup(&st)) {
+        /* The MASTER renews; its certificates reach this node by replication. */
+        ha_state_t hs;
+        ha_state_get(&st, &hs);
+        printf("this node is %s in its HA pair: only the MASTER renews certificates%s\n", hs.role,
+               o.due ? "; nothing to do" : "");
+        free(o.names);
+        store_close(&st);
+        return o.due ? EXIT_OK : EXIT_RUNTIME;
     }
     rc = load_model(&st, &m) < 0 ? EXIT_RUNTIME : EXIT_OK;
     if (rc == EXIT_OK) {

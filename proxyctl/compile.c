@@ -414,7 +414,6 @@ static void emit_global(comp_t *c, cfg_site_t **sites, size_t n)
     r.admin_socket = rtw_cstr(c->w, g->admin_socket);
     r.access_log_path = rtw_cstr(c->w, g->access_log_path);
     r.error_log_path = rtw_cstr(c->w, g->error_log_path);
-    r.ha_node = rtw_cstr(c->w, g->ha_node);
     r.listens.first = rtw_count(c->w, RT_SEC_LISTENS);
     for (size_t i = 0; i < g->nlistens + (g->has_metrics ? 1 : 0); i++) {
         const cfg_listen_t *l = i < g->nlistens ? &g->listens[i] : &g->metrics;

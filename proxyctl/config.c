@@ -1234,9 +1234,53 @@ static const opt_t ha_opts[] = {
     STR("interface", cfg_global_t, ha_interface), FN("virtual_ips", ha_vips),
     U32("router_id", cfg_global_t, ha_router_id, 1, 255), U32("priority", cfg_global_t, ha_priority, 1, 254),
     BOOL("preempt", cfg_global_t, ha_preempt), DUR("advert_interval", cfg_global_t, ha_advert_ms),
-    STR("auth_pass", cfg_global_t, ha_auth_pass), END,
+    STR("auth_pass", cfg_global_t, ha_auth_pass), STR("listen", cfg_global_t, ha_listen),
+    STR("address", cfg_global_t, ha_address), END,
 };
-static int g_ha(ctx_t *c, const char *key, ynode_t *v, void *obj) { return walk(c, key, v, ha_opts, obj); }
+/* The ha block is node-local: it is stored with the node's settings and
+ * never compiled into the rule table both nodes share. */
+static int g_ha(ctx_t *c, const char *key, ynode_t *v, void *obj)
+{
+    cfg_global_t *g = obj;
+    if (walk(c, key, v, ha_opts, obj) < 0)
+        return -1;
+    int rc = 0;
+    static const char *const required[] = {"node", "peer", "interface", "virtual_ips"};
+    for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++)
+        if (yaml_get(v, required[i]) == NULL)
+            rc = err(c, v, "ha: missing '%s'", required[i]);
+    if (rc < 0)
+        return rc;
+    g->has_ha = true;
+    if (g->ha_node[0] == '\0' || strspn(g->ha_node, "abcdefghijklmnopqrstuvwxyz0123456789-") != strlen(g->ha_node) ||
+        strlen(g->ha_node) > 63)
+        rc = err(c, yaml_get(v, "node"), "ha: node name must be 1-63 of a-z, 0-9 and '-'");
+    rt_sockaddr_t sa;
+    const char *why;
+    if (parse_sockaddr(g->ha_peer, strlen(g->ha_peer), &sa, &why) < 0)
+        rc = err(c, yaml_get(v, "peer"), "ha: invalid peer address '%s': %s", g->ha_peer, why);
+    else if (sa.kind >= RT_ADDR_UNIX || sa.port == 0)
+        rc = err(c, yaml_get(v, "peer"), "ha: peer must be an IP address with a port, e.g. 10.0.0.2:9443");
+    if (g->ha_listen == NULL) {
+        /* default: every address, on the port the peer listens on */
+        const char *colon = strrchr(g->ha_peer, ':');
+        size_t n = strlen("0.0.0.0") + (colon ? strlen(colon) : 0) + 1;
+        g->ha_listen = arena_alloc(c->a, n);
+        snprintf(g->ha_listen, n, "0.0.0.0%s", colon ? colon : "");
+    } else if (parse_sockaddr(g->ha_listen, strlen(g->ha_listen), &sa, &why) < 0) {
+        rc = err(c, yaml_get(v, "listen"), "ha: invalid listen address '%s': %s", g->ha_listen, why);
+    } else if (sa.kind >= RT_ADDR_UNIX || sa.port == 0) {
+        rc = err(c, yaml_get(v, "listen"), "ha: listen must be an IP address with a port, e.g. 0.0.0.0:9443");
+    }
+    if (g->ha_address && parse_cidr(g->ha_address, strlen(g->ha_address), &(rt_cidr_t){0}, &why) < 0)
+        rc = err(c, yaml_get(v, "address"), "ha: invalid address '%s': %s", g->ha_address, why);
+    if (g->ha_advert_ms < 10 || g->ha_advert_ms > 255000 || (g->ha_advert_ms >= 1000 && g->ha_advert_ms % 1000))
+        rc = err(c, yaml_get(v, "advert_interval"),
+                 "ha: advert_interval must be 10ms-255s, whole seconds from 1s (VRRPv2), or under 1s (VRRPv3)");
+    if (g->ha_auth_pass && (strlen(g->ha_auth_pass) == 0 || strlen(g->ha_auth_pass) > 8))
+        rc = err(c, yaml_get(v, "auth_pass"), "ha: auth_pass must be 1-8 characters (VRRP PASS authentication)");
+    return rc;
+}
 
 static const opt_t global_opts[] = {
     FN("listen", g_listen),
@@ -1271,7 +1315,7 @@ static void global_defaults(arena_t *a, cfg_global_t *g)
     g->listens[g->nlistens] = (cfg_listen_t){{NULL, 0, 0}, RT_LISTEN_HTTPS, {{0, 0}, 0, {0}, 0, 0, {0}}, (char *)s};
     parse_sockaddr(s, strlen(s), &g->listens[g->nlistens++].sa, &why);
     g->user = ""; /* absent: proxyd drops to 'proxyd' when that user exists (see worker.c) */
-    g->admin_socket = root ? "/run/proxyd/admin.sock" : "./var/run/admin.sock";
+    g->admin_socket = root ? "/run/proxyd/admin.sock" : "run/admin.sock"; /* relative: beside the store */
     g->trusted = arena_alloc(a, sizeof(*g->trusted));
     parse_cidr("127.0.0.1/32", 12, &g->trusted[0], &why);
     g->ntrusted = 1;
@@ -1292,6 +1336,7 @@ static void global_defaults(arena_t *a, cfg_global_t *g)
     g->ha_router_id = 51;
     g->ha_advert_ms = 1000;
     g->ha_node = "";
+    g->ha_preempt = true;
 }
 
 cfg_global_t *config_global(arena_t *a, const char *file, const char *text, diag_t *d)

@@ -165,7 +165,8 @@ typedef struct {
     uint64_t header_timeout_ms, body_timeout_ms, keepalive_timeout_ms, drain_timeout_ms;
     uint64_t max_header_size, max_uri_size;
     char *access_log_path, *error_log_path;
-    char *ha_node, *ha_peer, *ha_interface, *ha_auth_pass;
+    bool has_ha;
+    char *ha_node, *ha_peer, *ha_interface, *ha_auth_pass, *ha_listen, *ha_address;
     cstr_t *ha_vips;
     size_t nha_vips;
     uint32_t ha_router_id, ha_priority;

@@ -31,7 +31,11 @@ const command_t commands[] = {
     {"certs", cmd_certs, "certs [--json]", "hosts, source, issuer, not-after and days left per certificate"},
     {"reload", cmd_reload, "reload", "ask the running proxyd to reload the active generation"},
     {"status", cmd_status, "status [--json]", "show proxyd's generation, workers and upstream health"},
-    {"health", cmd_health, "health", "exit 0 when the local proxyd is serving"},
+    {"health", cmd_health, "health", "exit 0 when the local proxyd is serving (keepalived's track script)"},
+    {"ha", cmd_ha,
+     "ha init [--issue NODE --out FILE | --join FILE] | ha render [--out FILE] [--proxyd PATH] [--template FILE] | "
+     "ha notify MASTER|BACKUP|FAULT|STOP | ha sync [--force]",
+     "HA pair: cluster CA and node certificates, keepalived.conf, VRRP role, pull the peer's state"},
     {NULL, NULL, NULL, NULL},
 };
 

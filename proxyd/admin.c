@@ -135,6 +135,34 @@ static void status_upstreams(buf_t *b)
     buf_printf(b, "]");
 }
 
+/* The pair, as keepalived last reported this node's role (read fresh from
+ * the store) and as the replication process sees the peer. */
+static void status_ha(buf_t *b)
+{
+    const replica_shm_t *r = M.replica;
+    if (M.replica_conf.node[0] == '\0' || r == NULL)
+        return;
+    store_t st;
+    ha_state_t hs = {0};
+    if (store_open(&st, M.db, STORE_RDONLY) == 0)
+        ha_state_get(&st, &hs);
+    store_close(&st);
+    buf_printf(b, ",\"ha\":{\"node\":\"");
+    put_escaped(b, M.replica_conf.node);
+    buf_printf(b, "\",\"role\":\"%s\",\"role_changed\":%lld,\"serial\":%lld,\"synced\":%lld,\"replication\":%s,", hs.role,
+               (long long)hs.role_changed, (long long)hs.serial, (long long)hs.synced, M.replica_pid > 0 ? "true" : "false");
+    buf_printf(b, "\"peer\":{\"address\":\"");
+    put_escaped(b, M.replica_conf.peer);
+    buf_printf(b, "\",\"node\":\"");
+    put_escaped(b, r->peer_node);
+    buf_printf(b, "\",\"role\":\"%s\",\"serial\":%lld,\"last_contact\":%lld},", r->peer_role, (long long)r->peer_serial,
+               (long long)r->last_contact);
+    buf_printf(b, "\"pulls\":%llu,\"last_pull\":%lld,\"served\":%llu,\"last_error\":\"", (unsigned long long)r->pulls,
+               (long long)r->last_pull, (unsigned long long)r->served);
+    put_escaped(b, r->last_error);
+    buf_printf(b, "\"}");
+}
+
 static void status_json(buf_t *b)
 {
     const stats_shm_t *s = M.shm;
@@ -156,6 +184,7 @@ static void status_json(buf_t *b)
     if (M.last_reload_error[0])
         buf_printf(b, ",\"last_reload_error\":\"%s\"", M.last_reload_error);
     status_upstreams(b);
+    status_ha(b);
     buf_printf(b, "}\n");
 }
 
@@ -468,10 +497,14 @@ int admin_start(ev_loop_t *l, const rt_table_t *t)
 {
     loop = l;
     int fd = inherited("PROXYD_ADMIN_FD");
+    char *path = path_beside(M.db, rt_cstr(t, t->global->admin_socket));
+    if (path == NULL)
+        return -1;
     if (fd >= 0)
-        snprintf(sock_path, sizeof(sock_path), "%s", rt_cstr(t, t->global->admin_socket));
+        snprintf(sock_path, sizeof(sock_path), "%s", path);
     else
-        fd = bind_unix(rt_cstr(t, t->global->admin_socket));
+        fd = bind_unix(path);
+    free(path);
     if (fd < 0 || ev_add(l, &unix_l.io, fd, EV_READ, on_accept) < 0)
         return -1;
     for (uint32_t i = 0; i < t->global->listens.count; i++) {

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "../common/util.h"
 #include "accesslog.h"
 #include "master.h"
 
@@ -79,10 +80,15 @@ int main(int argc, char **argv)
         return 0;
     }
     const rt_global_t *g = t->t.global;
-    if (log_open(rt_cstr(&t->t, g->error_log_path)) < 0 || accesslog_open(rt_cstr(&t->t, g->access_log_path)) < 0) {
+    char *elog = path_beside(db, rt_cstr(&t->t, g->error_log_path));
+    const char *access = rt_cstr(&t->t, g->access_log_path);
+    char *alog = strcmp(access, "off") == 0 ? strdup(access) : path_beside(db, access);
+    if (elog == NULL || alog == NULL || log_open(elog) < 0 || accesslog_open(alog) < 0) {
         fprintf(stderr, "proxyd: cannot open log files: %s\n", strerror(errno));
         return 1;
     }
+    free(elog);
+    free(alog);
     if (!foreground && getenv("PROXYD_UPGRADE_FD") == NULL && daemonize() < 0) {
         fprintf(stderr, "proxyd: cannot daemonize: %s\n", strerror(errno));
         return 1;

@@ -26,10 +26,12 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "../common/ha.h"
 #include "../common/log.h"
 #include "admin.h"
 #include "net.h"
 #include "health.h"
+#include "replica.h"
 #include "tls.h"
 
 master_t M;
@@ -44,16 +46,94 @@ static void stop_expired(ev_loop_t *loop, ev_timer_t *t);
 
 /* Session-ticket keys: kept in the store (so the HA peer can share them),
  * rotated here, published to the workers through shared memory. */
-static void rotate_tickets(ev_loop_t *loop, ev_timer_t *t)
+static void publish_tickets(void)
 {
     store_t st;
     char err[512];
+    ha_state_t hs = {0};
+    ha_conf_t hc;
     uint32_t rotation = M.table->t.global->ticket_key_rotation_s;
-    if (store_open(&st, M.db, 0) < 0 || tls_rotate_ticket_keys(&st, rotation, err, sizeof(err)) < 0)
-        log_err("session ticket keys: %s", st.db ? err : st.err);
+    bool ok = store_open(&st, M.db, 0) == 0 && ha_state_get(&st, &hs) == 0;
+    /* In a pair only the MASTER (or a node keepalived has not reported on
+     * yet) makes keys; the others use the ones replicated from it. */
+    bool rotate = !ok || ha_conf_load(&st, &hc) <= 0 || hs.role[0] == '\0' || strcmp(hs.role, "MASTER") == 0;
+    if (!ok || tls_rotate_ticket_keys(&st, rotation, rotate, err, sizeof(err)) < 0)
+        log_err("session ticket keys: %s", ok ? err : st.err);
     store_close(&st);
+}
+
+static void rotate_tickets(ev_loop_t *loop, ev_timer_t *t)
+{
+    publish_tickets();
+    uint32_t rotation = M.table->t.global->ticket_key_rotation_s;
     uint64_t every = rotation ? (uint64_t)rotation * 1000 / 4 : 3600000;
     ev_timer_start(loop, t, every > 300000 ? 300000 : every, rotate_tickets);
+}
+
+/* ---- HA replication process ---------------------------------------------------------- */
+
+static ev_timer_t replica_timer;
+
+static void replica_spawn(void)
+{
+    pid_t pid = fork();
+    if (pid < 0) {
+        log_err("fork replication process: %s", strerror(errno));
+        return;
+    }
+    if (pid == 0) {
+        admin_close_in_child();
+        ev_free(M.loop);
+        close(sig_io.fd);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        for (int i = 0; i < M.nls; i++)
+            close(M.ls[i].fd);
+        _exit(replica_main(M.db, rt_cstr(&M.table->t, M.table->t.global->user), M.replica));
+    }
+    M.replica_pid = pid;
+    M.replica_spawned_ms = ev_now(M.loop);
+}
+
+static void replica_due(ev_loop_t *loop, ev_timer_t *t)
+{
+    (void)loop;
+    (void)t;
+    if (!M.stopping && M.replica_pid == 0 && M.replica_conf.node[0])
+        replica_spawn();
+}
+
+/* Start, restart or stop the replication process to match the store's ha
+ * settings (at start and on every reload). */
+static void replica_sync(void)
+{
+    store_t st;
+    ha_conf_t c;
+    int have = store_open(&st, M.db, STORE_RDONLY) == 0 ? ha_conf_load(&st, &c) : -1;
+    store_close(&st);
+    if (have < 0)
+        return;
+    if (have == 0)
+        memset(&c, 0, sizeof(c));
+    bool changed = memcmp(&c, &M.replica_conf, sizeof(c)) != 0;
+    M.replica_conf = c;
+    if (changed && M.replica_pid > 0)
+        kill(M.replica_pid, SIGTERM); /* reaped, then started again with the new settings */
+    else if (have && M.replica_pid == 0)
+        replica_spawn();
+}
+
+static void replica_exited(int status)
+{
+    M.replica_pid = 0;
+    if (M.stopping || M.replica_conf.node[0] == '\0')
+        return;
+    if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM))
+        log_err("replication process exited (%s %d); restarting", WIFSIGNALED(status) ? "signal" : "status",
+                WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+    uint64_t young = ev_now(M.loop) - M.replica_spawned_ms < 1000;
+    ev_timer_start(M.loop, &replica_timer, young ? 2000 : 0, replica_due);
 }
 
 int master_live_workers(void)
@@ -212,6 +292,10 @@ static void reap(void)
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (pid == M.replica_pid) {
+            replica_exited(status);
+            continue;
+        }
         if (pid == upgrade_pid) {
             upgrade_pid = 0;
             if (upgrade_io.fd >= 0) {
@@ -245,10 +329,14 @@ static void signal_workers(int sig)
     for (int i = 0; i < M.nworkers; i++)
         if (M.pids[i] > 0)
             kill(M.pids[i], sig);
+    if (M.replica_pid > 0 && sig != SIGHUP)
+        kill(M.replica_pid, sig);
 }
 
 int master_reload(char *err, size_t errlen)
 {
+    publish_tickets(); /* replicated ticket keys arrive with a reload */
+    replica_sync();
     tref_t *t = tref_load(M.db, 0, err, errlen);
     if (t == NULL || tref_prepare(t, M.db, err, errlen) < 0) {
         tref_put(t);
@@ -516,12 +604,18 @@ int master_main(const char *db, tref_t *table, int workers, char **argv)
         return 1;
     }
     tls_set_ticket_shm(tickets);
+    M.replica = mmap(NULL, sizeof(*M.replica), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (M.replica == MAP_FAILED) {
+        log_err("cannot map replication state: %s", strerror(errno));
+        return 1;
+    }
     rotate_tickets(M.loop, &ticket_timer);
     if (bind_all(&table->t) < 0 || admin_start(M.loop, &table->t) < 0)
         return 1;
     for (int i = 0; i < M.nworkers; i++)
         if (spawn(i) < 0)
             return 1;
+    replica_sync();
     log_info("serving generation %lld (%u sites) with %d workers", (long long)table->generation, table->t.nsites,
              M.nworkers);
     sd_notifyf(0, "READY=1\nMAINPID=%d\nSTATUS=serving generation %lld (%u sites)", (int)getpid(),

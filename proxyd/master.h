@@ -8,7 +8,9 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
+#include "../common/ha.h"
 #include "event.h"
+#include "replica.h"
 #include "stats.h"
 #include "table.h"
 #include "worker.h"
@@ -28,6 +30,10 @@ typedef struct {
     uint64_t started;
     char last_reload_error[256];
     char *exe;                 /* the binary, resolved at start: SIGUSR2 executes it again */
+    pid_t replica_pid;         /* the HA replication process, 0 when none runs */
+    uint64_t replica_spawned_ms;
+    ha_conf_t replica_conf;    /* the ha settings it runs with (node "" = none) */
+    replica_shm_t *replica;    /* what it reports */
     char **argv;
 } master_t;
 

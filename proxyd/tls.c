@@ -130,11 +130,16 @@ static int publish_keys(store_t *st, int64_t now)
     return 0;
 }
 
-int tls_rotate_ticket_keys(store_t *st, uint32_t rotation_s, char *err, size_t errlen)
+int tls_rotate_ticket_keys(store_t *st, uint32_t rotation_s, bool rotate, char *err, size_t errlen)
 {
     int64_t now = (int64_t)time(NULL);
     if (rotation_s == 0)
         rotation_s = 12 * 3600;
+    if (!rotate) {
+        if (store_exec(st, "BEGIN") < 0 || publish_keys(st, now) < 0 || store_commit(st) < 0)
+            goto fail;
+        return 0;
+    }
     if (store_begin(st) < 0)
         goto fail;
     sqlite3_stmt *q = store_prepare(st, "SELECT max(created) FROM ticket_keys");

@@ -47,7 +47,7 @@ typedef struct {
 void tls_set_ticket_shm(tls_ticket_shm_t *shm);
 /* Master: make sure the store has a current key (newer than rotation) and
  * publish the newest TLS_TICKET_KEYS into shm.  0 or -1 with err. */
-int tls_rotate_ticket_keys(store_t *st, uint32_t rotation_s, char *err, size_t errlen);
+int tls_rotate_ticket_keys(store_t *st, uint32_t rotation_s, bool rotate, char *err, size_t errlen);
 
 /* Build the server and upstream contexts of a table from the store's
  * certificates.  0, or -1 with a reason naming the site. */

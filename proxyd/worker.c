@@ -178,14 +178,14 @@ static int setup_signals(void)
 
 /* Started as root: run as `user` (global setting) once the listeners are
  * bound.  The master keeps root to bind new listeners and read keys. */
-static int drop_privileges(const char *user)
+int drop_privileges(const char *user, bool warn)
 {
     if (geteuid() != 0)
         return 0;
     bool dflt = user == NULL || *user == '\0';
     struct passwd *pw = getpwnam(dflt ? "proxyd" : user);
     if (pw == NULL && dflt) {
-        if (W->id == 0)
+        if (warn)
             log_warn("workers run as root: no 'user' is set and user 'proxyd' does not exist");
         return 0;
     }
@@ -219,7 +219,7 @@ int worker_main(int id, const char *db, tref_t *table, listener_t *ls, int nls, 
     snprintf(ident, sizeof(ident), "worker %d", id);
     log_set_ident(ident);
     prctl(PR_SET_PDEATHSIG, SIGQUIT); /* never outlive the master */
-    if (drop_privileges(rt_cstr(&table->t, table->t.global->user)) < 0)
+    if (drop_privileges(rt_cstr(&table->t, table->t.global->user), id == 0) < 0)
         return 1;
     w.loop = ev_new();
     w.hreq = malloc(sizeof(*w.hreq));

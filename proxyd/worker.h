@@ -61,4 +61,8 @@ int worker_main(int id, const char *db, tref_t *table, listener_t *ls, int nls, 
 const char *worker_date(void);
 void worker_count_status(uint32_t site, int status);
 
+/* Started as root: become `user` (default 'proxyd' when it exists; warn
+ * once when it does not).  Also used by the HA replication process. */
+int drop_privileges(const char *user, bool warn);
+
 #endif
