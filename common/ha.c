@@ -383,6 +383,8 @@ int ha_snapshot_check(const uint8_t *p, size_t n, ha_meta_t *meta, char *err, si
         return seterr(err, errlen, "not a replication message");
     if (get_u32(p + 8) != 1)
         return seterr(err, errlen, "replication format version %u (this node speaks 1)", get_u32(p + 8));
+    if (get_u32(p + 12) > 1)
+        return seterr(err, errlen, "unknown flags %#x", get_u32(p + 12));
     uint64_t len = 0;
     for (int i = 7; i >= 0; i--)
         len = len << 8 | p[16 + i];

@@ -437,6 +437,9 @@ static int expand(const char *tpl, const subst_t *subs, size_t nsubs, buf_t *out
         }
         buf_append(out, subs[i].value, strlen(subs[i].value));
         p = c + 2;
+        /* a line that held only a placeholder which expanded to nothing goes */
+        if (subs[i].value[0] == '\0' && *p == '\n' && (o == tpl || o[-1] == '\n'))
+            p++;
     }
     buf_append(out, p, strlen(p));
     return 0;

@@ -7,6 +7,7 @@
 #include "../../common/rtwrite.c"
 #include "../../common/store.c"
 #include "../../common/route.c"
+#include "../../common/ha.c"
 #include "../../proxyctl/diag.c"
 #include "../../proxyctl/yaml.c"
 #include "../../proxyctl/config.c"
