@@ -22,19 +22,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-rm -rf "$ROOT/var/demo" && mkdir -p "$ROOT/var/demo" "$ROOT/var/run" "$ROOT/var/log"
+rm -rf "$ROOT/var/demo" && mkdir -p "$ROOT/var/demo/run" "$ROOT/var/demo/log"
 "$P" --db "$DB" init >/dev/null
 "$P" --db "$DB" apply "$ROOT/examples"
 for port in 9001 9002 9003 9004 9005 9006 9007 9008 9009; do
     "$ROOT/build/bench/origin" "$port" --echo >/dev/null 2>&1 &
     PIDS="$PIDS $!"
 done
-"$ROOT/bin/proxyd" --db "$DB" --foreground 2>"$ROOT/var/log/demo-proxyd.log" &
+"$ROOT/bin/proxyd" --db "$DB" --foreground 2>"$ROOT/var/demo/log/proxyd.stderr" &
 PIDS="$PIDS $!"
 i=0
 until curl -s -o /dev/null http://127.0.0.1:8080/ 2>/dev/null; do
     i=$((i + 1))
-    [ $i -lt 50 ] || { echo "proxyd did not start:"; cat "$ROOT/var/log/demo-proxyd.log"; exit 1; }
+    [ $i -lt 50 ] || { echo "proxyd did not start:"; cat "$ROOT/var/demo/log/proxyd.stderr"; exit 1; }
     sleep 0.1
 done
 cat <<MSG
@@ -46,10 +46,10 @@ Try:
   curl -si http://127.0.0.1:8080/backup.sql -H 'Host: blog.example.com'      # exploit path blocked: 404
   curl -si http://127.0.0.1:8080/ -H 'Host: secure.example.com'             # redirect_http: 301 to https
   curl -si -X DELETE http://127.0.0.1:8080/v1/x -H 'Host: api.example.com'  # methods and rate limits
-  curl -s --unix-socket var/run/admin.sock http://x/status                    # admin: status JSON
-  curl -s --unix-socket var/run/admin.sock http://x/metrics | head -20       # admin: Prometheus metrics
+  curl -s --unix-socket var/demo/run/admin.sock http://x/status               # admin: status JSON
+  curl -s --unix-socket var/demo/run/admin.sock http://x/metrics | head -20  # admin: Prometheus metrics
   $P --db $DB route-test http://routing.example.com/api/users
-  tail -f var/log/access.log
+  tail -f var/demo/log/access.log
 Press Ctrl-C to stop.
 MSG
 if [ -n "${DEMO_SECONDS:-}" ]; then

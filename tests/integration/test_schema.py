@@ -145,8 +145,8 @@ def test_proxy_example_valid(proxy_validator):
     assert not errs, "\n".join(errs)
     assert doc["listen"] == {"http": ["127.0.0.1:8080"], "https": ["127.0.0.1:8443"]}
     assert doc["workers"] == 2
-    assert doc["admin"]["socket"] == "./var/run/admin.sock"
-    assert doc["cache_zones"]["app_cache"]["path"] == "./var/cache/app_cache"
+    assert doc["admin"]["socket"] == "run/admin.sock"
+    assert doc["cache_zones"]["app_cache"]["path"] == "cache/app_cache"
     assert "api" in doc["rate_limit_zones"]
 
 
