@@ -5,9 +5,11 @@
  *
  * Every request gets 200 with an N-byte body of 'x' (default 100, text/plain),
  * or, with --echo, a JSON object describing the request line and header fields
- * it received, in order, so a test can see what a proxy forwarded:
+ * it received, in order, and the connection's TCP peer, so a test can see what
+ * a proxy forwarded and which proxy connected:
  *   {"request_line": "GET / HTTP/1.1", "method": "GET", "target": "/",
- *    "version": "HTTP/1.1", "headers": [["Host", "a"], ...], "body_bytes": 0}
+ *    "version": "HTTP/1.1", "headers": [["Host", "a"], ...],
+ *    "peer": "127.0.0.1:40312", "body_bytes": 0}
  * Bytes outside printable ASCII are written as \u00XX (read them as Latin-1).
  * In both modes, GET /bytes/N streams N bytes (N <= 2 GiB) from one shared
  * buffer, and POST /sink reads a body (Content-Length or chunked) and answers
@@ -101,6 +103,7 @@ struct conn {
     uint64_t bytes_n;           /* RESP_BYTES: body size */
     struct chunker ch;
     struct buf echo;            /* RESP_ECHO: JSON built from the head */
+    char peer[INET_ADDRSTRLEN + 6]; /* "IP:PORT" of the client, for --echo */
     /* output, in order: out.p[out_off..out.len), then stream_left filler bytes */
     struct buf out;
     size_t out_off;
@@ -508,7 +511,8 @@ static void echo_begin(struct conn *c, const struct request *rq, const char *fie
         buf_json(b, value);
         buf_puts(b, "]");
     }
-    buf_puts(b, "]");
+    buf_puts(b, "], \"peer\": ");
+    buf_json(b, (struct slice){c->peer, strlen(c->peer)});
 }
 
 static void respond(struct conn *c)
@@ -687,7 +691,7 @@ static int conn_flush(struct conn *c)
     return 1;
 }
 
-static struct conn *conn_new(int fd)
+static struct conn *conn_new(int fd, const struct sockaddr_in *peer)
 {
     struct conn *c = g.free_list;
     if (c != NULL) {
@@ -698,6 +702,9 @@ static struct conn *conn_new(int fd)
             return NULL;
     }
     c->fd = fd;
+    char ip[INET_ADDRSTRLEN] = "?";
+    inet_ntop(AF_INET, &peer->sin_addr, ip, sizeof ip);
+    snprintf(c->peer, sizeof c->peer, "%s:%u", ip, (unsigned)ntohs(peer->sin_port));
     c->events = EPOLLIN;
     c->state = CONN_HEAD;
     c->eof = c->failed = false;
@@ -847,7 +854,9 @@ static void accept_shed(void)
 static void accept_all(void)
 {
     for (;;) {
-        int fd = accept4(g.lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_in sa = {.sin_family = AF_INET};
+        socklen_t salen = sizeof sa;
+        int fd = accept4(g.lfd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
@@ -857,7 +866,7 @@ static void accept_all(void)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        struct conn *c = conn_new(fd);
+        struct conn *c = conn_new(fd, &sa);
         if (c == NULL) {
             close(fd);
             continue;
@@ -960,8 +969,9 @@ static void usage(void)
 {
     fprintf(stderr, "usage: origin PORT [--host ADDR] [--body N] [--echo] [--pid-file F]\n"
                     "  answers 200 with N bytes of 'x' (default 100), or with --echo a JSON\n"
-                    "  description of the request; GET /bytes/N streams N bytes; POST /sink\n"
-                    "  counts the request body.  Listens on 127.0.0.1 unless --host.\n");
+                    "  description of the request and its TCP peer; GET /bytes/N streams N\n"
+                    "  bytes; POST /sink counts the request body.  Listens on 127.0.0.1\n"
+                    "  unless --host.\n");
 }
 
 int main(int argc, char **argv)

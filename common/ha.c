@@ -416,7 +416,7 @@ int ha_snapshot_check(const uint8_t *p, size_t n, ha_meta_t *meta, char *err, si
         return -1;
     if (first)
         return seterr(err, errlen, "no META record");
-    if (meta->digest[0] && !seen[R_GEN] && (p[12] & 1))
+    if ((p[12] & 1) && (!seen[R_GEN] || meta->digest[0] == '\0'))
         return seterr(err, errlen, "a full snapshot without its active generation");
     return 0;
 }

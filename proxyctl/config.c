@@ -1209,22 +1209,45 @@ static int g_limits(ctx_t *c, const char *key, ynode_t *v, void *obj)
 static const opt_t logs_opts[] = {STR("access", cfg_global_t, access_log_path), STR("error", cfg_global_t, error_log_path), END};
 static int g_logs(ctx_t *c, const char *key, ynode_t *v, void *obj) { return walk(c, key, v, logs_opts, obj); }
 
+/* "10.0.0.1", "10.0.0.1/24", "fd00::1/64": an address, and the subnet's
+ * prefix when given (host bits are expected: it is this host's address). */
+static int addr_with_prefix(const char *s, const char **why)
+{
+    const char *slash = strchr(s, '/');
+    char tmp[64];
+    rt_cidr_t cidr;
+    size_t alen = slash ? (size_t)(slash - s) : strlen(s);
+    if (alen == 0 || alen >= sizeof(tmp)) {
+        *why = "not an IP address";
+        return -1;
+    }
+    memcpy(tmp, s, alen);
+    tmp[alen] = '\0';
+    if (parse_cidr(tmp, alen, &cidr, why) < 0)
+        return -1;
+    if (slash == NULL)
+        return 0;
+    const char *d = slash + 1;
+    unsigned max = strchr(tmp, ':') ? 128 : 32, v = 0;
+    if (*d == '\0' || strlen(d) > 3 || strspn(d, "0123456789") != strlen(d) || (v = (unsigned)atoi(d)) > max) {
+        *why = max == 32 ? "the prefix length must be 0-32" : "the prefix length must be 0-128";
+        return -1;
+    }
+    return 0;
+}
+
 static int ha_vips(ctx_t *c, const char *key, ynode_t *v, void *obj)
 {
     cfg_global_t *g = obj;
     if (seq_of_scalars(c, key, v, &g->ha_vips, &g->nha_vips) < 0)
         return -1;
+    if (g->nha_vips == 0)
+        return err(c, v, "ha: virtual_ips needs at least one address");
     int rc = 0;
     for (size_t i = 0; i < g->nha_vips; i++) {
-        rt_cidr_t cidr;
         const char *why;
-        const char *s = g->ha_vips[i].s;
-        const char *slash = strchr(s, '/');
-        /* A VIP is an address with the subnet's prefix: host bits are expected. */
-        char tmp[64];
-        snprintf(tmp, sizeof(tmp), "%.*s", slash ? (int)(slash - s) : (int)strlen(s), s);
-        if (parse_cidr(tmp, strlen(tmp), &cidr, &why) < 0)
-            rc = errp(c, g->ha_vips[i].pos, "invalid virtual IP '%s': %s", s, why);
+        if (addr_with_prefix(g->ha_vips[i].s, &why) < 0)
+            rc = errp(c, g->ha_vips[i].pos, "invalid virtual IP '%s': %s", g->ha_vips[i].s, why);
     }
     return rc;
 }
@@ -1237,49 +1260,74 @@ static const opt_t ha_opts[] = {
     STR("auth_pass", cfg_global_t, ha_auth_pass), STR("listen", cfg_global_t, ha_listen),
     STR("address", cfg_global_t, ha_address), END,
 };
+
+/* An IP:port for the replication link. */
+static int ha_ip_port(ctx_t *c, ynode_t *at, const char *what, const char *s)
+{
+    rt_sockaddr_t sa;
+    const char *why;
+    if (parse_sockaddr(s, strlen(s), &sa, &why) < 0)
+        return err(c, at, "ha: invalid %s address '%s': %s", what, s, why);
+    if (sa.kind >= RT_ADDR_UNIX || sa.port == 0)
+        return err(c, at, "ha: %s must be an IP address with a port, e.g. 10.0.0.2:9443", what);
+    return 0;
+}
+
+/* Values rendered into keepalived.conf must stay one token each. */
+static bool keepalived_token(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > max)
+        return false;
+    for (; *s; s++)
+        if (*s <= ' ' || *s >= 0x7f || strchr("\"'{}#!\\", *s))
+            return false;
+    return true;
+}
+
 /* The ha block is node-local: it is stored with the node's settings and
- * never compiled into the rule table both nodes share. */
+ * never compiled into the rule table both nodes share.  Every problem is
+ * reported, also after the first. */
 static int g_ha(ctx_t *c, const char *key, ynode_t *v, void *obj)
 {
     cfg_global_t *g = obj;
-    if (walk(c, key, v, ha_opts, obj) < 0)
+    int rc = walk(c, key, v, ha_opts, obj);
+    if (v->kind != YN_MAP)
         return -1;
-    int rc = 0;
     static const char *const required[] = {"node", "peer", "interface", "virtual_ips"};
-    for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++)
+    for (size_t i = 0; i < ARRAY_LEN(required); i++)
         if (yaml_get(v, required[i]) == NULL)
             rc = err(c, v, "ha: missing '%s'", required[i]);
-    if (rc < 0)
-        return rc;
-    g->has_ha = true;
-    if (g->ha_node[0] == '\0' || strspn(g->ha_node, "abcdefghijklmnopqrstuvwxyz0123456789-") != strlen(g->ha_node) ||
-        strlen(g->ha_node) > 63)
+    if (g->ha_node && *g->ha_node &&
+        (strspn(g->ha_node, "abcdefghijklmnopqrstuvwxyz0123456789-") != strlen(g->ha_node) || strlen(g->ha_node) > 63))
         rc = err(c, yaml_get(v, "node"), "ha: node name must be 1-63 of a-z, 0-9 and '-'");
-    rt_sockaddr_t sa;
+    else if (yaml_get(v, "node") && (g->ha_node == NULL || *g->ha_node == '\0'))
+        rc = err(c, yaml_get(v, "node"), "ha: node name must be 1-63 of a-z, 0-9 and '-'");
+    if (g->ha_peer && ha_ip_port(c, yaml_get(v, "peer"), "peer", g->ha_peer) < 0)
+        rc = -1;
+    if (g->ha_listen && ha_ip_port(c, yaml_get(v, "listen"), "listen", g->ha_listen) < 0)
+        rc = -1;
+    if (g->ha_interface && !keepalived_token(g->ha_interface, 15))
+        rc = err(c, yaml_get(v, "interface"), "ha: '%s' is not an interface name (1-15 characters, no spaces)",
+                 g->ha_interface);
     const char *why;
-    if (parse_sockaddr(g->ha_peer, strlen(g->ha_peer), &sa, &why) < 0)
-        rc = err(c, yaml_get(v, "peer"), "ha: invalid peer address '%s': %s", g->ha_peer, why);
-    else if (sa.kind >= RT_ADDR_UNIX || sa.port == 0)
-        rc = err(c, yaml_get(v, "peer"), "ha: peer must be an IP address with a port, e.g. 10.0.0.2:9443");
-    if (g->ha_listen == NULL) {
-        /* default: every address, on the port the peer listens on */
-        const char *colon = strrchr(g->ha_peer, ':');
-        size_t n = strlen("0.0.0.0") + (colon ? strlen(colon) : 0) + 1;
-        g->ha_listen = arena_alloc(c->a, n);
-        snprintf(g->ha_listen, n, "0.0.0.0%s", colon ? colon : "");
-    } else if (parse_sockaddr(g->ha_listen, strlen(g->ha_listen), &sa, &why) < 0) {
-        rc = err(c, yaml_get(v, "listen"), "ha: invalid listen address '%s': %s", g->ha_listen, why);
-    } else if (sa.kind >= RT_ADDR_UNIX || sa.port == 0) {
-        rc = err(c, yaml_get(v, "listen"), "ha: listen must be an IP address with a port, e.g. 0.0.0.0:9443");
-    }
-    if (g->ha_address && parse_cidr(g->ha_address, strlen(g->ha_address), &(rt_cidr_t){0}, &why) < 0)
+    if (g->ha_address && addr_with_prefix(g->ha_address, &why) < 0)
         rc = err(c, yaml_get(v, "address"), "ha: invalid address '%s': %s", g->ha_address, why);
     if (g->ha_advert_ms < 10 || g->ha_advert_ms > 255000 || (g->ha_advert_ms >= 1000 && g->ha_advert_ms % 1000))
         rc = err(c, yaml_get(v, "advert_interval"),
                  "ha: advert_interval must be 10ms-255s, whole seconds from 1s (VRRPv2), or under 1s (VRRPv3)");
-    if (g->ha_auth_pass && (strlen(g->ha_auth_pass) == 0 || strlen(g->ha_auth_pass) > 8))
-        rc = err(c, yaml_get(v, "auth_pass"), "ha: auth_pass must be 1-8 characters (VRRP PASS authentication)");
-    return rc;
+    if (g->ha_auth_pass && !keepalived_token(g->ha_auth_pass, 8))
+        rc = err(c, yaml_get(v, "auth_pass"),
+                 "ha: auth_pass must be 1-8 printable characters without spaces, quotes, braces, '#' or '!'");
+    if (rc < 0)
+        return -1;
+    g->has_ha = true;
+    if (g->ha_listen == NULL) {
+        /* default: every address, on the port the peer listens on */
+        const char *colon = strrchr(g->ha_peer, ':');
+        g->ha_listen = arena_printf(c->a, "%s%s", g->ha_peer[0] == '[' ? "[::]" : "0.0.0.0", colon);
+    }
+    return 0;
 }
 
 static const opt_t global_opts[] = {

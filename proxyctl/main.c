@@ -2,6 +2,7 @@
  * main.c - proxyctl's entry point: global options, then a command table in
  * the manner of git's builtins (name, handler, usage, one-line help).
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,6 +94,7 @@ int main(int argc, char **argv)
     cli_t cli = {default_db(), false, NULL};
     int i = 1;
     umask(077); /* the store and everything proxyctl writes holds secrets */
+    signal(SIGPIPE, SIG_IGN); /* a peer or proxyd closing on us is an error to report, not a death */
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (strcmp(argv[i], "--db") == 0 && i + 1 < argc) {
             cli.db = argv[++i];
