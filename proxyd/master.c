@@ -70,6 +70,18 @@ static void rotate_tickets(ev_loop_t *loop, ev_timer_t *t)
     ev_timer_start(loop, t, every > 300000 ? 300000 : every, rotate_tickets);
 }
 
+/* In a freshly forked child: drop the master's loop, admin socket and
+ * signal handling. */
+static void child_after_fork(void)
+{
+    admin_close_in_child();
+    ev_free(M.loop);
+    close(sig_io.fd);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
 /* ---- HA replication process ---------------------------------------------------------- */
 
 static ev_timer_t replica_timer;
@@ -82,12 +94,7 @@ static void replica_spawn(void)
         return;
     }
     if (pid == 0) {
-        admin_close_in_child();
-        ev_free(M.loop);
-        close(sig_io.fd);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
+        child_after_fork();
         for (int i = 0; i < M.nls; i++)
             close(M.ls[i].fd);
         _exit(replica_main(M.db, rt_cstr(&M.table->t, M.table->t.global->user), M.replica));
@@ -242,12 +249,7 @@ static int spawn(int id)
         return -1;
     }
     if (pid == 0) {
-        admin_close_in_child();
-        ev_free(M.loop);
-        close(sig_io.fd);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
+        child_after_fork();
         /* Inherited table: the master's current generation. */
         tref_t *t = tref_get(M.table);
         char err[256];

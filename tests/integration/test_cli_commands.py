@@ -43,7 +43,7 @@ def test_init_new_store(tmp_path):
     for ext in ("-wal", "-shm"):
         if os.path.exists(str(db) + ext):
             assert stat.S_IMODE(os.stat(str(db) + ext).st_mode) == 0o600, ext
-    assert sql(db, "PRAGMA user_version") == [(1,)]
+    assert sql(db, "PRAGMA user_version") == [(2,)]
     assert sql(db, "PRAGMA journal_mode") == [("wal",)]
     assert sql(db, "SELECT id, active FROM generations") == [(1, 1)]
     assert sql(db, "SELECT count(*) FROM generation_sites") == [(0,)]
@@ -68,7 +68,7 @@ def test_init_store_file_properties(tmp_path):
     for ext in ("-wal", "-shm"):
         if os.path.exists(str(db) + ext):
             assert stat.S_IMODE(os.stat(str(db) + ext).st_mode) == 0o600, ext
-    assert sql(db, "PRAGMA user_version") == [(1,)]
+    assert sql(db, "PRAGMA user_version") == [(2,)]
     assert sql(db, "PRAGMA journal_mode") == [("wal",)]
     tables = {r[0] for r in sql(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"sites", "generations", "certificates", "acme_accounts", "acme_challenges", "ticket_keys",
@@ -98,10 +98,10 @@ def test_init_is_idempotent(store, proxyctl, db):
     for _ in range(2):
         rc, out, err = proxyctl("init")
         assert rc == 0, err
-        assert out == f"store {db} is at schema version 1 (was 1); generation 1 active\n"
+        assert out == f"store {db} is at schema version 2 (was 2); generation 1 active\n"
         assert err == ""
     assert state(db) == before
-    assert sql(db, "PRAGMA user_version") == [(1,)]
+    assert sql(db, "PRAGMA user_version") == [(2,)]
     assert sql(db, "PRAGMA journal_mode") == [("wal",)]
     assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
 
@@ -175,13 +175,13 @@ def test_corrupt_store_file_is_a_runtime_error(tmp_path):
 def test_newer_schema_is_refused_for_changes(store, proxyctl, db, tmp_path):
     import sqlite3
     con = sqlite3.connect(str(db))
-    con.execute("PRAGMA user_version = 2")
+    con.execute("PRAGMA user_version = 3")
     con.commit()
     con.close()
     write(tmp_path, "a.yaml", site_yaml("a", ["a.example.com"]))
     rc, _, err = proxyctl("add-site", "a.yaml")
     assert rc == 3
-    assert err == f"proxyctl: store {db}: schema version 2 is newer than this proxyctl (1)\n"
+    assert err == f"proxyctl: store {db}: schema version 3 is newer than this proxyctl (2)\n"
 
 
 def test_locked_store_is_a_runtime_error(store, proxyctl, db, tmp_path):
@@ -1021,7 +1021,8 @@ def test_admin_commands_proxyd_error(store, proxyctl, db, tmp_path, fake_proxyd)
     rc, out, err = proxyctl("add-site", "a.yaml")
     assert rc == 3
     assert out.startswith("site 'a' added; generation 2 active")
-    assert err == "proxyctl: proxyd refused to reload (admin socket admin.sock)\n"
+    # a relative admin socket path resolves beside the store
+    assert err == f"proxyctl: proxyd refused to reload (admin socket {db.parent}/admin.sock)\n"
     assert active_generation(db)[0] == 2
 
 
