@@ -223,6 +223,10 @@ void conn_free_deferred(void)
     }
 }
 
+#define DEFERRED_MAX 256
+static conn_t *deferred_reads[DEFERRED_MAX];
+static unsigned ndeferred;
+
 static void update_events(conn_t *c)
 {
     if (c->closed)
@@ -234,19 +238,18 @@ static void update_events(conn_t *c)
     if (iobuf_len(c->out) || (c->req && c->req->static_left) || c->tls_want_write)
         ev |= EV_WRITE;
     ev_set(W->loop, &c->io, ev);
+    /* Bytes TLS already holds (read ahead, or decrypted but not taken) make
+     * the socket no more readable: take them after this loop turn. */
+    if ((ev & EV_READ) && c->ssl && !c->read_deferred && ndeferred < DEFERRED_MAX && SSL_has_pending(c->ssl)) {
+        c->read_deferred = true;
+        deferred_reads[ndeferred++] = c;
+    }
 }
-
-static conn_t *deferred_reads[256];
-static unsigned ndeferred;
 
 void conn_pause_read(conn_t *c, bool pause)
 {
     c->read_paused = pause;
     update_events(c);
-    if (!pause && c->ssl && SSL_pending(c->ssl) > 0 && !c->read_deferred && ndeferred < 256) {
-        c->read_deferred = true;
-        deferred_reads[ndeferred++] = c;
-    }
 }
 
 size_t conn_out_space(conn_t *c)
@@ -968,7 +971,7 @@ static void on_readable(conn_t *c)
 {
     ssize_t n = read_in(c);
     /* TLS may hold more decrypted bytes than one read took: take what fits. */
-    while (n > 0 && c->ssl && SSL_pending(c->ssl) > 0 && iobuf_space(c->in) > 0) {
+    while (n > 0 && c->ssl && SSL_has_pending(c->ssl) && iobuf_space(c->in) > 0) {
         ssize_t more = read_in(c);
         if (more <= 0)
             break;
@@ -1016,8 +1019,14 @@ static void handshake(conn_t *c)
 
 void conn_run_deferred_reads(void)
 {
-    while (ndeferred) {
-        conn_t *c = deferred_reads[--ndeferred];
+    /* Only those deferred before this turn: a connection whose TLS holds a
+     * partial record defers itself again and waits for the socket. */
+    conn_t *batch[DEFERRED_MAX];
+    unsigned n = ndeferred;
+    memcpy(batch, deferred_reads, n * sizeof(*batch));
+    ndeferred = 0;
+    for (unsigned i = 0; i < n; i++) {
+        conn_t *c = batch[i];
         c->read_deferred = false;
         if (!c->closed && !c->read_paused)
             on_readable(c);

@@ -199,6 +199,9 @@ static SSL_CTX *server_ctx(const rt_table_t *t)
         return NULL;
     }
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+    /* One read(2) per record instead of two (header, then body); conn.c asks
+     * SSL_has_pending, which also sees bytes read ahead but not decrypted. */
+    SSL_CTX_set_read_ahead(ctx, 1);
     SSL_CTX_set_session_id_context(ctx, (const unsigned char *)SESSION_CONTEXT, sizeof(SESSION_CONTEXT) - 1);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF); /* stateless tickets only: shared by every worker */
     SSL_CTX_set_num_tickets(ctx, 1);

@@ -1129,3 +1129,32 @@ def test_testssl_sh(tmp_path):
     if p.returncode == 77:
         pytest.skip("testssl.sh cannot be installed (apt-get install testssl.sh): " + (p.stdout + p.stderr)[-500:])
     assert p.returncode == 0, f"testssl.sh found problems ({p.returncode}):\n{p.stdout[-8000:]}\n{p.stderr[-4000:]}"
+
+
+# ---- reading: TLS read-ahead ------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_pipelined_requests_beyond_one_buffer_all_answered(mp, version):
+    """proxyd reads TLS with read-ahead: bytes OpenSSL already holds do not make the socket
+    readable again.  400 pipelined requests (about 40 KiB, more than a 16 KiB input buffer,
+    sent as several TLS records in one burst) must all be answered, in order, without the
+    client sending anything more."""
+    n = 400
+    req = b"GET /%d HTTP/1.1\r\nHost: plain.test\r\nUser-Agent: pipelining-test-with-some-padding\r\n\r\n"
+    burst = b"".join(req % i for i in range(n))
+    assert len(burst) > 2 * 16384
+    s = tls_connect(mp.https_port, "plain.test", version=version, timeout=10)
+    try:
+        s.sendall(burst)
+        got, data = 0, b""
+        deadline = time.monotonic() + 10
+        while got < n and time.monotonic() < deadline:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            got = data.count(b"HTTP/1.1 200 ")
+        assert got == n, f"{got} of {n} responses"
+        assert data.count(b"site plain") == n
+    finally:
+        s.close()
