@@ -285,18 +285,26 @@ parse_wrk() {
     }' "$1"
 }
 
-# run_wrk LABEL WORKERS MODE ROUND: one measured run, appended to RESULTS.
+# cpu_ticks, cpu_us_per: bench/lib.sh
+. "$ROOT/bench/lib.sh"
+
+# run_wrk LABEL WORKERS MODE ROUND: one measured run, appended to RESULTS as
+# "label workers mode round rps p50 p99 errors non2xx server_cpu_us_per_request".
 run_wrk() {
-    local label=$1 w=$2 mode=$3 round=$4 out fields
+    local label=$1 w=$2 mode=$3 round=$4 out fields t0 t1 cpu=-
     local cmd=(wrk -t1 "-c$CONNS" "-d${DURATION}s" --latency)
     [ "$mode" = close ] && cmd+=(-H 'Connection: close')
     cmd+=("http://127.0.0.1:$(port_of "$label")/")
     out=$TMP/wrk-$label-$w-$mode-$round.txt
     record "${cmd[@]}"
+    t0=$(cpu_ticks)
     "${cmd[@]}" >"$out" 2>&1 || true
+    t1=$(cpu_ticks)
     fields=$(parse_wrk "$out")
-    echo "$label $w $mode $round $fields" >>"$RESULTS"
-    log "  $label w$w $mode: $fields"
+    [ "$label" = origin ] ||
+        cpu=$(cpu_us_per "$t0" "$t1" "$(awk '/^ *[0-9]+ requests in/ { print $1 }' "$out" | grep . || echo 0)")
+    echo "$label $w $mode $round $fields $cpu" >>"$RESULTS"
+    log "  $label w$w $mode: $fields; server CPU $cpu us per request"
 }
 
 warm_up() {
@@ -398,14 +406,17 @@ cell() {
 fmt_rps() {
     if [ "$1" = - ]; then echo n/a; else printf '%.0f' "$1"; fi
 }
+fmt_cpu() {
+    if [ "$1" = - ]; then echo -; else awk -v v="$1" 'BEGIN { printf "%.1f µs", v }'; fi
+}
 fmt_ms() {
     if [ "$1" = - ]; then echo n/a; else awk -v v="$1" 'BEGIN { printf "%.2f ms", v / 1000 }'; fi
 }
 
 load_table() {
     local t w mode cells name
-    echo "| target | workers | keep-alive req/s | p50 | p99 | new-connection req/s | p50 | p99 |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "| target | workers | keep-alive req/s | p50 | p99 | server CPU per request | new-connection req/s | p50 | p99 | server CPU per request |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for t in $TARGETS; do
         for w in 1 2; do
             [ "$t" = origin ] && [ "$w" = 2 ] && continue
@@ -413,6 +424,7 @@ load_table() {
             for mode in keepalive close; do
                 cells="$cells | $(fmt_rps "$(cell "$t" "$w" "$mode" 5)")"
                 cells="$cells | $(fmt_ms "$(cell "$t" "$w" "$mode" 6)") | $(fmt_ms "$(cell "$t" "$w" "$mode" 7)")"
+                cells="$cells | $(fmt_cpu "$(cell "$t" "$w" "$mode" 10)")"
             done
             name=$t
             [ "$t" != origin ] || name="origin (direct)"
@@ -449,6 +461,8 @@ report() {
     echo "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | awk 'NR == 1 { print "haproxy " $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }'), proxyd at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
     echo "Median of $ROUNDS round(s); wrk -t1 -c$CONNS -d${DURATION}s per cell; 100-byte body from bench/origin on 127.0.0.1:$ORIGIN_PORT."
     echo "wrk, the proxy and the origin share the machine's CPUs."
+    echo "\"Server CPU per request\": user+system time of the proxy's processes during the run, divided by the"
+    echo "requests wrk counted; unlike the rates it does not depend on how the shared CPUs are divided."
     echo
     load_table
     echo

@@ -300,20 +300,8 @@ start_target() {                # NAME: TARGET_PID, or 1
 
 now() { date +%s.%N; }
 
-# cpu_ticks: utime+stime (clock ticks) of the current target's master and
-# its children (nginx's and proxyd's workers; haproxy -db is one process).
-cpu_ticks() {
-    local pid sum=0 v
-    for pid in $TARGET_PID $(ps -o pid= --ppid "$TARGET_PID" 2>/dev/null); do
-        v=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat" 2>/dev/null || echo 0)
-        sum=$((sum + ${v:-0}))
-    done
-    echo "$sum"
-}
-CLK_TCK=$(getconf CLK_TCK)
-
-# server CPU microseconds per unit: TICKS_BEFORE TICKS_AFTER UNITS
-cpu_us_per() { awk -v a="$1" -v b="$2" -v n="$3" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.0f", (b - a) / hz * 1e6 / n; else print "-" }'; }
+# cpu_ticks, cpu_us_per: bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 # s_time_run TARGET COLUMN ROUND ARGS...: CLIENTS parallel s_time; appends
 # "target column round rate resumed_pct bytes_per_conn server_cpu_us_per_conn" to RESULTS.
