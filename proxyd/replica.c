@@ -4,7 +4,7 @@
  * One poll() loop.  Server side: up to MAX_PEERS non-blocking TLS
  * connections, each a small state machine (handshake, read an 8-byte
  * request, write the response, back to reading), each with a deadline.
- * Client side: once a second a bounded, blocking exchange with the peer
+ * Client side: every PULL_EVERY_MS a bounded, blocking exchange with the peer
  * (ha_pull), at most PULL_TIMEOUT_MS long.
  */
 #include "replica.h"
@@ -32,7 +32,7 @@
 #include "worker.h"
 
 #define MAX_PEERS 8
-#define PULL_EVERY_MS 1000
+#define PULL_EVERY_MS 250
 #define PULL_TIMEOUT_MS 1500
 #define HANDSHAKE_MS 3000
 #define IDLE_MS 30000
@@ -72,7 +72,7 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* The same complaint once a minute at most (a wrong peer retries every second). */
+/* The same complaint once a minute at most (a wrong peer retries 4 times a second). */
 static void complain(const char *msg)
 {
     static char last[256];

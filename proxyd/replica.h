@@ -3,7 +3,7 @@
  *
  * When the store holds this node's `ha` settings, the master forks one more
  * child beside the workers.  It answers the peer on the replication listener
- * (mutual TLS with the cluster CA) and, every second, asks the peer for its
+ * (mutual TLS with the cluster CA) and, 4 times a second, asks the peer for its
  * state and pulls a snapshot when this node should follow it (ha_pull in
  * common/ha.c).  After a pull it sends SIGHUP to the master, which reloads.
  * It never touches traffic: a peer that is down, slow or untrusted costs
