@@ -586,6 +586,45 @@ static int ha_notify(cli_t *cli, int argc, char **argv)
     return rc;
 }
 
+/* After a sync the sites are the peer's: compiled with this node's own
+ * settings they must give the replicated table.  If not, the nodes' settings
+ * differ outside `ha`, and a generation made here after a failover would
+ * serve differently: say so. */
+static void compare_settings(store_t *st, const char *peer_node)
+{
+    site_list_t sites = {0};
+    char *gyaml = NULL, *gsource = NULL, hex[65], active[65];
+    int64_t gen;
+    arena_t a;
+    diag_t d = {0};
+    arena_init(&a, 1 << 16);
+    if (cli_load_sites(st, &sites) == 0 && cli_load_global(st, &gyaml, &gsource) == 0 && ha_active(st, &gen, active) == 0) {
+        cfg_global_t *g = config_global(&a, "proxy.yaml", gyaml && *gyaml ? gyaml : NULL, &d);
+        cfg_site_t **parsed = calloc(sites.n + 1, sizeof(*parsed));
+        for (size_t i = 0; parsed && i < sites.n; i++)
+            parsed[i] = config_site(&a, sites.v[i].source, sites.v[i].yaml, &d);
+        if (g && parsed && d.errors == 0)
+            check_sites(g, parsed, sites.n, &d);
+        uint8_t *blob = NULL;
+        size_t len;
+        if (g && parsed && d.errors == 0 && compile_table(g, parsed, sites.n, &blob, &len) == 0) {
+            store_digest_hex(blob, len, hex);
+            if (strcmp(hex, active) != 0)
+                fprintf(stderr, "proxyctl: warning: this node's settings differ from %s's outside the 'ha' block: the "
+                                "replicated table has digest %.12s, compiled here it would be %.12s (make proxy.yaml "
+                                "equal on both nodes except 'ha')\n",
+                        peer_node, active, hex);
+        }
+        free(blob);
+        free(parsed);
+    }
+    diag_free(&d);
+    arena_free(&a);
+    free(gyaml);
+    free(gsource);
+    site_list_free(&sites);
+}
+
 static int ha_sync(cli_t *cli, int argc, char **argv)
 {
     bool force = false;
@@ -625,10 +664,13 @@ static int ha_sync(cli_t *cli, int argc, char **argv)
                peer.role[0] ? peer.role : "without a role", (long long)peer.serial, conf.node,
                s.role[0] ? s.role : "without a role", (long long)s.serial,
                peer.serial == s.serial ? " (in sync)" : " ('ha sync --force' pulls anyway)");
+        if (peer.serial == s.serial)
+            compare_settings(&st, peer.node);
         rc = EXIT_OK;
     } else {
         printf("pulled from %s (%s, serial %lld): generation %lld %s\n", peer.node, peer.role[0] ? peer.role : "no role",
                (long long)peer.serial, (long long)peer.generation, peer.digest);
+        compare_settings(&st, peer.node);
         rc = reload && cli_notify_reload(cli, &st) < 0 ? EXIT_RUNTIME : EXIT_OK;
     }
     ha_client_close(&c);

@@ -959,6 +959,7 @@ def test_sync_pulls_the_masters_state(pair, origin_factory):
     rc, out, err, took = pair.sync()
     assert rc == 0, err
     assert out == f"pulled from lb0 (MASTER, serial {a.serial()}): generation {gid_a} {digest_a}\n", out
+    assert "warning" not in err, err  # equal settings outside `ha`: the table compiled here would be the same
     assert_same_replicated_state(a, b)
     assert b.active()[3] == f"replicated from lb0 generation {gid_a}"
     assert b.active()[1] == digest_a
@@ -997,6 +998,27 @@ def test_sync_pulls_the_masters_state(pair, origin_factory):
     # A kept serving all along
     assert http(pair.http_port, host="app.test").status == 200
     assert a.running()
+
+
+def test_sync_warns_when_settings_differ_outside_ha(pair):
+    """B's settings differ from A's outside `ha` (workers): after a pull, B's table compiled with
+    its own settings would not be the replicated one, and `ha sync` says so (exit 0: the pull is
+    still right)."""
+    a, b = pair.a, pair.b
+    a.add_site("web", site("web", "web.test"))
+    text = b.text.replace("workers: 1", "workers: 2")
+    assert text != b.text
+    (b.dir / "proxy.yaml").write_text(text)
+    rc, out, err = b.ctl("init", "--global", b.dir / "proxy.yaml")
+    assert rc == 0, err
+    pair.start_a()
+    rc, out, err, _ = pair.sync()
+    assert rc == 0 and out.startswith("pulled from lb0"), (rc, out, err)
+    digest_a = a.active()[1]
+    assert re.search(rf"^proxyctl: warning: this node's settings differ from lb0's outside the 'ha' block: the "
+                     rf"replicated table has digest {digest_a[:12]}, compiled here it would be [0-9a-f]{{12}} ",
+                     err, re.M), err
+    assert b.active()[1] == digest_a
 
 
 def test_sync_follows_roles(pair):
