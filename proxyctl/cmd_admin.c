@@ -37,8 +37,10 @@ static char *admin_path(cli_t *cli)
     return path;
 }
 
-/* One request, whole response into buf; returns the status code or -1. */
-static int admin_request(const char *path, const char *method, const char *target, char *buf, size_t cap)
+/* One request, the whole response into out (NUL-terminated, growing as the
+ * answer needs: /status of 10,000 sites is several MiB); returns the status
+ * code or -1. */
+static int admin_request(const char *path, const char *method, const char *target, buf_t *out)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
@@ -59,19 +61,23 @@ static int admin_request(const char *path, const char *method, const char *targe
     char req[256];
     int n = snprintf(req, sizeof(req), "%s %s HTTP/1.1\r\nHost: proxyd\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                      method, target);
-    size_t got = 0;
     if (write(fd, req, (size_t)n) == n) {
         ssize_t r;
-        while (got + 1 < cap && (r = read(fd, buf + got, cap - got - 1)) > 0)
-            got += (size_t)r;
+        do {
+            buf_reserve(out, 65536);
+            r = read(fd, out->p + out->len, out->cap - out->len - 1);
+            if (r > 0)
+                out->len += (size_t)r;
+        } while (r > 0);
     }
     close(fd);
-    buf[got] = '\0';
-    if (got < 12 || strncmp(buf, "HTTP/1.", 7) != 0) {
+    buf_reserve(out, 1);
+    out->p[out->len] = '\0';
+    if (out->len < 12 || strncmp((const char *)out->p, "HTTP/1.", 7) != 0) {
         errno = EPROTO;
         return -1;
     }
-    return atoi(buf + 9);
+    return atoi((const char *)out->p + 9);
 }
 
 static int call(cli_t *cli, const char *method, const char *target, int print_body)
@@ -79,21 +85,20 @@ static int call(cli_t *cli, const char *method, const char *target, int print_bo
     char *path = admin_path(cli);
     if (path == NULL)
         return EXIT_RUNTIME;
-    char *buf = malloc(1 << 20);
-    int status = admin_request(path, method, target, buf, 1 << 20);
+    buf_t resp = {0};
+    int status = admin_request(path, method, target, &resp);
+    const char *body = resp.p ? strstr((const char *)resp.p, "\r\n\r\n") : NULL;
     int rc = EXIT_OK;
     if (status < 0) {
         fprintf(stderr, "proxyctl: proxyd is not running (no answer on admin socket %s: %s)\n", path, strerror(errno));
         rc = EXIT_RUNTIME;
     } else if (status != 200) {
-        const char *body = strstr(buf, "\r\n\r\n");
         fprintf(stderr, "proxyctl: proxyd answered %d: %s\n", status, body ? body + 4 : "");
         rc = EXIT_RUNTIME;
     } else if (print_body) {
-        const char *body = strstr(buf, "\r\n\r\n");
         fputs(body ? body + 4 : "", stdout);
     }
-    free(buf);
+    buf_free(&resp);
     free(path);
     return rc;
 }

@@ -449,3 +449,24 @@ def test_metrics_per_site_counters_survive_reload(proxyd_factory, origin_factory
     time.sleep(0.2)
     ms = parse_metrics(curl_unix(p.admin_socket, "/metrics")[1])
     assert (count(ms, "zeta"), count(ms, "alpha")) == (7, 0)
+
+
+def test_status_of_10000_sites_is_whole(proxyd_factory, tmp_path):
+    """`proxyctl status --json` reads the whole answer, however long: with 10,000 sites (one
+    upstream each) /status is over 2 MiB, past any fixed buffer."""
+    p = proxyd_factory(workers=1, start=False)
+    d = tmp_path / "many"
+    d.mkdir()
+    for i in range(10000):
+        (d / f"s{i}.yaml").write_text(
+            f"site: s{i}\nhosts: [s{i}.test]\nupstreams:\n  app:\n    servers: [{{address: \"127.0.0.1:9\"}}]\n"
+            "routes:\n  - match: {path_prefix: /}\n    upstream: app\n")
+    rc, out, err = p.proxyctl("apply", d, timeout=300)
+    assert rc == 0, err
+    p.start(timeout=30)
+    rc, out, err = p.proxyctl("status", "--json", timeout=60)
+    assert rc == 0, err
+    assert len(out) > 2 * 1024 * 1024, len(out)
+    st = json.loads(out)
+    assert st["sites"] == 10000
+    assert len(st["upstreams"]) == 10000
