@@ -61,68 +61,9 @@ NOTES=$TMP/notes.txt
 : >"$NOTES"
 STARTED=""                      # PIDs of the processes this script started
 
-log() { printf '%s\n' "$*" >&2; }
-note() { printf -- '- %s\n' "$*" >>"$NOTES"; }
-
-# Remember a command line for the report, once.
-record() {
-    local line
-    line=$(printf '%q ' "$@")
-    grep -Fxq -- "${line% }" "$COMMANDS" || printf '%s\n' "${line% }" >>"$COMMANDS"
-}
-
-# ---- processes -----------------------------------------------------------
-
-# start_bg LOG CMD...: start CMD in the background; its PID is in LAST_PID.
-start_bg() {
-    local out=$1
-    shift
-    record "$@"
-    "$@" >"$out" 2>&1 </dev/null &
-    LAST_PID=$!
-    STARTED="$STARTED $LAST_PID"
-}
-
-# stop_pid PID: SIGTERM, up to 5 s, then SIGKILL; the children of a master
-# that had to be killed are killed by their PIDs too.
-stop_pid() {
-    local pid=$1 kids i rest=""
-    kids=$(ps -o pid= --ppid "$pid" 2>/dev/null || true)
-    if kill -TERM "$pid" 2>/dev/null; then
-        for i in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    for i in $kids; do kill -KILL "$i" 2>/dev/null || true; done
-    for i in $STARTED; do [ "$i" = "$pid" ] || rest="$rest $i"; done
-    STARTED=$rest
-}
-
-cleanup() {
-    local pid
-    trap - EXIT INT TERM
-    for pid in $STARTED; do stop_pid "$pid"; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-port_taken() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
-
-# wait_http PORT PID: true once http://127.0.0.1:PORT/ answers 200 (5 s at most).
-wait_http() {
-    local i
-    for i in $(seq 1 50); do
-        kill -0 "$2" 2>/dev/null || return 1
-        [ "$(curl -s -o /dev/null --max-time 1 -w '%{http_code}' "http://127.0.0.1:$1/")" = 200 ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
+# log, note, record, start_bg, stop_pid, cleanup (and the traps), port_taken,
+# wait_http, cpu_ticks, cpu_us_per: bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 # ---- proxies ---------------------------------------------------------------
 

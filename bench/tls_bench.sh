@@ -86,53 +86,9 @@ SUITE=TLS_AES_128_GCM_SHA256
 TLS12_CIPHERS="ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 TLS13_SUITES="TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
-log() { printf '%s\n' "$*" >&2; }
-note() { printf -- '- %s\n' "$*" >>"$NOTES"; }
-
-record() {
-    local line
-    line=$(printf '%q ' "$@")
-    grep -Fxq -- "${line% }" "$COMMANDS" || printf '%s\n' "${line% }" >>"$COMMANDS"
-}
-
-# ---- processes -----------------------------------------------------------
-
-start_bg() {                    # LOG CMD...: LAST_PID
-    local out=$1
-    shift
-    record "$@"
-    "$@" >"$out" 2>&1 </dev/null &
-    LAST_PID=$!
-    STARTED="$STARTED $LAST_PID"
-}
-
-stop_pid() {                    # PID: TERM, 5 s, KILL; then its children
-    local pid=$1 kids i rest=""
-    kids=$(ps -o pid= --ppid "$pid" 2>/dev/null || true)
-    if kill -TERM "$pid" 2>/dev/null; then
-        for i in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    for i in $kids; do kill -KILL "$i" 2>/dev/null || true; done
-    for i in $STARTED; do [ "$i" = "$pid" ] || rest="$rest $i"; done
-    STARTED=$rest
-}
-
-cleanup() {
-    local pid
-    trap - EXIT INT TERM
-    for pid in $STARTED; do stop_pid "$pid"; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-port_taken() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+# log, note, record, start_bg, stop_pid, cleanup (and the traps), port_taken,
+# wait_http, cpu_ticks, cpu_us_per: bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 port_of() {
     case $1 in
@@ -299,9 +255,6 @@ start_target() {                # NAME: TARGET_PID, or 1
 # ---- measurements ----------------------------------------------------------
 
 now() { date +%s.%N; }
-
-# cpu_ticks, cpu_us_per: bench/lib.sh
-. "$ROOT/bench/lib.sh"
 
 # s_time_run TARGET COLUMN ROUND ARGS...: CLIENTS parallel s_time; appends
 # "target column round rate resumed_pct bytes_per_conn server_cpu_us_per_conn" to RESULTS.
