@@ -459,13 +459,15 @@ static int apply_gen(store_t *st, const rec_t *r, const ha_meta_t *m, int64_t *g
     return rc;
 }
 
-int ha_snapshot_apply(store_t *st, const uint8_t *p, size_t n, const char *command, bool *reload, char *err,
-                      size_t errlen)
+int ha_snapshot_apply(store_t *st, const uint8_t *p, size_t n, const char *command, ha_meta_t *meta, bool *reload,
+                      char *err, size_t errlen)
 {
     ha_meta_t m;
     *reload = false;
     if (ha_snapshot_check(p, n, &m, err, errlen) < 0)
         return -1;
+    if (meta)
+        *meta = m;
     if (!(p[12] & 1))
         return seterr(err, errlen, "not a full snapshot");
     if (store_begin(st) < 0)
@@ -822,12 +824,11 @@ int ha_pull(store_t *st, ha_client_t *c, SSL_CTX *ctx, const ha_conf_t *conf, bo
     char cmd[96];
     snprintf(cmd, sizeof(cmd), "ha sync from %s", peer->node);
     char why[400];
-    if (ha_snapshot_apply(st, b.p, b.len, cmd, reload, why, sizeof(why)) < 0) {
+    /* peer receives the snapshot's own META, which may be newer than the one that decided */
+    if (ha_snapshot_apply(st, b.p, b.len, cmd, peer, reload, why, sizeof(why)) < 0) {
         seterr(err, errlen, "peer %s: snapshot refused: %s", conf->peer, why);
         goto out;
     }
-    /* the snapshot's own META may be newer than the one that decided */
-    ha_snapshot_check(b.p, b.len, peer, why, sizeof(why));
     *pulled = true;
     rc = 0;
 out:

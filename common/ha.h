@@ -81,10 +81,11 @@ int ha_snapshot_encode(store_t *st, const char *node, bool full, buf_t *out);
 int ha_snapshot_check(const uint8_t *p, size_t n, ha_meta_t *meta, char *err, size_t errlen);
 /* Replace this node's replicated state with the snapshot's, in one
  * transaction: the generation is verified as rt_open() would before it is
- * stored.  *reload is set when the active generation or the ticket keys
- * changed.  0, or -1 with the reason in err (nothing changed then). */
-int ha_snapshot_apply(store_t *st, const uint8_t *p, size_t n, const char *command, bool *reload, char *err,
-                      size_t errlen);
+ * stored.  meta (may be NULL) receives the snapshot's META; *reload is set
+ * when something was applied.  0, or -1 with the reason in err (nothing
+ * changed then). */
+int ha_snapshot_apply(store_t *st, const uint8_t *p, size_t n, const char *command, ha_meta_t *meta, bool *reload,
+                      char *err, size_t errlen);
 
 /* ---- the TLS link ---------------------------------------------------------- */
 

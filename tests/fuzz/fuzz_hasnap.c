@@ -45,7 +45,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         m[16 + i] = (uint8_t)(len >> (8 * i));
     SHA256(m + HA_HDR_LEN, len, m + 24);
     if (ha_snapshot_check(m, size, &meta, err, sizeof(err)) == 0 &&
-        ha_snapshot_apply(&st, m, size, "fuzz", &reload, err, sizeof(err)) == 0) {
+        ha_snapshot_apply(&st, m, size, "fuzz", NULL, &reload, err, sizeof(err)) == 0) {
         uint8_t *blob;
         size_t n;
         int64_t id;

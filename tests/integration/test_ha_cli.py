@@ -1079,17 +1079,16 @@ def test_sync_follows_roles(pair):
 # 8. peers that must never be trusted
 # =============================================================================================
 
-class TcpHolder:
-    """Accepts TCP connections and never says a word (closed at teardown)."""
+class AcceptLoop:
+    """A listener on 127.0.0.1 whose thread hands each accepted connection to serve(conn)."""
 
-    def __init__(self):
+    def __init__(self, backlog=16):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
+        self.sock.listen(backlog)
         self.sock.settimeout(0.1)
         self.port = self.sock.getsockname()[1]
-        self.conns = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -1098,16 +1097,30 @@ class TcpHolder:
         while not self.stop.is_set():
             try:
                 c, _ = self.sock.accept()
-                self.conns.append(c)
             except socket.timeout:
                 continue
             except OSError:
                 return
+            self.serve(c)
 
     def close(self):
         self.stop.set()
-        self.thread.join(5)
         self.sock.close()
+        self.thread.join(10)
+
+
+class TcpHolder(AcceptLoop):
+    """Accepts TCP connections and never says a word (closed at teardown)."""
+
+    def __init__(self):
+        self.conns = []
+        super().__init__()
+
+    def serve(self, c):
+        self.conns.append(c)
+
+    def close(self):
+        super().close()
         for c in self.conns:
             c.close()
 
@@ -1139,7 +1152,7 @@ def recv_exact(s, n):
     return data
 
 
-class FakePeer:
+class FakePeer(AcceptLoop):
     """A TLS 1.3 server with a node certificate (mutual TLS, the given CA) that answers each 8-byte
     replication request with reply(cmd): bytes to send, (bytes,) to send and close, or None to close."""
 
@@ -1154,49 +1167,29 @@ class FakePeer:
         self.ctx.load_verify_locations(str(Path(tmp) / "fp-ca.pem"))
         self.reply = reply
         self.requests = []
-        self.holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.holder.bind(("127.0.0.1", 0))
-        self.holder.listen(8)
-        self.holder.settimeout(0.1)
-        self.port = self.holder.getsockname()[1]
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        super().__init__(backlog=8)
 
-    def _run(self):
-        while not self.stop.is_set():
-            try:
-                c, _ = self.holder.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            s = None
-            try:
-                c.settimeout(5)
-                s = self.ctx.wrap_socket(c, server_side=True)
-                while not self.stop.is_set():
-                    req = recv_exact(s, 8)
-                    if len(req) < 8:
-                        break
-                    self.requests.append(req)
-                    out = self.reply(req[5:6])
-                    if out is None:
-                        break
-                    if isinstance(out, tuple):   # (bytes, then close)
-                        s.sendall(out[0])
-                        break
-                    s.sendall(out)
-            except (OSError, ssl.SSLError):
-                pass
-            finally:
-                (s or c).close()
-
-    def close(self):
-        self.stop.set()
-        self.holder.close()
-        self.thread.join(10)
+    def serve(self, c):
+        s = None
+        try:
+            c.settimeout(5)
+            s = self.ctx.wrap_socket(c, server_side=True)
+            while not self.stop.is_set():
+                req = recv_exact(s, 8)
+                if len(req) < 8:
+                    break
+                self.requests.append(req)
+                out = self.reply(req[5:6])
+                if out is None:
+                    break
+                if isinstance(out, tuple):   # (bytes, then close)
+                    s.sendall(out[0])
+                    break
+                s.sendall(out)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            (s or c).close()
 
 
 def test_sync_from_another_cluster_is_refused(pair, cluster, origin_factory):

@@ -175,7 +175,7 @@ static void test_apply_makes_equal(void **state)
     assert_int_equal(ha_snapshot_check(m.p, m.len, &meta, err, sizeof(err)), 0);
     assert_string_equal(meta.node, "lb0");
     assert_string_equal(meta.role, "MASTER");
-    assert_int_equal(ha_snapshot_apply(&B, m.p, m.len, "ha sync from lb0", &reload, err, sizeof(err)), 0);
+    assert_int_equal(ha_snapshot_apply(&B, m.p, m.len, "ha sync from lb0", NULL, &reload, err, sizeof(err)), 0);
     assert_true(reload);
     assert_same(true);
     /* node-local state stays: settings, HA keys, role */
@@ -198,7 +198,7 @@ static void test_apply_makes_equal(void **state)
     int64_t gen1, gen2;
     char d1[65], d2[65];
     ha_active(&B, &gen1, d1);
-    assert_int_equal(ha_snapshot_apply(&B, m.p, m.len, "ha sync from lb0", &reload, err, sizeof(err)), 0);
+    assert_int_equal(ha_snapshot_apply(&B, m.p, m.len, "ha sync from lb0", NULL, &reload, err, sizeof(err)), 0);
     ha_active(&B, &gen2, d2);
     assert_int_equal(gen1, gen2);
     assert_same(true);
@@ -230,7 +230,7 @@ static void test_meta_only(void **state)
     snapshot(&m, false);
     assert_int_equal(ha_snapshot_check(m.p, m.len, &meta, err, sizeof(err)), 0);
     assert_int_equal(strlen(meta.digest), 64);
-    assert_int_equal(ha_snapshot_apply(&B, m.p, m.len, "t", &reload, err, sizeof(err)), -1);
+    assert_int_equal(ha_snapshot_apply(&B, m.p, m.len, "t", NULL, &reload, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "not a full snapshot"));
     buf_free(&m);
 }
@@ -246,10 +246,10 @@ static void test_damage_refused(void **state)
     snapshot(&m, true);
     assert_same(false);
     for (size_t n = 0; n < m.len; n++)
-        assert_int_equal(ha_snapshot_apply(&B, m.p, n, "t", &reload, err, sizeof(err)), -1);
+        assert_int_equal(ha_snapshot_apply(&B, m.p, n, "t", NULL, &reload, err, sizeof(err)), -1);
     for (size_t i = 0; i < m.len; i++) {
         m.p[i] ^= 0x20;
-        assert_int_equal(ha_snapshot_apply(&B, m.p, m.len, "t", &reload, err, sizeof(err)), -1);
+        assert_int_equal(ha_snapshot_apply(&B, m.p, m.len, "t", NULL, &reload, err, sizeof(err)), -1);
         m.p[i] ^= 0x20;
     }
     assert_same(false);
@@ -277,7 +277,7 @@ static void test_structural_damage(void **state)
             c.p[at] = (uint8_t)(seed >> 3);
         }
         SHA256(c.p + HA_HDR_LEN, c.len - HA_HDR_LEN, c.p + 24);
-        if (ha_snapshot_apply(&B, c.p, c.len, "t", &reload, err, sizeof(err)) < 0) {
+        if (ha_snapshot_apply(&B, c.p, c.len, "t", NULL, &reload, err, sizeof(err)) < 0) {
             refused++;
         } else {
             uint8_t *blob;
