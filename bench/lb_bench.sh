@@ -120,7 +120,7 @@ prepare_proxyd() {              # DIR ALGO
 listen: {http: ["127.0.0.1:$PROXYD_PORT"], https: []}
 workers: $WORKERS
 admin: {socket: $d/admin.sock}
-logs: {access: /dev/null}
+logs: {access: "off"}
 EOF
     {
         echo "site: bench"

@@ -144,7 +144,7 @@ prepare_proxyd() {              # WORKERS
 listen: {http: ["127.0.0.1:$(port_of proxyd)"], https: []}
 workers: $1
 admin: {socket: $d/admin.sock}
-logs: {access: /dev/null}
+logs: {access: "off"}
 EOF
     cat >"$d/bench.yaml" <<EOF
 site: bench

@@ -458,3 +458,38 @@ char *path_beside(const char *file, const char *rel)
         snprintf(p, n, "%.*s/%s", (int)(slash - file), file, rel);
     return p;
 }
+
+/* ---- formatting on hot paths ------------------------------------------------ */
+
+size_t fmt_u64(char *out, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do
+        tmp[n++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    out[n] = '\0';
+    return n;
+}
+
+size_t fmt_ip(char *out, int family, const uint8_t *addr)
+{
+    if (family == 6) {
+        inet_ntop(AF_INET6, addr, out, 46);
+        return strlen(out);
+    }
+    size_t n = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned b = addr[i];
+        if (b >= 100)
+            out[n++] = (char)('0' + b / 100);
+        if (b >= 10)
+            out[n++] = (char)('0' + b / 10 % 10);
+        out[n++] = (char)('0' + b % 10);
+        out[n++] = '.';
+    }
+    out[n - 1] = '\0';
+    return n - 1;
+}

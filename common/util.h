@@ -55,6 +55,13 @@ int parse_sockaddr(const char *s, size_t n, rt_sockaddr_t *out, const char **why
 int parse_rate(const char *s, size_t n, uint32_t *per_sec_milli, const char **why);
 bool cidr_contains(const rt_cidr_t *c, int family, const uint8_t *addr);
 
+/* ---- formatting on hot paths (no stdio) ----------------------------------- */
+/* v in decimal, NUL-terminated; out holds 21 bytes.  Returns the length. */
+size_t fmt_u64(char *out, uint64_t v);
+/* An address (family 4 or 6, as in rt_cidr_t) in its text form, NUL-terminated;
+ * out holds 46 bytes.  Returns the length. */
+size_t fmt_ip(char *out, int family, const uint8_t *addr);
+
 /* A path named in the settings, relative ones resolved against the directory
  * of file (the store): both nodes of a pair share settings, not directories.
  * malloc'ed; "" and absolute paths are returned as they are. */

@@ -405,11 +405,7 @@ void conn_write_str(conn_t *c, const char *s) { conn_write(c, s, strlen(s)); }
 void conn_write_u64(conn_t *c, uint64_t v)
 {
     char tmp[24];
-    int i = sizeof(tmp);
-    do
-        tmp[--i] = (char)('0' + v % 10);
-    while ((v /= 10) != 0);
-    conn_write(c, tmp + i, sizeof(tmp) - (size_t)i);
+    conn_write(c, tmp, fmt_u64(tmp, v));
 }
 
 /* Status line, Server, Date and the site's security headers. */
@@ -430,14 +426,19 @@ void conn_head_begin(conn_t *c, int status)
     if (r->site == RT_NONE)
         return;
     const rt_site_t *s = &r->table->t.sites[r->site];
-    if ((s->flags & RT_SF_HSTS) && c->tls)
-        conn_printf(c, "Strict-Transport-Security: max-age=%u%s%s\r\n", s->hsts_max_age,
-                   s->flags & RT_SF_HSTS_SUBDOMAINS ? "; includeSubDomains" : "",
-                   s->flags & RT_SF_HSTS_PRELOAD ? "; preload" : "");
+    if ((s->flags & RT_SF_HSTS) && c->tls) {
+        CONN_LIT(c, "Strict-Transport-Security: max-age=");
+        conn_write_u64(c, s->hsts_max_age);
+        if (s->flags & RT_SF_HSTS_SUBDOMAINS)
+            CONN_LIT(c, "; includeSubDomains");
+        if (s->flags & RT_SF_HSTS_PRELOAD)
+            CONN_LIT(c, "; preload");
+        CONN_LIT(c, "\r\n");
+    }
     if (s->security_headers >= RT_SECHDR_BASIC)
-        conn_printf(c, "X-Content-Type-Options: nosniff\r\n");
+        CONN_LIT(c, "X-Content-Type-Options: nosniff\r\n");
     if (s->security_headers >= RT_SECHDR_STRICT)
-        conn_printf(c, "X-Frame-Options: DENY\r\nReferrer-Policy: strict-origin-when-cross-origin\r\n");
+        CONN_LIT(c, "X-Frame-Options: DENY\r\nReferrer-Policy: strict-origin-when-cross-origin\r\n");
 }
 
 static void head_end(conn_t *c)
@@ -447,7 +448,9 @@ static void head_end(conn_t *c)
      * next request (smuggling).  Close after the response instead. */
     if (W->draining || (!r->body_done && r->body_remain != 0))
         r->keep_alive = false;
-    conn_printf(c, "%s\r\n", c->req->keep_alive ? "" : "Connection: close\r\n");
+    if (!c->req->keep_alive)
+        CONN_LIT(c, "Connection: close\r\n");
+    CONN_LIT(c, "\r\n");
 }
 
 static void respond(conn_t *c, int status, const char *ctype, const char *body, size_t blen, const char *extra)
@@ -637,15 +640,6 @@ static char *slice_dup(request_t *r, h1_slice_t s)
     return s.p ? arena_strndup(&r->arena, s.p, s.n) : NULL;
 }
 
-static const h1_header_t *find_named(const h1_request_t *h, const char *name)
-{
-    size_t n = strlen(name);
-    for (size_t i = 0; i < h->nheaders; i++)
-        if (h->headers[i].name.n == n && strncasecmp(h->headers[i].name.p, name, n) == 0)
-            return &h->headers[i];
-    return NULL;
-}
-
 static bool allowed(const conn_t *c, const rt_table_t *t, const rt_policy_t *p)
 {
     if (p->allow.count == 0)
@@ -791,7 +785,8 @@ static void act(conn_t *c, const h1_request_t *h, const rt_route_t *rt)
 static void copy_request(conn_t *c, const h1_request_t *h)
 {
     request_t *r = c->req;
-    const h1_header_t *ua = find_named(h, "user-agent"), *ref = find_named(h, "referer");
+    const h1_header_t *ua = h1_find_header(h->headers, h->nheaders, H1_HDR_USER_AGENT);
+    const h1_header_t *ref = h1_find_header(h->headers, h->nheaders, H1_HDR_REFERER);
     r->method_id = (uint8_t)h->method_id;
     r->method = slice_dup(r, h->method);
     r->host = h->host.p ? slice_dup(r, h->host) : arena_strdup(&r->arena, ""); /* HTTP/1.0 may omit Host */

@@ -66,30 +66,41 @@ static int hex_val(unsigned char c)
     return -1;
 }
 
-static bool is_tchar(unsigned char c)
-{
-    if (is_alnum(c))
-        return true;
-    switch (c) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-    case '-': case '.': case '^': case '_': case '`': case '|': case '~':
-        return true;
-    default:
-        return false;
-    }
-}
+/*
+ * Byte classes of the hot loops, one table lookup each:
+ *   CT_TCHAR   token characters (RFC 9110 §5.6.2): field names, methods
+ *   CT_OWS     SP and HTAB
+ *   CT_FVCHAR  visible field-value bytes: VCHAR and obs-text (RFC 9110 §5.5)
+ *   CT_TARGET  request-target bytes (is_target_char below)
+ */
+enum { CT_TCHAR = 1, CT_OWS = 2, CT_FVCHAR = 4, CT_TARGET = 8 };
 
-static bool is_ows(unsigned char c)
-{
-    return c == ' ' || c == '\t';
-}
+static const uint8_t ctype[256] = {
+     0,  0,  0,  0,  0,  0,  0,  0,  0,  2,  0,  0,  0,  0,  0,  0,  /* 0x00 */
+     0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  /* 0x10 */
+     2, 13,  4,  5, 13, 13, 13, 13, 12, 12, 13, 13, 12, 13, 13, 12,  /* 0x20 */
+    13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 12, 12,  4, 12,  4, 12,  /* 0x30 */
+    12, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13,  /* 0x40 */
+    13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 12,  4, 12, 13, 13,  /* 0x50 */
+    13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13,  /* 0x60 */
+    13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 12, 13, 12, 13,  0,  /* 0x70 */
+     4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  /* 0x80 */
+     4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  /* 0x90 */
+     4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  /* 0xA0 */
+     4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  /* 0xB0 */
+     4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  /* 0xC0 */
+     4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  /* 0xD0 */
+     4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  /* 0xE0 */
+     4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  /* 0xF0 */
+};
+
+static bool is_tchar(unsigned char c) { return ctype[c] & CT_TCHAR; }
+
+static bool is_ows(unsigned char c) { return ctype[c] & CT_OWS; }
 
 /* CTLs other than HTAB, and DEL, are never allowed in a field value (RFC
  * 9110 §5.5); obs-text (0x80-0xFF) is. */
-static bool is_bad_ctl(unsigned char c)
-{
-    return (c < 0x20 && c != '\t') || c == 0x7f;
-}
+static bool is_bad_ctl(unsigned char c) { return !(ctype[c] & (CT_FVCHAR | CT_OWS)); }
 
 /*
  * Request-target bytes: RFC 3986 unreserved, sub-delims, ":@/?%", plus
@@ -98,12 +109,7 @@ static bool is_bad_ctl(unsigned char c)
  * non-ASCII, '"', '<', '>', '\' and '#' (a fragment is never sent, RFC 9112
  * §3.2).
  */
-static bool is_target_char(unsigned char c)
-{
-    if (c <= 0x20 || c >= 0x7f)
-        return false;
-    return c != '"' && c != '#' && c != '<' && c != '>' && c != '\\';
-}
+static bool is_target_char(unsigned char c) { return ctype[c] & CT_TARGET; }
 
 static bool is_sub_delim(unsigned char c)
 {
@@ -227,9 +233,19 @@ static h1_hdr_id_t header_id(h1_slice_t name)
         {"upgrade", 7, H1_HDR_UPGRADE},
         {"trailer", 7, H1_HDR_TRAILER},
         {"expect", 6, H1_HDR_EXPECT},
+        {"user-agent", 10, H1_HDR_USER_AGENT},
+        {"referer", 7, H1_HDR_REFERER},
+        {"server", 6, H1_HDR_SERVER},
+        {"date", 4, H1_HDR_DATE},
+        {"x-forwarded-for", 15, H1_HDR_X_FORWARDED_FOR},
+        {"x-real-ip", 9, H1_HDR_X_REAL_IP},
+        {"x-forwarded-proto", 17, H1_HDR_X_FORWARDED_PROTO},
+        {"x-forwarded-host", 16, H1_HDR_X_FORWARDED_HOST},
+        {"x-forwarded-port", 16, H1_HDR_X_FORWARDED_PORT},
     };
+    unsigned char c0 = lower((unsigned char)name.p[0]); /* names are never empty */
     for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++)
-        if (ieq(name, tab[i].s, tab[i].n))
+        if (tab[i].n == name.n && (unsigned char)tab[i].s[0] == c0 && ieq(name, tab[i].s, tab[i].n))
             return tab[i].id;
     return H1_HDR_OTHER;
 }
@@ -340,18 +356,22 @@ static int parse_field_line(msg_t *m, h1_header_t *h)
     m->p++;
     while (m->p < m->end && is_ows((unsigned char)*m->p))
         m->p++;
-    const char *v = m->p, *last = m->p;
-    for (; m->p < m->end; m->p++) {
-        unsigned char c = (unsigned char)*m->p;
-        if (c == '\r')
+    const char *v = m->p, *last = m->p, *p = m->p, *end = m->end;
+    for (;;) { /* a run of visible bytes, then one other byte */
+        const char *run = p;
+        while (p < end && (ctype[(unsigned char)*p] & CT_FVCHAR))
+            p++;
+        if (p > run)
+            last = p;
+        if (p == end || *p == '\r' || !is_ows((unsigned char)*p))
             break;
-        if (c == '\n')
-            return fail(m, 400, "bare LF in header");
-        if (is_bad_ctl(c))
-            return fail(m, 400, "control character in field value");
-        if (!is_ows(c))
-            last = m->p + 1;
+        p++;
     }
+    m->p = p;
+    if (p < end && *p == '\n')
+        return fail(m, 400, "bare LF in header");
+    if (p < end && *p != '\r')
+        return fail(m, 400, "control character in field value");
     if (m->end - m->p < 2)
         return PARSE_MORE;
     if (m->p[1] != '\n')

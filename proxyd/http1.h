@@ -57,7 +57,7 @@ typedef enum {
     H1_METHOD_TRACE,
 } h1_method_t;
 
-/* Field names the parser interprets; everything else is H1_HDR_OTHER. */
+/* Field names known by number; everything else is H1_HDR_OTHER. */
 typedef enum {
     H1_HDR_OTHER,
     H1_HDR_HOST,
@@ -70,6 +70,16 @@ typedef enum {
     H1_HDR_UPGRADE,
     H1_HDR_TRAILER,
     H1_HDR_EXPECT,
+    /* named for the proxy's sake, not interpreted by the parser: */
+    H1_HDR_USER_AGENT,
+    H1_HDR_REFERER,
+    H1_HDR_SERVER,
+    H1_HDR_DATE,
+    H1_HDR_X_FORWARDED_FOR,
+    H1_HDR_X_REAL_IP,
+    H1_HDR_X_FORWARDED_PROTO,
+    H1_HDR_X_FORWARDED_HOST,
+    H1_HDR_X_FORWARDED_PORT,
 } h1_hdr_id_t;
 
 typedef struct {

@@ -66,7 +66,8 @@ struct upconn {
     ev_timer_t timer;
     iobuf_t *in, *out;
     conn_t *client;
-    upconn_t *next;             /* pool bucket or deferred-free list */
+    upconn_t *next;             /* its pool's idle list or the deferred-free list */
+    struct upool *pool;         /* the keep-alive pool it belongs to (one reference) */
     uint8_t state;
     bool closed, reused, head_done, read_paused, got_bytes, flush_pending;
     uint8_t body;               /* h1_body_t of the response */
@@ -79,10 +80,24 @@ struct upconn {
     uint64_t sent;              /* bytes of this request written to the server */
     h1_chunked_t chunks;        /* response body decoder */
     SSL *ssl;                   /* https upstreams */
-    char key[160];              /* pool key: [tls:SNI@]server address */
 };
 
-static upconn_t *pool[POOL_BUCKETS];
+/*
+ * A keep-alive pool: the idle connections to one address (with, for TLS, one
+ * upstream TLS identity), shared by every table that names it, so a reload
+ * keeps them.  A table caches its servers' pools on first use (tref_t.upool);
+ * a pool lives while a table caches it or a connection belongs to it.
+ */
+typedef struct upool {
+    struct upool *next;         /* hash chain */
+    upconn_t *idle;             /* most recently used first */
+    unsigned nidle;
+    unsigned refs;              /* caching tables + connections */
+    uint32_t hash;
+    char key[];                 /* [tls:SNI@]server address[=resolved address] */
+} upool_t;
+
+static upool_t *pools[POOL_BUCKETS];
 
 static void up_io(ev_loop_t *loop, ev_io_t *io, uint32_t revents);
 static void up_timer(ev_loop_t *loop, ev_timer_t *t);
@@ -113,33 +128,34 @@ static void fail(conn_t *c, int status, const char *fmt, ...)
 
 /* ---- the keep-alive pool --------------------------------------------------------- */
 
-static uint32_t bucket(const char *key) { return rt_hash(key, strlen(key)) & (POOL_BUCKETS - 1); }
-
-static upconn_t *pool_take(const char *key)
+static void pool_unref(upool_t *p)
 {
-    for (upconn_t **pp = &pool[bucket(key)]; *pp; pp = &(*pp)->next) {
-        upconn_t *u = *pp;
-        if (strcmp(u->key, key) != 0)
-            continue;
-        *pp = u->next;
-        u->next = NULL;
-        u->reused = true;
-        return u;
-    }
-    return NULL;
+    if (p == NULL || --p->refs > 0)
+        return;
+    for (upool_t **pp = &pools[p->hash & (POOL_BUCKETS - 1)]; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    free(p);
 }
 
-static unsigned pool_count(const char *key)
+static upconn_t *pool_take(upool_t *p)
 {
-    unsigned n = 0;
-    for (upconn_t *u = pool[bucket(key)]; u; u = u->next)
-        n += strcmp(u->key, key) == 0;
-    return n;
+    upconn_t *u = p->idle;
+    if (u == NULL)
+        return NULL;
+    p->idle = u->next;
+    p->nidle--;
+    u->next = NULL;
+    u->reused = true;
+    return u;
 }
 
 static void pool_put(upconn_t *u)
 {
-    if (W->draining || pool_count(u->key) >= u->keepalive) {
+    upool_t *p = u->pool;
+    if (W->draining || p->nidle >= u->keepalive) {
         up_close(u);
         return;
     }
@@ -151,17 +167,18 @@ static void pool_put(upconn_t *u)
     u->head_done = u->got_bytes = u->read_paused = false;
     ev_set(W->loop, &u->io, EV_READ); /* an idle upstream speaking means it is closing */
     ev_timer_start(W->loop, &u->timer, W->table->t.global->keepalive_timeout_ms, up_timer);
-    uint32_t b = bucket(u->key);
-    u->next = pool[b];
-    pool[b] = u;
+    u->next = p->idle;
+    p->idle = u;
+    p->nidle++;
 }
 
 static void pool_remove(upconn_t *u)
 {
-    for (upconn_t **pp = &pool[bucket(u->key)]; *pp; pp = &(*pp)->next)
+    for (upconn_t **pp = &u->pool->idle; *pp; pp = &(*pp)->next)
         if (*pp == u) {
             *pp = u->next;
             u->next = NULL;
+            u->pool->nidle--;
             return;
         }
 }
@@ -169,12 +186,9 @@ static void pool_remove(upconn_t *u)
 void proxy_pool_close_all(void)
 {
     for (int b = 0; b < POOL_BUCKETS; b++)
-        while (pool[b]) {
-            upconn_t *u = pool[b];
-            pool[b] = u->next;
-            u->next = NULL;
-            up_close(u);
-        }
+        for (upool_t *p = pools[b]; p; p = p->next)
+            while (p->idle) /* the pool outlives them: they are freed later (proxy_free_deferred) */
+                up_close(p->idle);
 }
 
 /* The attempt no longer occupies its server. */
@@ -210,19 +224,26 @@ void proxy_free_deferred(void)
     while (W->up_closed) {
         upconn_t *u = W->up_closed;
         W->up_closed = u->next;
+        pool_unref(u->pool);
         free(u);
     }
 }
 
 /* ---- connect ----------------------------------------------------------------------- */
 
-/* Connections are pooled per address and, for TLS, per upstream TLS identity. */
-static void pool_key(const tref_t *tr, uint32_t server, char *out, size_t cap)
+/* Connections are pooled per address and, for TLS, per upstream TLS identity.
+ * The pool of a table's server, found or made on first use and then cached
+ * in the table; NULL when out of memory. */
+static upool_t *pool_of(tref_t *tr, uint32_t server)
 {
+    if (tr->upool && tr->upool[server])
+        return tr->upool[server];
+    if (tr->upool == NULL && (tr->upool = calloc(tr->t.nservers, sizeof(*tr->upool))) == NULL)
+        return NULL;
     const rt_table_t *t = &tr->t;
     const rt_server_t *sv = &t->servers[server];
     const rt_upstream_t *u = &t->upstreams[sv->upstream];
-    char ip[INET6_ADDRSTRLEN + 1] = "";
+    char ip[INET6_ADDRSTRLEN + 1] = "", key[1024];
     if (sv->sa.kind == RT_ADDR_NAME && tr->resolved && tr->resolved[server].ss_family) {
         /* A name is pooled with what it resolved to: a reload may resolve it elsewhere. */
         const struct sockaddr_storage *ss = &tr->resolved[server];
@@ -231,17 +252,44 @@ static void pool_key(const tref_t *tr, uint32_t server, char *out, size_t cap)
         ip[0] = '=';
         inet_ntop(ss->ss_family, a, ip + 1, sizeof(ip) - 1);
     }
-    if (u->tls_flags & RT_UTLS_ON)
-        snprintf(out, cap, "tls:%s@%s%s", rt_cstr(t, u->tls_sni), rt_cstr(t, sv->sa.addr), ip);
-    else
-        snprintf(out, cap, "%s%s", rt_cstr(t, sv->sa.addr), ip);
+    int n = u->tls_flags & RT_UTLS_ON
+                ? snprintf(key, sizeof(key), "tls:%s@%s%s", rt_cstr(t, u->tls_sni), rt_cstr(t, sv->sa.addr), ip)
+                : snprintf(key, sizeof(key), "%s%s", rt_cstr(t, sv->sa.addr), ip);
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof(key) ? (size_t)n : sizeof(key) - 1;
+    uint32_t h = rt_hash(key, len);
+    upool_t *p = pools[h & (POOL_BUCKETS - 1)];
+    while (p && (p->hash != h || strcmp(p->key, key) != 0))
+        p = p->next;
+    if (p == NULL) {
+        if ((p = calloc(1, sizeof(*p) + len + 1)) == NULL)
+            return NULL;
+        memcpy(p->key, key, len);
+        p->hash = h;
+        p->next = pools[h & (POOL_BUCKETS - 1)];
+        pools[h & (POOL_BUCKETS - 1)] = p;
+    }
+    p->refs++;
+    tr->upool[server] = p;
+    return p;
 }
 
-static upconn_t *up_connect(conn_t *c, uint32_t server, const char **why)
+void proxy_table_release(tref_t *tr)
+{
+    for (uint32_t i = 0; tr->upool && i < tr->t.nservers; i++)
+        pool_unref(tr->upool[i]);
+    free(tr->upool);
+    tr->upool = NULL;
+}
+
+static upconn_t *up_connect(conn_t *c, uint32_t server, upool_t *p, const char **why)
 {
     request_t *r = c->req;
     struct sockaddr_storage ss;
     socklen_t sl;
+    if (p == NULL) {
+        *why = "out of memory";
+        return NULL;
+    }
     if (tref_sockaddr(r->table, server, &ss, &sl, why) < 0)
         return NULL;
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -266,7 +314,8 @@ static upconn_t *up_connect(conn_t *c, uint32_t server, const char **why)
         return NULL;
     }
     u->state = US_CONNECTING;
-    pool_key(r->table, server, u->key, sizeof(u->key));
+    u->pool = p;
+    p->refs++;
     return u;
 }
 
@@ -298,12 +347,6 @@ static void hb_header(hbuf_t *b, const char *name, const char *v, size_t vn)
     hb_add(b, "\r\n", 2);
 }
 
-static bool name_is(h1_slice_t n, const char *s)
-{
-    size_t l = strlen(s);
-    return n.n == l && strncasecmp(n.p, s, l) == 0;
-}
-
 static bool peer_trusted(const conn_t *c, const rt_table_t *t)
 {
     const rt_span_t tp = t->global->trusted_proxies;
@@ -328,48 +371,47 @@ static void forwarded_headers(hbuf_t *b, const conn_t *c, const h1_request_t *h,
 {
     const request_t *r = c->req;
     bool trusted = peer_trusted(c, t);
-    char peer[64], port[8];
-    vars_peer(c, peer, sizeof(peer));
-    snprintf(port, sizeof(port), "%u", c->local_port);
+    char peer[VARS_PEER_MAX], port[24];
+    size_t peer_len = vars_peer(c, peer);
+    size_t port_len = fmt_u64(port, c->local_port);
     h1_slice_t xri = {NULL, 0}, xfp = {NULL, 0}, xfh = {NULL, 0}, xfport = {NULL, 0};
     for (size_t i = 0; trusted && i < h->nheaders; i++) {
         const h1_header_t *x = &h->headers[i];
-        if (name_is(x->name, "x-forwarded-for"))
-            continue; /* joined below: several fields are one list (RFC 9110 §5.3) */
-        else if (name_is(x->name, "x-real-ip"))
-            xri = x->value;
-        else if (name_is(x->name, "x-forwarded-proto"))
-            xfp = x->value;
-        else if (name_is(x->name, "x-forwarded-host"))
-            xfh = x->value;
-        else if (name_is(x->name, "x-forwarded-port"))
-            xfport = x->value;
+        switch (x->id) {
+        case H1_HDR_X_REAL_IP: xri = x->value; break;
+        case H1_HDR_X_FORWARDED_PROTO: xfp = x->value; break;
+        case H1_HDR_X_FORWARDED_HOST: xfh = x->value; break;
+        case H1_HDR_X_FORWARDED_PORT: xfport = x->value; break;
+        default: break; /* X-Forwarded-For is joined below: several fields are one list (RFC 9110 §5.3) */
+        }
     }
     hb_str(b, "X-Forwarded-For: ");
     for (size_t i = 0; trusted && i < h->nheaders; i++)
-        if (name_is(h->headers[i].name, "x-forwarded-for") && h->headers[i].value.n) {
+        if (h->headers[i].id == H1_HDR_X_FORWARDED_FOR && h->headers[i].value.n) {
             hb_add(b, h->headers[i].value.p, h->headers[i].value.n);
             hb_str(b, ", ");
         }
-    hb_str(b, peer);
-    hb_str(b, "\r\n");
-    hb_header(b, "X-Real-IP", xri.n ? xri.p : peer, xri.n ? xri.n : strlen(peer));
+    hb_add(b, peer, peer_len);
+    hb_add(b, "\r\n", 2);
+    hb_header(b, "X-Real-IP", xri.n ? xri.p : peer, xri.n ? xri.n : peer_len);
     const char *scheme = c->tls ? "https" : "http";
     hb_header(b, "X-Forwarded-Proto", xfp.n ? xfp.p : scheme, xfp.n ? xfp.n : strlen(scheme));
     hb_header(b, "X-Forwarded-Host", xfh.n ? xfh.p : r->host, xfh.n ? xfh.n : strlen(r->host));
-    hb_header(b, "X-Forwarded-Port", xfport.n ? xfport.p : port, xfport.n ? xfport.n : strlen(port));
+    hb_header(b, "X-Forwarded-Port", xfport.n ? xfport.p : port, xfport.n ? xfport.n : port_len);
 }
 
 static bool skip_request_header(const h1_header_t *x)
 {
-    static const char *const ours[] = {"host", "content-length", "transfer-encoding", "expect", "x-forwarded-for",
-                                       "x-real-ip", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"};
     if (x->hop)
         return true;
-    for (size_t i = 0; i < sizeof(ours) / sizeof(ours[0]); i++)
-        if (name_is(x->name, ours[i]))
-            return true;
-    return false;
+    switch (x->id) {
+    case H1_HDR_HOST: case H1_HDR_CONTENT_LENGTH: case H1_HDR_TRANSFER_ENCODING: case H1_HDR_EXPECT:
+    case H1_HDR_X_FORWARDED_FOR: case H1_HDR_X_REAL_IP: case H1_HDR_X_FORWARDED_PROTO:
+    case H1_HDR_X_FORWARDED_HOST: case H1_HDR_X_FORWARDED_PORT:
+        return true; /* written by build_head() itself */
+    default:
+        return false;
+    }
 }
 
 static void request_line(hbuf_t *b, const conn_t *c, const h1_request_t *h, const rt_route_t *rt)
@@ -427,10 +469,10 @@ static int build_head(conn_t *c, const h1_request_t *h, iobuf_t *out)
         hb_expand(&b, c, rt_cstr(t, o->value));
         hb_str(&b, "\r\n");
     }
-    char tmp[64];
     if (r->body_remain > 0) {
-        snprintf(tmp, sizeof(tmp), "Content-Length: %lld\r\n", (long long)r->body_remain);
-        hb_str(&b, tmp);
+        char num[24];
+        size_t nl = fmt_u64(num, (uint64_t)r->body_remain);
+        hb_header(&b, "Content-Length", num, nl);
     } else if (r->body_remain < 0) {
         hb_str(&b, "Transfer-Encoding: chunked\r\n");
     } else if (h->content_length == 0) {
@@ -678,7 +720,7 @@ static uint64_t pos_bit(const tref_t *tr, uint32_t server)
  * tried carry over from earlier attempts.  A server that cannot even be
  * connected to counts as failed and the next is tried (as retry.on and
  * tries allow).  When none is left, answer status with msg (the last
- * failure) and return NULL. */
+ * failure; NULL: no server of the upstream is up) and return NULL. */
 static upconn_t *launch(conn_t *c, iobuf_t *out, uint8_t tries, uint64_t tried, uint32_t first, int status,
                         const char *msg)
 {
@@ -693,11 +735,10 @@ static upconn_t *launch(conn_t *c, iobuf_t *out, uint8_t tries, uint64_t tried, 
             break;
         tries++;
         tried |= pos_bit(r->table, server);
-        char key[160];
         const char *why = NULL;
-        pool_key(r->table, server, key, sizeof(key));
-        upconn_t *u = r->websocket_ok ? NULL : pool_take(key);
-        if (u == NULL && (u = up_connect(c, server, &why)) == NULL) {
+        upool_t *pl = pool_of(r->table, server);
+        upconn_t *u = r->websocket_ok || pl == NULL ? NULL : pool_take(pl);
+        if (u == NULL && (u = up_connect(c, server, pl, &why)) == NULL) {
             r->server = server;
             health_failed(r->table, server, ev_now(W->loop), why);
             snprintf(why_msg, sizeof(why_msg), "connect failed: %s", why);
@@ -719,6 +760,12 @@ static upconn_t *launch(conn_t *c, iobuf_t *out, uint8_t tries, uint64_t tried, 
         return u;
     }
     iobuf_put(out);
+    if (msg == NULL) {
+        const rt_table_t *t = &r->table->t;
+        snprintf(why_msg, sizeof(why_msg), "no server of upstream %s is up",
+                 rt_cstr(t, t->upstreams[t->routes[r->route].upstream].name));
+        msg = why_msg;
+    }
     fail(c, status, "%s", msg);
     return NULL;
 }
@@ -757,7 +804,7 @@ static bool retry_elsewhere(upconn_t *u, unsigned cond, int status, const char *
     }
     if (out == NULL)
         return false;
-    log_warn("upstream %s (site %s): %s; retrying on %s (attempt %u of %u)", u->key, site_name(r), msg,
+    log_warn("upstream %s (site %s): %s; retrying on %s (attempt %u of %u)", u->pool->key, site_name(r), msg,
              rt_cstr(&r->table->t, r->table->t.servers[next].sa.addr), u->tries + 1u, p->retry_tries);
     uint8_t tries = u->tries;
     uint64_t tried = u->tried;
@@ -790,7 +837,7 @@ static bool retry_fresh(upconn_t *u)
     }
     abandon(u);
     const char *why;
-    upconn_t *fresh = up_connect(c, server, &why);
+    upconn_t *fresh = up_connect(c, server, pool_of(r->table, server), &why);
     if (fresh == NULL) {
         char msg[192];
         snprintf(msg, sizeof(msg), "reconnect failed: %s", why);
@@ -880,9 +927,7 @@ void proxy_start(conn_t *c, const h1_request_t *h)
         return;
     }
     replay_begin(r, out);
-    char msg[160];
-    snprintf(msg, sizeof(msg), "no server of upstream %s is up", rt_cstr(t, t->upstreams[rt->upstream].name));
-    if (launch(c, out, 0, 0, RT_NONE, 503, msg) == NULL)
+    if (launch(c, out, 0, 0, RT_NONE, 503, NULL) == NULL)
         return;
     r->upstream_ms = ev_now(W->loop);
     if (r->expect_continue && !r->body_done)
@@ -894,8 +939,8 @@ void proxy_start(conn_t *c, const h1_request_t *h)
 
 static bool skip_response_header(const h1_header_t *x)
 {
-    return x->hop || name_is(x->name, "server") || name_is(x->name, "date") || name_is(x->name, "content-length") ||
-           name_is(x->name, "transfer-encoding");
+    return x->hop || x->id == H1_HDR_SERVER || x->id == H1_HDR_DATE || x->id == H1_HDR_CONTENT_LENGTH ||
+           x->id == H1_HDR_TRANSFER_ENCODING;
 }
 
 static void observe_latency(uint64_t ms)
@@ -936,7 +981,7 @@ static void client_head(conn_t *c, const h1_response_t *res, h1_body_t body)
         CONN_LIT(c, "\r\n");
     }
     if (body == H1_BODY_TUNNEL) {
-        conn_printf(c, "Connection: upgrade\r\nUpgrade: %s\r\n\r\n", "websocket");
+        CONN_LIT(c, "Connection: upgrade\r\nUpgrade: websocket\r\n\r\n");
         return;
     }
     if (body == H1_BODY_LENGTH || (body == H1_BODY_NONE && res->content_length >= 0)) {
@@ -946,7 +991,7 @@ static void client_head(conn_t *c, const h1_response_t *res, h1_body_t body)
     }
     if ((body == H1_BODY_CHUNKED || body == H1_BODY_CLOSE) && !r->http10) {
         r->resp_mode = RM_CHUNKED; /* re-framed: the client always learns where the body ends */
-        conn_printf(c, "Transfer-Encoding: chunked\r\n");
+        CONN_LIT(c, "Transfer-Encoding: chunked\r\n");
     } else if (body == H1_BODY_CHUNKED || body == H1_BODY_CLOSE) {
         r->keep_alive = false; /* HTTP/1.0 has no chunked coding: the close delimits */
     }
@@ -1147,7 +1192,7 @@ static void upstream_eof(upconn_t *u)
         conn_close(c, "upstream closed the tunnel");
         return;
     }
-    log_err("upstream %s (site %s): closed after %llu bytes of the response body", u->key, site_name(r),
+    log_err("upstream %s (site %s): closed after %llu bytes of the response body", u->pool->key, site_name(r),
             (unsigned long long)r->resp_bytes);
     conn_close(c, "upstream closed mid-body");
 }
@@ -1214,7 +1259,7 @@ static void up_read(upconn_t *u)
         return;
     if (n <= 0) {
         if (n < 0)
-            log_warn("upstream %s: read: %s", u->key, u->ssl ? tls_error() : strerror(errno));
+            log_warn("upstream %s: read: %s", u->pool->key, u->ssl ? tls_error() : strerror(errno));
         upstream_eof(u);
         return;
     }

@@ -18,6 +18,7 @@
 #include "../common/store.h"
 #include "health.h"
 #include "net.h"
+#include "proxy.h"
 #include "tls.h"
 
 tref_t *tref_load(const char *db, int64_t gen, char *err, size_t errlen)
@@ -162,6 +163,7 @@ void tref_put(tref_t *r)
     free(r->root_fd);
     balance_release(r);
     health_release(r);
+    proxy_table_release(r);
     free(r->resolved);
     tls_release(r);
     free(r->blob);

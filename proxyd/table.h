@@ -22,6 +22,7 @@
 #include "balance.h"
 
 struct health_slot;
+struct upool;
 
 typedef struct tref {
     unsigned refs;
@@ -43,6 +44,7 @@ typedef struct tref {
     SSL_CTX **up_ctx;      /* per upstream: TLS client context, or NULL */
     SSL_CTX *base_ctx;     /* every accepted TLS connection starts here; SNI switches */
     SSL_CTX *default_ctx;  /* base_ctx when the default site has a certificate */
+    struct upool **upool;  /* per server: its keep-alive pool, cached on first use (proxy.c) */
 } tref_t;
 
 /* Load generation gen (0: the active one) from the store, read-only.  NULL

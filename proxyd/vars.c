@@ -8,12 +8,12 @@
 #include <string.h>
 #include <strings.h>
 
-void vars_peer(const conn_t *c, char *out, size_t cap)
+size_t vars_peer(const conn_t *c, char *out)
 {
     if (c->peer_family == 4 || c->peer_family == 6)
-        inet_ntop(c->peer_family == 4 ? AF_INET : AF_INET6, c->peer_ip, out, (socklen_t)cap);
-    else
-        snprintf(out, cap, "unix");
+        return fmt_ip(out, c->peer_family, c->peer_ip);
+    memcpy(out, "unix", 5);
+    return 4;
 }
 
 static size_t put(char *out, size_t o, size_t cap, const char *s, size_t n)
@@ -45,9 +45,9 @@ size_t vars_expand(const conn_t *c, const char *v, char *out, size_t cap)
         switch (k) {
         case 0: val = r->host ? r->host : ""; break;
         case 1: val = c->tls ? "https" : "http"; break;
-        case 2: vars_peer(c, tmp, sizeof(tmp)); break;
+        case 2: vars_peer(c, tmp); break;
         case 3: val = r->request_id; break;
-        case 4: snprintf(tmp, sizeof(tmp), "%u", c->local_port); break;
+        case 4: fmt_u64(tmp, c->local_port); break;
         case 5: val = r->uri ? r->uri : ""; break;
         default: val = "$"; len = 0; break; /* not a variable: a literal dollar */
         }

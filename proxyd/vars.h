@@ -16,7 +16,8 @@
 size_t vars_expand(const conn_t *c, const char *tmpl, char *out, size_t cap);
 /* Does route r have a header operation (set or remove) in direction dir for name? */
 bool vars_route_names(const rt_table_t *t, const rt_route_t *r, int dir, const char *name, size_t n);
-/* The client address as text. */
-void vars_peer(const conn_t *c, char *out, size_t cap);
+/* The client address as text, NUL-terminated, in out[VARS_PEER_MAX]; returns its length. */
+#define VARS_PEER_MAX 46
+size_t vars_peer(const conn_t *c, char *out);
 
 #endif
