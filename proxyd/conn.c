@@ -391,6 +391,11 @@ void conn_printf(conn_t *c, const char *fmt, ...)
 
 void conn_write(conn_t *c, const char *p, size_t n)
 {
+    if (c->out && n <= iobuf_space(c->out)) { /* the common case: a small piece that fits */
+        memcpy(iobuf_wr(c->out), p, n);
+        c->out->end += (uint32_t)n;
+        return;
+    }
     while (n && conn_out_space(c)) {
         size_t k = n < iobuf_space(c->out) ? n : iobuf_space(c->out);
         memcpy(iobuf_wr(c->out), p, k);

@@ -3,7 +3,10 @@
  *
  * Timers live in a binary heap of pointers; each timer knows its slot, so
  * stop and re-arm are O(log n) without search.  A connection re-arms its one
- * timer on every state change; nothing allocates per event.
+ * timer on every state change; nothing allocates per event.  Re-arming to a
+ * later time, the common case (a timeout pushed on by progress), is O(1): only
+ * the timer's due time moves, and when its old heap place comes up it is
+ * put back at the due time instead of firing.
  */
 #include "event.h"
 
@@ -156,6 +159,12 @@ void ev_timer_stop(ev_loop_t *l, ev_timer_t *t)
 
 void ev_timer_start(ev_loop_t *l, ev_timer_t *t, uint64_t ms, ev_timer_cb cb)
 {
+    uint64_t due = l->now + (ms ? ms : 1);
+    t->cb = cb;
+    if (t->deadline != 0 && due >= t->deadline) {
+        t->due = due;
+        return;
+    }
     ev_timer_stop(l, t);
     if (l->nheap == l->capheap) {
         uint32_t cap = l->capheap ? l->capheap * 2 : 256;
@@ -165,8 +174,7 @@ void ev_timer_start(ev_loop_t *l, ev_timer_t *t, uint64_t ms, ev_timer_cb cb)
         l->heap = h;
         l->capheap = cap;
     }
-    t->cb = cb;
-    t->deadline = l->now + (ms ? ms : 1);
+    t->deadline = t->due = due;
     heap_place(l, l->nheap++, t);
     sift_up(l, l->nheap - 1);
 }
@@ -175,6 +183,11 @@ static void run_timers(ev_loop_t *l)
 {
     while (l->nheap && l->heap[0]->deadline <= l->now) {
         ev_timer_t *t = l->heap[0];
+        if (t->due > l->now) { /* re-armed later meanwhile: take its place at the due time */
+            t->deadline = t->due;
+            sift_down(l, 0);
+            continue;
+        }
         ev_timer_stop(l, t);
         t->cb(l, t);
     }

@@ -31,7 +31,8 @@ struct ev_io {
 };
 
 struct ev_timer {
-    uint64_t deadline; /* ms on the loop clock; 0 = not armed */
+    uint64_t deadline; /* its place in the heap, ms on the loop clock; 0 = not armed */
+    uint64_t due;      /* when it fires: >= deadline (a later re-arm only moves this) */
     uint32_t heap_idx;
     ev_timer_cb cb;
 };

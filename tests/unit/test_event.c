@@ -1,6 +1,8 @@
 /*
  * test_event.c - the timer heap fires timers in deadline order, honours
- * stop and re-arm from inside callbacks, and fd events reach their handler.
+ * stop and re-arm from inside callbacks, never fires a timer re-armed later
+ * before its new time (nor one re-armed earlier after it), and fd events
+ * reach their handler.
  */
 #include "../../proxyd/event.c"
 
@@ -57,6 +59,38 @@ static void test_heap_order(void **state)
     ev_free(l);
 }
 
+/* A re-arm to a later time only moves the due time (O(1)); the timer must
+ * still fire then, not at its old heap place; one re-armed earlier moves up. */
+static void test_rearm(void **state)
+{
+    (void)state;
+    ev_loop_t *l = ev_new();
+    assert_non_null(l);
+    memset(timers, 0, sizeof(timers));
+    memset(fired_at, 0, sizeof(fired_at));
+    uint64_t t0 = ev_now(l);
+    ev_timer_start(l, &timers[0], 20, on_fire);  /* pushed on to 120 below */
+    ev_timer_start(l, &timers[1], 60, on_fire);
+    ev_timer_start(l, &timers[2], 400, on_fire); /* pulled in to 10 below */
+    ev_timer_start(l, &timers[3], 30, on_fire);  /* pushed on twice: 80, then 90 */
+    ev_timer_start(l, &timers[0], 120, on_fire);
+    ev_timer_start(l, &timers[2], 10, on_fire);
+    ev_timer_start(l, &timers[3], 80, on_fire);
+    ev_timer_start(l, &timers[3], 90, on_fire);
+    armed = 4;
+    nfired = 0;
+    ev_run(l);
+    assert_int_equal(nfired, 4);
+    assert_int_equal(l->nheap, 0);
+    int want[] = {2, 1, 3, 0};
+    uint64_t due[] = {120, 60, 10, 90};
+    for (int k = 0; k < 4; k++)
+        assert_int_equal(order[k], want[k]);
+    for (int i = 0; i < 4; i++)
+        assert_true(fired_at[i] >= t0 + due[i]);
+    ev_free(l);
+}
+
 static int got;
 static void on_read(ev_loop_t *l, ev_io_t *io, uint32_t revents)
 {
@@ -84,6 +118,7 @@ static void test_io(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_heap_order), cmocka_unit_test(test_io)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_heap_order), cmocka_unit_test(test_rearm),
+                                       cmocka_unit_test(test_io)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -803,6 +803,32 @@ static void test_response_fields(void **state)
     assert_false(res.headers[3].hop);
 }
 
+/* Field names known by number, in any case; near misses stay OTHER. */
+static void test_header_ids(void **state)
+{
+    static const struct {
+        const char *name;
+        h1_hdr_id_t id;
+    } tab[] = {
+        {"X-Forwarded-For", H1_HDR_X_FORWARDED_FOR}, {"x-real-ip", H1_HDR_X_REAL_IP},
+        {"X-FORWARDED-PROTO", H1_HDR_X_FORWARDED_PROTO}, {"X-Forwarded-Host", H1_HDR_X_FORWARDED_HOST},
+        {"x-Forwarded-port", H1_HDR_X_FORWARDED_PORT}, {"User-Agent", H1_HDR_USER_AGENT},
+        {"REFERER", H1_HDR_REFERER}, {"Server", H1_HDR_SERVER}, {"date", H1_HDR_DATE},
+        {"Expect", H1_HDR_EXPECT}, {"TE", H1_HDR_TE}, {"Trailer", H1_HDR_TRAILER},
+        {"X-Forwarded-Fo", H1_HDR_OTHER}, {"X-Forwarded-Fort", H1_HDR_OTHER}, {"Dates", H1_HDR_OTHER},
+        {"Referrer", H1_HDR_OTHER}, {"Serve", H1_HDR_OTHER}, {"E", H1_HDR_OTHER}, {"Ta", H1_HDR_OTHER},
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++) {
+        char in[256];
+        int n = snprintf(in, sizeof(in), "GET / HTTP/1.1\r\nHost: a\r\n%s: v\r\n\r\n", tab[i].name);
+        h1_request_t req;
+        assert_int_equal(parse_req_copy(in, (size_t)n, &req, NULL), n);
+        assert_int_equal(req.nheaders, 2);
+        assert_int_equal(req.headers[1].id, tab[i].id);
+    }
+}
+
 /* ---- runner -------------------------------------------------------------- */
 
 #define NTAB(a) (sizeof(a) / sizeof((a)[0]))
@@ -820,6 +846,7 @@ int main(void)
         cmocka_unit_test(test_head_ready),
         cmocka_unit_test(test_chunked_trailer_count),
         cmocka_unit_test(test_response_fields),
+        cmocka_unit_test(test_header_ids),
     };
     enum {
         N = NTAB(fixed) + NTAB(refusals) + NTAB(valids) + NTAB(chunk_cases) + NTAB(resp_cases)
