@@ -65,16 +65,24 @@ wait_http() {
     return 1
 }
 
-# cpu_ticks: utime+stime (clock ticks) of $TARGET_PID and its children
-# (nginx's and proxyd's workers; haproxy -db is one process).
-cpu_ticks() {
-    local pid sum=0 v
-    [ -n "${TARGET_PID:-}" ] || { echo 0; return; }
-    for pid in $TARGET_PID $(ps -o pid= --ppid "$TARGET_PID" 2>/dev/null); do
-        v=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat" 2>/dev/null || echo 0)
-        sum=$((sum + ${v:-0}))
+# cpu_split [PID]: "utime stime" (clock ticks) of PID (default $TARGET_PID)
+# and its children (nginx's and proxyd's workers; haproxy -db is one process).
+cpu_split() {
+    local top=${1:-${TARGET_PID:-}} pid u=0 s=0 v
+    [ -n "$top" ] || { echo 0 0; return; }
+    for pid in $top $(ps -o pid= --ppid "$top" 2>/dev/null); do
+        v=$(awk '{ sub(/^.*\) /, ""); print $12, $13 }' "/proc/$pid/stat" 2>/dev/null || echo 0 0)
+        u=$((u + ${v% *}))
+        s=$((s + ${v#* }))
     done
-    echo "$sum"
+    echo "$u $s"
+}
+
+# cpu_ticks: utime+stime of $TARGET_PID and its children.
+cpu_ticks() {
+    local v
+    v=$(cpu_split)
+    echo $((${v% *} + ${v#* }))
 }
 CLK_TCK=$(getconf CLK_TCK)
 

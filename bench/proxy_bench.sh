@@ -226,22 +226,33 @@ parse_wrk() {
 }
 
 # run_wrk LABEL WORKERS MODE ROUND: one measured run, appended to RESULTS as
-# "label workers mode round rps p50 p99 errors non2xx server_cpu_us_per_request".
+# "label workers mode round rps p50 p99 errors non2xx server_cpu_us_per_request
+# server_user_us server_system_us rest_us", all per request; rest is the CPU
+# of wrk and the origin, which share the machine with the proxy.
 run_wrk() {
-    local label=$1 w=$2 mode=$3 round=$4 out fields t0 t1 cpu=-
+    local label=$1 w=$2 mode=$3 round=$4 out fields t0 t1 o0 o1 cpu=- split="- - -" n wt
+    local TIMEFORMAT='%U %S'
     local cmd=(wrk -t1 "-c$CONNS" "-d${DURATION}s" --latency)
     [ "$mode" = close ] && cmd+=(-H 'Connection: close')
     cmd+=("http://127.0.0.1:$(port_of "$label")/")
     out=$TMP/wrk-$label-$w-$mode-$round.txt
     record "${cmd[@]}"
-    t0=$(cpu_ticks)
-    "${cmd[@]}" >"$out" 2>&1 || true
-    t1=$(cpu_ticks)
+    t0=$(cpu_split)
+    o0=$(cpu_split "$ORIGIN_PID")
+    { time "${cmd[@]}" >"$out" 2>&1; } 2>"$out.time" || true
+    t1=$(cpu_split)
+    o1=$(cpu_split "$ORIGIN_PID")
     fields=$(parse_wrk "$out")
-    [ "$label" = origin ] ||
-        cpu=$(cpu_us_per "$t0" "$t1" "$(awk '/^ *[0-9]+ requests in/ { print $1 }' "$out" | grep . || echo 0)")
-    echo "$label $w $mode $round $fields $cpu" >>"$RESULTS"
-    log "  $label w$w $mode: $fields; server CPU $cpu us per request"
+    n=$(awk '/^ *[0-9]+ requests in/ { print $1 }' "$out" | grep . || echo 0)
+    wt=$(awk '{ print $1 + $2 }' "$out.time" 2>/dev/null || echo 0)  # wrk's user + system seconds
+    if [ "$label" != origin ]; then
+        cpu=$(cpu_us_per $((${t0% *} + ${t0#* })) $((${t1% *} + ${t1#* })) "$n")
+        split="$(cpu_us_per "${t0% *}" "${t1% *}" "$n") $(cpu_us_per "${t0#* }" "${t1#* }" "$n")"
+        split="$split $(awk -v a=$((${o0% *} + ${o0#* })) -v b=$((${o1% *} + ${o1#* })) -v w="$wt" -v n="$n" -v hz="$CLK_TCK" \
+            'BEGIN { if (n > 0) printf "%.1f", ((b - a) / hz + w) * 1e6 / n; else print "-" }')"
+    fi
+    echo "$label $w $mode $round $fields $cpu $split" >>"$RESULTS"
+    log "  $label w$w $mode: $fields; server CPU $cpu us per request (user, system, wrk+origin: $split)"
 }
 
 warm_up() {
@@ -370,6 +381,53 @@ load_table() {
     done
 }
 
+# Where the CPU goes, keep-alive: the proxy's user and system time, and wrk's
+# and the origin's, per request.  With every CPU busy, NCPU / (their sum) is
+# the most requests per second the machine allows that proxy.
+cpu_table() {
+    local t w rps u sy rest
+    echo "| target | workers | keep-alive req/s | proxy user | proxy system | wrk + origin | total per request | CPU-bound ceiling | measured / ceiling |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for t in proxyd nginx haproxy; do
+        for w in 1 2; do
+            rps=$(cell "$t" "$w" keepalive 5)
+            u=$(cell "$t" "$w" keepalive 11)
+            sy=$(cell "$t" "$w" keepalive 12)
+            rest=$(cell "$t" "$w" keepalive 13)
+            if [ "$rps" = - ] || [ "$u" = - ] || [ "$rest" = - ]; then
+                echo "| $t | $w | n/a | n/a | n/a | n/a | n/a | n/a | n/a |"
+                continue
+            fi
+            awk -v t="$t" -v w="$w" -v r="$rps" -v u="$u" -v s="$sy" -v x="$rest" -v ncpu="$(nproc)" 'BEGIN {
+                tot = u + s + x; ceil = ncpu * 1e6 / tot
+                printf "| %s | %s | %.0f | %.1f µs | %.1f µs | %.1f µs | %.1f µs | %.0f | %.0f %% |\n", t, w, r, u, s, x, tot, ceil, 100 * r / ceil
+            }'
+        done
+    done
+}
+
+# The bound the keep-alive target meets (1 worker): even a proxy that spent
+# no user time at all would still pay proxyd's system time.
+cpu_bound() {
+    local ps pr best=0 bt="" t c
+    ps=$(cell proxyd 1 keepalive 12)
+    pr=$(cell proxyd 1 keepalive 13)
+    [ "$ps" != - ] && [ "$pr" != - ] || return 0
+    for t in nginx haproxy; do
+        c=$(cell "$t" 1 keepalive 5)
+        [ "$c" != - ] || continue
+        if awk -v a="$c" -v b="$best" 'BEGIN { exit !(a > b) }'; then best=$c; bt=$t; fi
+    done
+    [ -n "$bt" ] || return 0
+    awk -v s="$ps" -v x="$pr" -v b="$best" -v bt="$bt" -v ncpu="$(nproc)" \
+        -v m="$(cell proxyd 1 keepalive 5)" -v mu="$(cell proxyd 1 keepalive 11)" 'BEGIN {
+        ceil = ncpu * 1e6 / (s + x)
+        printf "Bound (1 worker): a proxy with proxyd'"'"'s system time (%.1f µs) and no user time at all, with wrk and the origin\n", s
+        printf "as measured around proxyd (%.1f µs), could not exceed %.0f req/s even with every CPU busy all the\n", x, ceil
+        printf "time: %.2fx the best peer'"'"'s measured rate (%s, %.0f req/s).  proxyd measured %.0f req/s with %.1f µs of user time.\n", ceil / b, bt, b, m, mu
+    }'
+}
+
 idle_table() {
     local name open before after end per
     echo "| target | workers | connections open | worker RSS before | worker RSS with them | bytes per idle connection | open at the end |"
@@ -402,6 +460,12 @@ report() {
     echo "requests wrk counted; unlike the rates it does not depend on how the shared CPUs are divided."
     echo
     load_table
+    echo
+    echo "Where the CPU goes (keep-alive, per request; medians):"
+    echo
+    cpu_table
+    echo
+    cpu_bound
     echo
     echo "Memory per idle keep-alive connection ($IDLE_N connections, one request each, 1 worker;"
     echo "worker VmRSS, so kernel socket buffers are not included):"
@@ -453,6 +517,7 @@ main() {
         fi
     done
     start_bg "$TMP/origin.log" "$BIN/origin" "$ORIGIN_PORT" --body 100 --pid-file "$TMP/origin.pid"
+    ORIGIN_PID=$LAST_PID
     if ! wait_http "$ORIGIN_PORT" "$LAST_PID" || ! check_body "$ORIGIN_PORT"; then
         log "proxy_bench: the origin did not start: $(cat "$TMP/origin.log")"
         exit 1

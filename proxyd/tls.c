@@ -52,7 +52,12 @@ const char *tls_error(void)
 static int ticket_cb(SSL *s, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx,
                      int enc)
 {
+    /* Fetched once: handing OpenSSL 3 the built-in EVP_aes_256_cbc() makes
+     * it fetch the implementation again (locks, name lookups) every call. */
+    static EVP_CIPHER *aes;
     (void)s;
+    if (aes == NULL && (aes = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL)) == NULL)
+        return -1;
     if (tickets == NULL || tickets->count == 0)
         return enc ? -1 : 0;
     const tls_ticket_key_t *k = NULL;
@@ -77,8 +82,7 @@ static int ticket_cb(SSL *s, unsigned char name[16], unsigned char *iv, EVP_CIPH
     };
     if (EVP_MAC_CTX_set_params(hctx, params) != 1)
         return -1;
-    int ok = enc ? EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv)
-                 : EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv);
+    int ok = enc ? EVP_EncryptInit_ex(cctx, aes, NULL, k->aes, iv) : EVP_DecryptInit_ex(cctx, aes, NULL, k->aes, iv);
     if (ok != 1)
         return -1;
     return enc ? 1 : i == 0 ? 1 : 2; /* 2: valid, but issue a ticket under the newest key */
