@@ -88,3 +88,10 @@ CLK_TCK=$(getconf CLK_TCK)
 
 # server CPU microseconds per unit: TICKS_BEFORE TICKS_AFTER UNITS
 cpu_us_per() { awk -v a="$1" -v b="$2" -v n="$3" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.1f", (b - a) / hz * 1e6 / n; else print "-" }'; }
+
+# children_s FILE: user+system seconds of the shell's waited-for children, from
+# the second line of bash's `times` saved in FILE (run `times >FILE` in the
+# shell itself: in a subshell, $(...) or a pipe, the counts start at zero).
+children_s() {
+    awk 'NR == 2 { s = 0; for (i = 1; i <= NF; i++) { split($i, p, "m"); s += p[1] * 60 + p[2] } print s }' "$1"
+}

@@ -257,14 +257,16 @@ start_target() {                # NAME: TARGET_PID, or 1
 now() { date +%s.%N; }
 
 # s_time_run TARGET COLUMN ROUND ARGS...: CLIENTS parallel s_time; appends
-# "target column round rate resumed_pct bytes_per_conn server_cpu_us_per_conn" to RESULTS.
+# "target column round rate resumed_pct bytes_per_conn server_cpu_us_per_conn
+# clients_cpu_us_per_conn" to RESULTS.
 s_time_run() {
     local t=$1 col=$2 round=$3 i start end total reused bytes rate pct bpc
     shift 3
     local cmd=(openssl s_time -connect "127.0.0.1:$(port_of "$t")" -time "$DURATION" "$@")
     record "${cmd[@]}"
-    local pids=() rest="" t0 t1
+    local pids=() rest="" t0 t1 c0 c1
     t0=$(cpu_ticks)
+    times >"$TMP/times0"
     start=$(now)
     for i in $(seq 1 "$CLIENTS"); do
         "${cmd[@]}" >"$TMP/st-$t-$col-$round-$i.txt" 2>&1 </dev/null &
@@ -273,7 +275,10 @@ s_time_run() {
     STARTED="$STARTED ${pids[*]}"
     for i in "${pids[@]}"; do wait "$i" 2>/dev/null || true; done
     end=$(now)
+    times >"$TMP/times1"
     t1=$(cpu_ticks)
+    c0=$(children_s "$TMP/times0")
+    c1=$(children_s "$TMP/times1")
     for i in $STARTED; do [[ " ${pids[*]} " == *" $i "* ]] || rest="$rest $i"; done
     STARTED=$rest
     total=0 reused=0 bytes=0
@@ -286,17 +291,18 @@ s_time_run() {
         bytes=$((bytes + $(sed -n 's/.*bytes read \([0-9]*\)$/\1/p' "$f" | head -n 1 | grep . || echo 0)))
     done
     if [ "$total" -eq 0 ]; then
-        echo "$t $col $round - - - -" >>"$RESULTS"
+        echo "$t $col $round - - - - -" >>"$RESULTS"
         log "  $t $col: no connections: $(head -c 300 "$TMP/st-$t-$col-$round-1.txt")"
         return
     fi
     rate=$(awk -v n="$total" -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", n / (e - s) }')
     pct=$(awk -v r="$reused" -v n="$total" 'BEGIN { printf "%.1f", 100 * r / n }')
     bpc=$((bytes / total))
-    local cpu
+    local cpu ccpu
     cpu=$(cpu_us_per "$t0" "$t1" "$total")
-    echo "$t $col $round $rate $pct $bpc $cpu" >>"$RESULTS"
-    log "  $t $col: $rate conn/s, $pct % resumed, $bpc bytes read per connection, server CPU $cpu us per connection"
+    ccpu=$(awk -v a="$c0" -v b="$c1" -v n="$total" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')
+    echo "$t $col $round $rate $pct $bpc $cpu $ccpu" >>"$RESULTS"
+    log "  $t $col: $rate conn/s, $pct % resumed, $bpc bytes read per connection, server CPU $cpu us, clients $ccpu us per connection"
 }
 
 parse_wrk() {                   # FILE -> "rps p50_us p99_us errors non2xx"
@@ -321,16 +327,24 @@ parse_wrk() {                   # FILE -> "rps p50_us p99_us errors non2xx"
 wrk_run() {                     # TARGET ROUND
     local t=$1 round=$2 out fields
     local cmd=(wrk -t1 "-c$CONNS" "-d${DURATION}s" --latency "https://127.0.0.1:$(port_of "$t")/")
-    local t0 t1 cpu
+    local t0 t1 o0 o1 cpu n wt split TIMEFORMAT='%U %S'
     out=$TMP/wrk-$t-$round.txt
     record "${cmd[@]}"
-    t0=$(cpu_ticks)
-    "${cmd[@]}" >"$out" 2>&1 || true
-    t1=$(cpu_ticks)
+    t0=$(cpu_split)
+    o0=$(cpu_split "$ORIGIN_PID")
+    { time "${cmd[@]}" >"$out" 2>&1; } 2>"$out.time" || true
+    t1=$(cpu_split)
+    o1=$(cpu_split "$ORIGIN_PID")
     fields=$(parse_wrk "$out")
-    cpu=$(cpu_us_per "$t0" "$t1" "$(awk '/^ *[0-9]+ requests in/ { print $1 }' "$out" | grep . || echo 0)")
-    echo "$t keepalive $round $fields $cpu" >>"$RESULTS"
-    log "  $t keep-alive: $fields; server CPU $cpu us per request"
+    n=$(awk '/^ *[0-9]+ requests in/ { print $1 }' "$out" | grep . || echo 0)
+    wt=$(awk '{ print $1 + $2 }' "$out.time" 2>/dev/null || echo 0) # wrk's user + system seconds
+    cpu=$(cpu_us_per $((${t0% *} + ${t0#* })) $((${t1% *} + ${t1#* })) "$n")
+    split="$(cpu_us_per "${t0% *}" "${t1% *}" "$n") $(cpu_us_per "${t0#* }" "${t1#* }" "$n")"
+    split="$split $(awk -v a=$((${o0% *} + ${o0#* })) -v b=$((${o1% *} + ${o1#* })) -v w="$wt" -v n="$n" -v hz="$CLK_TCK" \
+        'BEGIN { if (n > 0) printf "%.1f", ((b - a) / hz + w) * 1e6 / n; else print "-" }')"
+    # target keepalive round rps p50 p99 errors non2xx server_cpu server_user server_system wrk+origin (per request)
+    echo "$t keepalive $round $fields $cpu $split" >>"$RESULTS"
+    log "  $t keep-alive: $fields; server CPU $cpu us per request (user, system, wrk+origin: $split)"
 }
 
 round() {                       # ROUND
@@ -338,8 +352,8 @@ round() {                       # ROUND
     for t in $TARGETS; do
         log "round $1: $t"
         if ! start_target "$t"; then
-            for c in full resumed resumed12; do echo "$t $c $1 - - - -" >>"$RESULTS"; done
-            echo "$t keepalive $1 - - - - - -" >>"$RESULTS"
+            for c in full resumed resumed12; do echo "$t $c $1 - - - - -" >>"$RESULTS"; done
+            echo "$t keepalive $1 - - - - - - - - -" >>"$RESULTS"
             continue
         fi
         s_time_run "$t" full "$1" -new -ciphersuites "$SUITE" -www "$WWW"
@@ -387,6 +401,28 @@ table() {
     done
 }
 
+# Where the CPU goes: per connection, the server's and the clients' CPU for
+# (a) and (b); per request, the server's user and system time and wrk's and
+# the origin's for (c).  NCPU / (their sum) is the most the machine allows
+# with every CPU busy; the clients' share bounds every server alike.
+cpu_table() {
+    local t
+    echo "| target | (a) server | (a) clients | (a) ceiling | (b) server | (b) clients | (b) ceiling | (c) server user | (c) server system | (c) wrk + origin | (c) ceiling |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for t in $TARGETS; do
+        awk -v t="$t" -v ncpu="$(nproc)" -v as="$(cell "$t" full 7)" -v ac="$(cell "$t" full 8)" \
+            -v bs="$(cell "$t" resumed 7)" -v bc="$(cell "$t" resumed 8)" -v cu="$(cell "$t" keepalive 10)" \
+            -v cs="$(cell "$t" keepalive 11)" -v cr="$(cell "$t" keepalive 12)" '
+            function us(v) { return v == "-" ? "n/a" : sprintf("%.0f µs", v) }
+            function us1(v) { return v == "-" ? "n/a" : sprintf("%.1f µs", v) }
+            function ceil(a, b, c) { return (a == "-" || b == "-" || c == "-") ? "n/a" : sprintf("%.0f/s", ncpu * 1e6 / (a + b + c)) }
+            BEGIN {
+                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t, us(as), us(ac), ceil(as, ac, 0),
+                    us(bs), us(bc), ceil(bs, bc, 0), us1(cu), us1(cs), us1(cr), ceil(cu, cs, cr)
+            }'
+    done
+}
+
 notes_from_results() {
     awk '$2 == "full" && $5 != "-" && $5 > 0 { printf "- round %s, %s: %s %% of the (a) connections resumed (expected 0)\n", $3, $1, $5 }
          $2 == "resumed" && $5 != "-" && $5 < 90 { printf "- round %s, %s: only %s %% of the (b) connections resumed: that cell is mostly full handshakes\n", $3, $1, $5 }
@@ -409,6 +445,11 @@ report() {
     echo "is the server's own cost, independent of how fast the clients are."
     echo
     table
+    echo
+    echo "Where the CPU goes (per connection for (a) and (b), per request for (c); medians). \"clients\": the"
+    echo "s_time processes' user+system time; \"ceiling\": $(nproc) CPUs / (the sum), the rate if every CPU were busy:"
+    echo
+    cpu_table
     echo
     notes_from_results
     [ -n "$PROXYD_NA" ] && note "proxyd: n/a: $PROXYD_NA"
@@ -455,6 +496,7 @@ main() {
     fi
     make_cert
     start_bg "$TMP/origin.log" "$BIN/origin" "$ORIGIN_PORT" --body 100
+    ORIGIN_PID=$LAST_PID
     local i
     for i in $(seq 1 50); do
         [ "$(curl -s --max-time 1 "http://127.0.0.1:$ORIGIN_PORT/" | wc -c)" -eq 100 ] && break

@@ -69,7 +69,7 @@ struct upconn {
     upconn_t *next;             /* its pool's idle list or the deferred-free list */
     struct upool *pool;         /* the keep-alive pool it belongs to (one reference) */
     uint8_t state;
-    bool closed, reused, head_done, read_paused, got_bytes, flush_pending;
+    bool closed, reused, head_done, read_paused, got_bytes;
     uint8_t body;               /* h1_body_t of the response */
     uint32_t server;            /* index in the client's table */
     uint32_t keepalive;         /* pool limit of its upstream */
@@ -559,36 +559,6 @@ static int body_length(conn_t *c, upconn_t *u)
 static int up_flush(upconn_t *u);
 static void up_read(upconn_t *u);
 
-/* Upstream writes are gathered and issued after the current batch of
- * events: each write wakes the upstream, and on a loaded host waking it in
- * the middle of our batch costs a context switch per request. */
-#define FLUSH_MAX 1024
-static upconn_t *flush_list[FLUSH_MAX];
-static unsigned nflush;
-
-static void defer_flush(upconn_t *u)
-{
-    if (u->flush_pending)
-        return;
-    if (nflush == FLUSH_MAX) {
-        up_flush(u);
-        return;
-    }
-    u->flush_pending = true;
-    flush_list[nflush++] = u;
-}
-
-void proxy_run_deferred_flushes(void)
-{
-    for (unsigned i = 0; i < nflush; i++) {
-        upconn_t *u = flush_list[i];
-        u->flush_pending = false;
-        if (!u->closed && u->client && !u->client->closed && u->state == US_ACTIVE)
-            up_flush(u);
-    }
-    nflush = 0;
-}
-
 /* Keep a copy of request bytes as they go to the upstream buffer; past
  * REPLAY_MAX the request can no longer be replayed. */
 static void replay_add(request_t *r, const char *p, size_t n)
@@ -635,7 +605,7 @@ static void feed_body(conn_t *c)
         conn_pause_read(c, false); /* body complete: pipelined bytes may wait in c->in */
     }
     if (u->state == US_ACTIVE)
-        defer_flush(u);
+        up_flush(u); /* at once: the upstream works while we go on with the batch */
 }
 
 void proxy_client_input(conn_t *c)

@@ -17,8 +17,6 @@ void proxy_client_drained(conn_t *c);
 /* The request is being torn down (client gone or finished). */
 void proxy_detach(conn_t *c, bool reusable);
 void proxy_free_deferred(void);
-/* Issue the upstream writes gathered during the last batch of events. */
-void proxy_run_deferred_flushes(void);
 void proxy_pool_close_all(void);
 /* A table is freed: drop its cached references to keep-alive pools. */
 void proxy_table_release(tref_t *tr);

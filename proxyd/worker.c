@@ -60,7 +60,6 @@ static void idle(void *arg)
 {
     (void)arg;
     conn_run_deferred_reads();
-    proxy_run_deferred_flushes();
     conn_free_deferred();
     proxy_free_deferred();
     accesslog_flush();
