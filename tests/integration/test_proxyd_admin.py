@@ -223,6 +223,28 @@ def test_access_log_combined(proxyd_factory, origin_factory):
     assert (m.group(5), m.group(6)) == ("http://r/", "agent/1")
 
 
+def test_access_log_escapes_and_caps(proxyd_factory, origin_factory):
+    """Untrusted bytes cannot break a log line: json escapes tab, quote and
+    backslash (obs-text passes as it came), combined writes them as \\xHH, and
+    an overlong User-Agent is cut while the line stays one JSON object."""
+    o = origin_factory()
+    p = proxyd_factory(sites=[proxy_site("j", o.address, hosts=["j.test"], default=True),
+                              proxy_site("c", o.address, hosts=["c.test"], site_extra="access_log: {format: combined}")])
+    ua = 'a\tb"c\\d\xe9'
+    assert http(p.port, target="/j", host="j.test", headers=[("User-Agent", ua)]).status == 200
+    assert http(p.port, target="/long", host="j.test", headers=[("User-Agent", "L" * 3000)]).status == 200
+    assert http(p.port, target="/c", host="c.test", headers=[("User-Agent", ua), ("Referer", "")]).status == 200
+    lines = wait_for(lambda: (lambda ls: ls if len(ls) >= 3 else None)(p.access_log_lines()), 3)
+    assert lines, p.access_log_lines()
+    raw = open(p.access_log, "rb").read()
+    assert b'"user_agent":"a\\u0009b\\"c\\\\d\xe9"' in raw, raw
+    assert b'"GET /c HTTP/1.1" 200 ' in raw and b' "-" "a\\x09b\\x22c\\x5Cd\\xE9"\n' in raw, raw
+    entries = [json.loads(l) for l in lines if l.startswith("{")]
+    long = next(e for e in entries if e["uri"] == "/long")
+    assert 400 < len(long["user_agent"]) <= 511 and set(long["user_agent"]) == {"L"}, long
+    assert long["status"] == 200 and long["host"] == "j.test"
+
+
 def test_access_log_off(proxyd_factory, origin_factory):
     o = origin_factory()
     p = proxyd_factory(sites=[proxy_site("quiet", o.address, hosts=["quiet.test"], site_extra="access_log: {format: off}"),
