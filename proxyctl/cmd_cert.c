@@ -10,11 +10,18 @@
  * read the published challenges meanwhile); each site's certificate, its
  * generation and its event are then one transaction, so a failure keeps the
  * old certificate and a later site's failure keeps an earlier site's success.
+ * One renew-cert at a time per store: an flock on STORE.renew.lock, so two
+ * runs (a timer and an operator) never both place an order for one site.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -385,6 +392,30 @@ static int renew_one(cli_t *cli, store_t *st, const model_t *m, const renew_opts
     return acme_site ? renew_acme(cli, st, m->g, acme, s) : renew_self_signed(cli, st, s);
 }
 
+/* Take STORE.renew.lock without waiting: the fd (held until exit), -1 when
+ * another run holds it, -2 on another error (printed). */
+static int renew_lock(const char *db)
+{
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof(path), "%s.renew.lock", db) >= sizeof(path)) {
+        fprintf(stderr, "proxyctl: renew-cert: store path too long for its lock file\n");
+        return -2;
+    }
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "proxyctl: renew-cert: %s: %s\n", path, strerror(errno));
+        return -2;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+        return fd;
+    int e = errno;
+    close(fd);
+    if (e == EWOULDBLOCK)
+        return -1;
+    fprintf(stderr, "proxyctl: renew-cert: lock %s: %s\n", path, strerror(e));
+    return -2;
+}
+
 int cmd_renew_cert(cli_t *cli, int argc, char **argv)
 {
     renew_opts_t o;
@@ -412,6 +443,15 @@ int cmd_renew_cert(cli_t *cli, int argc, char **argv)
         store_close(&st);
         return o.due ? EXIT_OK : EXIT_RUNTIME;
     }
+    int lock = o.dry_run ? INT_MAX : renew_lock(cli->db);
+    if (lock < 0) {
+        if (lock == -1)
+            printf("another renew-cert is running on this store (%s.renew.lock)%s\n", cli->db,
+                   o.due ? "; it renews what is due" : "; nothing renewed");
+        free(o.names);
+        store_close(&st);
+        return lock == -1 && o.due ? EXIT_OK : EXIT_RUNTIME;
+    }
     rc = load_model(&st, &m) < 0 ? EXIT_RUNTIME : EXIT_OK;
     if (rc == EXIT_OK) {
         sel = calloc(m.n + (size_t)o.nnames + 1, sizeof(*sel));
@@ -430,6 +470,8 @@ int cmd_renew_cert(cli_t *cli, int argc, char **argv)
     free(o.names);
     free_model(&m);
     store_close(&st);
+    if (lock != INT_MAX)
+        close(lock); /* releases the lock */
     return rc;
 }
 

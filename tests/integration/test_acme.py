@@ -309,6 +309,30 @@ def test_self_signed_renewal(acme_store, silent_listener):
     assert silent_listener.connections == 0
 
 
+def test_one_renewal_at_a_time(acme_store, silent_listener):
+    """While another run holds STORE.renew.lock, renew-cert changes nothing:
+    --due exits 0 (the other run renews what is due), a named renewal exits 3;
+    once the lock is free the renewal goes through."""
+    import fcntl
+    s = acme_store("lk", directory=f"https://127.0.0.1:{silent_listener.port}/dir")
+    s.add("lk", ["lk.test.example"], mode="self-signed")
+    before = (sql(s.db, "SELECT * FROM certificates"), active_gen(s.db), events(s.db))
+    with open(f"{s.db}.renew.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        rc, out, err, _ = s.run("renew-cert", "--due")
+        assert (rc, err) == (0, ""), (rc, out, err)
+        assert out == f"another renew-cert is running on this store ({s.db}.renew.lock); it renews what is due\n"
+        rc, out, err, _ = s.run("renew-cert", "--force", "lk")
+        assert rc == 3, (rc, out, err)
+        assert out == f"another renew-cert is running on this store ({s.db}.renew.lock); nothing renewed\n"
+        rc, out, err, _ = s.run("renew-cert", "--dry-run", "--force", "lk")  # reads only: no lock needed
+        assert rc == 0 and "would make a new self-signed certificate" in out, (rc, out, err)
+        assert (sql(s.db, "SELECT * FROM certificates"), active_gen(s.db), events(s.db)) == before
+    rc, out, err, _ = s.run("renew-cert", "--force", "lk")
+    assert rc == 0 and "new self-signed certificate" in out, (rc, out, err)
+    assert active_gen(s.db) == before[1] + 1
+
+
 # ---------------------------------------------------------------- (f) certs
 
 def test_certs_lists_hosts_issuer_days(acme_store, silent_listener):
