@@ -180,26 +180,6 @@ print(" ".join(str(s["requests"]) for u in st["upstreams"] for s in u["servers"]
 
 # ---- load ----------------------------------------------------------------
 
-# wrk output -> "rps p50_us p99_us socket_errors non2xx"; "-" for what is missing.
-parse_wrk() {
-    awk '
-    function us(v) {
-        if (v ~ /us$/) return v + 0
-        if (v ~ /ms$/) return (v + 0) * 1000
-        if (v ~ /s$/) return (v + 0) * 1000000
-        return v + 0
-    }
-    /^ +50% / { p50 = us($2) }
-    /^ +99% / { p99 = us($2) }
-    /^Requests\/sec:/ { rps = $2 }
-    /Socket errors:/ { gsub(/,/, ""); err = $4 + $6 + $8 + $10 }
-    /Non-2xx or 3xx responses:/ { non2xx = $5 }
-    END {
-        if (rps == "" || p50 == "") { print "- - - - -"; exit }
-        printf "%s %s %s %d %d\n", rps, p50, p99, err, non2xx
-    }' "$1"
-}
-
 run_pair() {                    # NAME ALGO ROUND
     local name=$1 algo=$2 round=$3 out fields
     log "round $round: $name $algo"
@@ -223,20 +203,9 @@ run_pair() {                    # NAME ALGO ROUND
 
 # ---- report --------------------------------------------------------------
 
-median() {
-    sort -g | awk '{ a[NR] = $1 }
-        END {
-            if (NR == 0) { print "-"; exit }
-            print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
-        }'
-}
-
 cell() {                        # NAME ALGO COLUMN
     awk -v n="$1" -v a="$2" -v c="$3" '$1 == n && $2 == a && $c != "-" { print $c }' "$RESULTS" | median
 }
-
-fmt_rps() { if [ "$1" = - ]; then echo n/a; else printf '%.0f' "$1"; fi; }
-fmt_ms() { if [ "$1" = - ]; then echo n/a; else awk -v v="$1" 'BEGIN { printf "%.2f ms", v / 1000 }'; fi; }
 
 # Requests per server over all rounds, as percentages.
 spread() {                      # ALGO

@@ -95,3 +95,65 @@ cpu_us_per() { awk -v a="$1" -v b="$2" -v n="$3" -v hz="$CLK_TCK" 'BEGIN { if (n
 children_s() {
     awk 'NR == 2 { s = 0; for (i = 1; i <= NF; i++) { split($i, p, "m"); s += p[1] * 60 + p[2] } print s }' "$1"
 }
+
+# ---- wrk ---------------------------------------------------------------------
+
+# parse_wrk FILE: wrk's output -> "rps p50_us p99_us socket_errors non2xx";
+# "- - - - -" when wrk printed no result.
+parse_wrk() {
+    awk '
+    function us(v) {
+        if (v ~ /us$/) return v + 0
+        if (v ~ /ms$/) return (v + 0) * 1000
+        if (v ~ /s$/) return (v + 0) * 1000000
+        return v + 0
+    }
+    /^ +50% / { p50 = us($2) }
+    /^ +99% / { p99 = us($2) }
+    /^Requests\/sec:/ { rps = $2 }
+    /Socket errors:/ { gsub(/,/, ""); err = $4 + $6 + $8 + $10 }
+    /Non-2xx or 3xx responses:/ { non2xx = $5 }
+    END {
+        if (rps == "" || p50 == "") { print "- - - - -"; exit }
+        printf "%s %s %s %d %d\n", rps, p50, p99, err, non2xx
+    }' "$1"
+}
+
+# measure_wrk OUT CMD...: run CMD (a wrk command line) with its output in OUT,
+# and print the CPU per request it counted, in µs: "server user system rest".
+# server = user + system of $TARGET_PID and its children; rest = wrk's own
+# (bash `time`) plus the origin's ($ORIGIN_PID).  "- - - -" without requests.
+measure_wrk() {
+    local out=$1 t0 t1 o0 o1 n TIMEFORMAT='%U %S'
+    shift
+    t0=$(cpu_split)
+    o0=$(cpu_split "$ORIGIN_PID")
+    { time "$@" >"$out" 2>&1; } 2>"$out.time" || true
+    t1=$(cpu_split)
+    o1=$(cpu_split "$ORIGIN_PID")
+    n=$(awk '/^ *[0-9]+ requests in/ { print $1 }' "$out" | grep . || echo 0)
+    awk -v t0="$t0" -v t1="$t1" -v o0="$o0" -v o1="$o1" -v n="$n" -v hz="$CLK_TCK" '
+        BEGIN {
+            if (n <= 0) { print "- - - -"; exit }
+            split(t0, a, " "); split(t1, b, " "); split(o0, c, " "); split(o1, d, " ")
+            getline w < ARGV[1]
+            split(w, wt, " ")
+            u = (b[1] - a[1]) / hz; s = (b[2] - a[2]) / hz
+            rest = (d[1] + d[2] - c[1] - c[2]) / hz + wt[1] + wt[2]
+            printf "%.1f %.1f %.1f %.1f\n", (u + s) * 1e6 / n, u * 1e6 / n, s * 1e6 / n, rest * 1e6 / n
+        }' "$out.time"
+}
+
+# ---- report cells --------------------------------------------------------------
+
+# median: of the numbers on stdin, one per line; "-" for none.
+median() {
+    sort -g | awk '{ a[NR] = $1 }
+        END {
+            if (NR == 0) { print "-"; exit }
+            print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
+        }'
+}
+
+fmt_rps() { if [ "$1" = - ]; then echo n/a; else printf '%.0f' "$1"; fi; }
+fmt_ms() { if [ "$1" = - ]; then echo n/a; else awk -v v="$1" 'BEGIN { printf "%.2f ms", v / 1000 }'; fi; }

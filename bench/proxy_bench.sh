@@ -205,54 +205,22 @@ start_target() {
 
 # ---- load ----------------------------------------------------------------
 
-# wrk output -> "rps p50_us p99_us socket_errors non2xx"; "-" for what is missing.
-parse_wrk() {
-    awk '
-    function us(v) {
-        if (v ~ /us$/) return v + 0
-        if (v ~ /ms$/) return (v + 0) * 1000
-        if (v ~ /s$/) return (v + 0) * 1000000
-        return v + 0
-    }
-    /^ +50% / { p50 = us($2) }
-    /^ +99% / { p99 = us($2) }
-    /^Requests\/sec:/ { rps = $2 }
-    /Socket errors:/ { gsub(/,/, ""); err = $4 + $6 + $8 + $10 }
-    /Non-2xx or 3xx responses:/ { non2xx = $5 }
-    END {
-        if (rps == "" || p50 == "") { print "- - - - -"; exit }
-        printf "%s %s %s %d %d\n", rps, p50, p99, err, non2xx
-    }' "$1"
-}
-
 # run_wrk LABEL WORKERS MODE ROUND: one measured run, appended to RESULTS as
 # "label workers mode round rps p50 p99 errors non2xx server_cpu_us_per_request
 # server_user_us server_system_us rest_us", all per request; rest is the CPU
 # of wrk and the origin, which share the machine with the proxy.
 run_wrk() {
-    local label=$1 w=$2 mode=$3 round=$4 out fields t0 t1 o0 o1 cpu=- split="- - -" n wt
-    local TIMEFORMAT='%U %S'
+    local label=$1 w=$2 mode=$3 round=$4 out fields cpu
     local cmd=(wrk -t1 "-c$CONNS" "-d${DURATION}s" --latency)
     [ "$mode" = close ] && cmd+=(-H 'Connection: close')
     cmd+=("http://127.0.0.1:$(port_of "$label")/")
     out=$TMP/wrk-$label-$w-$mode-$round.txt
     record "${cmd[@]}"
-    t0=$(cpu_split)
-    o0=$(cpu_split "$ORIGIN_PID")
-    { time "${cmd[@]}" >"$out" 2>&1; } 2>"$out.time" || true
-    t1=$(cpu_split)
-    o1=$(cpu_split "$ORIGIN_PID")
+    cpu=$(measure_wrk "$out" "${cmd[@]}")
     fields=$(parse_wrk "$out")
-    n=$(awk '/^ *[0-9]+ requests in/ { print $1 }' "$out" | grep . || echo 0)
-    wt=$(awk '{ print $1 + $2 }' "$out.time" 2>/dev/null || echo 0)  # wrk's user + system seconds
-    if [ "$label" != origin ]; then
-        cpu=$(cpu_us_per $((${t0% *} + ${t0#* })) $((${t1% *} + ${t1#* })) "$n")
-        split="$(cpu_us_per "${t0% *}" "${t1% *}" "$n") $(cpu_us_per "${t0#* }" "${t1#* }" "$n")"
-        split="$split $(awk -v a=$((${o0% *} + ${o0#* })) -v b=$((${o1% *} + ${o1#* })) -v w="$wt" -v n="$n" -v hz="$CLK_TCK" \
-            'BEGIN { if (n > 0) printf "%.1f", ((b - a) / hz + w) * 1e6 / n; else print "-" }')"
-    fi
-    echo "$label $w $mode $round $fields $cpu $split" >>"$RESULTS"
-    log "  $label w$w $mode: $fields; server CPU $cpu us per request (user, system, wrk+origin: $split)"
+    [ "$label" != origin ] || cpu="- - - -"
+    echo "$label $w $mode $round $fields $cpu" >>"$RESULTS"
+    log "  $label w$w $mode: $fields; CPU per request (server, user, system, wrk+origin): $cpu us"
 }
 
 warm_up() {
@@ -337,28 +305,14 @@ idle_test() {                   # NAME; appends a row to TMP/idle.txt
 
 # ---- report --------------------------------------------------------------
 
-median() {
-    sort -g | awk '{ a[NR] = $1 }
-        END {
-            if (NR == 0) { print "-"; exit }
-            print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
-        }'
-}
-
 # cell LABEL WORKERS MODE COLUMN: median over rounds of one RESULTS column.
 cell() {
     awk -v l="$1" -v w="$2" -v m="$3" -v c="$4" '$1 == l && $2 == w && $3 == m && $c != "-" { print $c }' \
         "$RESULTS" | median
 }
 
-fmt_rps() {
-    if [ "$1" = - ]; then echo n/a; else printf '%.0f' "$1"; fi
-}
 fmt_cpu() {
     if [ "$1" = - ]; then echo -; else awk -v v="$1" 'BEGIN { printf "%.1f µs", v }'; fi
-}
-fmt_ms() {
-    if [ "$1" = - ]; then echo n/a; else awk -v v="$1" 'BEGIN { printf "%.2f ms", v / 1000 }'; fi
 }
 
 load_table() {

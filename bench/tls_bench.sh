@@ -305,46 +305,16 @@ s_time_run() {
     log "  $t $col: $rate conn/s, $pct % resumed, $bpc bytes read per connection, server CPU $cpu us, clients $ccpu us per connection"
 }
 
-parse_wrk() {                   # FILE -> "rps p50_us p99_us errors non2xx"
-    awk '
-    function us(v) {
-        if (v ~ /us$/) return v + 0
-        if (v ~ /ms$/) return (v + 0) * 1000
-        if (v ~ /s$/) return (v + 0) * 1000000
-        return v + 0
-    }
-    /^ +50% / { p50 = us($2) }
-    /^ +99% / { p99 = us($2) }
-    /^Requests\/sec:/ { rps = $2 }
-    /Socket errors:/ { gsub(/,/, ""); err = $4 + $6 + $8 + $10 }
-    /Non-2xx or 3xx responses:/ { non2xx = $5 }
-    END {
-        if (rps == "" || p50 == "") { print "- - - - -"; exit }
-        printf "%s %s %s %d %d\n", rps, p50, p99, err, non2xx
-    }' "$1"
-}
-
 wrk_run() {                     # TARGET ROUND
-    local t=$1 round=$2 out fields
+    local t=$1 round=$2 out fields cpu
     local cmd=(wrk -t1 "-c$CONNS" "-d${DURATION}s" --latency "https://127.0.0.1:$(port_of "$t")/")
-    local t0 t1 o0 o1 cpu n wt split TIMEFORMAT='%U %S'
     out=$TMP/wrk-$t-$round.txt
     record "${cmd[@]}"
-    t0=$(cpu_split)
-    o0=$(cpu_split "$ORIGIN_PID")
-    { time "${cmd[@]}" >"$out" 2>&1; } 2>"$out.time" || true
-    t1=$(cpu_split)
-    o1=$(cpu_split "$ORIGIN_PID")
+    cpu=$(measure_wrk "$out" "${cmd[@]}")
     fields=$(parse_wrk "$out")
-    n=$(awk '/^ *[0-9]+ requests in/ { print $1 }' "$out" | grep . || echo 0)
-    wt=$(awk '{ print $1 + $2 }' "$out.time" 2>/dev/null || echo 0) # wrk's user + system seconds
-    cpu=$(cpu_us_per $((${t0% *} + ${t0#* })) $((${t1% *} + ${t1#* })) "$n")
-    split="$(cpu_us_per "${t0% *}" "${t1% *}" "$n") $(cpu_us_per "${t0#* }" "${t1#* }" "$n")"
-    split="$split $(awk -v a=$((${o0% *} + ${o0#* })) -v b=$((${o1% *} + ${o1#* })) -v w="$wt" -v n="$n" -v hz="$CLK_TCK" \
-        'BEGIN { if (n > 0) printf "%.1f", ((b - a) / hz + w) * 1e6 / n; else print "-" }')"
-    # target keepalive round rps p50 p99 errors non2xx server_cpu server_user server_system wrk+origin (per request)
-    echo "$t keepalive $round $fields $cpu $split" >>"$RESULTS"
-    log "  $t keep-alive: $fields; server CPU $cpu us per request (user, system, wrk+origin: $split)"
+    # target keepalive round rps p50 p99 errors non2xx, then per request: server_cpu server_user server_system wrk+origin
+    echo "$t keepalive $round $fields $cpu" >>"$RESULTS"
+    log "  $t keep-alive: $fields; CPU per request (server, user, system, wrk+origin): $cpu us"
 }
 
 round() {                       # ROUND
@@ -366,27 +336,16 @@ round() {                       # ROUND
 
 # ---- report ----------------------------------------------------------------
 
-median() {
-    sort -g | awk '{ a[NR] = $1 }
-        END {
-            if (NR == 0) { print "-"; exit }
-            print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
-        }'
-}
-
 cell() {                        # TARGET COLUMN FIELD
     awk -v t="$1" -v c="$2" -v f="$3" '$1 == t && $2 == c && $f != "-" { print $f }' "$RESULTS" | median
 }
-
-fmt_rate() { if [ "$1" = - ]; then echo n/a; else printf '%.0f' "$1"; fi; }
-fmt_ms() { if [ "$1" = - ]; then echo n/a; else awk -v v="$1" 'BEGIN { printf "%.2f ms", v / 1000 }'; fi; }
 
 fmt_us() { if [ "$1" = - ]; then echo n/a; else printf '%.0f µs' "$1"; fi; }
 
 # rate (resumed %) / server CPU per unit
 hs_cell() {                     # TARGET COLUMN
     local rate pct cpu
-    rate=$(fmt_rate "$(cell "$1" "$2" 4)")
+    rate=$(fmt_rps "$(cell "$1" "$2" 4)")
     pct=$(cell "$1" "$2" 5)
     cpu=$(fmt_us "$(cell "$1" "$2" 7)")
     if [ "$2" = full ] || [ "$pct" = - ]; then echo "$rate | $cpu"; else echo "$rate ($pct %) | $cpu"; fi
@@ -397,7 +356,7 @@ table() {
     echo "| target | (a) full handshakes/s | server CPU per (a) | (b) resumed handshakes/s (resumed) | server CPU per (b) | (b') TLS 1.2 resumed, handshake only/s (resumed) | server CPU per (b') | (c) keep-alive req/s | server CPU per (c) | (c) p50 | (c) p99 |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for t in $TARGETS; do
-        echo "| $t | $(hs_cell "$t" full) | $(hs_cell "$t" resumed) | $(hs_cell "$t" resumed12) | $(fmt_rate "$(cell "$t" keepalive 4)") | $(fmt_us "$(cell "$t" keepalive 9)") | $(fmt_ms "$(cell "$t" keepalive 5)") | $(fmt_ms "$(cell "$t" keepalive 6)") |"
+        echo "| $t | $(hs_cell "$t" full) | $(hs_cell "$t" resumed) | $(hs_cell "$t" resumed12) | $(fmt_rps "$(cell "$t" keepalive 4)") | $(fmt_us "$(cell "$t" keepalive 9)") | $(fmt_ms "$(cell "$t" keepalive 5)") | $(fmt_ms "$(cell "$t" keepalive 6)") |"
     done
 }
 
