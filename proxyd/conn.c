@@ -175,7 +175,7 @@ void conn_close(conn_t *c, const char *reason)
         c->req = NULL;
     }
     ev_timer_stop(W->loop, &c->timer);
-    ev_del(W->loop, &c->io);
+    ev_close(W->loop, &c->io); /* close() below unregisters it: one system call less */
     tls_free(c->ssl);
     c->ssl = NULL;
     if (c->hs_table) {

@@ -105,6 +105,12 @@ void ev_del(ev_loop_t *l, ev_io_t *io)
     io->events = 0;
 }
 
+void ev_close(ev_loop_t *l, ev_io_t *io)
+{
+    (void)l;
+    io->events = 0;
+}
+
 /* ---- timer heap ----------------------------------------------------------- */
 
 static void heap_place(ev_loop_t *l, uint32_t i, ev_timer_t *t)

@@ -44,6 +44,11 @@ int ev_add(ev_loop_t *loop, ev_io_t *io, int fd, uint32_t events, ev_io_cb cb);
 int ev_set(ev_loop_t *loop, ev_io_t *io, uint32_t events);
 int ev_add_exclusive(ev_loop_t *loop, ev_io_t *io, int fd, ev_io_cb cb); /* EPOLLEXCLUSIVE accept sockets */
 void ev_del(ev_loop_t *loop, ev_io_t *io);
+/* io's fd is about to be closed: forget it without a system call.  close()
+ * drops the registration itself when no other descriptor refers to the
+ * file; use this only for fds that are never duplicated or inherited
+ * (a worker's connections), ev_del otherwise. */
+void ev_close(ev_loop_t *loop, ev_io_t *io);
 /* Arm (or re-arm) t to fire after ms; ev_timer_stop disarms (no-op if not armed). */
 void ev_timer_start(ev_loop_t *loop, ev_timer_t *t, uint64_t ms, ev_timer_cb cb);
 void ev_timer_stop(ev_loop_t *loop, ev_timer_t *t);

@@ -208,7 +208,7 @@ static void up_close(upconn_t *u)
     if (u->state == US_IDLE)
         pool_remove(u);
     ev_timer_stop(W->loop, &u->timer);
-    ev_del(W->loop, &u->io);
+    ev_close(W->loop, &u->io); /* close() below unregisters it */
     tls_free(u->ssl);
     u->ssl = NULL;
     close(u->io.fd);
