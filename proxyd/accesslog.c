@@ -33,6 +33,8 @@ int accesslog_open(const char *path)
     return 0;
 }
 
+bool accesslog_on(void) { return log_fd >= 0; }
+
 void accesslog_flush(void)
 {
     if (used && log_fd >= 0) {

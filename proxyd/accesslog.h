@@ -10,6 +10,7 @@
 #include "conn.h"
 
 int accesslog_open(const char *path); /* "" = stderr, "off" = nowhere */
+bool accesslog_on(void);              /* false: logs.access is "off" */
 void accesslog_request(const conn_t *c, const request_t *r);
 void accesslog_flush(void);
 

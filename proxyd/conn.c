@@ -790,14 +790,16 @@ static void act(conn_t *c, const h1_request_t *h, const rt_route_t *rt)
 static void copy_request(conn_t *c, const h1_request_t *h)
 {
     request_t *r = c->req;
-    const h1_header_t *ua = h1_find_header(h->headers, h->nheaders, H1_HDR_USER_AGENT);
-    const h1_header_t *ref = h1_find_header(h->headers, h->nheaders, H1_HDR_REFERER);
     r->method_id = (uint8_t)h->method_id;
     r->method = slice_dup(r, h->method);
     r->host = h->host.p ? slice_dup(r, h->host) : arena_strdup(&r->arena, ""); /* HTTP/1.0 may omit Host */
     r->uri = slice_dup(r, h->target);
-    r->user_agent = ua ? slice_dup(r, ua->value) : NULL;
-    r->referer = ref ? slice_dup(r, ref->value) : NULL;
+    if (accesslog_on()) { /* only the access log reads them */
+        const h1_header_t *ua = h1_find_header(h->headers, h->nheaders, H1_HDR_USER_AGENT);
+        const h1_header_t *ref = h1_find_header(h->headers, h->nheaders, H1_HDR_REFERER);
+        r->user_agent = ua ? slice_dup(r, ua->value) : NULL;
+        r->referer = ref ? slice_dup(r, ref->value) : NULL;
+    }
     r->head = h->method_id == H1_METHOD_HEAD;
     r->keep_alive = h->keep_alive && !W->draining;
     r->expect_continue = h->expect_continue;

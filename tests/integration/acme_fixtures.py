@@ -26,14 +26,13 @@ import signal
 import socket
 import ssl
 import subprocess
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from proxyd_fixtures import PROXYCTL, Proxyd, _kill_pid, free_port, run_proxyctl, wait_port
+from proxyd_fixtures import PROXYCTL, AcceptLoop, Proxyd, _kill_pid, free_port, run_proxyctl, wait_port
 
 PEBBLE = "/usr/bin/pebble"
 CHALLTESTSRV = "/usr/bin/pebble-challtestsrv"
@@ -247,39 +246,20 @@ def acme_store(tmp_path, request):
         pytest.fail("\n".join(errors))
 
 
-class SilentListener:
+class SilentListener(AcceptLoop):
     """Accepts TCP connections on a free port, counts them and closes them."""
 
     def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
         self.connections = 0
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _loop(self):
-        while not self.stopping.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            c.close()
-
-    def stop(self):
-        self.stopping.set()
-        self.thread.join(timeout=2)
-        self.sock.close()
+    def serve(self, c):
+        self.connections += 1
+        c.close()
 
 
 @pytest.fixture
 def silent_listener():
     s = SilentListener()
     yield s
-    s.stop()
+    s.close()

@@ -71,6 +71,36 @@ def sanitizer_report(text):
     return any(m in text for m in SANITIZER_MARKS)
 
 
+class AcceptLoop:
+    """A listener on 127.0.0.1 whose thread hands each accepted connection to serve(conn)."""
+
+    def __init__(self, backlog=16):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.serve(c)
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+        self.thread.join(10)
+
+
 def free_port():
     """A currently free TCP port on 127.0.0.1 (bind port 0, read it, close)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -38,8 +38,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxyd_fixtures import (PROXYCTL, PROXYD, _is_alive, _kill_pid, children_of, free_port, http,  # noqa: F401
-                             origin_factory, proxy_site, run_proxyctl, sanitizer_report, wait_for, wait_port)
+from proxyd_fixtures import (PROXYCTL, PROXYD, AcceptLoop, _is_alive, _kill_pid, children_of, free_port,  # noqa: F401
+                             http, origin_factory, proxy_site, run_proxyctl, sanitizer_report, wait_for, wait_port)
 
 PRIVATE_KEY = "PRIVATE KEY"
 
@@ -1078,36 +1078,6 @@ def test_sync_follows_roles(pair):
 # =============================================================================================
 # 8. peers that must never be trusted
 # =============================================================================================
-
-class AcceptLoop:
-    """A listener on 127.0.0.1 whose thread hands each accepted connection to serve(conn)."""
-
-    def __init__(self, backlog=16):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(backlog)
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while not self.stop.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.serve(c)
-
-    def close(self):
-        self.stop.set()
-        self.sock.close()
-        self.thread.join(10)
-
 
 class TcpHolder(AcceptLoop):
     """Accepts TCP connections and never says a word (closed at teardown)."""
