@@ -4,7 +4,7 @@
 
 CC      ?= cc
 PKGS    := yaml-0.1 sqlite3 libssl libcrypto libsystemd libpcre2-8
-CSTD    := -std=c11 -D_GNU_SOURCE
+CSTD    := -std=c11 -D_GNU_SOURCE -Iproxyd
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS = $(CSTD) $(WARN) $(CFLAGS) $(shell pkg-config --cflags $(PKGS))
@@ -20,12 +20,9 @@ PROXYCTL_SRC := proxyctl/main.c proxyctl/diag.c proxyctl/yaml.c proxyctl/config.
                 proxyctl/cmd_route.c proxyctl/cmd_admin.c proxyctl/dump.c proxyctl/certs.c \
                 proxyctl/acme.c proxyctl/cmd_cert.c proxyctl/cmd_ha.c
 GEN_SRC     := build/gen/store_sql.c build/gen/store_v2_sql.c build/gen/keepalived_conf.c
-PROXYD_SRC  := proxyd/main.c proxyd/master.c proxyd/admin.c proxyd/worker.c proxyd/event.c proxyd/conn.c \
-               proxyd/proxy.c proxyd/http1.c proxyd/path.c proxyd/static.c proxyd/table.c proxyd/iobuf.c \
-               proxyd/accesslog.c proxyd/tls.c proxyd/vars.c proxyd/net.c \
-               proxyd/balance.c proxyd/health.c proxyd/replica.c
+PROXYD_SRC  := $(sort $(wildcard proxyd/*/*.c))
 PROXYD_COMMON := common/util.c common/ruletable.c common/store.c common/route.c common/log.c common/ha.c
-HEADERS     := $(wildcard common/*.h proxyctl/*.h proxyd/*.h)
+HEADERS     := $(wildcard common/*.h proxyctl/*.h proxyd/*/*.h)
 
 PYTEST := /usr/bin/python3 -m pytest
 FUZZ_TIME ?= 60
@@ -79,36 +76,36 @@ clang: $(GEN_SRC)
 
 # ---- unit tests (cmocka), built with sanitizers -------------------------
 UNIT_TESTS := $(patsubst tests/unit/%.c,build/unit/%,$(wildcard tests/unit/test_*.c))
-build/unit/%: tests/unit/%.c $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS) proxyd/http1.c
+build/unit/%: tests/unit/%.c $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS) proxyd/http/http1.c
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g $(SAN) \
 	    $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(GEN_SRC) $(LDLIBS) -lcmocka
 
-build/unit/test_http1: tests/unit/test_http1.c proxyd/http1.c proxyd/http1.h
+build/unit/test_http1: tests/unit/test_http1.c proxyd/http/http1.c proxyd/http/http1.h
 	@mkdir -p $(@D)
-	clang $(CSTD) $(WARN) -O1 -g $(SAN) -Iproxyd -o $@ $< proxyd/http1.c -lcmocka
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) -o $@ $< proxyd/http/http1.c -lcmocka
 
-build/unit/test_static: tests/unit/test_static.c proxyd/static.c proxyd/static.h proxyd/http1.h
+build/unit/test_static: tests/unit/test_static.c proxyd/handlers/static.c proxyd/handlers/static.h proxyd/http/http1.h
 	@mkdir -p $(@D)
-	clang $(CSTD) $(WARN) -O1 -g $(SAN) -Iproxyd -o $@ $< proxyd/static.c -lcmocka
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) -o $@ $< proxyd/handlers/static.c -lcmocka
 
-build/unit/test_balance: tests/unit/test_balance.c proxyd/balance.c proxyd/balance.h proxyd/health.h proxyd/table.h
+build/unit/test_balance: tests/unit/test_balance.c proxyd/upstream/balance.c proxyd/upstream/balance.h proxyd/upstream/health.h proxyd/core/table.h
 	@mkdir -p $(@D)
-	clang $(CSTD) $(WARN) -O1 -g $(SAN) -Iproxyd -o $@ $< -lcmocka
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) -o $@ $< -lcmocka
 
 unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
 
 # ---- fuzzing (libFuzzer) -------------------------------------------------
 FUZZERS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
-build/fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS) proxyd/http1.c
+build/fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS) proxyd/http/http1.c
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined \
 	    $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(GEN_SRC) $(LDLIBS)
 
-build/fuzz/fuzz_http1: tests/fuzz/fuzz_http1.c proxyd/http1.c proxyd/http1.h
+build/fuzz/fuzz_http1: tests/fuzz/fuzz_http1.c proxyd/http/http1.c proxyd/http/http1.h
 	@mkdir -p $(@D)
-	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined -Iproxyd -o $@ $< proxyd/http1.c
+	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined -o $@ $< proxyd/http/http1.c
 
 # Replay every checked-in corpus once (part of make test).
 fuzz-replay: $(FUZZERS)
@@ -144,7 +141,7 @@ bench: all
 	bench/compile_scale.sh
 
 format:
-	clang-format -i common/*.[ch] proxyctl/*.[ch] proxyd/*.[ch] tests/unit/*.c tests/fuzz/*.c
+	clang-format -i common/*.[ch] proxyctl/*.[ch] proxyd/*/*.[ch] tests/unit/*.c tests/fuzz/*.c
 
 lint: $(GEN_SRC)
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \

@@ -1,5 +1,5 @@
 /*
- * fuzz_http1.c - libFuzzer target for proxyd/http1.c.
+ * fuzz_http1.c - libFuzzer target for proxyd/http/http1.c.
  *
  * Each input is run through the request parser (default and tiny limits),
  * the response parser and the chunked decoder.  Besides the sanitizers it
@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "http1.h"
+#include "http/http1.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \

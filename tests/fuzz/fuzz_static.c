@@ -13,7 +13,7 @@
  *    back to the same time.
  * static.c is included (not linked) to reach its static parsers.
  */
-#include "../../proxyd/static.c"
+#include "../../proxyd/handlers/static.c"
 
 #include <ftw.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
  * least_conn, power of two choices, the consistent-hash ring, and the
  * candidate rules of balance_pick() (down servers, tried servers, backups).
  */
-#include "../../proxyd/balance.c"
+#include "../../proxyd/upstream/balance.c"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -4,7 +4,7 @@
  * before its new time (nor one re-armed earlier after it), and fd events
  * reach their handler.
  */
-#include "../../proxyd/event.c"
+#include "../../proxyd/core/event.c"
 
 #include <setjmp.h>
 #include <stdarg.h>

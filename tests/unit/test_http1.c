@@ -1,5 +1,5 @@
 /*
- * test_http1.c - unit tests for proxyd/http1.c.
+ * test_http1.c - unit tests for proxyd/http/http1.c.
  *
  * Mostly tables: every refusal with the status it must produce, valid
  * requests with the fields they must yield, chunked bodies and upstream
@@ -20,7 +20,7 @@
 
 #include <cmocka.h>
 
-#include "http1.h"
+#include "http/http1.h"
 
 #define S(lit) lit, sizeof(lit) - 1
 

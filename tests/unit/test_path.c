@@ -2,7 +2,7 @@
  * test_path.c - path normalization: the table of inputs every consumer of
  * the path (routing, static files, the upstream request) must agree on.
  */
-#include "../../proxyd/path.c"
+#include "../../proxyd/http/path.c"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,5 +1,5 @@
 /*
- * test_static.c - unit tests for proxyd/static.c.
+ * test_static.c - unit tests for proxyd/handlers/static.c.
  *
  * The group setup builds a real tree in a temp directory (files, a nested
  * directory with an index, a directory without one, symlinks that stay
@@ -30,7 +30,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "static.h"
+#include "handlers/static.h"
 
 #define NTAB(a) (sizeof(a) / sizeof((a)[0]))
 

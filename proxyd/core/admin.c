@@ -1,0 +1,558 @@
+/*
+ * admin.c - admin HTTP in the master (see admin.h).
+ *
+ * Requests are tiny and the master is otherwise idle, so each admin
+ * connection reads one request head, answers from shared memory, and
+ * closes.  Responses are built in a growable buffer and written with
+ * non-blocking writes driven by the loop.
+ */
+#include "core/admin.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/log.h"
+#include "../common/util.h"
+#include "upstream/health.h"
+#include "http/http1.h"
+#include "core/master.h"
+#include "core/net.h"
+
+typedef struct {
+    ev_io_t io;
+    bool metrics_only;
+} admin_listener_t;
+
+typedef struct admin_conn {
+    ev_io_t io;
+    ev_timer_t timer;
+    struct admin_conn *prev, *next; /* open connections: a forked worker closes them */
+    bool metrics_only;
+    char in[8192];
+    size_t inlen;
+    buf_t out;
+    size_t sent;
+} admin_conn_t;
+
+static admin_listener_t unix_l = {.io = {.fd = -1}}, tcp_l = {.io = {.fd = -1}};
+static char sock_path[108];
+static ev_loop_t *loop;
+static admin_conn_t *open_conns;
+
+static void conn_done(admin_conn_t *a)
+{
+    if (a->prev)
+        a->prev->next = a->next;
+    else
+        open_conns = a->next;
+    if (a->next)
+        a->next->prev = a->prev;
+    ev_timer_stop(loop, &a->timer);
+    ev_del(loop, &a->io);
+    close(a->io.fd);
+    buf_free(&a->out);
+    free(a);
+}
+
+/* ---- bodies ----------------------------------------------------------------------- */
+
+/* s inside a JSON string or a Prometheus label value (both escape \ " and newline). */
+static void put_escaped(buf_t *b, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            buf_printf(b, "\\%c", ch);
+        else if (ch == '\n')
+            buf_printf(b, "\\n");
+        else if (ch < 0x20)
+            buf_printf(b, "\\u%04x", ch);
+        else
+            buf_append(b, s, 1);
+    }
+}
+
+/* Every server of every upstream with its shared state (health.h). */
+static void status_check(buf_t *b, const health_slot_t *s)
+{
+    uint64_t last = atomic_load(&s->hc_last_ms);
+    buf_printf(b, ",\"check\":{\"state\":\"%s\",\"checks\":%llu,\"consecutive_failures\":%u,"
+                  "\"consecutive_successes\":%u,\"last_status\":%u,\"last_error\":\"%s\",\"last_check\":",
+               atomic_load(&s->hc_down) ? "down" : "up", (unsigned long long)atomic_load(&s->hc_checks),
+               atomic_load(&s->hc_fails), atomic_load(&s->hc_oks), atomic_load(&s->hc_last_status),
+               health_error_name(atomic_load(&s->hc_last_error)));
+    if (last)
+        buf_printf(b, "%llu.%03llu}", (unsigned long long)(last / 1000), (unsigned long long)(last % 1000));
+    else
+        buf_printf(b, "null}");
+}
+
+static void status_server(buf_t *b, const rt_table_t *t, uint32_t i, const health_slot_t *s, uint64_t now)
+{
+    const rt_server_t *sv = &t->servers[i];
+    bool hc = t->upstreams[sv->upstream].hc_interval_ms != 0;
+    uint64_t until = atomic_load(&s->down_until);
+    bool passive = health_passive_down(s, now);
+    buf_printf(b, "{\"address\":\"");
+    put_escaped(b, rt_cstr(t, sv->sa.addr));
+    buf_printf(b, "\",\"weight\":%u,\"backup\":%s,\"state\":\"%s\",\"in_flight\":%d,\"requests\":%llu,"
+                  "\"failures\":%llu,\"downs\":%llu,\"passive_down\":%s,\"down_for_ms\":%llu",
+               sv->weight, sv->flags & RT_SVF_BACKUP ? "true" : "false",
+               health_usable(s, hc, now) ? "up" : "down", health_load(s),
+               (unsigned long long)atomic_load(&s->requests), (unsigned long long)atomic_load(&s->failures),
+               (unsigned long long)atomic_load(&s->downs), passive ? "true" : "false",
+               (unsigned long long)(passive ? until - now : 0));
+    if (hc)
+        status_check(b, s);
+    buf_printf(b, "}");
+}
+
+static void status_upstreams(buf_t *b)
+{
+    const tref_t *tr = M.table;
+    const rt_table_t *t = &tr->t;
+    uint64_t now = ev_now(loop);
+    buf_printf(b, ",\"upstreams\":[");
+    for (uint32_t i = 0; i < t->nupstreams; i++) {
+        const rt_upstream_t *u = &t->upstreams[i];
+        buf_printf(b, "%s{\"site\":\"%s\",\"upstream\":\"%s\",\"balance\":\"%s\",\"servers\":[", i ? "," : "",
+                   rt_cstr(t, t->sites[u->site].name), rt_cstr(t, u->name), rt_enum_name("balance", u->balance));
+        for (uint32_t k = 0; k < u->servers.count; k++) {
+            buf_printf(b, "%s", k ? "," : "");
+            status_server(b, t, u->servers.first + k, tr->slot[u->servers.first + k], now);
+        }
+        buf_printf(b, "]}");
+    }
+    buf_printf(b, "]");
+}
+
+/* The pair, as keepalived last reported this node's role (read fresh from
+ * the store) and as the replication process sees the peer. */
+static void status_ha(buf_t *b)
+{
+    const replica_shm_t *r = M.replica;
+    if (M.replica_conf.node[0] == '\0' || r == NULL)
+        return;
+    store_t st;
+    ha_state_t hs = {0};
+    if (store_open(&st, M.db, STORE_RDONLY) == 0)
+        ha_state_get(&st, &hs);
+    store_close(&st);
+    buf_printf(b, ",\"ha\":{\"node\":\"");
+    put_escaped(b, M.replica_conf.node);
+    buf_printf(b, "\",\"role\":\"%s\",\"role_changed\":%lld,\"serial\":%lld,\"synced\":%lld,\"replication\":%s,", hs.role,
+               (long long)hs.role_changed, (long long)hs.serial, (long long)hs.synced, M.replica_pid > 0 ? "true" : "false");
+    buf_printf(b, "\"peer\":{\"address\":\"");
+    put_escaped(b, M.replica_conf.peer);
+    buf_printf(b, "\",\"node\":\"");
+    put_escaped(b, r->peer_node);
+    buf_printf(b, "\",\"role\":\"%s\",\"serial\":%lld,\"last_contact\":%lld},", r->peer_role, (long long)r->peer_serial,
+               (long long)r->last_contact);
+    buf_printf(b, "\"pulls\":%llu,\"last_pull\":%lld,\"served\":%llu,\"last_error\":\"", (unsigned long long)r->pulls,
+               (long long)r->last_pull, (unsigned long long)r->served);
+    put_escaped(b, r->last_error);
+    buf_printf(b, "\"}");
+}
+
+static void status_json(buf_t *b)
+{
+    const stats_shm_t *s = M.shm;
+    uint64_t conns = 0, reqs = 0;
+    buf_printf(b, "{\"pid\":%d,\"generation\":%lld,\"reloads\":%llu,\"uptime_s\":%llu,\"workers\":[", (int)getpid(),
+               (long long)s->generation, (unsigned long long)s->reloads,
+               (unsigned long long)((uint64_t)time(NULL) - M.started));
+    for (int i = 0; i < M.nworkers; i++) {
+        const worker_stats_t *w = &s->workers[i];
+        bool alive = M.pids[i] > 0 && w->pid == M.pids[i];
+        conns += alive ? w->conns_active : 0;
+        reqs += w->requests_total;
+        buf_printf(b, "%s{\"id\":%d,\"pid\":%d,\"alive\":%s,\"generation\":%lld,\"connections\":%llu,\"requests\":%llu}",
+                   i ? "," : "", i, (int)M.pids[i], alive ? "true" : "false", (long long)w->generation,
+                   (unsigned long long)w->conns_active, (unsigned long long)w->requests_total);
+    }
+    buf_printf(b, "],\"connections\":%llu,\"requests\":%llu,\"sites\":%u", (unsigned long long)conns,
+               (unsigned long long)reqs, M.table->t.nsites);
+    if (M.last_reload_error[0])
+        buf_printf(b, ",\"last_reload_error\":\"%s\"", M.last_reload_error);
+    status_upstreams(b);
+    status_ha(b);
+    buf_printf(b, "}\n");
+}
+
+static void metric_header(buf_t *b, const char *name, const char *type, const char *help)
+{
+    buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static uint64_t sum_field(size_t offset)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < M.nworkers; i++)
+        v += *(const volatile uint64_t *)((const char *)&M.shm->workers[i] + offset);
+    return v;
+}
+
+static void metrics_requests(buf_t *b)
+{
+    const rt_table_t *t = &M.table->t;
+    static const char *const cls[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+    metric_header(b, "proxyd_requests_total", "counter", "Requests answered, by site and status class.");
+    for (uint32_t s = 0; s < t->nsites && s < STATS_MAX_SITES; s++)
+        for (int c = 0; c < STATS_CLASSES; c++) {
+            uint64_t v = 0;
+            for (int i = 0; i < M.nworkers; i++)
+                v += M.shm->workers[i].site[s][c];
+            if (v)
+                buf_printf(b, "proxyd_requests_total{site=\"%s\",class=\"%s\"} %llu\n", rt_cstr(t, t->sites[s].name),
+                           cls[c], (unsigned long long)v);
+        }
+    for (int c = 0; c < STATS_CLASSES; c++) {
+        uint64_t v = 0;
+        for (int i = 0; i < M.nworkers; i++)
+            v += M.shm->workers[i].other_site[c];
+        if (v)
+            buf_printf(b, "proxyd_requests_total{site=\"\",class=\"%s\"} %llu\n", cls[c], (unsigned long long)v);
+    }
+}
+
+static void metrics_latency(buf_t *b)
+{
+    static const uint64_t bounds[STATS_LAT_BUCKETS] = STATS_LAT_BOUNDS;
+    metric_header(b, "proxyd_upstream_response_seconds", "histogram",
+                  "Time from sending a request upstream to its response head.");
+    uint64_t cum = 0;
+    for (int k = 0; k < STATS_LAT_BUCKETS; k++) {
+        for (int i = 0; i < M.nworkers; i++)
+            cum += M.shm->workers[i].upstream_hist[k];
+        if (bounds[k])
+            buf_printf(b, "proxyd_upstream_response_seconds_bucket{le=\"%.3f\"} %llu\n", (double)bounds[k] / 1000.0,
+                       (unsigned long long)cum);
+        else
+            buf_printf(b, "proxyd_upstream_response_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    }
+    buf_printf(b, "proxyd_upstream_response_seconds_sum %.3f\nproxyd_upstream_response_seconds_count %llu\n",
+               (double)sum_field(offsetof(worker_stats_t, upstream_ms_sum)) / 1000.0,
+               (unsigned long long)sum_field(offsetof(worker_stats_t, upstream_count)));
+}
+
+enum server_metric { SM_UP, SM_IN_FLIGHT, SM_REQUESTS, SM_FAILURES, SM_DOWNS, SM_CHECK_FAILURES, SM_LAST_CHECK };
+
+/* One metric family over every server; false leaves a server out. */
+static bool server_value(enum server_metric m, const rt_table_t *t, uint32_t i, const health_slot_t *s, uint64_t now,
+                         double *v)
+{
+    bool hc = t->upstreams[t->servers[i].upstream].hc_interval_ms != 0;
+    switch (m) {
+    case SM_UP: *v = health_usable(s, hc, now); return true;
+    case SM_IN_FLIGHT: *v = health_load(s); return true;
+    case SM_REQUESTS: *v = (double)atomic_load(&s->requests); return true;
+    case SM_FAILURES: *v = (double)atomic_load(&s->failures); return true;
+    case SM_DOWNS: *v = (double)atomic_load(&s->downs); return true;
+    case SM_CHECK_FAILURES: *v = atomic_load(&s->hc_fails); return hc;
+    case SM_LAST_CHECK: *v = (double)atomic_load(&s->hc_last_ms) / 1000.0; return hc && *v > 0;
+    }
+    return false;
+}
+
+static void metrics_servers(buf_t *b)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } fam[] = {
+        {"proxyd_upstream_server_up", "gauge", "1 when the server takes traffic, 0 when passive or active health marks it down."},
+        {"proxyd_upstream_server_in_flight", "gauge", "Requests being served by the server, all workers."},
+        {"proxyd_upstream_server_requests_total", "counter", "Attempts sent to the server (retries included)."},
+        {"proxyd_upstream_server_failures_total", "counter", "Attempts that failed (connect, timeout, reset, retry.on statuses)."},
+        {"proxyd_upstream_server_downs_total", "counter", "Times the server was marked down."},
+        {"proxyd_upstream_server_check_failures", "gauge", "Consecutive failed active health checks."},
+        {"proxyd_upstream_server_last_check_timestamp_seconds", "gauge", "Unix time of the last active health check."},
+    };
+    const tref_t *tr = M.table;
+    const rt_table_t *t = &tr->t;
+    uint64_t now = ev_now(loop);
+    for (unsigned m = 0; m < sizeof(fam) / sizeof(fam[0]); m++) {
+        metric_header(b, fam[m].name, fam[m].type, fam[m].help);
+        for (uint32_t i = 0; i < t->nservers; i++) {
+            double v;
+            if (!server_value((enum server_metric)m, t, i, tr->slot[i], now, &v))
+                continue;
+            const rt_upstream_t *u = &t->upstreams[t->servers[i].upstream];
+            buf_printf(b, "%s{site=\"%s\",upstream=\"%s\",server=\"", fam[m].name, rt_cstr(t, t->sites[u->site].name),
+                       rt_cstr(t, u->name));
+            put_escaped(b, rt_cstr(t, t->servers[i].sa.addr));
+            buf_printf(b, m == SM_LAST_CHECK ? "\"} %.3f\n" : "\"} %.0f\n", v);
+        }
+    }
+}
+
+static void metrics_text(buf_t *b)
+{
+    metrics_requests(b);
+    metrics_latency(b);
+    metrics_servers(b);
+    metric_header(b, "proxyd_connections_active", "gauge", "Open client connections.");
+    buf_printf(b, "proxyd_connections_active %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, conns_active)));
+    metric_header(b, "proxyd_connections_total", "counter", "Client connections accepted.");
+    buf_printf(b, "proxyd_connections_total %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, conns_total)));
+    metric_header(b, "proxyd_bytes_received_total", "counter", "Bytes read from clients.");
+    buf_printf(b, "proxyd_bytes_received_total %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, bytes_in)));
+    metric_header(b, "proxyd_bytes_sent_total", "counter", "Bytes written to clients.");
+    buf_printf(b, "proxyd_bytes_sent_total %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, bytes_out)));
+    metric_header(b, "proxyd_generation", "gauge", "Active rule-table generation.");
+    buf_printf(b, "proxyd_generation %lld\n", (long long)M.shm->generation);
+    metric_header(b, "proxyd_workers", "gauge", "Live worker processes.");
+    buf_printf(b, "proxyd_workers %d\n", master_live_workers());
+}
+
+/* ---- requests ------------------------------------------------------------------------ */
+
+static void reply(admin_conn_t *a, int status, const char *ctype, buf_t *body)
+{
+    buf_printf(&a->out, "HTTP/1.1 %d %s\r\nServer: proxyd\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                        "Connection: close\r\n\r\n",
+               status, status == 200 ? "OK" : status == 404 ? "Not Found" : status == 405 ? "Method Not Allowed"
+                                                                          : status == 503 ? "Service Unavailable"
+                                                                                          : "Error",
+               ctype, body->len);
+    buf_append(&a->out, body->p, body->len);
+}
+
+static void route(admin_conn_t *a, const h1_request_t *h)
+{
+    buf_t body = {0};
+    int status = 200;
+    const char *ctype = "application/json";
+    bool get = h->method_id == H1_METHOD_GET, post = h->method_id == H1_METHOD_POST;
+#define PATH_IS(s) (h->path.n == strlen(s) && memcmp(h->path.p, s, h->path.n) == 0)
+    if (PATH_IS("/metrics") && get) {
+        ctype = "text/plain; version=0.0.4";
+        metrics_text(&body);
+    } else if (a->metrics_only) {
+        status = 404;
+        buf_printf(&body, "{\"error\":\"only /metrics is served here\"}\n");
+    } else if (PATH_IS("/status") && get) {
+        status_json(&body);
+    } else if (PATH_IS("/health") && get) {
+        bool ok = master_live_workers() == M.nworkers && M.shm->generation > 0;
+        status = ok ? 200 : 503;
+        buf_printf(&body, "{\"healthy\":%s,\"workers\":%d,\"generation\":%lld}\n", ok ? "true" : "false",
+                   master_live_workers(), (long long)M.shm->generation);
+    } else if (PATH_IS("/reload") && post) {
+        char err[256];
+        if (master_reload(err, sizeof(err)) == 0) {
+            buf_printf(&body, "{\"generation\":%lld}\n", (long long)M.shm->generation);
+        } else {
+            status = 500;
+            buf_printf(&body, "{\"error\":\"%s\"}\n", err);
+        }
+    } else if (PATH_IS("/status") || PATH_IS("/metrics") || PATH_IS("/health") || PATH_IS("/reload")) {
+        status = 405;
+        buf_printf(&body, "{\"error\":\"method not allowed\"}\n");
+    } else {
+        status = 404;
+        buf_printf(&body, "{\"error\":\"unknown path\"}\n");
+    }
+#undef PATH_IS
+    reply(a, status, ctype, &body);
+    buf_free(&body);
+}
+
+static void on_conn(ev_loop_t *l, ev_io_t *io, uint32_t revents)
+{
+    admin_conn_t *a = (admin_conn_t *)io;
+    (void)l;
+    if (a->out.len == 0 && (revents & EV_READ)) {
+        ssize_t n = read(io->fd, a->in + a->inlen, sizeof(a->in) - a->inlen);
+        if (n <= 0 && !(n < 0 && errno == EAGAIN)) {
+            conn_done(a);
+            return;
+        }
+        if (n > 0)
+            a->inlen += (size_t)n;
+        static h1_request_t h;
+        int rc = h1_parse_request(a->in, a->inlen, &h, NULL);
+        if (rc == 0 && a->inlen < sizeof(a->in))
+            return;
+        if (rc <= 0) {
+            buf_t body = {0};
+            buf_printf(&body, "{\"error\":\"bad request\"}\n");
+            reply(a, 400, "application/json", &body);
+            buf_free(&body);
+        } else {
+            route(a, &h);
+        }
+        ev_set(loop, io, EV_WRITE);
+    }
+    if (a->out.len) {
+        ssize_t n = write(io->fd, a->out.p + a->sent, a->out.len - a->sent);
+        if (n > 0)
+            a->sent += (size_t)n;
+        if ((n < 0 && errno != EAGAIN) || a->sent == a->out.len)
+            conn_done(a);
+    }
+}
+
+static void on_timeout(ev_loop_t *l, ev_timer_t *t)
+{
+    (void)l;
+    conn_done((admin_conn_t *)((char *)t - offsetof(admin_conn_t, timer)));
+}
+
+static void on_accept(ev_loop_t *l, ev_io_t *io, uint32_t revents)
+{
+    admin_listener_t *al = (admin_listener_t *)io;
+    (void)revents;
+    for (;;) {
+        int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        admin_conn_t *a = calloc(1, sizeof(*a));
+        if (a == NULL || ev_add(l, &a->io, fd, EV_READ, on_conn) < 0) {
+            free(a);
+            close(fd);
+            continue;
+        }
+        a->metrics_only = al->metrics_only;
+        a->next = open_conns;
+        if (open_conns)
+            open_conns->prev = a;
+        open_conns = a;
+        ev_timer_start(l, &a->timer, 10000, on_timeout);
+    }
+}
+
+static int mkdirs_for(const char *path)
+{
+    char dir[108];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL || slash == dir)
+        return 0;
+    *slash = '\0';
+    for (char *p = dir + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            mkdir(dir, 0750);
+            *p = '/';
+        }
+    return mkdir(dir, 0750) == 0 || errno == EEXIST ? 0 : -1;
+}
+
+static int bind_unix(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        log_err("admin socket path %s is longer than %zu bytes", path, sizeof(sa.sun_path) - 1);
+        return -1;
+    }
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    if (mkdirs_for(path) < 0) {
+        log_err("admin socket %s: cannot create its directory: %s", path, strerror(errno));
+        return -1;
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    /* A socket file nobody answers on is left from a crash: replace it. */
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+        log_err("admin socket %s: another proxyd answers there", path);
+        close(fd);
+        return -1;
+    }
+    unlink(path);
+    mode_t old = umask(0117);
+    int rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+    umask(old);
+    if (rc < 0 || listen(fd, 64) < 0) {
+        log_err("admin socket %s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    snprintf(sock_path, sizeof(sock_path), "%s", path);
+    return fd;
+}
+
+
+/* An fd number handed over by the previous master in an environment variable. */
+static int inherited(const char *var)
+{
+    const char *v = getenv(var);
+    if (v == NULL || *v == '\0')
+        return -1;
+    int fd = atoi(v);
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    return fd;
+}
+
+int admin_start(ev_loop_t *l, const rt_table_t *t)
+{
+    loop = l;
+    int fd = inherited("PROXYD_ADMIN_FD");
+    char *path = path_beside(M.db, rt_cstr(t, t->global->admin_socket));
+    if (path == NULL)
+        return -1;
+    if (fd >= 0)
+        snprintf(sock_path, sizeof(sock_path), "%s", path);
+    else
+        fd = bind_unix(path);
+    free(path);
+    if (fd < 0 || ev_add(l, &unix_l.io, fd, EV_READ, on_accept) < 0)
+        return -1;
+    for (uint32_t i = 0; i < t->global->listens.count; i++) {
+        const rt_listen_t *ls = &t->listens[t->global->listens.first + i];
+        if (ls->kind != RT_LISTEN_METRICS)
+            continue;
+        int mfd = inherited("PROXYD_METRICS_FD");
+        if (mfd < 0)
+            mfd = net_listen(t, ls, 64);
+        if (mfd < 0) {
+            log_err("metrics_listen %s: %s", rt_cstr(t, ls->sa.addr), strerror(errno));
+            return -1;
+        }
+        tcp_l.metrics_only = true;
+        ev_add(l, &tcp_l.io, mfd, EV_READ, on_accept);
+    }
+    return 0;
+}
+
+int admin_fds(int *unix_fd, int *metrics_fd)
+{
+    *unix_fd = unix_l.io.fd;
+    *metrics_fd = tcp_l.io.fd;
+    return 0;
+}
+
+void admin_stop(bool keep_path)
+{
+    if (unix_l.io.fd >= 0) {
+        ev_del(loop, &unix_l.io);
+        close(unix_l.io.fd);
+        unix_l.io.fd = -1;
+        if (!keep_path)
+            unlink(sock_path);
+    }
+    if (tcp_l.io.fd >= 0) {
+        ev_del(loop, &tcp_l.io);
+        close(tcp_l.io.fd);
+        tcp_l.io.fd = -1;
+    }
+}
+
+void admin_close_in_child(void)
+{
+    for (admin_conn_t *a = open_conns; a; a = a->next)
+        close(a->io.fd); /* or the client waits for an answer the master sent long ago */
+    if (unix_l.io.fd >= 0)
+        close(unix_l.io.fd);
+    if (tcp_l.io.fd >= 0)
+        close(tcp_l.io.fd);
+}

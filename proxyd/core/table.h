@@ -1,0 +1,66 @@
+/*
+ * table.h - a loaded generation as a worker uses it: the verified rule
+ * table (read in place) plus what is derived from it once per load: PCRE2
+ * regexes compiled with JIT, per-upstream balancing state, static roots
+ * opened as directory fds, each server's slot of shared health state.
+ *
+ * A table is reference counted.  The worker holds one reference for "the
+ * current table" and every request holds one for the table it started on,
+ * so a reload can swap the current pointer between requests while requests
+ * in flight finish on their own table; the last tref_put frees it.
+ */
+#ifndef PROXYD_TABLE_H
+#define PROXYD_TABLE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <openssl/ssl.h>
+
+#include "../common/ruletable.h"
+#include "upstream/balance.h"
+
+struct health_slot;
+struct upool;
+
+typedef struct tref {
+    unsigned refs;
+    int64_t generation;
+    uint8_t *blob;
+    size_t len;
+    rt_table_t t;
+    void **regex;          /* per route: pcre2_code * or NULL */
+    void *match_data;      /* pcre2_match_data * sized for the largest pattern */
+    rr_state_t *rr;        /* per server: smooth weighted round robin (this worker's) */
+    bal_ring_t *ring;      /* per upstream: ip_hash ring (empty for other algorithms) */
+    bal_cand_t *cand;      /* scratch of one pick, as long as the largest pool */
+    uint8_t *ok;           /* scratch of one ip_hash pick, as long as the largest pool */
+    struct health_slot **slot;       /* per server: its shared state (health.h) */
+    struct health_slot *own_slots;   /* private slots when there is no shared region */
+    int *root_fd;          /* per route: static root O_PATH fd, or -1 */
+    struct sockaddr_storage *resolved; /* per server: host-name servers resolved at load */
+    SSL_CTX **site_ctx;    /* per site: its certificate(s), or NULL (tls.c) */
+    SSL_CTX **up_ctx;      /* per upstream: TLS client context, or NULL */
+    SSL_CTX *base_ctx;     /* every accepted TLS connection starts here; SNI switches */
+    SSL_CTX *default_ctx;  /* base_ctx when the default site has a certificate */
+    struct upool **upool;  /* per server: its keep-alive pool, cached on first use (proxy.c) */
+} tref_t;
+
+/* Load generation gen (0: the active one) from the store, read-only.  NULL
+ * with a reason in err when it is missing, unreadable or fails verification. */
+tref_t *tref_load(const char *db, int64_t gen, char *err, size_t errlen);
+/* Derive worker state (regexes, roots, balancing, TLS contexts from the
+ * store db's certificates); 0 or -1 with err. */
+int tref_prepare(tref_t *r, const char *db, char *err, size_t errlen);
+static inline tref_t *tref_get(tref_t *r) { r->refs++; return r; }
+void tref_put(tref_t *r);
+/* The socket address of server (a host name as resolved at load): 0, or -1
+ * with a reason in *why. */
+int tref_sockaddr(const tref_t *r, uint32_t server, struct sockaddr_storage *ss, socklen_t *len, const char **why);
+/* Do two loads of one generation resolve every host-name server alike? */
+bool tref_same_addresses(const tref_t *a, const tref_t *b);
+/* Route regex callback for route_match(). */
+int tref_regex(void *ud, uint32_t route, const char *path, size_t n);
+
+#endif

@@ -1,0 +1,247 @@
+/*
+ * worker.c - a worker process: accepts on the inherited listeners and runs
+ * every connection to completion on its event loop.
+ *
+ * Signals arrive through a signalfd, so handlers are ordinary loop
+ * callbacks: HUP swaps in the generation the master names in shared memory
+ * (requests in flight keep the table they started with), TERM drains (stop
+ * accepting, let requests finish, close idle connections), QUIT exits now.
+ */
+#include "core/worker.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/log.h"
+#include "../common/store.h"
+#include "http/accesslog.h"
+#include "conn/conn.h"
+#include "upstream/health.h"
+#include "handlers/proxy.h"
+
+worker_t *W;
+
+static ev_io_t sig_io;
+static ev_timer_t drain_timer;
+
+const char *worker_date(void)
+{
+    time_t now = time(NULL);
+    if ((uint64_t)now != W->date_sec) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(W->date, sizeof(W->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        W->date_sec = (uint64_t)now;
+    }
+    return W->date;
+}
+
+void worker_count_status(uint32_t site, int status)
+{
+    if (status < 100 || status > 599)
+        return;
+    unsigned cls = (unsigned)status / 100 - 1;
+    if (site != RT_NONE && site < STATS_MAX_SITES)
+        W->stats->site[site][cls]++;
+    else
+        W->stats->other_site[cls]++;
+}
+
+static void idle(void *arg)
+{
+    (void)arg;
+    conn_run_deferred_reads();
+    conn_free_deferred();
+    proxy_free_deferred();
+    accesslog_flush();
+    if (W->draining && W->conns == 0)
+        ev_stop(W->loop);
+}
+
+static void on_accept(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
+{
+    (void)loop;
+    (void)revents;
+    conn_accept((listener_t *)io);
+}
+
+/* Per-site counters are indexed by a table's site order; carry them over to
+ * the new table by name (both tables list sites sorted by name). */
+static void remap_site_counters(const rt_table_t *from, const rt_table_t *to)
+{
+    uint32_t nf = from->nsites < STATS_MAX_SITES ? from->nsites : STATS_MAX_SITES;
+    uint32_t nt = to->nsites < STATS_MAX_SITES ? to->nsites : STATS_MAX_SITES;
+    uint64_t (*old)[STATS_CLASSES] = malloc((nf + 1) * sizeof(*old));
+    if (old == NULL)
+        return;
+    for (uint32_t i = 0; i < nf; i++)
+        for (int k = 0; k < STATS_CLASSES; k++)
+            old[i][k] = W->stats->site[i][k];
+    for (uint32_t i = 0; i < nt || i < nf; i++)
+        for (int k = 0; k < STATS_CLASSES; k++)
+            W->stats->site[i][k] = 0;
+    for (uint32_t i = 0, j = 0; i < nf && j < nt;) {
+        int c = strcmp(rt_cstr(from, from->sites[i].name), rt_cstr(to, to->sites[j].name));
+        if (c == 0)
+            for (int k = 0; k < STATS_CLASSES; k++)
+                W->stats->site[j][k] = old[i][k];
+        i += c <= 0;
+        j += c >= 0;
+    }
+    free(old);
+}
+
+/* Load the generation the master announced and make it current. */
+static void reload(void)
+{
+    int64_t want = W->shm->generation;
+    uint64_t epoch = W->shm->epoch;
+    if (want == W->table->generation && epoch == W->stats->epoch)
+        return; /* (a new epoch of the same generation: host names resolve anew) */
+    char err[512];
+    tref_t *t = tref_load(W->db, want, err, sizeof(err));
+    if (t == NULL || tref_prepare(t, W->db, err, sizeof(err)) < 0) {
+        log_err("reload refused, keeping generation %lld: %s", (long long)W->table->generation, err);
+        tref_put(t);
+        return;
+    }
+    remap_site_counters(&W->table->t, &t->t);
+    tref_put(W->table);
+    W->table = t;
+    W->stats->generation = t->generation;
+    W->stats->epoch = epoch;
+    health_checker_switch(t);
+}
+
+static void drain_expired(ev_loop_t *loop, ev_timer_t *t)
+{
+    (void)t;
+    log_warn("drain timeout: closing %u connections", W->conns);
+    ev_stop(loop);
+}
+
+static void start_drain(void)
+{
+    if (W->draining)
+        return;
+    W->draining = true;
+    /* Close our copies: once every process has, new connections are refused
+     * instead of waiting in a backlog nobody accepts from. */
+    for (int i = 0; i < W->nlisteners; i++) {
+        ev_del(W->loop, &W->listeners[i].io);
+        close(W->listeners[i].fd);
+        W->listeners[i].fd = -1;
+    }
+    proxy_pool_close_all();
+    health_checker_stop();
+    conn_drain_idle();
+    ev_timer_start(W->loop, &drain_timer, W->table->t.global->drain_timeout_ms, drain_expired);
+}
+
+static void on_signal(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
+{
+    struct signalfd_siginfo si;
+    (void)revents;
+    while (read(io->fd, &si, sizeof(si)) == sizeof(si)) {
+        if (si.ssi_signo == SIGHUP)
+            reload();
+        else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+            start_drain();
+        else if (si.ssi_signo == SIGQUIT)
+            ev_stop(loop);
+    }
+}
+
+static int setup_signals(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGQUIT);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    return fd < 0 ? -1 : ev_add(W->loop, &sig_io, fd, EV_READ, on_signal);
+}
+
+/* Started as root: run as `user` (global setting) once the listeners are
+ * bound.  The master keeps root to bind new listeners and read keys. */
+int drop_privileges(const char *user, bool warn)
+{
+    if (geteuid() != 0)
+        return 0;
+    bool dflt = user == NULL || *user == '\0';
+    struct passwd *pw = getpwnam(dflt ? "proxyd" : user);
+    if (pw == NULL && dflt) {
+        if (warn)
+            log_warn("workers run as root: no 'user' is set and user 'proxyd' does not exist");
+        return 0;
+    }
+    if (pw == NULL) {
+        log_err("user '%s' does not exist; refusing to serve as root", user);
+        return -1;
+    }
+    user = pw->pw_name;
+    if (setgroups(0, NULL) < 0 || initgroups(user, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
+        setuid(pw->pw_uid) < 0) {
+        log_err("cannot drop privileges to '%s': %s", user, strerror(errno));
+        return -1;
+    }
+    prctl(PR_SET_PDEATHSIG, SIGQUIT); /* setuid clears it */
+    return 0;
+}
+
+int worker_main(int id, const char *db, tref_t *table, listener_t *ls, int nls, stats_shm_t *shm)
+{
+    static worker_t w;
+    char ident[32];
+    W = &w;
+    w.id = id;
+    w.db = db;
+    w.table = table;
+    w.listeners = ls;
+    w.nlisteners = nls;
+    w.shm = shm;
+    w.stats = &shm->workers[id];
+    worker_stats_t *stats = w.stats;
+    snprintf(ident, sizeof(ident), "worker %d", id);
+    log_set_ident(ident);
+    prctl(PR_SET_PDEATHSIG, SIGQUIT); /* never outlive the master */
+    if (drop_privileges(rt_cstr(&table->t, table->t.global->user), id == 0) < 0)
+        return 1;
+    w.loop = ev_new();
+    w.hreq = malloc(sizeof(*w.hreq));
+    w.hres = malloc(sizeof(*w.hres));
+    if (w.loop == NULL || w.hreq == NULL || w.hres == NULL || setup_signals() < 0) {
+        log_err("cannot start: %s", strerror(errno));
+        return 1;
+    }
+    for (int i = 0; i < nls; i++)
+        if (ev_add_exclusive(w.loop, &ls[i].io, ls[i].fd, on_accept) < 0) {
+            log_err("cannot watch listener on port %u: %s", ls[i].port, strerror(errno));
+            return 1;
+        }
+    stats->pid = getpid();
+    w.pid_hash = (uint32_t)getpid() * 2654435761u ^ (uint32_t)time(NULL);
+    stats->generation = table->generation;
+    stats->epoch = shm->epoch;
+    stats->started = (uint64_t)time(NULL);
+    if (id == 0)
+        health_checker_start(w.loop, table); /* one checker for the node */
+    stats->conns_active = 0;
+    ev_set_idle(w.loop, idle, NULL);
+    ev_run(w.loop);
+    accesslog_flush();
+    return 0;
+}

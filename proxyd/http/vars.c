@@ -1,0 +1,74 @@
+/*
+ * vars.c - variable expansion and header-operation lookup (see vars.h).
+ */
+#include "http/vars.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+size_t vars_peer(const conn_t *c, char *out)
+{
+    if (c->peer_family == 4 || c->peer_family == 6)
+        return fmt_ip(out, c->peer_family, c->peer_ip);
+    memcpy(out, "unix", 5);
+    return 4;
+}
+
+static size_t put(char *out, size_t o, size_t cap, const char *s, size_t n)
+{
+    if (o >= cap || n >= cap - o)
+        return cap;
+    memcpy(out + o, s, n);
+    return o + n;
+}
+
+size_t vars_expand(const conn_t *c, const char *v, char *out, size_t cap)
+{
+    static const char *const names[] = {"host", "scheme", "remote_addr", "request_id", "server_port", "request_uri"};
+    const request_t *r = c->req;
+    size_t o = 0;
+    while (*v && o < cap) {
+        const char *d = strchr(v, '$');
+        if (d == NULL) {
+            o = put(out, o, cap, v, strlen(v));
+            break;
+        }
+        o = put(out, o, cap, v, (size_t)(d - v));
+        size_t k = 0, len = 0;
+        for (; k < sizeof(names) / sizeof(names[0]); k++)
+            if (strncmp(d + 1, names[k], len = strlen(names[k])) == 0)
+                break;
+        char tmp[64];
+        const char *val = tmp;
+        switch (k) {
+        case 0: val = r->host ? r->host : ""; break;
+        case 1: val = c->tls ? "https" : "http"; break;
+        case 2: vars_peer(c, tmp); break;
+        case 3: val = r->request_id; break;
+        case 4: fmt_u64(tmp, c->local_port); break;
+        case 5: val = r->uri ? r->uri : ""; break;
+        default: val = "$"; len = 0; break; /* not a variable: a literal dollar */
+        }
+        o = put(out, o, cap, val, strlen(val));
+        v = d + 1 + len;
+    }
+    if (o >= cap) {
+        if (cap)
+            out[cap - 1] = '\0';
+        return cap;
+    }
+    out[o] = '\0';
+    return o;
+}
+
+bool vars_route_names(const rt_table_t *t, const rt_route_t *r, int dir, const char *name, size_t n)
+{
+    for (uint32_t i = 0; i < r->header_ops.count; i++) {
+        const rt_header_op_t *o = &t->hdrops[r->header_ops.first + i];
+        if (o->dir == dir && n == o->name.len && strncasecmp(name, rt_cstr(t, o->name), n) == 0)
+            return true;
+    }
+    return false;
+}

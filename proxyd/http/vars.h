@@ -1,0 +1,23 @@
+/*
+ * vars.h - the variables a site's header values and redirect targets may
+ * use ($host $scheme $remote_addr $request_id $server_port $request_uri),
+ * and the lookup of a route's header operations by name.
+ */
+#ifndef PROXYD_VARS_H
+#define PROXYD_VARS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "conn/conn.h"
+
+/* Expand tmpl for the request on c into out (always NUL-terminated);
+ * returns the length, or cap when the result did not fit. */
+size_t vars_expand(const conn_t *c, const char *tmpl, char *out, size_t cap);
+/* Does route r have a header operation (set or remove) in direction dir for name? */
+bool vars_route_names(const rt_table_t *t, const rt_route_t *r, int dir, const char *name, size_t n);
+/* The client address as text, NUL-terminated, in out[VARS_PEER_MAX]; returns its length. */
+#define VARS_PEER_MAX 46
+size_t vars_peer(const conn_t *c, char *out);
+
+#endif

@@ -1,0 +1,273 @@
+/*
+ * balance.c - server choice (see balance.h).
+ *
+ * Round robin state is per worker: every worker walks the smooth sequence
+ * on its own, so the node as a whole still gives each server its weight's
+ * share.  Load (requests in flight) is per node, read from the shared
+ * health slots, so least_conn and random_two see what every worker sent.
+ */
+#include "upstream/balance.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "upstream/health.h"
+#include "core/table.h"
+
+/* ---- hashing ------------------------------------------------------------------ */
+
+static uint64_t fnv64(const void *p, size_t n, uint64_t h)
+{
+    const unsigned char *s = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ s[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* MurmurHash3's finaliser: every input bit moves every output bit. */
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return x;
+}
+
+uint32_t bal_hash_client(const void *p, size_t n)
+{
+    return (uint32_t)(mix64(fnv64(p, n, 0xcbf29ce484222325ull)) >> 32);
+}
+
+uint64_t bal_random(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull); /* splitmix64 */
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* ---- the algorithms ------------------------------------------------------------- */
+
+uint32_t bal_swrr(rr_state_t *rr, const bal_cand_t *c, uint32_t n)
+{
+    int32_t total = 0;
+    uint32_t best = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        rr_state_t *st = &rr[c[i].pos];
+        st->current += st->effective;
+        total += st->effective;
+        if (st->current > rr[c[best].pos].current)
+            best = i;
+    }
+    rr[c[best].pos].current -= total;
+    return best;
+}
+
+/* a carries less load per unit of weight than b. */
+static int lighter(const bal_cand_t *a, const bal_cand_t *b)
+{
+    int64_t l = a->load * (int64_t)b->weight, r = b->load * (int64_t)a->weight;
+    return l < r ? 1 : l > r ? -1 : 0;
+}
+
+uint32_t bal_least_conn(rr_state_t *rr, bal_cand_t *c, uint32_t n)
+{
+    uint32_t ties = 1; /* c[0..ties) carry the least load seen so far */
+    for (uint32_t i = 1; i < n; i++) {
+        int cmp = lighter(&c[i], &c[0]);
+        if (cmp < 0)
+            continue;
+        uint32_t to = cmp > 0 ? 0 : ties; /* a new minimum leads alone; an equal one joins */
+        bal_cand_t x = c[i];
+        c[i] = c[to];
+        c[to] = x;
+        ties = cmp > 0 ? 1 : ties + 1;
+    }
+    return bal_swrr(rr, c, ties);
+}
+
+/* One candidate drawn by weight, leaving out index skip (or n for none). */
+static uint32_t draw(const bal_cand_t *c, uint32_t n, uint32_t skip, uint64_t total, uint64_t *rng)
+{
+    uint64_t x = total ? bal_random(rng) % total : 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (i == skip)
+            continue;
+        if (x < c[i].weight)
+            return i;
+        x -= c[i].weight;
+    }
+    return n - 1 == skip ? n - 2 : n - 1; /* not reached */
+}
+
+uint32_t bal_random_two(const bal_cand_t *c, uint32_t n, uint64_t *rng)
+{
+    if (n == 1)
+        return 0;
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < n; i++)
+        total += c[i].weight;
+    uint32_t a = draw(c, n, n, total, rng);
+    uint32_t b = draw(c, n, a, total - c[a].weight, rng);
+    return lighter(&c[b], &c[a]) > 0 ? b : a;
+}
+
+/* ---- the ring ------------------------------------------------------------------------ */
+
+static int vnode_cmp(const void *x, const void *y)
+{
+    const bal_vnode_t *a = x, *b = y;
+    if (a->point != b->point)
+        return a->point < b->point ? -1 : 1;
+    return a->pos < b->pos ? -1 : a->pos > b->pos;
+}
+
+int bal_ring_build(bal_ring_t *r, const char *const *keys, const uint32_t *weights, uint32_t n)
+{
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < n; i++)
+        total += weights[i] ? weights[i] : 1;
+    /* A constant number of points per unit of weight keeps every other
+     * server's points where they are when one server comes or goes. */
+    uint64_t per = BAL_RING_POINTS;
+    if (total * per > BAL_RING_MAX)
+        per = BAL_RING_MAX / total ? BAL_RING_MAX / total : 1;
+    r->n = 0;
+    r->v = malloc((total * per + 1) * sizeof(*r->v));
+    if (r->v == NULL)
+        return -1;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t base = fnv64(keys[i], strlen(keys[i]), 0xcbf29ce484222325ull);
+        uint64_t points = (weights[i] ? weights[i] : 1) * per;
+        for (uint64_t k = 0; k < points; k++) {
+            r->v[r->n].point = (uint32_t)(mix64(base ^ mix64(k + 1)) >> 32);
+            r->v[r->n++].pos = i;
+        }
+    }
+    qsort(r->v, r->n, sizeof(*r->v), vnode_cmp);
+    return 0;
+}
+
+void bal_ring_free(bal_ring_t *r)
+{
+    free(r->v);
+    r->v = NULL;
+    r->n = 0;
+}
+
+uint32_t bal_ring_lookup(const bal_ring_t *r, uint32_t hash, const uint8_t *ok)
+{
+    uint32_t lo = 0, hi = r->n;
+    while (lo < hi) { /* the first point >= hash */
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (r->v[mid].point < hash)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (uint32_t k = 0; k < r->n; k++) {
+        const bal_vnode_t *v = &r->v[(lo + k) % r->n];
+        if (ok[v->pos])
+            return v->pos;
+    }
+    return BAL_NONE;
+}
+
+/* ---- on a loaded table ------------------------------------------------------------------ */
+
+int balance_prepare(tref_t *tr)
+{
+    const rt_table_t *t = &tr->t;
+    uint32_t largest = 1;
+    tr->rr = calloc(t->nservers + 1, sizeof(*tr->rr));
+    tr->ring = calloc(t->nupstreams + 1, sizeof(*tr->ring));
+    if (tr->rr == NULL || tr->ring == NULL)
+        return -1;
+    for (uint32_t i = 0; i < t->nservers; i++)
+        tr->rr[i].effective = (int32_t)(t->servers[i].weight ? t->servers[i].weight : 1);
+    for (uint32_t i = 0; i < t->nupstreams; i++) {
+        const rt_upstream_t *u = &t->upstreams[i];
+        if (u->servers.count > largest)
+            largest = u->servers.count;
+        if (u->balance != RT_BAL_IP_HASH)
+            continue;
+        const char **keys = malloc(u->servers.count * sizeof(*keys));
+        uint32_t *weights = malloc(u->servers.count * sizeof(*weights));
+        int rc = keys && weights ? 0 : -1;
+        for (uint32_t k = 0; rc == 0 && k < u->servers.count; k++) {
+            keys[k] = rt_cstr(t, t->servers[u->servers.first + k].sa.addr);
+            weights[k] = t->servers[u->servers.first + k].weight;
+        }
+        if (rc == 0)
+            rc = bal_ring_build(&tr->ring[i], keys, weights, u->servers.count);
+        free(keys);
+        free(weights);
+        if (rc < 0)
+            return -1;
+    }
+    tr->cand = calloc(largest, sizeof(*tr->cand));
+    tr->ok = calloc(largest, 1);
+    return tr->cand && tr->ok ? 0 : -1;
+}
+
+void balance_release(tref_t *tr)
+{
+    for (uint32_t i = 0; tr->ring && i < tr->t.nupstreams; i++)
+        bal_ring_free(&tr->ring[i]);
+    free(tr->ring);
+    free(tr->rr);
+    free(tr->cand);
+    free(tr->ok);
+}
+
+/* The servers that may take this attempt: primaries that are up and not yet
+ * tried; when there is none, the backups that are. */
+static uint32_t candidates(tref_t *tr, const rt_upstream_t *u, uint64_t tried, uint64_t now)
+{
+    const rt_table_t *t = &tr->t;
+    bool hc = u->hc_interval_ms != 0;
+    uint32_t n = 0;
+    for (int backup = 0; backup < 2 && n == 0; backup++)
+        for (uint32_t pos = 0; pos < u->servers.count; pos++) {
+            uint32_t s = u->servers.first + pos;
+            const rt_server_t *sv = &t->servers[s];
+            if (!(sv->flags & RT_SVF_BACKUP) != !backup || (tried >> (pos % 64) & 1) ||
+                !health_usable(tr->slot[s], hc, now))
+                continue;
+            tr->cand[n].pos = pos;
+            tr->cand[n].weight = sv->weight ? sv->weight : 1;
+            tr->cand[n++].load = health_load(tr->slot[s]);
+        }
+    return n;
+}
+
+uint32_t balance_pick(tref_t *tr, uint32_t upstream, const void *client, size_t clen, uint64_t tried, uint64_t now)
+{
+    static uint64_t rng;
+    const rt_upstream_t *u = &tr->t.upstreams[upstream];
+    uint32_t n = candidates(tr, u, tried, now), i = 0;
+    if (n == 0)
+        return RT_NONE;
+    rr_state_t *rr = tr->rr + u->servers.first;
+    switch (u->balance) {
+    case RT_BAL_LEAST_CONN: i = bal_least_conn(rr, tr->cand, n); break;
+    case RT_BAL_RANDOM_TWO:
+        if (rng == 0) /* first pick in this process: workers must not share a sequence */
+            rng = (uint64_t)getpid() << 32 ^ (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&rng;
+        i = bal_random_two(tr->cand, n, &rng);
+        break;
+    case RT_BAL_IP_HASH: {
+        memset(tr->ok, 0, u->servers.count);
+        for (uint32_t k = 0; k < n; k++)
+            tr->ok[tr->cand[k].pos] = 1;
+        uint32_t pos = bal_ring_lookup(&tr->ring[upstream], bal_hash_client(client, clen), tr->ok);
+        return pos == BAL_NONE ? RT_NONE : u->servers.first + pos;
+    }
+    default: i = bal_swrr(rr, tr->cand, n); break;
+    }
+    return u->servers.first + tr->cand[i].pos;
+}
