@@ -17,6 +17,9 @@
 static int log_fd = 2;
 static int journal; /* structured entries to journald instead of text lines */
 static char ident[32] = "proxyd";
+enum log_level log_max_level = LOG_INFO;
+
+void log_set_level(enum log_level lvl) { log_max_level = lvl; }
 
 int log_open(const char *path)
 {

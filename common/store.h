@@ -17,7 +17,7 @@
 
 enum { STORE_RDONLY = 1, STORE_CREATE = 2 };
 
-typedef struct {
+typedef struct store {
     sqlite3 *db;
     const char *path;
     char err[512];

@@ -1,68 +1,65 @@
 /*
- * conn.h - a client connection speaking HTTP/1.1, and the request it is
- * serving.
+ * conn.h - the transport of a client connection: accept, bytes in and out
+ * (plain or TLS), one timer, lingering close and draining.  It knows
+ * nothing of HTTP: the protocol spoken on a connection is a session behind
+ * conn_session_ops_t, chosen when the connection is ready (HTTP/1.1 today;
+ * ALPN will pick HTTP/2), which turns c->in into requests and writes their
+ * responses into c->out.
  *
- * A connection is an explicit state plus the buffers it holds only while
- * bytes are in flight:
+ *   [HANDSHAKE on TLS listeners] --> OPEN (the session runs) --> [LINGER] --> closed
  *
- *   [HANDSHAKE on TLS listeners] --> IDLE --bytes--> HEAD --head parsed--> request dispatched:
- *        return/redirect/error/static: RESPOND --flushed--> IDLE (keep-alive) | closed
- *        upstream: PROXY (body to upstream, response from upstream) --done--> IDLE | closed
- *        upgrade accepted: TUNNEL --either side closes--> closed
- *   a response after which the connection closes: LINGER (our side shut,
- *   the client's unread bytes drained for a moment so they cannot turn the
- *   response into a reset) --> closed
+ * LINGER: our side is shut after a final response and the client's unread
+ * bytes are drained for a moment, so they cannot turn the response into a
+ * reset (RFC 9112 §9.6).
  *
- * Only one request per connection is served at a time; pipelined requests
- * wait in `in` and are parsed when the previous response is complete.
+ * Invariants: a connection holds buffers only while bytes are in flight;
+ * every teardown goes through conn_close(c, reason), which the session
+ * hears first (on_close), and the memory is freed after the current batch
+ * of events, since another event of the batch may still name it.
  */
 #ifndef PROXYD_CONN_H
 #define PROXYD_CONN_H
 
+#include <sys/types.h>
+
 #include "core/worker.h"
 
-enum conn_state { CS_IDLE, CS_HEAD, CS_RESPOND, CS_PROXY, CS_TUNNEL, CS_LINGER, CS_HANDSHAKE };
+enum conn_state { CONN_HANDSHAKE, CONN_OPEN, CONN_LINGER };
 
-/* How the response body is framed towards the client. */
-enum resp_mode { RM_NONE, RM_LENGTH, RM_CHUNKED, RM_CLOSE };
+/* What a protocol session does with its connection's events. */
+typedef struct conn_session_ops {
+    const char *name;
+    /* The session starts on a ready connection (bytes may already wait). */
+    void (*on_open)(conn_t *c);
+    /* n > 0: bytes were appended to c->in; -1: nothing new (the socket had
+     * nothing, or c->in is full); 0: the client closed its side; -2: error. */
+    void (*on_read)(conn_t *c, ssize_t n);
+    /* Everything queued (c->out and a file segment) has been written. */
+    void (*on_writable)(conn_t *c);
+    /* The connection's timer fired (the session armed it). */
+    void (*on_timeout)(conn_t *c);
+    /* The connection is going away; tear down every request. */
+    void (*on_close)(conn_t *c, conn_close_reason_t reason);
+    /* The worker drains: close when idle, finish what is in flight. */
+    void (*on_drain)(conn_t *c);
+} conn_session_ops_t;
 
-struct request {
-    tref_t *table;
-    uint32_t site, route;     /* RT_NONE when unmatched */
-    uint64_t id;
-    uint64_t started_ms, upstream_ms;
-    int status;
-    uint8_t method_id;        /* h1_method_t */
-    bool keep_alive, head, websocket_ok, response_started, response_done, body_done;
-    bool expect_continue, upgrade, http10, upstream_answered;
-    char *replay;             /* saved upstream head for a retry on a fresh connection */
-    size_t replay_len;
-    int64_t body_remain;      /* request body: bytes left, or -1 when chunked */
-    h1_chunked_t body_chunks; /* request body decoder when chunked */
-    uint64_t body_bytes;      /* request body bytes relayed */
-    uint64_t max_body;
-    enum resp_mode resp_mode;
-    int64_t resp_remain;      /* RM_LENGTH: bytes left from upstream */
-    uint64_t resp_bytes;      /* bytes written to the client */
-    int static_fd;            /* sendfile source, -1 */
-    uint64_t static_off, static_left;
-    upconn_t *up;
-    uint32_t server;          /* table server index, RT_NONE */
-    arena_t arena;            /* strings for the upstream request and the log */
-    char *method, *host, *uri, *path, *user_agent, *referer, *xff;
-    size_t path_len;
-    char request_id[17];
-};
+/* Room for a small session's state inside the connection (HTTP/1.1 fits),
+ * so an idle connection is one allocation. */
+#define CONN_SESSION_INLINE 24
 
 struct conn {
     ev_io_t io;
     ev_timer_t timer;
     iobuf_t *in, *out;
-    request_t *req;
+    const conn_session_ops_t *ops;
+    void *session;            /* ops' state: session_space or its own allocation */
     conn_t *next;             /* deferred-free list */
     conn_t *all_prev, *all_next; /* every open connection of the worker */
     uint8_t state;            /* conn_state */
-    bool closed, read_paused, tls;
+    bool closed, tls;
+    bool want_read;           /* the session wants client bytes now */
+    bool read_paused;         /* backpressure: the consumer has not taken what c->in holds */
     bool tls_want_write;      /* the TLS layer needs writability to make progress */
     bool read_deferred;       /* queued for a read of data the TLS layer holds */
     struct ssl_st *ssl;       /* TLS connections only */
@@ -70,38 +67,48 @@ struct conn {
     uint8_t peer_family;      /* 4 or 6 (0 unix) */
     uint16_t peer_port, local_port;
     uint8_t peer_ip[16];
-    uint32_t linger_left;     /* CS_LINGER: bytes we still drain */
+    uint32_t linger_left;     /* CONN_LINGER: bytes we still drain */
+    int file_fd;              /* a file segment sent after c->out (sendfile), or -1 */
+    uint64_t file_off, file_left;
+    uint64_t bytes_out;       /* written to the client, all requests */
+    _Alignas(16) unsigned char session_space[CONN_SESSION_INLINE];
 };
 
 void conn_accept(listener_t *l);
-void conn_close(conn_t *c, const char *reason);
-/* Write what is in c->out; arranges EV_WRITE for the rest.  -1 if the
- * connection was closed. */
+/* The single teardown: the session hears reason, which is logged at debug
+ * level and counted by kind in the worker's metrics. */
+void conn_close(conn_t *c, conn_close_reason_t reason);
+const char *conn_close_name(conn_close_reason_t reason);
+/* How a ready connection picks its session (set once by the worker: the
+ * HTTP layer looks at ALPN). */
+void conn_set_selector(const conn_session_ops_t *(*select)(conn_t *c));
+/* Write what is queued; arranges EV_WRITE for the rest and calls
+ * ops->on_writable when everything went out.  -1 if the connection closed. */
 int conn_flush(conn_t *c);
-/* An error response (only before any response byte was sent; otherwise the
- * connection is closed).  reason goes to the error log. */
-void conn_error(conn_t *c, int status, const char *reason);
-/* The response has been completely queued in c->out. */
-void conn_response_complete(conn_t *c);
-/* Stop / resume reading the client (backpressure). */
-void conn_pause_read(conn_t *c, bool pause);
+/* Is output still queued (c->out or a file segment)? */
+static inline bool conn_pending(const conn_t *c) { return iobuf_len(c->out) || c->file_left; }
 /* Make room in c->out (allocating it); returns space available. */
 size_t conn_out_space(conn_t *c);
-void conn_free_deferred(void);
-/* Draining: give connections between requests a short grace, then close. */
-void conn_drain_idle(void);
-/* (Re)arm the client body timeout while the proxy waits on request bytes. */
-void conn_arm_body_timer(conn_t *c);
-/* Reading resumed: a TLS connection may hold decrypted bytes epoll cannot
- * report; read them from the event loop's idle hook. */
-void conn_run_deferred_reads(void);
-const char *status_reason(int status);
-/* Response head pieces: status line, Server, Date, security headers. */
-void conn_head_begin(conn_t *c, int status);
-void conn_printf(conn_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void conn_write(conn_t *c, const char *p, size_t n);
 void conn_write_str(conn_t *c, const char *s);
 #define CONN_LIT(c, lit) conn_write((c), (lit), sizeof(lit) - 1)
 void conn_write_u64(conn_t *c, uint64_t v);
+/* Queue len bytes of fd from off after c->out (the connection closes fd). */
+void conn_send_file(conn_t *c, int fd, uint64_t off, uint64_t len);
+/* Read what the socket holds now and hand it to the session. */
+void conn_read(conn_t *c);
+/* Reading interest and backpressure; both re-register epoll interest. */
+void conn_want_read(conn_t *c, bool want);
+void conn_pause_read(conn_t *c, bool pause);
+/* (Re)arm or stop the connection's timer; it calls ops->on_timeout. */
+void conn_timer(conn_t *c, uint64_t ms);
+void conn_timer_stop(conn_t *c);
+/* Close after a final response, politely (see LINGER above). */
+void conn_linger(conn_t *c);
+/* Worker housekeeping: free closed connections, run reads TLS deferred,
+ * tell every session the worker drains. */
+void conn_free_deferred(void);
+void conn_run_deferred_reads(void);
+void conn_drain_all(void);
 
 #endif

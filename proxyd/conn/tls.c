@@ -267,25 +267,37 @@ static int site_certificate(store_t *st, const char *site, SSL_CTX *ctx, char *e
     return rc;
 }
 
+/* A table's TLS contexts (tref_t.mod[MOD_TLS]). */
+typedef struct {
+    SSL_CTX **site_ctx;    /* per site: its certificate(s), or NULL */
+    SSL_CTX **up_ctx;      /* per upstream: TLS client context, or NULL */
+    SSL_CTX *base_ctx;     /* every accepted TLS connection starts here; SNI switches */
+    SSL_CTX *default_ctx;  /* base_ctx when the default site has a certificate */
+} tls_table_t;
+
+static tls_table_t *tls_of(const tref_t *t) { return t->mod[MOD_TLS]; }
+
 static int sni_cb(SSL *s, int *alert, void *arg)
 {
-    tref_t *t = arg;
+    tref_t *tr = arg;
+    tls_table_t *t = tls_of(tr);
     const char *name = SSL_get_servername(s, TLSEXT_NAMETYPE_host_name);
-    uint32_t site = name ? route_site_named(&t->t, name, strlen(name)) : RT_NONE;
+    uint32_t site = name ? route_site_named(&tr->t, name, strlen(name)) : RT_NONE;
     if (site != RT_NONE && t->site_ctx[site]) {
         SSL_set_SSL_CTX(s, t->site_ctx[site]);
         return SSL_TLSEXT_ERR_OK;
     }
-    if ((t->t.global->flags & RT_GF_UNKNOWN_SNI_REJECT) || t->default_ctx == NULL) {
+    if ((tr->t.global->flags & RT_GF_UNKNOWN_SNI_REJECT) || t->default_ctx == NULL) {
         *alert = SSL_AD_UNRECOGNIZED_NAME;
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     }
     return SSL_TLSEXT_ERR_OK; /* the base context carries the default site's certificate */
 }
 
-static int prepare_server(tref_t *r, store_t *st, char *err, size_t errlen)
+static int prepare_server(tref_t *tr, store_t *st, char *err, size_t errlen)
 {
-    const rt_table_t *t = &r->t;
+    const rt_table_t *t = &tr->t;
+    tls_table_t *r = tls_of(tr);
     r->site_ctx = calloc(t->nsites + 1, sizeof(*r->site_ctx));
     if (r->site_ctx == NULL)
         return -1;
@@ -310,15 +322,16 @@ static int prepare_server(tref_t *r, store_t *st, char *err, size_t errlen)
         r->default_ctx = r->base_ctx;
     }
     SSL_CTX_set_tlsext_servername_callback(r->base_ctx, sni_cb);
-    SSL_CTX_set_tlsext_servername_arg(r->base_ctx, r);
+    SSL_CTX_set_tlsext_servername_arg(r->base_ctx, tr);
     return 0;
 }
 
 /* ---- upstream contexts ------------------------------------------------------------------ */
 
-static int prepare_upstreams(tref_t *r, char *err, size_t errlen)
+static int prepare_upstreams(tref_t *tr, char *err, size_t errlen)
 {
-    const rt_table_t *t = &r->t;
+    const rt_table_t *t = &tr->t;
+    tls_table_t *r = tls_of(tr);
     r->up_ctx = calloc(t->nupstreams + 1, sizeof(*r->up_ctx));
     if (r->up_ctx == NULL)
         return -1;
@@ -353,33 +366,48 @@ static int prepare_upstreams(tref_t *r, char *err, size_t errlen)
 }
 
 
-int tls_prepare(tref_t *r, store_t *st, char *err, size_t errlen)
+static void tls_release(tref_t *tr)
 {
-    if (prepare_server(r, st, err, errlen) < 0 || prepare_upstreams(r, err, errlen) < 0) {
-        tls_release(r);
+    tls_table_t *r = tls_of(tr);
+    if (r == NULL)
+        return;
+    for (uint32_t i = 0; r->site_ctx && i < tr->t.nsites; i++)
+        SSL_CTX_free(r->site_ctx[i]);
+    for (uint32_t i = 0; r->up_ctx && i < tr->t.nupstreams; i++)
+        SSL_CTX_free(r->up_ctx[i]);
+    SSL_CTX_free(r->base_ctx);
+    free(r->site_ctx);
+    free(r->up_ctx);
+    free(r);
+    tr->mod[MOD_TLS] = NULL;
+}
+
+static int tls_table_init(tref_t *tr, const module_load_t *ld, char *err, size_t errlen)
+{
+    if ((tr->mod[MOD_TLS] = calloc(1, sizeof(tls_table_t))) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (prepare_server(tr, ld->st, err, errlen) < 0 || prepare_upstreams(tr, err, errlen) < 0) {
+        tls_release(tr);
         return -1;
     }
     return 0;
 }
 
-void tls_release(tref_t *r)
+const module_t tls_module = {.name = "tls", .table_init = tls_table_init, .table_free = tls_release};
+
+bool tls_upstream_on(const tref_t *tr, uint32_t upstream)
 {
-    for (uint32_t i = 0; r->site_ctx && i < r->t.nsites; i++)
-        SSL_CTX_free(r->site_ctx[i]);
-    for (uint32_t i = 0; r->up_ctx && i < r->t.nupstreams; i++)
-        SSL_CTX_free(r->up_ctx[i]);
-    SSL_CTX_free(r->base_ctx);
-    free(r->site_ctx);
-    free(r->up_ctx);
-    r->site_ctx = r->up_ctx = NULL;
-    r->base_ctx = r->default_ctx = NULL;
+    const tls_table_t *t = tls_of(tr);
+    return t && t->up_ctx && t->up_ctx[upstream];
 }
 
 /* ---- connections --------------------------------------------------------------------- */
 
-SSL *tls_accept(tref_t *r, int fd)
+SSL *tls_accept(tref_t *tr, int fd)
 {
-    SSL *s = SSL_new(r->base_ctx);
+    SSL *s = SSL_new(tls_of(tr)->base_ctx);
     if (s == NULL || SSL_set_fd(s, fd) != 1) {
         SSL_free(s);
         return NULL;
@@ -388,11 +416,11 @@ SSL *tls_accept(tref_t *r, int fd)
     return s;
 }
 
-SSL *tls_connect(tref_t *r, uint32_t upstream, int fd)
+SSL *tls_connect(tref_t *tr, uint32_t upstream, int fd)
 {
-    const rt_table_t *t = &r->t;
+    const rt_table_t *t = &tr->t;
     const rt_upstream_t *u = &t->upstreams[upstream];
-    SSL *s = r->up_ctx[upstream] ? SSL_new(r->up_ctx[upstream]) : NULL;
+    SSL *s = tls_upstream_on(tr, upstream) ? SSL_new(tls_of(tr)->up_ctx[upstream]) : NULL;
     if (s == NULL || SSL_set_fd(s, fd) != 1)
         goto fail;
     char name[256];

@@ -49,10 +49,11 @@ void tls_set_ticket_shm(tls_ticket_shm_t *shm);
  * publish the newest TLS_TICKET_KEYS into shm.  0 or -1 with err. */
 int tls_rotate_ticket_keys(store_t *st, uint32_t rotation_s, bool rotate, char *err, size_t errlen);
 
-/* Build the server and upstream contexts of a table from the store's
- * certificates.  0, or -1 with a reason naming the site. */
-int tls_prepare(tref_t *t, store_t *st, char *err, size_t errlen);
-void tls_release(tref_t *t);
+/* The module: a table's server contexts from the store's certificates and
+ * its upstream client contexts (init fails with a reason naming the site). */
+extern const module_t tls_module;
+/* Does upstream speak TLS (a client context exists)? */
+bool tls_upstream_on(const tref_t *t, uint32_t upstream);
 
 /* A server-side SSL for an accepted socket (the table chooses certificates). */
 SSL *tls_accept(tref_t *t, int fd);

@@ -20,12 +20,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/ha.h"
 #include "../common/log.h"
+#include "../common/store.h"
 #include "../common/util.h"
 #include "upstream/health.h"
 #include "http/http1.h"
-#include "core/master.h"
 #include "core/net.h"
+
+static const admin_ops_t *OPS;
+static admin_view_t V; /* refreshed at every request (route) */
 
 typedef struct {
     ev_io_t io;
@@ -118,7 +122,7 @@ static void status_server(buf_t *b, const rt_table_t *t, uint32_t i, const healt
 
 static void status_upstreams(buf_t *b)
 {
-    const tref_t *tr = M.table;
+    const tref_t *tr = V.table;
     const rt_table_t *t = &tr->t;
     uint64_t now = ev_now(loop);
     buf_printf(b, ",\"upstreams\":[");
@@ -128,7 +132,7 @@ static void status_upstreams(buf_t *b)
                    rt_cstr(t, t->sites[u->site].name), rt_cstr(t, u->name), rt_enum_name("balance", u->balance));
         for (uint32_t k = 0; k < u->servers.count; k++) {
             buf_printf(b, "%s", k ? "," : "");
-            status_server(b, t, u->servers.first + k, tr->slot[u->servers.first + k], now);
+            status_server(b, t, u->servers.first + k, health_slot_of(tr, u->servers.first + k), now);
         }
         buf_printf(b, "]}");
     }
@@ -139,20 +143,20 @@ static void status_upstreams(buf_t *b)
  * the store) and as the replication process sees the peer. */
 static void status_ha(buf_t *b)
 {
-    const replica_shm_t *r = M.replica;
-    if (M.replica_conf.node[0] == '\0' || r == NULL)
+    const replica_shm_t *r = V.replica;
+    if (V.ha_node[0] == '\0' || r == NULL)
         return;
     store_t st;
     ha_state_t hs = {0};
-    if (store_open(&st, M.db, STORE_RDONLY) == 0)
+    if (store_open(&st, V.db, STORE_RDONLY) == 0)
         ha_state_get(&st, &hs);
     store_close(&st);
     buf_printf(b, ",\"ha\":{\"node\":\"");
-    put_escaped(b, M.replica_conf.node);
+    put_escaped(b, V.ha_node);
     buf_printf(b, "\",\"role\":\"%s\",\"role_changed\":%lld,\"serial\":%lld,\"synced\":%lld,\"replication\":%s,", hs.role,
-               (long long)hs.role_changed, (long long)hs.serial, (long long)hs.synced, M.replica_pid > 0 ? "true" : "false");
+               (long long)hs.role_changed, (long long)hs.serial, (long long)hs.synced, V.replica_running ? "true" : "false");
     buf_printf(b, "\"peer\":{\"address\":\"");
-    put_escaped(b, M.replica_conf.peer);
+    put_escaped(b, V.ha_peer);
     buf_printf(b, "\",\"node\":\"");
     put_escaped(b, r->peer_node);
     buf_printf(b, "\",\"role\":\"%s\",\"serial\":%lld,\"last_contact\":%lld},", r->peer_role, (long long)r->peer_serial,
@@ -165,24 +169,24 @@ static void status_ha(buf_t *b)
 
 static void status_json(buf_t *b)
 {
-    const stats_shm_t *s = M.shm;
+    const stats_shm_t *s = V.shm;
     uint64_t conns = 0, reqs = 0;
     buf_printf(b, "{\"pid\":%d,\"generation\":%lld,\"reloads\":%llu,\"uptime_s\":%llu,\"workers\":[", (int)getpid(),
                (long long)s->generation, (unsigned long long)s->reloads,
-               (unsigned long long)((uint64_t)time(NULL) - M.started));
-    for (int i = 0; i < M.nworkers; i++) {
+               (unsigned long long)((uint64_t)time(NULL) - V.started));
+    for (int i = 0; i < V.nworkers; i++) {
         const worker_stats_t *w = &s->workers[i];
-        bool alive = M.pids[i] > 0 && w->pid == M.pids[i];
+        bool alive = V.pids[i] > 0 && w->pid == V.pids[i];
         conns += alive ? w->conns_active : 0;
         reqs += w->requests_total;
         buf_printf(b, "%s{\"id\":%d,\"pid\":%d,\"alive\":%s,\"generation\":%lld,\"connections\":%llu,\"requests\":%llu}",
-                   i ? "," : "", i, (int)M.pids[i], alive ? "true" : "false", (long long)w->generation,
+                   i ? "," : "", i, (int)V.pids[i], alive ? "true" : "false", (long long)w->generation,
                    (unsigned long long)w->conns_active, (unsigned long long)w->requests_total);
     }
     buf_printf(b, "],\"connections\":%llu,\"requests\":%llu,\"sites\":%u", (unsigned long long)conns,
-               (unsigned long long)reqs, M.table->t.nsites);
-    if (M.last_reload_error[0])
-        buf_printf(b, ",\"last_reload_error\":\"%s\"", M.last_reload_error);
+               (unsigned long long)reqs, V.table->t.nsites);
+    if (V.last_reload_error[0])
+        buf_printf(b, ",\"last_reload_error\":\"%s\"", V.last_reload_error);
     status_upstreams(b);
     status_ha(b);
     buf_printf(b, "}\n");
@@ -196,29 +200,29 @@ static void metric_header(buf_t *b, const char *name, const char *type, const ch
 static uint64_t sum_field(size_t offset)
 {
     uint64_t v = 0;
-    for (int i = 0; i < M.nworkers; i++)
-        v += *(const volatile uint64_t *)((const char *)&M.shm->workers[i] + offset);
+    for (int i = 0; i < V.nworkers; i++)
+        v += *(const volatile uint64_t *)((const char *)&V.shm->workers[i] + offset);
     return v;
 }
 
 static void metrics_requests(buf_t *b)
 {
-    const rt_table_t *t = &M.table->t;
+    const rt_table_t *t = &V.table->t;
     static const char *const cls[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
     metric_header(b, "proxyd_requests_total", "counter", "Requests answered, by site and status class.");
     for (uint32_t s = 0; s < t->nsites && s < STATS_MAX_SITES; s++)
         for (int c = 0; c < STATS_CLASSES; c++) {
             uint64_t v = 0;
-            for (int i = 0; i < M.nworkers; i++)
-                v += M.shm->workers[i].site[s][c];
+            for (int i = 0; i < V.nworkers; i++)
+                v += V.shm->workers[i].site[s][c];
             if (v)
                 buf_printf(b, "proxyd_requests_total{site=\"%s\",class=\"%s\"} %llu\n", rt_cstr(t, t->sites[s].name),
                            cls[c], (unsigned long long)v);
         }
     for (int c = 0; c < STATS_CLASSES; c++) {
         uint64_t v = 0;
-        for (int i = 0; i < M.nworkers; i++)
-            v += M.shm->workers[i].other_site[c];
+        for (int i = 0; i < V.nworkers; i++)
+            v += V.shm->workers[i].other_site[c];
         if (v)
             buf_printf(b, "proxyd_requests_total{site=\"\",class=\"%s\"} %llu\n", cls[c], (unsigned long long)v);
     }
@@ -231,8 +235,8 @@ static void metrics_latency(buf_t *b)
                   "Time from sending a request upstream to its response head.");
     uint64_t cum = 0;
     for (int k = 0; k < STATS_LAT_BUCKETS; k++) {
-        for (int i = 0; i < M.nworkers; i++)
-            cum += M.shm->workers[i].upstream_hist[k];
+        for (int i = 0; i < V.nworkers; i++)
+            cum += V.shm->workers[i].upstream_hist[k];
         if (bounds[k])
             buf_printf(b, "proxyd_upstream_response_seconds_bucket{le=\"%.3f\"} %llu\n", (double)bounds[k] / 1000.0,
                        (unsigned long long)cum);
@@ -276,14 +280,14 @@ static void metrics_servers(buf_t *b)
         {"proxyd_upstream_server_check_failures", "gauge", "Consecutive failed active health checks."},
         {"proxyd_upstream_server_last_check_timestamp_seconds", "gauge", "Unix time of the last active health check."},
     };
-    const tref_t *tr = M.table;
+    const tref_t *tr = V.table;
     const rt_table_t *t = &tr->t;
     uint64_t now = ev_now(loop);
     for (unsigned m = 0; m < sizeof(fam) / sizeof(fam[0]); m++) {
         metric_header(b, fam[m].name, fam[m].type, fam[m].help);
         for (uint32_t i = 0; i < t->nservers; i++) {
             double v;
-            if (!server_value((enum server_metric)m, t, i, tr->slot[i], now, &v))
+            if (!server_value((enum server_metric)m, t, i, health_slot_of(tr, i), now, &v))
                 continue;
             const rt_upstream_t *u = &t->upstreams[t->servers[i].upstream];
             buf_printf(b, "%s{site=\"%s\",upstream=\"%s\",server=\"", fam[m].name, rt_cstr(t, t->sites[u->site].name),
@@ -303,14 +307,20 @@ static void metrics_text(buf_t *b)
     buf_printf(b, "proxyd_connections_active %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, conns_active)));
     metric_header(b, "proxyd_connections_total", "counter", "Client connections accepted.");
     buf_printf(b, "proxyd_connections_total %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, conns_total)));
+    metric_header(b, "proxyd_connections_closed_total", "counter", "Client connections closed, by reason.");
+#define CLOSE_METRIC(e, label)                                                                              \
+    buf_printf(b, "proxyd_connections_closed_total{reason=\"%s\"} %llu\n", label,                          \
+               (unsigned long long)sum_field(offsetof(worker_stats_t, closed) + e * sizeof(uint64_t)));
+    STATS_CLOSE_REASONS(CLOSE_METRIC)
+#undef CLOSE_METRIC
     metric_header(b, "proxyd_bytes_received_total", "counter", "Bytes read from clients.");
     buf_printf(b, "proxyd_bytes_received_total %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, bytes_in)));
     metric_header(b, "proxyd_bytes_sent_total", "counter", "Bytes written to clients.");
     buf_printf(b, "proxyd_bytes_sent_total %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, bytes_out)));
     metric_header(b, "proxyd_generation", "gauge", "Active rule-table generation.");
-    buf_printf(b, "proxyd_generation %lld\n", (long long)M.shm->generation);
+    buf_printf(b, "proxyd_generation %lld\n", (long long)V.shm->generation);
     metric_header(b, "proxyd_workers", "gauge", "Live worker processes.");
-    buf_printf(b, "proxyd_workers %d\n", master_live_workers());
+    buf_printf(b, "proxyd_workers %d\n", OPS->live_workers());
 }
 
 /* ---- requests ------------------------------------------------------------------------ */
@@ -328,6 +338,7 @@ static void reply(admin_conn_t *a, int status, const char *ctype, buf_t *body)
 
 static void route(admin_conn_t *a, const h1_request_t *h)
 {
+    OPS->view(&V);
     buf_t body = {0};
     int status = 200;
     const char *ctype = "application/json";
@@ -342,14 +353,14 @@ static void route(admin_conn_t *a, const h1_request_t *h)
     } else if (PATH_IS("/status") && get) {
         status_json(&body);
     } else if (PATH_IS("/health") && get) {
-        bool ok = master_live_workers() == M.nworkers && M.shm->generation > 0;
+        bool ok = OPS->live_workers() == V.nworkers && V.shm->generation > 0;
         status = ok ? 200 : 503;
         buf_printf(&body, "{\"healthy\":%s,\"workers\":%d,\"generation\":%lld}\n", ok ? "true" : "false",
-                   master_live_workers(), (long long)M.shm->generation);
+                   OPS->live_workers(), (long long)V.shm->generation);
     } else if (PATH_IS("/reload") && post) {
         char err[256];
-        if (master_reload(err, sizeof(err)) == 0) {
-            buf_printf(&body, "{\"generation\":%lld}\n", (long long)M.shm->generation);
+        if (OPS->reload(err, sizeof(err)) == 0) {
+            buf_printf(&body, "{\"generation\":%lld}\n", (long long)V.shm->generation);
         } else {
             status = 500;
             buf_printf(&body, "{\"error\":\"%s\"}\n", err);
@@ -493,11 +504,13 @@ static int inherited(const char *var)
     return fd;
 }
 
-int admin_start(ev_loop_t *l, const rt_table_t *t)
+int admin_start(ev_loop_t *l, const rt_table_t *t, const admin_ops_t *ops)
 {
+    OPS = ops;
+    OPS->view(&V);
     loop = l;
     int fd = inherited("PROXYD_ADMIN_FD");
-    char *path = path_beside(M.db, rt_cstr(t, t->global->admin_socket));
+    char *path = path_beside(V.db, rt_cstr(t, t->global->admin_socket));
     if (path == NULL)
         return -1;
     if (fd >= 0)

@@ -1,12 +1,13 @@
 /*
  * main.c - proxyd's entry point.
  *
- *   proxyd [--db PATH] [--foreground] [--workers N] [--check]
+ *   proxyd [--db PATH] [--foreground] [--workers N] [--check] [--debug]
  *
  * The store is --db, else $PROXYD_DB, else /var/lib/proxyd/store.db as root
  * and ./var/store.db otherwise (as proxyctl).  --check verifies the active
  * generation and what it refers to, prints "configuration OK" or the
- * reason, and exits.
+ * reason, and exits.  --debug also logs every connection's close reason
+ * (the counts by reason are in /metrics either way).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,7 +23,7 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: proxyd [--db PATH] [--foreground] [--workers N] [--check]\n");
+    fprintf(out, "usage: proxyd [--db PATH] [--foreground] [--workers N] [--check] [--debug]\n");
 }
 
 static int daemonize(void)
@@ -57,6 +58,8 @@ int main(int argc, char **argv)
             foreground = true;
         else if (strcmp(argv[i], "--check") == 0)
             check = true;
+        else if (strcmp(argv[i], "--debug") == 0)
+            log_set_level(LOG_DEBUG);
         else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc && (workers = atoi(argv[i + 1])) > 0)
             i++;
         else if (strcmp(argv[i], "--help") == 0) {

@@ -335,6 +335,25 @@ static void signal_workers(int sig)
         kill(M.replica_pid, sig);
 }
 
+static void admin_view(admin_view_t *v)
+{
+    *v = (admin_view_t){
+        .table = M.table,
+        .shm = M.shm,
+        .nworkers = M.nworkers,
+        .pids = M.pids,
+        .started = M.started,
+        .db = M.db,
+        .last_reload_error = M.last_reload_error,
+        .replica = M.replica,
+        .ha_node = M.replica_conf.node,
+        .ha_peer = M.replica_conf.peer,
+        .replica_running = M.replica_pid > 0,
+    };
+}
+
+static const admin_ops_t admin_ops = {admin_view, master_live_workers, master_reload};
+
 int master_reload(char *err, size_t errlen)
 {
     publish_tickets(); /* replicated ticket keys arrive with a reload */
@@ -612,7 +631,7 @@ int master_main(const char *db, tref_t *table, int workers, char **argv)
         return 1;
     }
     rotate_tickets(M.loop, &ticket_timer);
-    if (bind_all(&table->t) < 0 || admin_start(M.loop, &table->t) < 0)
+    if (bind_all(&table->t) < 0 || admin_start(M.loop, &table->t, &admin_ops) < 0)
         return 1;
     for (int i = 0; i < M.nworkers; i++)
         if (spawn(i) < 0)

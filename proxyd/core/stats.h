@@ -18,6 +18,18 @@
 /* Upper bounds (ms) of the upstream response-time histogram; the last is +Inf. */
 #define STATS_LAT_BOUNDS {5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 0}
 
+/* Why connections closed (conn_close), counted per worker: X(enum, metric label). */
+#define STATS_CLOSE_REASONS(X)                                                                          \
+    X(CLOSE_DONE, "done") X(CLOSE_CLIENT_EOF, "client_closed") X(CLOSE_CLIENT_ERROR, "client_error")   \
+    X(CLOSE_KEEPALIVE_TIMEOUT, "keepalive_timeout") X(CLOSE_HEADER_TIMEOUT, "header_timeout")           \
+    X(CLOSE_SEND_TIMEOUT, "send_timeout") X(CLOSE_TLS_FAILED, "tls_handshake_failed")                   \
+    X(CLOSE_TLS_TIMEOUT, "tls_handshake_timeout") X(CLOSE_UPSTREAM, "upstream_closed")                  \
+    X(CLOSE_ABORTED, "response_aborted") X(CLOSE_DRAIN, "drain") X(CLOSE_NO_MEMORY, "out_of_memory")    \
+    X(CLOSE_FILE_ERROR, "file_error") X(CLOSE_TUNNEL_IDLE, "tunnel_idle_timeout")                       \
+    X(CLOSE_REFUSED, "refused_at_accept")
+#define STATS_CLOSE_ENUM(e, label) e,
+typedef enum { STATS_CLOSE_REASONS(STATS_CLOSE_ENUM) STATS_CLOSE_COUNT } conn_close_reason_t;
+
 typedef struct {
     volatile int64_t pid;         /* 0: slot unused */
     volatile int64_t generation;  /* table the worker serves */
@@ -28,6 +40,7 @@ typedef struct {
     volatile uint64_t upstream_count, upstream_ms_sum;
     volatile uint64_t upstream_hist[STATS_LAT_BUCKETS]; /* non-cumulative */
     volatile uint64_t other_site[STATS_CLASSES];
+    volatile uint64_t closed[STATS_CLOSE_COUNT];        /* connections, by conn_close_reason_t */
     volatile uint64_t site[STATS_MAX_SITES][STATS_CLASSES]; /* by site index of `generation` */
 } worker_stats_t;
 

@@ -11,15 +11,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <pcre2.h>
 
+#include "../common/log.h"
+#include "../common/route.h"
 #include "../common/store.h"
-#include "upstream/health.h"
 #include "core/net.h"
-#include "handlers/proxy.h"
-#include "conn/tls.h"
 
 tref_t *tref_load(const char *db, int64_t gen, char *err, size_t errlen)
 {
@@ -89,20 +89,6 @@ static int compile_regexes(tref_t *r, char *err, size_t errlen)
     return r->match_data ? 0 : -1;
 }
 
-static int open_roots(tref_t *r)
-{
-    const rt_table_t *t = &r->t;
-    r->root_fd = malloc((t->nroutes + 1) * sizeof(int));
-    if (r->root_fd == NULL)
-        return -1;
-    for (uint32_t i = 0; i < t->nroutes; i++) {
-        r->root_fd[i] = -1;
-        if (t->routes[i].action == RT_ACT_STATIC)
-            r->root_fd[i] = open(rt_cstr(t, t->routes[i].target), O_PATH | O_DIRECTORY | O_CLOEXEC);
-    }
-    return 0;
-}
-
 /* Servers given by name are resolved here, once per load (so again on every
  * reload), never on the request path. */
 static void resolve_names(tref_t *r)
@@ -127,9 +113,7 @@ static void resolve_names(tref_t *r)
 int tref_prepare(tref_t *r, const char *db, char *err, size_t errlen)
 {
     snprintf(err, errlen, "out of memory");
-    if (compile_regexes(r, err, errlen) < 0 || open_roots(r) < 0)
-        return -1;
-    if (balance_prepare(r) < 0)
+    if (compile_regexes(r, err, errlen) < 0)
         return -1;
     r->resolved = calloc(r->t.nservers + 1, sizeof(*r->resolved));
     if (r->resolved == NULL)
@@ -140,12 +124,12 @@ int tref_prepare(tref_t *r, const char *db, char *err, size_t errlen)
         snprintf(err, errlen, "%s", st.err);
         return -1;
     }
-    int rc = tls_prepare(r, &st, err, errlen);
+    int rc = 0;
+    module_load_t ld = {db, &st};
+    for (const module_t *const *m = proxyd_modules; rc == 0 && *m; m++)
+        if ((*m)->table_init && (*m)->table_init(r, &ld, err, errlen) < 0)
+            rc = -1;
     store_close(&st);
-    if (rc == 0 && health_bind(r) < 0) {
-        snprintf(err, errlen, "out of memory");
-        rc = -1;
-    }
     return rc;
 }
 
@@ -155,17 +139,15 @@ void tref_put(tref_t *r)
         return;
     for (uint32_t i = 0; r->regex && i < r->t.nroutes; i++)
         pcre2_code_free(r->regex[i]);
-    for (uint32_t i = 0; r->root_fd && i < r->t.nroutes; i++)
-        if (r->root_fd[i] >= 0)
-            close(r->root_fd[i]);
     pcre2_match_data_free(r->match_data);
     free(r->regex);
-    free(r->root_fd);
-    balance_release(r);
-    health_release(r);
-    proxy_table_release(r);
+    size_t nmod = 0;
+    while (proxyd_modules[nmod])
+        nmod++;
+    while (nmod-- > 0) /* in reverse; a module whose init did not run finds its slot NULL */
+        if (proxyd_modules[nmod]->table_free)
+            proxyd_modules[nmod]->table_free(r);
     free(r->resolved);
-    tls_release(r);
     free(r->blob);
     free(r);
 }
@@ -196,11 +178,49 @@ bool tref_same_addresses(const tref_t *a, const tref_t *b)
     return true;
 }
 
+/* 1 match, 0 no match, -1 undecided (route_match fails closed on it).  The
+ * limits (route.h) live in one match context per process, made on first
+ * use: a worker's requests run one at a time.  A failure is logged at most
+ * once a second, with the count of those left out, so a flood of such paths
+ * cannot fill the disk. */
 int tref_regex(void *ud, uint32_t route, const char *path, size_t n)
 {
+    static pcre2_match_context *mctx;
+    static time_t last;
+    static unsigned long quiet;
     tref_t *r = ud;
     pcre2_code *re = r->regex[route];
     if (re == NULL)
         return 0;
-    return pcre2_match(re, (PCRE2_SPTR)path, n, 0, 0, r->match_data, NULL) >= 0;
+    if (mctx == NULL && (mctx = pcre2_match_context_create(NULL)) != NULL) {
+        pcre2_set_match_limit(mctx, ROUTE_REGEX_MATCH_LIMIT);
+        pcre2_set_depth_limit(mctx, ROUTE_REGEX_DEPTH_LIMIT);
+        pcre2_jit_stack *js = pcre2_jit_stack_create(32 * 1024, ROUTE_REGEX_JIT_STACK, NULL);
+        if (js)
+            pcre2_jit_stack_assign(mctx, NULL, js);
+    }
+    int rc = mctx ? pcre2_match(re, (PCRE2_SPTR)path, n, 0, 0, r->match_data, mctx) : PCRE2_ERROR_NOMEMORY;
+    if (rc >= 0 || rc == PCRE2_ERROR_NOMATCH)
+        return rc >= 0;
+    time_t now = time(NULL);
+    if (now == last) {
+        quiet++;
+        return -1;
+    }
+    const rt_table_t *t = &r->t;
+    const rt_route_t *rt = &t->routes[route];
+    const rt_site_t *s = &t->sites[rt->site];
+    PCRE2_UCHAR why[128];
+    char more[64] = "";
+    pcre2_get_error_message(rc, why, sizeof(why));
+    if (quiet)
+        snprintf(more, sizeof(more), " (%lu more since the last such line)", quiet);
+    log_warn("site %s: path_regex '%s' (route %u, %s:%u) failed on a %zu-byte path: %s; failing closed (%s)%s",
+             rt_cstr(t, s->name), rt_cstr(t, rt->path), route - s->routes.first + 1, rt_cstr(t, s->source), rt->line,
+             n, (const char *)why,
+             rt->action == RT_ACT_RETURN ? "counted as a match of this return route" : "500 if the route takes the method",
+             more);
+    last = now;
+    quiet = 0;
+    return -1;
 }

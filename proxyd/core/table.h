@@ -19,6 +19,7 @@
 #include <openssl/ssl.h>
 
 #include "../common/ruletable.h"
+#include "core/module.h"
 #include "upstream/balance.h"
 
 struct health_slot;
@@ -32,19 +33,8 @@ typedef struct tref {
     rt_table_t t;
     void **regex;          /* per route: pcre2_code * or NULL */
     void *match_data;      /* pcre2_match_data * sized for the largest pattern */
-    rr_state_t *rr;        /* per server: smooth weighted round robin (this worker's) */
-    bal_ring_t *ring;      /* per upstream: ip_hash ring (empty for other algorithms) */
-    bal_cand_t *cand;      /* scratch of one pick, as long as the largest pool */
-    uint8_t *ok;           /* scratch of one ip_hash pick, as long as the largest pool */
-    struct health_slot **slot;       /* per server: its shared state (health.h) */
-    struct health_slot *own_slots;   /* private slots when there is no shared region */
-    int *root_fd;          /* per route: static root O_PATH fd, or -1 */
     struct sockaddr_storage *resolved; /* per server: host-name servers resolved at load */
-    SSL_CTX **site_ctx;    /* per site: its certificate(s), or NULL (tls.c) */
-    SSL_CTX **up_ctx;      /* per upstream: TLS client context, or NULL */
-    SSL_CTX *base_ctx;     /* every accepted TLS connection starts here; SNI switches */
-    SSL_CTX *default_ctx;  /* base_ctx when the default site has a certificate */
-    struct upool **upool;  /* per server: its keep-alive pool, cached on first use (proxy.c) */
+    void *mod[MOD_COUNT];  /* each module's per-generation state (module.h) */
 } tref_t;
 
 /* Load generation gen (0: the active one) from the store, read-only.  NULL

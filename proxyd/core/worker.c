@@ -23,10 +23,11 @@
 
 #include "../common/log.h"
 #include "../common/store.h"
-#include "http/accesslog.h"
 #include "conn/conn.h"
+#include "http/accesslog.h"
+#include "http/h1session.h"
 #include "upstream/health.h"
-#include "handlers/proxy.h"
+#include "upstream/pool.h"
 
 worker_t *W;
 
@@ -45,23 +46,12 @@ const char *worker_date(void)
     return W->date;
 }
 
-void worker_count_status(uint32_t site, int status)
-{
-    if (status < 100 || status > 599)
-        return;
-    unsigned cls = (unsigned)status / 100 - 1;
-    if (site != RT_NONE && site < STATS_MAX_SITES)
-        W->stats->site[site][cls]++;
-    else
-        W->stats->other_site[cls]++;
-}
-
 static void idle(void *arg)
 {
     (void)arg;
     conn_run_deferred_reads();
     conn_free_deferred();
-    proxy_free_deferred();
+    upconn_free_deferred();
     accesslog_flush();
     if (W->draining && W->conns == 0)
         ev_stop(W->loop);
@@ -141,9 +131,9 @@ static void start_drain(void)
         close(W->listeners[i].fd);
         W->listeners[i].fd = -1;
     }
-    proxy_pool_close_all();
+    upool_close_idle();
     health_checker_stop();
-    conn_drain_idle();
+    conn_drain_all();
     ev_timer_start(W->loop, &drain_timer, W->table->t.global->drain_timeout_ms, drain_expired);
 }
 
@@ -221,6 +211,8 @@ int worker_main(int id, const char *db, tref_t *table, listener_t *ls, int nls, 
     if (drop_privileges(rt_cstr(&table->t, table->t.global->user), id == 0) < 0)
         return 1;
     w.loop = ev_new();
+    conn_set_selector(http_select_session);
+    http_filters_init();
     w.hreq = malloc(sizeof(*w.hreq));
     w.hres = malloc(sizeof(*w.hres));
     if (w.loop == NULL || w.hreq == NULL || w.hres == NULL || setup_signals() < 0) {

@@ -59,7 +59,6 @@ extern worker_t *W;
 int worker_main(int id, const char *db, tref_t *table, listener_t *ls, int nls, stats_shm_t *shm);
 /* Refresh and return the cached Date header line (with CRLF). */
 const char *worker_date(void);
-void worker_count_status(uint32_t site, int status);
 
 /* Started as root: become `user` (default 'proxyd' when it exists; warn
  * once when it does not).  Also used by the HA replication process. */

@@ -77,11 +77,11 @@ static void put_u64(line_t *l, uint64_t v)
 static const char hex[] = "0123456789abcdef";
 
 /* JSON string escaping of untrusted bytes (RFC 8259 §7), at most max bytes out. */
-static void put_json(line_t *l, const char *s, size_t max)
+static void put_json(line_t *l, slice_t v, size_t max)
 {
     size_t end = l->n + max < l->cap ? l->n + max : l->cap;
-    for (; s && *s && l->n + 6 <= end; s++) {
-        unsigned char ch = (unsigned char)*s;
+    for (size_t i = 0; i < v.n && l->n + 6 <= end; i++) {
+        unsigned char ch = (unsigned char)v.p[i];
         if (ch == '"' || ch == '\\') {
             l->p[l->n++] = '\\';
             l->p[l->n++] = (char)ch;
@@ -96,14 +96,14 @@ static void put_json(line_t *l, const char *s, size_t max)
 
 /* Combined format escapes '"', '\\' and bytes outside printable ASCII as nginx
  * does (\xHH); an empty or missing value is "-".  At most max bytes out. */
-static void put_clf(line_t *l, const char *s, size_t max)
+static void put_clf(line_t *l, slice_t v, size_t max)
 {
     static const char HEX[] = "0123456789ABCDEF";
     size_t end = l->n + max < l->cap ? l->n + max : l->cap;
-    if (s == NULL || *s == '\0')
-        s = "-";
-    for (; *s && l->n + 4 <= end; s++) {
-        unsigned char ch = (unsigned char)*s;
+    if (v.n == 0)
+        v = SLICE_LIT("-");
+    for (size_t i = 0; i < v.n && l->n + 4 <= end; i++) {
+        unsigned char ch = (unsigned char)v.p[i];
         if (ch == '"' || ch == '\\' || ch < 0x20 || ch >= 0x7f) {
             char e[4] = {'\\', 'x', HEX[ch >> 4], HEX[ch & 15]};
             put(l, e, 4);
@@ -129,8 +129,9 @@ static void stamps(void)
     stamp_sec = now;
 }
 
-void accesslog_request(const conn_t *c, const request_t *r)
+void accesslog_request(const request_t *r)
 {
+    const conn_t *c = r->conn;
     if (log_fd < 0 || r->status == 0)
         return;
     int fmt = r->site == RT_NONE ? RT_LOG_JSON : r->table->t.sites[r->site].access_log;
@@ -142,7 +143,7 @@ void accesslog_request(const conn_t *c, const request_t *r)
     if (used + LOG_LINE_MAX > LOGBUF)
         accesslog_flush();
     line_t l = {buf + used, 0, LOG_LINE_MAX};
-    const char *method = r->method ? r->method : "-";
+    slice_t method = r->method.n ? r->method : SLICE_LIT("-");
     if (fmt == RT_LOG_JSON) {
         PUT_LIT(&l, "{\"time\":\"");
         put_str(&l, stamp_iso);
@@ -153,7 +154,7 @@ void accesslog_request(const conn_t *c, const request_t *r)
         PUT_LIT(&l, "\",\"method\":\"");
         put_json(&l, method, 255);
         PUT_LIT(&l, "\",\"uri\":\"");
-        put_json(&l, r->uri, 2047);
+        put_json(&l, r->target, 2047);
         PUT_LIT(&l, "\",\"status\":");
         put_u64(&l, (uint64_t)r->status);
         PUT_LIT(&l, ",\"bytes_sent\":");
@@ -167,7 +168,8 @@ void accesslog_request(const conn_t *c, const request_t *r)
             PUT_LIT(&l, "-1");
         PUT_LIT(&l, ",\"site\":\"");
         if (r->site != RT_NONE)
-            put_json(&l, rt_cstr(&r->table->t, r->table->t.sites[r->site].name), 255);
+            put_json(&l, (slice_t){rt_cstr(&r->table->t, r->table->t.sites[r->site].name),
+                               r->table->t.sites[r->site].name.len}, 255);
         PUT_LIT(&l, "\",\"request_id\":\"");
         put_str(&l, r->request_id);
         PUT_LIT(&l, "\",\"user_agent\":\"");
@@ -182,8 +184,10 @@ void accesslog_request(const conn_t *c, const request_t *r)
         PUT_LIT(&l, "] \"");
         put_clf(&l, method, 255);
         PUT_LIT(&l, " ");
-        put_clf(&l, r->uri, 2047);
-        PUT_LIT(&l, " HTTP/1.1\" ");
+        put_clf(&l, r->target, 2047);
+        PUT_LIT(&l, " ");
+        put_str(&l, r->sess->proto);
+        PUT_LIT(&l, "\" ");
         put_u64(&l, (uint64_t)r->status);
         PUT_LIT(&l, " ");
         put_u64(&l, r->resp_bytes);

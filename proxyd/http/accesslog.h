@@ -7,11 +7,11 @@
 #ifndef PROXYD_ACCESSLOG_H
 #define PROXYD_ACCESSLOG_H
 
-#include "conn/conn.h"
+#include "http/request.h"
 
 int accesslog_open(const char *path); /* "" = stderr, "off" = nowhere */
 bool accesslog_on(void);              /* false: logs.access is "off" */
-void accesslog_request(const conn_t *c, const request_t *r);
+void accesslog_request(const request_t *r);
 void accesslog_flush(void);
 
 #endif

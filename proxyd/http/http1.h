@@ -42,7 +42,9 @@ typedef struct {
     size_t max_headers;     /* field lines; 431 beyond */
 } h1_limits_t;
 
-#define H1_LIMITS_DEFAULT {16384, 8192, 100}
+/* Field lines in a message head unless the caller says otherwise. */
+#define H1_MAX_HEADERS 100
+#define H1_LIMITS_DEFAULT {16384, 8192, H1_MAX_HEADERS}
 
 typedef enum {
     H1_METHOD_OTHER,

@@ -24,10 +24,10 @@ static size_t put(char *out, size_t o, size_t cap, const char *s, size_t n)
     return o + n;
 }
 
-size_t vars_expand(const conn_t *c, const char *v, char *out, size_t cap)
+size_t vars_expand(const request_t *r, const char *v, char *out, size_t cap)
 {
+    const conn_t *c = r->conn;
     static const char *const names[] = {"host", "scheme", "remote_addr", "request_id", "server_port", "request_uri"};
-    const request_t *r = c->req;
     size_t o = 0;
     while (*v && o < cap) {
         const char *d = strchr(v, '$');
@@ -42,16 +42,17 @@ size_t vars_expand(const conn_t *c, const char *v, char *out, size_t cap)
                 break;
         char tmp[64];
         const char *val = tmp;
+        size_t vn;
         switch (k) {
-        case 0: val = r->host ? r->host : ""; break;
-        case 1: val = c->tls ? "https" : "http"; break;
-        case 2: vars_peer(c, tmp); break;
-        case 3: val = r->request_id; break;
-        case 4: fmt_u64(tmp, c->local_port); break;
-        case 5: val = r->uri ? r->uri : ""; break;
-        default: val = "$"; len = 0; break; /* not a variable: a literal dollar */
+        case 0: val = r->host.p; vn = r->host.n; break;
+        case 1: val = c->tls ? "https" : "http"; vn = strlen(val); break;
+        case 2: vn = vars_peer(c, tmp); break;
+        case 3: val = r->request_id; vn = 16; break;
+        case 4: vn = fmt_u64(tmp, c->local_port); break;
+        case 5: val = r->target.p; vn = r->target.n; break;
+        default: val = "$"; vn = 1; len = 0; break; /* not a variable: a literal dollar */
         }
-        o = put(out, o, cap, val, strlen(val));
+        o = put(out, o, cap, val, vn);
         v = d + 1 + len;
     }
     if (o >= cap) {

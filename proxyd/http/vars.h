@@ -9,11 +9,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "conn/conn.h"
+#include "http/request.h"
 
-/* Expand tmpl for the request on c into out (always NUL-terminated);
- * returns the length, or cap when the result did not fit. */
-size_t vars_expand(const conn_t *c, const char *tmpl, char *out, size_t cap);
+/* Expand tmpl for request r into out (always NUL-terminated); returns the
+ * length, or cap when the result did not fit. */
+size_t vars_expand(const request_t *r, const char *tmpl, char *out, size_t cap);
 /* Does route r have a header operation (set or remove) in direction dir for name? */
 bool vars_route_names(const rt_table_t *t, const rt_route_t *r, int dir, const char *name, size_t n);
 /* The client address as text, NUL-terminated, in out[VARS_PEER_MAX]; returns its length. */

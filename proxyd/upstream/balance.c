@@ -8,6 +8,7 @@
  */
 #include "upstream/balance.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -179,10 +180,24 @@ uint32_t bal_ring_lookup(const bal_ring_t *r, uint32_t hash, const uint8_t *ok)
 
 /* ---- on a loaded table ------------------------------------------------------------------ */
 
-int balance_prepare(tref_t *tr)
+/* This worker's balancing state of one table (tref_t.mod[MOD_BALANCE]). */
+typedef struct {
+    rr_state_t *rr;        /* per server: smooth weighted round robin */
+    bal_ring_t *ring;      /* per upstream: ip_hash ring (empty for other algorithms) */
+    bal_cand_t *cand;      /* scratch of one pick, as long as the largest pool */
+    uint8_t *ok;           /* scratch of one ip_hash pick, as long as the largest pool */
+} bal_table_t;
+
+static bal_table_t *bal_of(const tref_t *tr) { return tr->mod[MOD_BALANCE]; }
+
+int balance_prepare(tref_t *tref)
 {
-    const rt_table_t *t = &tr->t;
+    const rt_table_t *t = &tref->t;
     uint32_t largest = 1;
+    bal_table_t *tr = calloc(1, sizeof(*tr));
+    if (tr == NULL)
+        return -1;
+    tref->mod[MOD_BALANCE] = tr;
     tr->rr = calloc(t->nservers + 1, sizeof(*tr->rr));
     tr->ring = calloc(t->nupstreams + 1, sizeof(*tr->ring));
     if (tr->rr == NULL || tr->ring == NULL)
@@ -214,21 +229,38 @@ int balance_prepare(tref_t *tr)
     return tr->cand && tr->ok ? 0 : -1;
 }
 
-void balance_release(tref_t *tr)
+void balance_release(tref_t *tref)
 {
-    for (uint32_t i = 0; tr->ring && i < tr->t.nupstreams; i++)
+    bal_table_t *tr = bal_of(tref);
+    if (tr == NULL)
+        return;
+    for (uint32_t i = 0; tr->ring && i < tref->t.nupstreams; i++)
         bal_ring_free(&tr->ring[i]);
     free(tr->ring);
     free(tr->rr);
     free(tr->cand);
     free(tr->ok);
+    free(tr);
+    tref->mod[MOD_BALANCE] = NULL;
 }
+
+static int balance_table_init(tref_t *tr, const module_load_t *ld, char *err, size_t errlen)
+{
+    (void)ld;
+    if (balance_prepare(tr) == 0)
+        return 0;
+    snprintf(err, errlen, "out of memory");
+    return -1;
+}
+
+const module_t balance_module = {.name = "balance", .table_init = balance_table_init, .table_free = balance_release};
 
 /* The servers that may take this attempt: primaries that are up and not yet
  * tried; when there is none, the backups that are. */
-static uint32_t candidates(tref_t *tr, const rt_upstream_t *u, uint64_t tried, uint64_t now)
+static uint32_t candidates(tref_t *tref, const rt_upstream_t *u, uint64_t tried, uint64_t now)
 {
-    const rt_table_t *t = &tr->t;
+    const rt_table_t *t = &tref->t;
+    bal_table_t *tr = bal_of(tref);
     bool hc = u->hc_interval_ms != 0;
     uint32_t n = 0;
     for (int backup = 0; backup < 2 && n == 0; backup++)
@@ -236,20 +268,21 @@ static uint32_t candidates(tref_t *tr, const rt_upstream_t *u, uint64_t tried, u
             uint32_t s = u->servers.first + pos;
             const rt_server_t *sv = &t->servers[s];
             if (!(sv->flags & RT_SVF_BACKUP) != !backup || (tried >> (pos % 64) & 1) ||
-                !health_usable(tr->slot[s], hc, now))
+                !health_usable(health_slot_of(tref, s), hc, now))
                 continue;
             tr->cand[n].pos = pos;
             tr->cand[n].weight = sv->weight ? sv->weight : 1;
-            tr->cand[n++].load = health_load(tr->slot[s]);
+            tr->cand[n++].load = health_load(health_slot_of(tref, s));
         }
     return n;
 }
 
-uint32_t balance_pick(tref_t *tr, uint32_t upstream, const void *client, size_t clen, uint64_t tried, uint64_t now)
+uint32_t balance_pick(tref_t *tref, uint32_t upstream, const void *client, size_t clen, uint64_t tried, uint64_t now)
 {
     static uint64_t rng;
-    const rt_upstream_t *u = &tr->t.upstreams[upstream];
-    uint32_t n = candidates(tr, u, tried, now), i = 0;
+    const rt_upstream_t *u = &tref->t.upstreams[upstream];
+    bal_table_t *tr = bal_of(tref);
+    uint32_t n = candidates(tref, u, tried, now), i = 0;
     if (n == 0)
         return RT_NONE;
     rr_state_t *rr = tr->rr + u->servers.first;

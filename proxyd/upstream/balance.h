@@ -86,4 +86,8 @@ void balance_release(struct tref *tr);
 uint32_t balance_pick(struct tref *tr, uint32_t upstream, const void *client, size_t clen, uint64_t tried,
                       uint64_t now);
 
+/* The module (per-generation state) for the registry. */
+struct module;
+extern const struct module balance_module;
+
 #endif

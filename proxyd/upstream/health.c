@@ -157,10 +157,13 @@ static void adopt(const rt_table_t *t, uint32_t server, health_slot_t *s)
 
 void health_release(tref_t *tr)
 {
-    free(tr->slot);
-    free(tr->own_slots);
-    tr->slot = NULL;
-    tr->own_slots = NULL;
+    health_table_t *h = tr->mod[MOD_HEALTH];
+    if (h == NULL)
+        return;
+    free(h->slot);
+    free(h->own);
+    free(h);
+    tr->mod[MOD_HEALTH] = NULL;
 }
 
 int health_bind(tref_t *tr)
@@ -170,11 +173,15 @@ int health_bind(tref_t *tr)
     bool full = false;
     health_release(tr);
     size_t n = t->nservers ? t->nservers : 1;
-    tr->slot = calloc(n, sizeof(*tr->slot));
-    tr->own_slots = aligned_alloc(_Alignof(health_slot_t), n * sizeof(health_slot_t));
-    if (tr->slot == NULL || tr->own_slots == NULL)
+    health_table_t *h = calloc(1, sizeof(*h));
+    if (h == NULL)
         return -1;
-    memset(tr->own_slots, 0, n * sizeof(health_slot_t));
+    tr->mod[MOD_HEALTH] = h;
+    h->slot = calloc(n, sizeof(*h->slot));
+    h->own = aligned_alloc(_Alignof(health_slot_t), n * sizeof(health_slot_t));
+    if (h->slot == NULL || h->own == NULL)
+        return -1;
+    memset(h->own, 0, n * sizeof(health_slot_t));
     if (master)
         epoch++;
     for (uint32_t i = 0; i < t->nservers; i++) {
@@ -182,7 +189,7 @@ int health_bind(tref_t *tr)
         if (s && master)
             adopt(t, i, s);
         full |= region && s == NULL && master;
-        tr->slot[i] = s ? s : &tr->own_slots[i];
+        h->slot[i] = s ? s : &h->own[i];
     }
     if (full)
         log_warn("upstream state: more than %d servers; some are tracked per worker only", HEALTH_SLOTS);
@@ -197,7 +204,7 @@ bool health_failed(tref_t *tr, uint32_t server, uint64_t now, const char *why)
 {
     const rt_table_t *t = &tr->t;
     const rt_server_t *sv = &t->servers[server];
-    health_slot_t *s = tr->slot[server];
+    health_slot_t *s = health_slot_of(tr, server);
     atomic_fetch_add_explicit(&s->failures, 1, memory_order_relaxed);
     if (sv->max_fails == 0 || t->upstreams[sv->upstream].servers.count < 2)
         return false;
@@ -267,7 +274,7 @@ static void record(hc_probe_t *p, unsigned err, unsigned status)
 {
     const rt_table_t *t = &hc.table->t;
     const rt_upstream_t *u = upstream_of_probe(p);
-    health_slot_t *s = hc.table->slot[p->server];
+    health_slot_t *s = health_slot_of(hc.table, p->server);
     atomic_store(&s->hc_last_ms, wall_ms());
     atomic_store(&s->hc_last_status, status);
     atomic_store(&s->hc_last_error, err);
@@ -399,7 +406,7 @@ static int step_connect(hc_probe_t *p)
     }
     uint32_t up = hc.table->t.servers[p->server].upstream;
     p->phase = HC_SENDING;
-    if (hc.table->up_ctx && hc.table->up_ctx[up]) {
+    if (tls_upstream_on(hc.table, up)) {
         if ((p->ssl = tls_connect(hc.table, up, p->io.fd)) == NULL) {
             finish(p, HC_ERR_TLS, 0);
             return -1;
@@ -525,7 +532,7 @@ static void probes_build(tref_t *table)
         const rt_upstream_t *u = &t->upstreams[t->servers[s].upstream];
         bool dup = false;
         for (uint32_t k = u->servers.first; k < s; k++)
-            dup |= table->slot[k] == table->slot[s];
+            dup |= health_slot_of(table, k) == health_slot_of(table, s);
         if (u->hc_interval_ms == 0 || dup)
             continue;
         hc_probe_t *p = &hc.probes[hc.n++];
@@ -558,3 +565,14 @@ void health_checker_stop(void)
     probes_free();
     hc.loop = NULL;
 }
+
+static int health_table_init(tref_t *tr, const module_load_t *ld, char *err, size_t errlen)
+{
+    (void)ld;
+    if (health_bind(tr) == 0)
+        return 0;
+    snprintf(err, errlen, "out of memory");
+    return -1;
+}
+
+const module_t health_module = {.name = "health", .table_init = health_table_init, .table_free = health_release};

@@ -60,6 +60,17 @@ typedef struct health_slot {
     uint64_t seen;                   /* master only: epoch of the last table that used it */
 } __attribute__((aligned(128))) health_slot_t;
 
+/* Each server's slot in one table (tref_t.mod[MOD_HEALTH]). */
+typedef struct {
+    health_slot_t **slot;        /* per server: its shared slot, or one of `own` */
+    health_slot_t *own;          /* private slots when there is no shared region */
+} health_table_t;
+
+static inline health_slot_t *health_slot_of(const tref_t *tr, uint32_t server)
+{
+    return ((const health_table_t *)tr->mod[MOD_HEALTH])->slot[server];
+}
+
 /* Master, before forking: map the shared region. 0 or -1. */
 int health_init(void);
 /* Give every server of a prepared table its slot (tr->slot); the master
@@ -109,5 +120,7 @@ static inline void health_end(health_slot_t *s)
 void health_checker_start(ev_loop_t *loop, tref_t *table);
 void health_checker_switch(tref_t *table);
 void health_checker_stop(void);
+
+extern const module_t health_module;
 
 #endif

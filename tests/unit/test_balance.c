@@ -247,6 +247,7 @@ typedef struct {
     rt_site_t site;
     health_slot_t slots[4];
     health_slot_t *slotp[4];
+    health_table_t health;
 } fake_t;
 
 static char strings[] = "\0s\0app\0" "10.0.0.1:80\0" "10.0.0.2:80\0" "10.0.0.3:80\0" "10.0.0.9:80";
@@ -273,7 +274,8 @@ static void fake_init(fake_t *f, uint8_t balance, bool hc)
         f->slotp[i] = &f->slots[i];
     }
     f->sv[3].flags = RT_SVF_BACKUP;
-    f->tr.slot = f->slotp;
+    f->health.slot = f->slotp;
+    f->tr.mod[MOD_HEALTH] = &f->health;
     assert_int_equal(balance_prepare(&f->tr), 0);
 }
 

@@ -1,0 +1,49 @@
+/*
+ * module.h - what a module of proxyd may register: per-generation state
+ * (init when a table is loaded, free when its last reference goes) and a
+ * per-request context slot.  core/modules.c lists the modules in the order
+ * their hooks run; the table loader calls the hooks and knows no module by
+ * name (nginx's module array and ctx_index, for the same reason).
+ */
+#ifndef PROXYD_MODULE_H
+#define PROXYD_MODULE_H
+
+#include <stddef.h>
+
+struct tref;
+struct store;
+
+/* Per-request context slots (request_t.ctx), one per module that wants one. */
+enum module_ctx { MODULE_CTX_PROXY, MODULE_CTX_STATIC, MODULE_CTX_MAX };
+
+/* Per-generation state slots (tref_t.mod), in hook order. */
+enum module_id {
+    MOD_ROUTE,    /* http/phases.c: compiled route regexes */
+    MOD_STATIC,   /* handlers/static_handler.c: static roots opened once */
+    MOD_RESOLVE,  /* upstream/resolve.c: host-name servers resolved at load */
+    MOD_BALANCE,  /* upstream/balance.c: balancing state */
+    MOD_TLS,      /* conn/tls.c: server and upstream TLS contexts */
+    MOD_HEALTH,   /* upstream/health.c: each server's shared health slot */
+    MOD_POOL,     /* upstream/pool.c: each server's keep-alive pool */
+    MOD_COUNT
+};
+
+typedef struct {
+    const char *db;      /* the store the table came from */
+    struct store *st;    /* open read-only while the hooks run */
+} module_load_t;
+
+typedef struct module {
+    const char *name;
+    /* Derive this module's state for table t: 0, or -1 with a reason in err. */
+    int (*table_init)(struct tref *t, const module_load_t *ld, char *err, size_t errlen);
+    /* Free it (also after a failed init of this or a later module). */
+    void (*table_free)(struct tref *t);
+    /* Once per worker process, before it serves (filters register here). */
+    void (*worker_init)(void);
+} module_t;
+
+/* The registry (core/modules.c), NULL-terminated, in hook order. */
+extern const module_t *const proxyd_modules[];
+
+#endif

@@ -1,0 +1,111 @@
+/*
+ * return.c - return, redirect, ACME challenges and redirect_http (see return.h).
+ */
+#include "handlers/return.h"
+
+#include <string.h>
+
+#include "../common/log.h"
+#include "http/vars.h"
+
+static void return_start(request_t *r)
+{
+    const rt_table_t *t = &r->table->t;
+    const rt_route_t *rt = &t->routes[r->route];
+    if (rt->target.len == 0 && rt->status >= 400) {
+        http_error(r, rt->status, NULL);
+        return;
+    }
+    const char *ctype = rt->extra.len ? rt_cstr(t, rt->extra) : "text/plain; charset=utf-8";
+    http_respond(r, rt->status, ctype, rt_cstr(t, rt->target), rt->target.len);
+}
+
+const http_handler_t return_handler = {"return", return_start};
+
+#define REDIRECT_MAX 2048
+
+static void redirect_start(request_t *r)
+{
+    const rt_table_t *t = &r->table->t;
+    const rt_route_t *rt = &t->routes[r->route];
+    char *to = arena_alloc(&r->arena, REDIRECT_MAX);
+    size_t n = vars_expand(r, rt_cstr(t, rt->target), to, REDIRECT_MAX);
+    if (n >= REDIRECT_MAX) {
+        http_error(r, 500, "redirect target too long after expansion");
+        return;
+    }
+    http_redirect(r, rt->status, to, n);
+}
+
+const http_handler_t redirect_handler = {"redirect", redirect_start};
+
+#define ACME_TOKEN_MAX 128
+static const char token_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
+
+bool return_acme_challenge(request_t *r, size_t prefix_len)
+{
+    const char *token = r->path.p + prefix_len;
+    size_t n = r->path.n - prefix_len;
+    if (n == 0 || n > ACME_TOKEN_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (memchr(token_chars, token[i], sizeof(token_chars) - 1) == NULL)
+            return false;
+    if (W->challenges.db == NULL && store_open(&W->challenges, W->db, STORE_RDONLY) < 0) {
+        log_err("acme challenge %.*s: %s", (int)n, token, W->challenges.err);
+        return false;
+    }
+    sqlite3_stmt *q = store_prepare(&W->challenges, "SELECT key_authorization FROM acme_challenges "
+                                                    "WHERE token = ? AND expires > strftime('%s','now')");
+    if (q == NULL)
+        return false;
+    sqlite3_bind_text(q, 1, token, (int)n, SQLITE_STATIC);
+    bool found = sqlite3_step(q) == SQLITE_ROW;
+    if (found) {
+        const char *ka = (const char *)sqlite3_column_text(q, 0);
+        size_t kn = (size_t)sqlite3_column_bytes(q, 0);
+        http_respond(r, 200, "application/octet-stream", arena_strndup(&r->arena, ka, kn), kn);
+    }
+    sqlite3_finalize(q);
+    return found;
+}
+
+/* The host without its port (an IPv6 literal keeps its brackets). */
+static size_t host_name_len(slice_t h)
+{
+    if (h.n && h.p[0] == '[') {
+        const char *e = memchr(h.p, ']', h.n);
+        return e ? (size_t)(e - h.p) + 1 : 0;
+    }
+    const char *colon = memchr(h.p, ':', h.n);
+    return colon ? (size_t)(colon - h.p) : h.n;
+}
+
+static void put(char *out, size_t *o, const char *p, size_t n)
+{
+    memcpy(out + *o, p, n);
+    *o += n;
+}
+
+void return_https_redirect(request_t *r)
+{
+    size_t hn = host_name_len(r->host);
+    if (hn == 0) {
+        http_error(r, 400, NULL); /* no host to redirect to */
+        return;
+    }
+    char *to = arena_alloc(&r->arena, 8 + hn + r->target.n + r->path_raw.n + r->query.n + 2);
+    size_t o = 0;
+    put(to, &o, "https://", 8);
+    put(to, &o, r->host.p, hn);
+    if (r->form == H1_FORM_ABSOLUTE) {
+        put(to, &o, r->path_raw.p, r->path_raw.n);
+        if (r->query.p) {
+            put(to, &o, "?", 1);
+            put(to, &o, r->query.p, r->query.n);
+        }
+    } else {
+        put(to, &o, r->target.p, r->target.n);
+    }
+    http_redirect(r, 301, to, o);
+}

@@ -1,0 +1,129 @@
+/*
+ * phases.c - the route, access and limit phases (see phases.h).
+ */
+#include "http/phases.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "../common/route.h"
+#include "handlers/proxy.h"
+#include "handlers/return.h"
+#include "handlers/static_handler.h"
+#include "http/path.h"
+
+#define ACME_PREFIX "/.well-known/acme-challenge/"
+#define ACME_PREFIX_LEN (sizeof(ACME_PREFIX) - 1)
+
+static bool acme_path(const request_t *r)
+{
+    return r->path.n >= ACME_PREFIX_LEN && memcmp(r->path.p, ACME_PREFIX, ACME_PREFIX_LEN) == 0;
+}
+
+/* The normalized path replaces the one received (RFC 3986 §6.2.2). */
+static int normalize(request_t *r)
+{
+    const char *why;
+    char *out = arena_alloc(&r->arena, r->path.n + 1);
+    long pn = path_normalize(r->path.p, r->path.n, out, r->path.n + 1, &why);
+    if (pn < 0)
+        return -1;
+    r->path = (slice_t){out, (size_t)pn};
+    return 0;
+}
+
+static void allow_header(request_t *r, uint32_t mask)
+{
+    char *out = arena_alloc(&r->arena, 160);
+    size_t o = 0;
+    for (unsigned i = 0; i < RT_M_COUNT; i++)
+        if (mask & (1u << i))
+            o += (size_t)snprintf(out + o, 160 - o, "%s%s", o ? ", " : "", rt_method_name(i));
+    http_resp_add(r, "Allow", 5, out, o);
+}
+
+static const http_handler_t *const action_handler[] = {
+    [RT_ACT_UPSTREAM] = &proxy_handler,
+    [RT_ACT_STATIC] = &static_handler,
+    [RT_ACT_RETURN] = &return_handler,
+    [RT_ACT_REDIRECT] = &redirect_handler,
+};
+
+static int phase_route(request_t *r)
+{
+    const rt_table_t *t = &r->table->t;
+    if (r->form == H1_FORM_AUTHORITY || r->form == H1_FORM_ASTERISK) {
+        http_error(r, r->form == H1_FORM_AUTHORITY ? 405 : 404, NULL);
+        return HTTP_PHASE_DONE;
+    }
+    if (normalize(r) < 0) {
+        http_error(r, 400, NULL);
+        return HTTP_PHASE_DONE;
+    }
+    if (acme_path(r) && !r->conn->tls && return_acme_challenge(r, ACME_PREFIX_LEN))
+        return HTTP_PHASE_DONE;
+    r->site = route_site(t, r->host.p, r->host.n);
+    if (r->site == RT_NONE) {
+        http_error(r, 404, NULL);
+        return HTTP_PHASE_DONE;
+    }
+    if ((t->sites[r->site].flags & RT_SF_REDIRECT_HTTP) && !r->conn->tls && !acme_path(r)) {
+        return_https_redirect(r);
+        return HTTP_PHASE_DONE;
+    }
+    route_result_t res;
+    route_match(t, r->site, r->method.p, r->method.n, r->path.p, r->path.n, tref_regex, r->table, &res);
+    if (res.status == 405) {
+        http_resp_init(r, 405);
+        allow_header(r, res.allow);
+        http_send_status_body(r);
+        return HTTP_PHASE_DONE;
+    }
+    if (res.status) {
+        http_error(r, res.status, NULL);
+        return HTTP_PHASE_DONE;
+    }
+    r->route = res.route;
+    uint8_t action = t->routes[res.route].action;
+    r->handler = action < sizeof(action_handler) / sizeof(action_handler[0]) ? action_handler[action] : NULL;
+    if (r->handler == NULL) {
+        http_error(r, 500, "route action unknown to this proxyd");
+        return HTTP_PHASE_DONE;
+    }
+    return HTTP_PHASE_NEXT;
+}
+
+static bool allowed(const request_t *r, const rt_table_t *t, const rt_policy_t *p)
+{
+    if (p->allow.count == 0)
+        return true;
+    for (uint32_t i = 0; i < p->allow.count; i++)
+        if (cidr_contains(&t->cidrs[p->allow.first + i], r->conn->peer_family, r->conn->peer_ip))
+            return true;
+    return false;
+}
+
+static int phase_access(request_t *r)
+{
+    const rt_table_t *t = &r->table->t;
+    const rt_policy_t *p = &t->policies[t->routes[r->route].policy];
+    if (!allowed(r, t, p)) {
+        http_error(r, 403, NULL);
+        return HTTP_PHASE_DONE;
+    }
+    r->max_body = p->max_body;
+    if (p->max_body && r->content_length > 0 && (uint64_t)r->content_length > p->max_body) {
+        http_error(r, 413, NULL);
+        return HTTP_PHASE_DONE;
+    }
+    return HTTP_PHASE_NEXT;
+}
+
+/* Rate limits plug in here (SPEC §9); until then every request passes. */
+static int phase_limit(request_t *r)
+{
+    (void)r;
+    return HTTP_PHASE_NEXT;
+}
+
+const http_phase_t http_phases[] = {phase_route, phase_access, phase_limit, NULL};

@@ -1,0 +1,74 @@
+/*
+ * pool.h - upstream connections and their per-worker keep-alive pools.
+ *
+ * An upconn_t is one connection to one server: connect (plain or TLS),
+ * its buffers and its timer.  Whoever uses it (the proxy handler today,
+ * FastCGI next) installs on_event/on_timeout and owns what it reads; the
+ * pool only keeps idle connections and closes those the upstream closes.
+ *
+ * A pool holds the idle connections to one address with one TLS identity
+ * (on/off, SNI, verification, CA file, client certificate), shared by every
+ * table that names it, so a reload keeps them.  A table caches its servers'
+ * pools on first use (module state MOD_POOL); a pool lives while a table
+ * caches it or a connection belongs to it.
+ */
+#ifndef PROXYD_POOL_H
+#define PROXYD_POOL_H
+
+#include "core/worker.h"
+#include "upstream/health.h"
+
+enum upconn_state { US_CONNECTING, US_HANDSHAKE, US_ACTIVE, US_IDLE };
+
+typedef struct upool upool_t;
+
+struct upconn {
+    ev_io_t io;
+    ev_timer_t timer;
+    iobuf_t *in, *out;
+    request_t *req;             /* the request it serves; NULL while idle */
+    void (*on_event)(upconn_t *u, uint32_t revents);
+    void (*on_timeout)(upconn_t *u);
+    upconn_t *next;             /* its pool's idle list or the deferred-free list */
+    upool_t *pool;              /* the keep-alive pool it belongs to (one reference) */
+    uint8_t state;              /* upconn_state */
+    bool closed, reused, head_done, read_paused, got_bytes;
+    uint8_t body;               /* h1_body_t of the response */
+    uint32_t server;            /* index in the request's table */
+    uint32_t keepalive;         /* pool limit of its upstream; 0: do not pool */
+    health_slot_t *slot;        /* the server's shared state, while counted */
+    bool counted;               /* counted in the server's requests in flight */
+    uint8_t tries;              /* attempts of this request so far, this one included */
+    uint64_t tried;             /* pool positions (bit pos % 64) this request tried */
+    uint64_t sent;              /* bytes of this request written to the server */
+    h1_chunked_t chunks;        /* response body decoder */
+    struct ssl_st *ssl;         /* https upstreams */
+};
+
+/* The pool of a table's server (found or made, then cached); NULL out of memory. */
+upool_t *upool_of(tref_t *tr, uint32_t server);
+/* The pool's name for the error log: "[tls:SNI@]address[=resolved]". */
+const char *upool_name(const upool_t *p);
+/* A pooled idle connection (marked reused), or NULL. */
+upconn_t *upool_take(upool_t *p);
+/* Done with u: back to its pool when it may be kept, else closed. */
+void upool_put(upconn_t *u);
+/* Close every idle connection (draining). */
+void upool_close_idle(void);
+
+/* A new connection to server of tr (connect started); NULL with *why. */
+upconn_t *upconn_connect(tref_t *tr, uint32_t server, upool_t *p, const char **why);
+/* Count u against its server's requests in flight until upconn_unclaim. */
+void upconn_claim(upconn_t *u, health_slot_t *slot);
+void upconn_unclaim(upconn_t *u);
+void upconn_close(upconn_t *u);
+/* Free connections closed during this batch of events. */
+void upconn_free_deferred(void);
+/* (Re)arm u's timer: its on_timeout runs (an idle connection just closes). */
+void upconn_timer(upconn_t *u, uint64_t ms);
+/* Socket I/O, plain or TLS: >0 bytes, 0 EOF (reads), -1 try later, -2 error (errno). */
+ssize_t upconn_io(upconn_t *u, bool wr, void *p, size_t n);
+
+extern const module_t pool_module;
+
+#endif
