@@ -67,12 +67,16 @@ static void peer_from(conn_t *c, const struct sockaddr_storage *ss)
     }
 }
 
+/* Listeners are registered EPOLLEXCLUSIVE, which EPOLL_CTL_MOD refuses:
+ * pausing is a removal and resuming a new registration. */
 static void accept_resume(ev_loop_t *loop, ev_timer_t *t)
 {
     (void)t;
-    for (int i = 0; i < W->nlisteners; i++)
-        if (W->listeners[i].fd >= 0)
-            ev_set(loop, &W->listeners[i].io, EV_READ);
+    for (int i = 0; i < W->nlisteners; i++) {
+        listener_t *l = &W->listeners[i];
+        if (l->fd >= 0 && !W->draining && ev_add_exclusive(loop, &l->io, l->fd, l->io.cb) < 0)
+            log_err("cannot watch listener on port %u again: %s", l->port, strerror(errno));
+    }
 }
 
 static void accept_pause_now(const listener_t *l)
@@ -82,7 +86,7 @@ static void accept_pause_now(const listener_t *l)
     log_err("accept on port %u: %s; not accepting for %d ms", l->port, strerror(errno), ACCEPT_PAUSE_MS);
     for (int i = 0; i < W->nlisteners; i++)
         if (W->listeners[i].fd >= 0)
-            ev_set(W->loop, &W->listeners[i].io, 0);
+            ev_del(W->loop, &W->listeners[i].io);
     ev_timer_start(W->loop, &accept_pause, ACCEPT_PAUSE_MS, accept_resume);
 }
 
