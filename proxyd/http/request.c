@@ -20,7 +20,7 @@
 
 #define REQ_KEEP 256
 
-/* Free requests, linked through their first context slot. */
+/* Free requests, linked through next_free. */
 static request_t *req_free;
 static unsigned nreq_free;
 
@@ -77,7 +77,7 @@ request_t *request_new(conn_t *c, const http_session_ops_t *sess)
 {
     request_t *r = req_free;
     if (r) {
-        req_free = r->ctx[0];
+        req_free = r->next_free;
         nreq_free--;
         arena_t keep = r->arena;
         memset(r, 0, sizeof(*r));
@@ -184,7 +184,7 @@ void request_finish(request_t *r)
         return;
     }
     arena_reset(&r->arena);
-    r->ctx[0] = req_free;
+    r->next_free = req_free;
     req_free = r;
     nreq_free++;
 }

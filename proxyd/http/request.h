@@ -103,6 +103,7 @@ struct request {
     uint64_t max_body;           /* 413 beyond (0: no limit) */
     http_resp_t resp;
     arena_t arena;
+    request_t *next_free;        /* the free list's link while unused */
     char request_id[17];
 };
 

@@ -691,3 +691,13 @@ def test_post_with_empty_body_keeps_content_length(env):
     r = http(env.port, "POST", "/app/empty", host=HOST, headers=[("Content-Length", "0")])
     assert r.status == 200
     assert dict(echo_headers(r)).get("Content-Length") == "0", echo_headers(r)
+
+
+def test_long_path_forwarded_whole(proxyd_factory, backend_factory):
+    """A path beyond 8 KiB reaches the upstream whole (it was once cut at 8,192 bytes)."""
+    b = backend_factory()
+    p = proxyd_factory({"limits": {"max_uri_size": "14k"}}, sites=[proxy_site("a", b.address, default=True)])
+    path = "/" + "/".join(f"seg{i:05d}" for i in range(1200))  # 10,800 bytes
+    r = http(p.port, target=path + "?q=1")
+    assert r.status == 200, r
+    assert b.requests[-1].target == path + "?q=1"
