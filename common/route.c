@@ -5,6 +5,9 @@
  * hash probe for exact paths, a binary search and a parent walk for
  * prefixes, and the site's regex routes only up to the best candidate so
  * far.  Nothing depends on the number of sites.
+ *
+ * A regex that cannot be decided (a PCRE2 limit) never reads as "no match":
+ * that would let a request step past a deny rule to a later route.
  */
 #include "route.h"
 
@@ -124,6 +127,22 @@ static void match_prefix(matcher_t *m, const rt_site_t *s, const char *path, siz
     }
 }
 
+/* Route r's regex could not be decided.  A deny rule (`return`) counts as
+ * matched; so does a route that does not take the method, as it can only
+ * add to Allow.  Any other route might have won: 0 tells the caller to stop
+ * with 500 rather than fall through to a later route. */
+static int regex_failed(matcher_t *m, uint32_t r)
+{
+    const rt_route_t *rt = &m->t->routes[r];
+    if (m->res->failed == RT_NONE)
+        m->res->failed = r;
+    if (rt->action == RT_ACT_RETURN || !(rt->methods == RT_M_ALL || (rt->methods & m->mbit))) {
+        consider(m, r);
+        return 1;
+    }
+    return 0;
+}
+
 void route_match(const rt_table_t *t, uint32_t site, const char *method, size_t mlen, const char *path, size_t plen,
                  route_regex_fn regex, void *ud, route_result_t *res)
 {
@@ -131,6 +150,7 @@ void route_match(const rt_table_t *t, uint32_t site, const char *method, size_t 
     res->route = RT_NONE;
     res->allow = 0;
     res->status = 0;
+    res->failed = RT_NONE;
     matcher_t m = {t, rt_method_bit(method, mlen), res};
     match_exact(&m, s, path, plen);
     match_prefix(&m, s, path, plen);
@@ -138,7 +158,13 @@ void route_match(const rt_table_t *t, uint32_t site, const char *method, size_t 
         uint32_t r = t->refs[s->scan.first + i];
         if (res->route != RT_NONE && r > res->route)
             break; /* scan list is in file order: nothing later can win */
-        if (t->routes[r].match == RT_MATCH_ANY || (regex && regex(ud, r, path, plen)))
+        int hit = t->routes[r].match == RT_MATCH_ANY ? 1 : regex ? regex(ud, r, path, plen) : 0;
+        if (hit < 0 && !regex_failed(&m, r)) {
+            res->route = RT_NONE;
+            res->status = 500;
+            return;
+        }
+        if (hit > 0)
             consider(&m, r);
     }
     res->status = res->route != RT_NONE ? 0 : res->allow ? 405 : 404;

@@ -23,20 +23,55 @@ typedef struct {
     const char *scheme;
 } request_t;
 
+/* The regex callback's state: route-test matches as proxyd does (JIT where
+ * available, the limits of route.h) so that it gives the same outcome. */
+typedef struct {
+    const rt_table_t *t;
+    pcre2_match_context *mctx;
+    pcre2_jit_stack *js;
+    int error; /* PCRE2 code of the first failed match, 0 none */
+} regex_ctx_t;
+
 static int regex_match(void *ud, uint32_t r, const char *path, size_t n)
 {
-    const rt_table_t *t = ud;
-    int code;
+    regex_ctx_t *rx = ud;
+    int code, rc = PCRE2_ERROR_NOMEMORY;
     PCRE2_SIZE off;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)rt_cstr(t, t->routes[r].path), PCRE2_ZERO_TERMINATED, PCRE2_UTF, &code,
-                                   &off, NULL);
-    if (re == NULL)
-        return 0;
-    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
-    int rc = pcre2_match(re, (PCRE2_SPTR)path, n, 0, 0, md, NULL);
-    pcre2_match_data_free(md);
-    pcre2_code_free(re);
-    return rc >= 0;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)rt_cstr(rx->t, rx->t->routes[r].path), PCRE2_ZERO_TERMINATED, PCRE2_UTF,
+                                   &code, &off, NULL);
+    if (re == NULL) {
+        rc = code; /* never in a verified table: proxyd would refuse the generation */
+    } else {
+        pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
+        pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+        if (md && rx->mctx)
+            rc = pcre2_match(re, (PCRE2_SPTR)path, n, 0, 0, md, rx->mctx);
+        pcre2_match_data_free(md);
+        pcre2_code_free(re);
+    }
+    if (rc >= 0 || rc == PCRE2_ERROR_NOMATCH)
+        return rc >= 0;
+    if (rx->error == 0)
+        rx->error = rc;
+    return -1;
+}
+
+static void regex_ctx_init(regex_ctx_t *rx, const rt_table_t *t)
+{
+    *rx = (regex_ctx_t){t, pcre2_match_context_create(NULL), NULL, 0};
+    if (rx->mctx == NULL)
+        return;
+    pcre2_set_match_limit(rx->mctx, ROUTE_REGEX_MATCH_LIMIT);
+    pcre2_set_depth_limit(rx->mctx, ROUTE_REGEX_DEPTH_LIMIT);
+    rx->js = pcre2_jit_stack_create(32 * 1024, ROUTE_REGEX_JIT_STACK, NULL);
+    if (rx->js)
+        pcre2_jit_stack_assign(rx->mctx, NULL, rx->js);
+}
+
+static void regex_ctx_free(regex_ctx_t *rx)
+{
+    pcre2_match_context_free(rx->mctx);
+    pcre2_jit_stack_free(rx->js);
 }
 
 /* URL: scheme://host[:port]/path?query, or a bare /path with -H Host. */
@@ -102,7 +137,7 @@ static void strip_show(const rt_route_t *r, const request_t *rq, FILE *out)
     fprintf(out, "  rewrite: %.*s -> %s%.*s\n", (int)rq->pathlen, rq->path, rl && rest[0] == '/' ? "" : "/", (int)rl, rest);
 }
 
-static void json_route(const rt_table_t *t, uint32_t site, const route_result_t *res)
+static void json_route(const rt_table_t *t, uint32_t site, const route_result_t *res, const regex_ctx_t *rx)
 {
     const rt_site_t *s = &t->sites[site];
     printf("{\"site\":");
@@ -110,6 +145,14 @@ static void json_route(const rt_table_t *t, uint32_t site, const route_result_t 
     printf(",\"source\":");
     cli_json_str(stdout, rt_cstr(t, s->source));
     printf(",\"status\":%d", res->status ? res->status : 200);
+    if (res->failed != RT_NONE) {
+        PCRE2_UCHAR msg[128];
+        pcre2_get_error_message(rx->error, msg, sizeof(msg));
+        printf(",\"regex_failed\":{\"route\":%u,\"line\":%u,\"error\":", res->failed - s->routes.first + 1,
+               t->routes[res->failed].line);
+        cli_json_str(stdout, (const char *)msg);
+        printf("}");
+    }
     if (res->route != RT_NONE) {
         const rt_route_t *r = &t->routes[res->route];
         printf(",\"route\":%u,\"line\":%u,\"action\":\"%s\"", res->route - s->routes.first + 1, r->line,
@@ -122,13 +165,33 @@ static void json_route(const rt_table_t *t, uint32_t site, const route_result_t 
     printf("}\n");
 }
 
-static void explain(const rt_table_t *t, uint32_t site, const route_result_t *res, const request_t *rq)
+/* A regex match that could not be decided, and what proxyd makes of it
+ * (route_match fails closed). */
+static void explain_failed(const rt_table_t *t, const route_result_t *res, const regex_ctx_t *rx)
+{
+    if (res->failed == RT_NONE)
+        return;
+    const rt_route_t *r = &t->routes[res->failed];
+    const rt_site_t *s = &t->sites[r->site];
+    PCRE2_UCHAR msg[128];
+    pcre2_get_error_message(rx->error, msg, sizeof(msg));
+    printf("note: path_regex of route %u (%s:%u:%u) failed: %s; %s\n", res->failed - s->routes.first + 1,
+           rt_cstr(t, s->source), r->line, r->col, (const char *)msg,
+           res->status == 500             ? "proxyd fails closed with 500 and tries no later route"
+           : r->action == RT_ACT_RETURN ? "proxyd counts it as a match of this return route"
+                                        : "the route does not take this method");
+}
+
+static void explain(const rt_table_t *t, uint32_t site, const route_result_t *res, const request_t *rq,
+                    const regex_ctx_t *rx)
 {
     const rt_site_t *s = &t->sites[site];
     printf("request: %s %s://%.*s%.*s\n", rq->method, rq->scheme, (int)rq->hostlen, rq->host, (int)rq->pathlen, rq->path);
     printf("site: %s (%s)%s\n", rt_cstr(t, s->name), rt_cstr(t, s->source), s->flags & RT_SF_DEFAULT ? " [default]" : "");
+    explain_failed(t, res, rx);
     if (res->route == RT_NONE) {
-        printf("result: %d %s\n", res->status, res->status == 405 ? "method not allowed" : "no route matches");
+        printf("result: %d %s\n", res->status,
+               res->status == 405 ? "method not allowed" : res->status == 500 ? "regex match failed" : "no route matches");
         if (res->status == 405) {
             printf("allow:");
             for (unsigned i = 0; i < RT_M_COUNT; i++)
@@ -181,11 +244,14 @@ int cmd_route_test(cli_t *cli, int argc, char **argv)
         goto out;
     }
     route_result_t res;
-    route_match(&t, site, rq.method, strlen(rq.method), rq.path, rq.pathlen, regex_match, &t, &res);
+    regex_ctx_t rx;
+    regex_ctx_init(&rx, &t);
+    route_match(&t, site, rq.method, strlen(rq.method), rq.path, rq.pathlen, regex_match, &rx, &res);
     if (cli->json)
-        json_route(&t, site, &res);
+        json_route(&t, site, &res, &rx);
     else
-        explain(&t, site, &res, &rq);
+        explain(&t, site, &res, &rq, &rx);
+    regex_ctx_free(&rx);
 out:
     free(blob);
     store_close(&st);

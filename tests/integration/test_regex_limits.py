@@ -1,0 +1,129 @@
+"""path_regex that cannot be decided fails closed (issue 17, item 2).
+
+A match that hits PCRE2's limits is never "no match": on a return route it
+counts as a match, on any other route the request gets 500 and no later route
+is tried.  route-test shows what proxyd does.
+"""
+import json
+import time
+
+from conftest import write
+from proxyd_fixtures import http, origin_factory, proxyd_factory, wait_for  # noqa: F401
+
+# 36 a's and a character that makes (a+)+$ fail only after trying every split.
+EVIL = "/" + "a" * 36 + "!"
+
+SITE = r"""
+site: rx
+hosts: [rx.test]
+upstreams:
+  app: {servers: ["127.0.0.1:3001"]}
+routes:
+  - match: {path_regex: '^/deny(a+)+$'}
+    return: {status: 403}
+  - match: {path_regex: '^/app(a+)+$'}
+    upstream: app
+  - match: {path_regex: '^/get(a+)+$', methods: [GET]}
+    upstream: app
+  - match: {path_prefix: /}
+    return: {status: 200, body: fell through}
+"""
+
+def add_rx_site(store, proxyctl, tmp_path):
+    write(tmp_path, "rx.yaml", SITE)
+    rc, out, err = proxyctl("add-site", "rx.yaml")
+    assert rc == 0, err
+    return out, err
+
+
+def route_test(proxyctl, *args):
+    rc, out, err = proxyctl("route-test", *args)
+    assert rc == 0, err
+    assert err == ""
+    return out
+
+
+def test_route_test_counts_a_failed_deny_rule_as_matched(store, proxyctl, tmp_path):
+    add_rx_site(store, proxyctl, tmp_path)
+    t0 = time.monotonic()
+    out = route_test(proxyctl, "http://rx.test/deny" + EVIL[1:])
+    assert time.monotonic() - t0 < 10   # the match limit stops it (PCRE2's default would take far longer)
+    assert out == ("request: GET http://rx.test/deny" + EVIL[1:] + "\n"
+                   "site: rx (rx.yaml)\n"
+                   "note: path_regex of route 1 (rx.yaml:6:5) failed: match limit exceeded; "
+                   "proxyd counts it as a match of this return route\n"
+                   "route 1 (rx.yaml:6:5): path_regex ^/deny(a+)+$, methods any\n"
+                   "  return 403\n"
+                   "  timeouts: connect 5s, read 1m, send 1m\n")
+
+
+def test_route_test_shows_500_not_a_later_route(store, proxyctl, tmp_path):
+    add_rx_site(store, proxyctl, tmp_path)
+    out = route_test(proxyctl, "http://rx.test/app" + EVIL[1:])
+    assert out == ("request: GET http://rx.test/app" + EVIL[1:] + "\n"
+                   "site: rx (rx.yaml)\n"
+                   "note: path_regex of route 2 (rx.yaml:8:5) failed: match limit exceeded; "
+                   "proxyd fails closed with 500 and tries no later route\n"
+                   "result: 500 regex match failed\n")
+    j = json.loads(route_test(proxyctl, "--json", "http://rx.test/app" + EVIL[1:]))
+    assert j == {"site": "rx", "source": "rx.yaml", "status": 500,
+                 "regex_failed": {"route": 2, "line": 8, "error": "match limit exceeded"}}
+
+
+def test_route_test_failed_route_without_the_method(store, proxyctl, tmp_path):
+    add_rx_site(store, proxyctl, tmp_path)
+    # Route 3 takes GET only: for POST it cannot win, so matching goes on.
+    out = route_test(proxyctl, "-X", "POST", "http://rx.test/get" + EVIL[1:])
+    assert "note: path_regex of route 3 (rx.yaml:10:5) failed: match limit exceeded; " \
+           "the route does not take this method\n" in out
+    assert "route 4 (rx.yaml:12:5): path_prefix /, methods any\n" in out
+    out = route_test(proxyctl, "http://rx.test/get" + EVIL[1:])
+    assert out.endswith("result: 500 regex match failed\n")
+
+
+def test_route_test_ordinary_paths_unchanged(store, proxyctl, tmp_path):
+    add_rx_site(store, proxyctl, tmp_path)
+    assert "route 1 (rx.yaml:6:5)" in route_test(proxyctl, "http://rx.test/denyaaa")
+    assert "route 2 (rx.yaml:8:5)" in route_test(proxyctl, "http://rx.test/appa")
+    out = route_test(proxyctl, "http://rx.test/app!")
+    assert "route 4 (rx.yaml:12:5)" in out and "note:" not in out
+
+
+# ---- proxyd ---------------------------------------------------------------------------
+
+def rx_proxyd_site(origin):
+    return SITE.replace("127.0.0.1:3001", origin.address)
+
+
+def test_proxyd_fails_closed(proxyd_factory, origin_factory):
+    origin = origin_factory(echo=True)
+    p = proxyd_factory(sites=[rx_proxyd_site(origin)], workers=1)
+    r = http(p.port, target="/deny" + EVIL[1:], host="rx.test")
+    assert r.status == 403, r                 # the deny rule, not the 200 behind it
+    line = wait_for(lambda: [l for l in p.error_log_text().splitlines() if "path_regex" in l])
+    assert line, p.diagnostics()
+    assert "site rx: path_regex '^/deny(a+)+$' (route 1, " in line[0]
+    assert ("-1-rx.yaml:7) failed on a 42-byte path: match limit exceeded; "
+            "failing closed (counted as a match of this return route)") in line[0]
+    time.sleep(1.1)                           # one such line a second per worker
+    r = http(p.port, target="/app" + EVIL[1:], host="rx.test")
+    assert r.status == 500, r                 # not the later "fell through" route
+    assert b"fell through" not in r.body
+    lines = wait_for(lambda: [l for l in p.error_log_text().splitlines() if "route 2," in l])
+    assert lines and "failing closed (500 if the route takes the method)" in lines[0], p.diagnostics()
+    # Ordinary paths are unaffected.
+    assert http(p.port, target="/appaaa", host="rx.test").status == 200
+    r = http(p.port, target="/other", host="rx.test")
+    assert r.status == 200 and r.body == b"fell through"
+
+
+def test_proxyd_failure_log_is_rate_limited(proxyd_factory, origin_factory):
+    origin = origin_factory(echo=True)
+    p = proxyd_factory(sites=[rx_proxyd_site(origin)], workers=1)
+    t0 = time.monotonic()
+    for _ in range(30):
+        assert http(p.port, target="/app" + EVIL[1:], host="rx.test").status == 500
+    elapsed = time.monotonic() - t0
+    time.sleep(0.3)
+    lines = [l for l in p.error_log_text().splitlines() if "path_regex" in l]
+    assert 1 <= len(lines) <= int(elapsed) + 2, lines
