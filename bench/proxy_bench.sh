@@ -5,8 +5,9 @@
 # usage: bench/proxy_bench.sh [-r ROUNDS] [-d SECONDS] [-c CONNS] [-n IDLE_CONNS]
 #                             [-w WARMUP_SECONDS]
 #   -r  rounds (default 3). Each round runs every target once, interleaved
-#       (origin, proxyd, nginx, haproxy; 1 and 2 workers), so slow drift on
-#       the machine spreads over all targets; the tables show the median.
+#       (origin, proxyd, [proxyd-base,] nginx, haproxy; 1 and 2 workers), so
+#       slow drift on the machine spreads over all targets; the tables show
+#       the median.
 #   -d  seconds per wrk run (default 10)
 #   -c  wrk connections (default 50)
 #   -n  idle connections for the memory test (default 5000)
@@ -20,10 +21,17 @@
 # the workers' VmRSS before and while IDLE_CONNS connections that have each
 # made one request sit idle; (after - before) / connections open.
 #
-# Ports: origin 18080, proxyd 18081, nginx 18082, haproxy 18083 (all on
-# 127.0.0.1; the script stops if one is taken). proxyd rows say n/a when
-# bin/proxyd is missing or does not answer within 5 s. The environment
+# Ports: origin 18080, proxyd 18081, nginx 18082, haproxy 18083, proxyd-base
+# 18084 (all on 127.0.0.1; the script stops if one is taken). proxyd rows say
+# n/a when bin/proxyd is missing or does not answer within 5 s. The environment
 # variables PROXYD and PROXYCTL name other builds (default bin/proxyd, bin/proxyctl).
+# PROXYD_BASE (optional): another proxyd binary, the baseline for a change.
+# When set, target proxyd-base runs that binary on port 18084 with the same
+# global and site settings, its own stores (one per worker count) built with
+# the same PROXYCTL; it runs in every round and in the memory test, measured
+# exactly like proxyd, has rows in every table, and one more table gives
+# proxyd / proxyd-base: keep-alive and new-connection req/s and server CPU
+# per request, 1 and 2 workers.  Unset or empty, none of this appears.
 # Output: Markdown on stdout (tables, the commands, the configurations);
 # progress on stderr. Every process started here is stopped by PID on exit.
 set -eu
@@ -49,8 +57,14 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$ROOT/build/bench
 PROXYD=${PROXYD:-$ROOT/bin/proxyd}
 PROXYCTL=${PROXYCTL:-$ROOT/bin/proxyctl}
+PROXYD_BASE=${PROXYD_BASE:-}
 ORIGIN_PORT=18080
 TARGETS="origin proxyd nginx haproxy"
+PROXIES="proxyd nginx haproxy"  # the memory test's and the CPU table's
+if [ -n "$PROXYD_BASE" ]; then
+    TARGETS="origin proxyd proxyd-base nginx haproxy"
+    PROXIES="proxyd proxyd-base nginx haproxy"
+fi
 TMP=$(mktemp -d /tmp/proxy-bench-XXXXXX)
 chmod 755 "$TMP"                # nginx workers run as nobody when started as root
 RESULTS=$TMP/results.txt        # label workers mode round rps p50_us p99_us errors non2xx
@@ -61,6 +75,7 @@ NOTES=$TMP/notes.txt
 : >"$NOTES"
 STARTED=""                      # PIDs of the processes this script started
 PROXYD_NA=""                    # why proxyd is n/a, once it is
+PROXYD_BASE_NA=""               # why proxyd-base is n/a, once it is
 
 # log, note, record, start_bg, stop_pid, cleanup (and the traps), port_taken,
 # wait_http, cpu_ticks, cpu_us_per: bench/lib.sh
@@ -76,8 +91,14 @@ check_body() {
 port_of() {
     case $1 in
     origin) echo $ORIGIN_PORT ;; proxyd) echo 18081 ;; nginx) echo 18082 ;; haproxy) echo 18083 ;;
+    proxyd-base) echo 18084 ;;
     esac
 }
+
+# proxyd and proxyd-base: the binary, and why it is n/a (set_na NAME WHY).
+bin_of() { if [ "$1" = proxyd-base ]; then echo "$PROXYD_BASE"; else echo "$PROXYD"; fi; }
+na_of() { if [ "$1" = proxyd-base ]; then echo "$PROXYD_BASE_NA"; else echo "$PROXYD_NA"; fi; }
+set_na() { if [ "$1" = proxyd-base ]; then PROXYD_BASE_NA=$2; else PROXYD_NA=$2; fi; }
 
 write_nginx_conf() {            # DIR WORKERS
     mkdir -p "$1"
@@ -136,13 +157,15 @@ backend origin
 EOF
 }
 
-# One store per worker count: TMP/proxyd-wN/store.db.
-prepare_proxyd() {              # WORKERS
-    local d=$TMP/proxyd-w$1
+# prepare_proxyd NAME WORKERS (NAME proxyd or proxyd-base): one store per
+# target and worker count, TMP/NAME-wN/store.db; the two differ only in the
+# port and the admin socket's folder.
+prepare_proxyd() {
+    local d=$TMP/$1-w$2
     mkdir -p "$d"
     cat >"$d/proxy.yaml" <<EOF
-listen: {http: ["127.0.0.1:$(port_of proxyd)"], https: []}
-workers: $1
+listen: {http: ["127.0.0.1:$(port_of "$1")"], https: []}
+workers: $2
 admin: {socket: $d/admin.sock}
 logs: {access: "off"}
 EOF
@@ -179,25 +202,28 @@ start_target() {
         write_haproxy_cfg "$d" "$w"
         start_bg "$d/out.log" haproxy -f "$d/haproxy.cfg" -db
         ;;
-    proxyd)
-        [ -z "$PROXYD_NA" ] || return 1
-        if [ ! -x "$PROXYD" ]; then
-            PROXYD_NA="$PROXYD does not exist"
+    proxyd | proxyd-base)
+        [ -z "$(na_of "$name")" ] || return 1
+        if [ ! -x "$(bin_of "$name")" ]; then
+            set_na "$name" "$(bin_of "$name") does not exist"
             return 1
         fi
-        d=$TMP/proxyd-w$w
-        if ! prepare_proxyd "$w"; then
-            PROXYD_NA="proxyctl could not build the store: $(tail -n 3 "$d/proxyctl.log" | tr '\n' ' ')"
+        d=$TMP/$name-w$w
+        if ! prepare_proxyd "$name" "$w"; then
+            set_na "$name" "proxyctl could not build the store: $(tail -n 3 "$d/proxyctl.log" | tr '\n' ' ')"
             return 1
         fi
-        start_bg "$d/out.log" "$PROXYD" --db "$d/store.db" --foreground
+        start_bg "$d/out.log" "$(bin_of "$name")" --db "$d/store.db" --foreground
         ;;
     esac
     TARGET_PID=$LAST_PID
     if ! wait_http "$(port_of "$name")" "$TARGET_PID" || ! check_body "$(port_of "$name")"; then
         log "$name ($w workers) did not serve the origin's body within 5 s: $(tail -n 3 "$d/out.log" 2>/dev/null)"
-        [ "$name" = proxyd ] &&
-            PROXYD_NA="$PROXYD did not serve the origin's 100-byte body on 127.0.0.1:18081 within 5 s; its output: $(tail -n 3 "$d/out.log" | tr '\n' ' ')"
+        case $name in
+        proxyd | proxyd-base)
+            set_na "$name" "$(bin_of "$name") did not serve the origin's 100-byte body on 127.0.0.1:$(port_of "$name") within 5 s; its output: $(tail -n 3 "$d/out.log" | tr '\n' ' ')"
+            ;;
+        esac
         stop_pid "$TARGET_PID"
         return 1
     fi
@@ -237,8 +263,8 @@ load_round() {                  # ROUND
             [ "$t" = origin ] && [ "$w" = 2 ] && continue
             log "round $1: $t, $w worker(s)"
             if [ "$t" != origin ] && ! start_target "$t" "$w"; then
-                echo "$t $w keepalive $1 - - - - -" >>"$RESULTS"
-                echo "$t $w close $1 - - - - -" >>"$RESULTS"
+                echo "$t $w keepalive $1 - - - - - - - - -" >>"$RESULTS"
+                echo "$t $w close $1 - - - - - - - - -" >>"$RESULTS"
                 continue
             fi
             warm_up "$t"
@@ -342,7 +368,7 @@ cpu_table() {
     local t w rps u sy rest
     echo "| target | workers | keep-alive req/s | proxy user | proxy system | wrk + origin | total per request | CPU-bound ceiling | measured / ceiling |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    for t in proxyd nginx haproxy; do
+    for t in $PROXIES; do
         for w in 1 2; do
             rps=$(cell "$t" "$w" keepalive 5)
             u=$(cell "$t" "$w" keepalive 11)
@@ -382,6 +408,46 @@ cpu_bound() {
     }'
 }
 
+# proxyd / proxyd-base (PROXYD_BASE), 1 and 2 workers: ratios of the medians,
+# and with more than one round the range of the per-round ratios (both run
+# close together in each round, so a round's ratio sees much the same machine).
+# ratio_cell WORKERS MODE COLUMN UNIT
+ratio_cell() {
+    local new base
+    new=$(cell proxyd "$1" "$2" "$3")
+    base=$(cell proxyd-base "$1" "$2" "$3")
+    if [ "$new" = - ] || [ "$base" = - ] || ! awk -v b="$base" 'BEGIN { exit !(b > 0) }'; then
+        echo n/a
+        return
+    fi
+    awk -v w="$1" -v m="$2" -v c="$3" -v n="$new" -v b="$base" -v unit="$4" '
+        $2 == w && $3 == m && $c != "-" { if ($1 == "proxyd") pn[$4] = $c; else if ($1 == "proxyd-base") pb[$4] = $c }
+        END {
+            fmt = unit == "" ? "%.0f" : "%.1f"
+            printf "%.3f (" fmt " / " fmt "%s)", n / b, n, b, unit
+            k = 0
+            for (r in pn) if ((r in pb) && pb[r] > 0) {
+                x = pn[r] / pb[r]
+                if (k == 0 || x < lo) lo = x
+                if (k == 0 || x > hi) hi = x
+                k++
+            }
+            if (k > 1) printf "; rounds %.3f–%.3f", lo, hi
+            printf "\n"
+        }' "$RESULTS"
+}
+
+sha12() { sha256sum "$1" 2>/dev/null | cut -c1-12 | grep . || echo '?'; }
+
+base_table() {
+    local w
+    echo "| workers | keep-alive req/s | new-connection req/s | server CPU per keep-alive request | server CPU per new-connection request |"
+    echo "| ---: | ---: | ---: | ---: | ---: |"
+    for w in 1 2; do
+        echo "| $w | $(ratio_cell "$w" keepalive 5 "") | $(ratio_cell "$w" close 5 "") | $(ratio_cell "$w" keepalive 10 " µs") | $(ratio_cell "$w" close 10 " µs") |"
+    done
+}
+
 idle_table() {
     local name open before after end per
     echo "| target | workers | connections open | worker RSS before | worker RSS with them | bytes per idle connection | open at the end |"
@@ -415,6 +481,14 @@ report() {
     echo
     load_table
     echo
+    if [ -n "$PROXYD_BASE" ]; then
+        echo "proxyd vs proxyd-base, new / base: the ratio of the medians (the medians in brackets) and, with"
+        echo "more than one round, the lowest and highest per-round ratio. proxyd: $PROXYD (sha256"
+        echo "$(sha12 "$PROXYD")); proxyd-base: $PROXYD_BASE (sha256 $(sha12 "$PROXYD_BASE"))."
+        echo
+        base_table
+        echo
+    fi
     echo "Where the CPU goes (keep-alive, per request; medians):"
     echo
     cpu_table
@@ -428,6 +502,7 @@ report() {
     echo
     wrk_notes
     [ -n "$PROXYD_NA" ] && note "proxyd: n/a: $PROXYD_NA"
+    [ -n "$PROXYD_BASE_NA" ] && note "proxyd-base: n/a: $PROXYD_BASE_NA"
     if [ -s "$NOTES" ]; then
         echo "Notes:"
         echo
@@ -442,7 +517,7 @@ report() {
     echo '```'
     echo
     echo "Configurations (the 2-worker runs differ only in worker_processes / nbthread / workers):"
-    for f in nginx/nginx.conf haproxy/haproxy.cfg proxyd-w1/proxy.yaml proxyd-w1/bench.yaml; do
+    for f in nginx/nginx.conf haproxy/haproxy.cfg proxyd-w1/proxy.yaml proxyd-w1/bench.yaml proxyd-base-w1/proxy.yaml; do
         [ -f "$TMP/$f" ] || continue
         echo
         echo "TMP/$f:"
@@ -478,7 +553,7 @@ main() {
     fi
     for r in $(seq 1 "$ROUNDS"); do load_round "$r"; done
     : >"$TMP/idle.txt"
-    for t in proxyd nginx haproxy; do idle_test "$t"; done
+    for t in $PROXIES; do idle_test "$t"; done
     report
 }
 
