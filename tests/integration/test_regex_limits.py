@@ -2,7 +2,8 @@
 
 A match that hits PCRE2's limits is never "no match": on a return route it
 counts as a match, on any other route the request gets 500 and no later route
-is tried.  route-test shows what proxyd does.
+is tried.  route-test shows what proxyd does; proxyctl warns at compile time
+about patterns that backtrack catastrophically.
 """
 import json
 import time
@@ -29,6 +30,10 @@ routes:
     return: {status: 200, body: fell through}
 """
 
+WARNING = ("rx.yaml:{line}:{col}: warning: path_regex may backtrack catastrophically (nested quantifier over 'a+' in "
+           "'(a+)+'): a path that nearly matches hits proxyd's match limit, and the route fails closed\n")
+
+
 def add_rx_site(store, proxyctl, tmp_path):
     write(tmp_path, "rx.yaml", SITE)
     rc, out, err = proxyctl("add-site", "rx.yaml")
@@ -41,6 +46,35 @@ def route_test(proxyctl, *args):
     assert rc == 0, err
     assert err == ""
     return out
+
+
+def test_add_site_warns_about_nested_quantifiers_and_stores(store, proxyctl, tmp_path):
+    out, err = add_rx_site(store, proxyctl, tmp_path)
+    assert out.startswith("site 'rx' added; generation 2 active")
+    # One warning per pattern, at its repeated group (the patterns start at column 26).
+    assert err == "".join(WARNING.format(line=line, col=col) for line, col in ((6, 32), (8, 31), (10, 31)))
+    rc, out, err2 = proxyctl("validate", "rx.yaml")
+    assert rc == 0 and out == "1 file valid\n"
+    assert err2 == err
+
+
+def test_no_warning_for_ordinary_patterns(store, proxyctl, tmp_path):
+    write(tmp_path, "ok.yaml", r"""
+        site: ok
+        hosts: [ok.test]
+        routes:
+          - match: {path_regex: '^/api/(v1|v2)/'}
+            return: {status: 200}
+          - match: {path_regex: '\.(git|env)$'}
+            return: {status: 404}
+          - match: {path_regex: '(?i)\.php$'}
+            return: {status: 404}
+          - match: {path_regex: '^/(\w+/)*\w+\.html$'}
+            return: {status: 200}
+        """)
+    rc, out, err = proxyctl("add-site", "ok.yaml")
+    assert rc == 0, err
+    assert err == ""
 
 
 def test_route_test_counts_a_failed_deny_rule_as_matched(store, proxyctl, tmp_path):
