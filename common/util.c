@@ -396,10 +396,17 @@ int parse_rate(const char *s, size_t n, uint32_t *per_sec_milli, const char **wh
 
 char *read_file(const char *path, size_t *len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    /* Looked at before it is opened: opening a FIFO blocks until a writer
+     * comes, and opening a device may do something.  The O_NONBLOCK open
+     * and fstat cover a file swapped in between. */
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        errno = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+        return NULL;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0)
         return NULL;
-    struct stat st;
     char *p = NULL;
     if (fstat(fd, &st) < 0)
         goto fail;

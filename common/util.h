@@ -66,7 +66,9 @@ size_t fmt_ip(char *out, int family, const uint8_t *addr);
  * of file (the store): both nodes of a pair share settings, not directories.
  * malloc'ed; "" and absolute paths are returned as they are. */
 char *path_beside(const char *file, const char *rel);
-/* Whole-file read, NUL-terminated; NULL with errno set on failure. */
+/* Whole-file read, NUL-terminated; NULL with errno set on failure.  Only a
+ * regular file is read, and anything else is refused at once, never waited
+ * on (a FIFO): errno EISDIR for a directory, EINVAL for the rest. */
 char *read_file(const char *path, size_t *len);
 
 #endif

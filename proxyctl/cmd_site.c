@@ -17,14 +17,35 @@
 #include "cli.h"
 #include "config.h"
 
+/* A site or global file.  Only a regular file: a FIFO would block and a
+ * device never ends (read_file refuses both at once, EINVAL; a directory
+ * EISDIR).  No NUL byte: libyaml would take it for the end of the text and
+ * the rest of the file would be dropped without a word. */
 static int read_source(const char *path, char **text)
 {
-    *text = read_file(path, NULL);
+    size_t len;
+    *text = read_file(path, &len);
     if (*text == NULL) {
-        fprintf(stderr, "%s: error: cannot read file: %s\n", path, strerror(errno));
+        if (errno == EISDIR || errno == EINVAL)
+            fprintf(stderr, "%s: error: not a regular file\n", path);
+        else
+            fprintf(stderr, "%s: error: cannot read file: %s\n", path, strerror(errno));
         return -1;
     }
-    return 0;
+    const char *nul = memchr(*text, '\0', len);
+    if (nul == NULL)
+        return 0;
+    int line = 1, col = 1; /* columns count characters, as libyaml's do */
+    for (const char *p = *text; p < nul; p++) {
+        if (*p == '\n')
+            line++, col = 1;
+        else if (((unsigned char)*p & 0xc0) != 0x80)
+            col++;
+    }
+    fprintf(stderr, "%s:%d:%d: error: NUL byte in YAML\n", path, line, col);
+    free(*text);
+    *text = NULL;
+    return -1;
 }
 
 /* The site name a YAML text declares (NULL if it does not parse). */
@@ -191,10 +212,13 @@ int cmd_validate(cli_t *cli, int argc, char **argv)
     const char *global = NULL;
     if (parse_global_opt(&argc, argv, &global) < 0 || argc < 2)
         return cli_usage(find_command("validate"));
+    char *gtext = NULL;
+    if (global && read_source(global, &gtext) < 0)
+        return EXIT_INVALID;
     arena_t a;
     arena_init(&a, 1 << 16);
     diag_t d = {0};
-    char *gtext = NULL, *stored_g = NULL, *stored_gs = NULL;
+    char *stored_g = NULL, *stored_gs = NULL;
     site_list_t stored = {0};
     store_t st;
     /* Check against the store's other sites and settings when there is one. */
@@ -203,8 +227,6 @@ int cmd_validate(cli_t *cli, int argc, char **argv)
         cli_load_global(&st, &stored_g, &stored_gs);
         store_close(&st);
     }
-    if (global && read_source(global, &gtext) < 0)
-        return EXIT_INVALID;
     cfg_global_t *g = config_global(&a, global ? global : stored_gs, global ? gtext : stored_g && *stored_g ? stored_g : NULL, &d);
     size_t n = (size_t)argc - 1;
     cfg_site_t **sites = calloc(n + stored.n + 1, sizeof(*sites));
