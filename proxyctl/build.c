@@ -185,41 +185,6 @@ static int record_sources(store_t *st, int64_t gen, const site_list_t *sites)
     return 0;
 }
 
-/* Certificates given as files are copied into the store at compile time,
- * so proxyd (and the HA peer) never depend on the operator's file paths. */
-static int import_cert_files(store_t *st, cfg_site_t *s)
-{
-    size_t cn, kn;
-    char *cert = read_file(s->cert_file.s, &cn), *key = read_file(s->key_file.s, &kn);
-    int rc = -1;
-    if (cert == NULL || key == NULL) {
-        snprintf(st->err, sizeof(st->err), "cannot read certificate files of site '%s': %s", s->name.s, strerror(errno));
-        goto out;
-    }
-    char hosts[4096] = "";
-    for (size_t i = 0; i < s->nhosts; i++)
-        snprintf(hosts + strlen(hosts), sizeof(hosts) - strlen(hosts), "%s%s", i ? " " : "", s->hosts[i].s);
-    sqlite3_stmt *q = store_prepare(st, "INSERT OR REPLACE INTO certificates (site, hosts, cert_pem, key_pem, not_before, "
-                                        "not_after, source, issuer, updated) VALUES (?,?,?,?,0,0,'files','',?)");
-    if (q == NULL)
-        goto out;
-    sqlite3_bind_text(q, 1, s->name.s, -1, SQLITE_STATIC);
-    sqlite3_bind_text(q, 2, hosts, -1, SQLITE_STATIC);
-    sqlite3_bind_text(q, 3, cert, -1, SQLITE_STATIC);
-    sqlite3_bind_text(q, 4, key, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(q, 5, (sqlite3_int64)time(NULL));
-    rc = sqlite3_step(q) == SQLITE_DONE ? 0 : -1;
-    if (rc < 0)
-        snprintf(st->err, sizeof(st->err), "store %s: cannot store certificate: %s", st->path, sqlite3_errmsg(st->db));
-    sqlite3_finalize(q);
-out:
-    if (key)
-        explicit_bzero(key, kn);
-    free(cert);
-    free(key);
-    return rc;
-}
-
 static int compile_and_store(store_t *st, cfg_global_t *g, cfg_site_t **parsed, site_list_t *sites,
                              const char *comment, const char *gyaml, int64_t *gen, size_t *table_size)
 {
@@ -238,12 +203,13 @@ static int compile_and_store(store_t *st, cfg_global_t *g, cfg_site_t **parsed, 
         goto out;
     }
     for (size_t i = 0; i < sites->n; i++) {
-        if (parsed[i]->cert_mode == RT_CERT_FILE && import_cert_files(st, parsed[i]) < 0)
+        if (parsed[i]->cert_mode == RT_CERT_FILE && certs_import_files(st, parsed[i]) < 0)
             goto out;
         if (certs_ensure(st, parsed[i]) < 0)
             goto out;
     }
-    if (store_add_generation(st, blob, len, comment, gyaml, gen) < 0 || record_sources(st, *gen, sites) < 0)
+    if (store_add_generation(st, blob, len, comment, gyaml, gen) < 0 || record_sources(st, *gen, sites) < 0 ||
+        certs_prune(st, *gen) < 0)
         goto out;
     *table_size = len;
     rc = EXIT_OK;

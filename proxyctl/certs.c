@@ -5,9 +5,14 @@
  * (the CN is only the first host, for humans), serverAuth usage and a
  * random 128-bit serial.  The private key PEM exists in memory only long
  * enough to be stored and is wiped after.
+ *
+ * The certificates table holds a row for the sites of the active generation
+ * only: every new generation (a build or a rollback) prunes the rows of the
+ * sites it no longer has, so no private key of a removed site stays behind.
  */
 #include "certs.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -180,5 +185,53 @@ int certs_ensure(store_t *st, const cfg_site_t *s)
     X509_free(x);
     EVP_PKEY_free(key);
     ERR_clear_error();
+    return rc;
+}
+
+int certs_import_files(store_t *st, const cfg_site_t *s)
+{
+    size_t cn, kn;
+    char *cert = read_file(s->cert_file.s, &cn), *key = read_file(s->key_file.s, &kn);
+    int rc = -1;
+    if (cert == NULL || key == NULL) {
+        snprintf(st->err, sizeof(st->err), "cannot read certificate files of site '%s': %s", s->name.s, strerror(errno));
+        goto out;
+    }
+    char hosts[4096] = "";
+    for (size_t i = 0; i < s->nhosts; i++)
+        snprintf(hosts + strlen(hosts), sizeof(hosts) - strlen(hosts), "%s%s", i ? " " : "", s->hosts[i].s);
+    sqlite3_stmt *q = store_prepare(st, "INSERT OR REPLACE INTO certificates (site, hosts, cert_pem, key_pem, not_before, "
+                                        "not_after, source, issuer, updated) VALUES (?,?,?,?,0,0,'files','',?)");
+    if (q == NULL)
+        goto out;
+    sqlite3_bind_text(q, 1, s->name.s, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, hosts, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 3, cert, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 4, key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 5, (sqlite3_int64)time(NULL));
+    rc = sqlite3_step(q) == SQLITE_DONE ? 0 : -1;
+    if (rc < 0)
+        snprintf(st->err, sizeof(st->err), "store %s: cannot store certificate: %s", st->path, sqlite3_errmsg(st->db));
+    sqlite3_finalize(q);
+out:
+    if (key)
+        explicit_bzero(key, kn);
+    free(cert);
+    free(key);
+    return rc;
+}
+
+int certs_prune(store_t *st, int64_t gen)
+{
+    sqlite3_stmt *q = store_prepare(st, "DELETE FROM certificates WHERE site NOT IN "
+                                        "(SELECT name FROM generation_sites WHERE generation = ?)");
+    if (q == NULL)
+        return -1;
+    sqlite3_bind_int64(q, 1, gen);
+    int rc = sqlite3_step(q) == SQLITE_DONE ? 0 : -1;
+    if (rc < 0)
+        snprintf(st->err, sizeof(st->err), "store %s: cannot remove certificates of removed sites: %s", st->path,
+                 sqlite3_errmsg(st->db));
+    sqlite3_finalize(q);
     return rc;
 }

@@ -2,7 +2,8 @@
  * cmd_gen.c - generations, rollback and dump.
  *
  * rollback never rewrites history: it adds a new generation whose table is
- * byte-for-byte GEN's and restores the site sources GEN was compiled from.
+ * byte-for-byte GEN's and restores the site sources GEN was compiled from,
+ * and the certificates GEN's sites need (made again when deleted since).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 #include <time.h>
 
 #include "../common/ruletable.h"
+#include "certs.h"
 #include "cli.h"
 #include "dump.h"
 
@@ -96,6 +98,67 @@ static int restore_sources(store_t *st, int64_t gen, site_list_t *sites, char **
     return *gyaml ? 0 : -1;
 }
 
+/* Does site name have a certificate row? */
+static bool has_certificate(store_t *st, const char *name)
+{
+    sqlite3_stmt *q = store_prepare(st, "SELECT 1 FROM certificates WHERE site = ?");
+    bool found = q && sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW;
+    sqlite3_finalize(q);
+    return found;
+}
+
+/* Site i of the table rolled back to gets the certificate row it needs: a
+ * self-signed or temporary one is kept if it still serves, else made anew
+ * (hosts and mode are read from the table, not parsed again: an old source
+ * need not pass a newer proxyctl); cert files are imported again, from the
+ * paths in the restored source, when the row is gone. */
+static int restore_certificate(store_t *st, const rt_table_t *t, uint32_t i, const site_list_t *sites, arena_t *a)
+{
+    const rt_site_t *rs = &t->sites[i];
+    const char *name = rt_cstr(t, rs->name);
+    if (rs->cert_mode == RT_CERT_NONE || (rs->cert_mode == RT_CERT_FILE && has_certificate(st, name)))
+        return 0;
+    if (rs->cert_mode == RT_CERT_FILE) {
+        const site_src_t *src = NULL;
+        for (size_t k = 0; k < sites->n && src == NULL; k++)
+            src = strcmp(sites->v[k].name, name) == 0 ? &sites->v[k] : NULL;
+        diag_t quiet = {0};
+        cfg_site_t *s = src ? config_site(a, src->source, src->yaml, &quiet) : NULL;
+        diag_free(&quiet);
+        if (s == NULL || s->cert_mode != RT_CERT_FILE) {
+            snprintf(st->err, sizeof(st->err),
+                     "site '%s' has no certificate in the store and its source no longer names the certificate files",
+                     name);
+            return -1;
+        }
+        return certs_import_files(st, s);
+    }
+    cfg_site_t s = {.name = {{0}, arena_strdup(a, name)}, .cert_mode = rs->cert_mode, .nhosts = rs->hosts.count};
+    s.hosts = arena_alloc(a, (s.nhosts + 1) * sizeof(*s.hosts));
+    for (size_t k = 0; k < s.nhosts; k++)
+        s.hosts[k].s = arena_strdup(a, rt_cstr(t, t->strlist[rs->hosts.first + k]));
+    return certs_ensure(st, &s);
+}
+
+/* A generation proxyd can load: every TLS site of the table has its
+ * certificate, though remove-site or apply may have deleted it since. */
+static int restore_certificates(store_t *st, const uint8_t *blob, size_t len, const site_list_t *sites)
+{
+    rt_table_t t;
+    char why[256];
+    if (rt_open(&t, blob, len, why, sizeof(why)) < 0) {
+        snprintf(st->err, sizeof(st->err), "store %s: the generation fails verification: %s", st->path, why);
+        return -1;
+    }
+    arena_t a;
+    arena_init(&a, 0);
+    int rc = 0;
+    for (uint32_t i = 0; i < t.nsites && rc == 0; i++)
+        rc = restore_certificate(st, &t, i, sites, &a);
+    arena_free(&a);
+    return rc;
+}
+
 static int record_rollback(store_t *st, int64_t gen, const uint8_t *blob, size_t len, site_list_t *sites,
                            const char *gyaml, const char *gsource, cli_t *cli, int64_t *newgen)
 {
@@ -112,6 +175,8 @@ static int record_rollback(store_t *st, int64_t gen, const uint8_t *blob, size_t
     sqlite3_bind_int64(q, 2, gen);
     int rc = sqlite3_step(q) == SQLITE_DONE ? 0 : -1;
     sqlite3_finalize(q);
+    if (rc == 0 && (restore_certificates(st, blob, len, sites) < 0 || certs_prune(st, *newgen) < 0))
+        rc = -1;
     return rc;
 }
 

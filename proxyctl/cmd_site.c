@@ -405,13 +405,7 @@ int cmd_remove_site(cli_t *cli, int argc, char **argv)
         end_change(&st, &sites, gyaml, gsource);
         return EXIT_INVALID;
     }
-    sqlite3_stmt *q = store_prepare(&st, "DELETE FROM certificates WHERE site = ?");
-    if (q) {
-        sqlite3_bind_text(q, 1, argv[1], -1, SQLITE_STATIC);
-        sqlite3_step(q);
-        sqlite3_finalize(q);
-    }
-    char what[300];
+    char what[300]; /* its certificate goes with the build (certs_prune) */
     snprintf(what, sizeof(what), "site '%s' removed", argv[1]);
     rc = commit_change(cli, &st, &sites, gyaml, gsource, what);
     end_change(&st, &sites, gyaml, gsource);
