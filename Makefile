@@ -145,7 +145,7 @@ format:
 
 lint: $(GEN_SRC)
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
-	    --suppress=missingIncludeSystem -D_GNU_SOURCE common proxyctl proxyd
+	    --suppress=missingIncludeSystem -D_GNU_SOURCE -Iproxyd common proxyctl proxyd
 
 clean:
 	rm -rf bin build

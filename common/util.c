@@ -30,6 +30,13 @@ void arena_init(arena_t *a, size_t chunk_size)
 
 void *arena_alloc(arena_t *a, size_t n)
 {
+    void *p = arena_alloc_raw(a, n);
+    memset(p, 0, n);
+    return p;
+}
+
+void *arena_alloc_raw(arena_t *a, size_t n)
+{
     n = (n + 15) & ~(size_t)15;
     arena_chunk_t *c = a->head;
     if (c == NULL || c->size - c->used < n) {
@@ -44,7 +51,6 @@ void *arena_alloc(arena_t *a, size_t n)
     }
     void *p = c->data + c->used;
     c->used += n;
-    memset(p, 0, n);
     return p;
 }
 

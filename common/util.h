@@ -24,6 +24,7 @@ typedef struct {
 
 void arena_init(arena_t *a, size_t chunk_size);
 void *arena_alloc(arena_t *a, size_t n);   /* zeroed, 16-byte aligned; aborts on OOM */
+void *arena_alloc_raw(arena_t *a, size_t n); /* the same, not zeroed (the caller fills it) */
 char *arena_strndup(arena_t *a, const char *s, size_t n);
 char *arena_strdup(arena_t *a, const char *s);
 char *arena_printf(arena_t *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -589,3 +589,33 @@ static void on_timer(ev_loop_t *loop, ev_timer_t *t)
         return;
     }
 }
+
+/* ---- the module ------------------------------------------------------------------------- */
+
+static void on_accept(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
+{
+    (void)loop;
+    (void)revents;
+    conn_accept((listener_t *)io);
+}
+
+static int conn_worker_init(void)
+{
+    for (int i = 0; i < W->nlisteners; i++) {
+        listener_t *l = &W->listeners[i];
+        if (ev_add_exclusive(W->loop, &l->io, l->fd, on_accept) < 0) {
+            log_err("cannot watch listener on port %u: %s", l->port, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void conn_worker_idle(void)
+{
+    conn_run_deferred_reads();
+    conn_free_deferred();
+}
+
+const module_t conn_module = {
+    .name = "conn", .worker_init = conn_worker_init, .worker_idle = conn_worker_idle, .worker_drain = conn_drain_all};

@@ -111,4 +111,8 @@ void conn_free_deferred(void);
 void conn_run_deferred_reads(void);
 void conn_drain_all(void);
 
+/* The module: accepts on the worker's listeners, frees closed connections
+ * after each batch, tells sessions the worker drains. */
+extern const module_t conn_module;
+
 #endif

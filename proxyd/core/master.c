@@ -253,7 +253,7 @@ static int spawn(int id)
         /* Inherited table: the master's current generation. */
         tref_t *t = tref_get(M.table);
         char err[256];
-        if (t->regex == NULL && tref_prepare(t, M.db, err, sizeof(err)) < 0) {
+        if (!t->prepared && tref_prepare(t, M.db, err, sizeof(err)) < 0) {
             log_err("worker %d: %s", id, err);
             _exit(1);
         }

@@ -39,11 +39,25 @@ typedef struct module {
     int (*table_init)(struct tref *t, const module_load_t *ld, char *err, size_t errlen);
     /* Free it (also after a failed init of this or a later module). */
     void (*table_free)(struct tref *t);
-    /* Once per worker process, before it serves (filters register here). */
-    void (*worker_init)(void);
+    /* The worker's life, so that it names no module: once before it serves
+     * (0, or -1 to refuse to start; filters register here), after every
+     * batch of events, when a reload made t its current table, when it
+     * stops accepting and drains, and when its loop has ended. */
+    int (*worker_init)(void);
+    void (*worker_idle)(void);
+    void (*worker_switch)(struct tref *t);
+    void (*worker_drain)(void);
+    void (*worker_exit)(void);
 } module_t;
 
 /* The registry (core/modules.c), NULL-terminated, in hook order. */
 extern const module_t *const proxyd_modules[];
+
+/* Run one worker hook of every module, in registry order. */
+int modules_worker_init(void);
+void modules_worker_idle(void);
+void modules_worker_switch(struct tref *t);
+void modules_worker_drain(void);
+void modules_worker_exit(void);
 
 #endif

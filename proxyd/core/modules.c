@@ -8,14 +8,24 @@
 
 #include <stddef.h>
 
+#include "conn/conn.h"
 #include "conn/tls.h"
 #include "filters/headers.h"
 #include "handlers/static_handler.h"
+#include "http/accesslog.h"
+#include "http/h1session.h"
+#include "http/request.h"
+#include "http/route_regex.h"
 #include "upstream/balance.h"
 #include "upstream/health.h"
 #include "upstream/pool.h"
 
 const module_t *const proxyd_modules[] = {
+    &conn_module,
+    &h1_session_module,
+    &request_module,
+    &accesslog_module,
+    &route_regex_module,
     &static_module,
     &balance_module,
     &tls_module,
@@ -24,3 +34,41 @@ const module_t *const proxyd_modules[] = {
     &headers_filter_module,
     NULL,
 };
+
+#define EACH(m) for (const module_t *const *m = proxyd_modules; *m; m++)
+
+int modules_worker_init(void)
+{
+    EACH(m)
+    if ((*m)->worker_init && (*m)->worker_init() < 0)
+        return -1;
+    return 0;
+}
+
+void modules_worker_idle(void)
+{
+    EACH(m)
+    if ((*m)->worker_idle)
+        (*m)->worker_idle();
+}
+
+void modules_worker_switch(struct tref *t)
+{
+    EACH(m)
+    if ((*m)->worker_switch)
+        (*m)->worker_switch(t);
+}
+
+void modules_worker_drain(void)
+{
+    EACH(m)
+    if ((*m)->worker_drain)
+        (*m)->worker_drain();
+}
+
+void modules_worker_exit(void)
+{
+    EACH(m)
+    if ((*m)->worker_exit)
+        (*m)->worker_exit();
+}

@@ -1,7 +1,6 @@
 /*
  * table.c - loading and preparing a generation (see table.h).
  */
-#define PCRE2_CODE_UNIT_WIDTH 8
 #include "core/table.h"
 
 #include <fcntl.h>
@@ -11,13 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
-#include <pcre2.h>
-
-#include "../common/log.h"
-#include "../common/route.h"
 #include "../common/store.h"
 #include "core/net.h"
 
@@ -60,35 +54,6 @@ out:
     return r;
 }
 
-static int compile_regexes(tref_t *r, char *err, size_t errlen)
-{
-    const rt_table_t *t = &r->t;
-    r->regex = calloc(t->nroutes + 1, sizeof(*r->regex));
-    if (r->regex == NULL)
-        return -1;
-    uint32_t max_pairs = 1;
-    for (uint32_t i = 0; i < t->nroutes; i++) {
-        if (t->routes[i].match != RT_MATCH_REGEX)
-            continue;
-        int code;
-        PCRE2_SIZE off;
-        pcre2_code *re = pcre2_compile((PCRE2_SPTR)rt_cstr(t, t->routes[i].path), PCRE2_ZERO_TERMINATED, PCRE2_UTF,
-                                       &code, &off, NULL);
-        if (re == NULL) {
-            snprintf(err, errlen, "route %u: regex does not compile at offset %zu", i, (size_t)off);
-            return -1;
-        }
-        pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* falls back to the interpreter if JIT is unavailable */
-        uint32_t cap;
-        pcre2_pattern_info(re, PCRE2_INFO_CAPTURECOUNT, &cap);
-        if (cap + 1 > max_pairs)
-            max_pairs = cap + 1;
-        r->regex[i] = re;
-    }
-    r->match_data = pcre2_match_data_create(max_pairs, NULL);
-    return r->match_data ? 0 : -1;
-}
-
 /* Servers given by name are resolved here, once per load (so again on every
  * reload), never on the request path. */
 static void resolve_names(tref_t *r)
@@ -113,8 +78,6 @@ static void resolve_names(tref_t *r)
 int tref_prepare(tref_t *r, const char *db, char *err, size_t errlen)
 {
     snprintf(err, errlen, "out of memory");
-    if (compile_regexes(r, err, errlen) < 0)
-        return -1;
     r->resolved = calloc(r->t.nservers + 1, sizeof(*r->resolved));
     if (r->resolved == NULL)
         return -1;
@@ -130,6 +93,7 @@ int tref_prepare(tref_t *r, const char *db, char *err, size_t errlen)
         if ((*m)->table_init && (*m)->table_init(r, &ld, err, errlen) < 0)
             rc = -1;
     store_close(&st);
+    r->prepared = rc == 0;
     return rc;
 }
 
@@ -137,10 +101,6 @@ void tref_put(tref_t *r)
 {
     if (r == NULL || --r->refs > 0)
         return;
-    for (uint32_t i = 0; r->regex && i < r->t.nroutes; i++)
-        pcre2_code_free(r->regex[i]);
-    pcre2_match_data_free(r->match_data);
-    free(r->regex);
     size_t nmod = 0;
     while (proxyd_modules[nmod])
         nmod++;
@@ -176,51 +136,4 @@ bool tref_same_addresses(const tref_t *a, const tref_t *b)
             memcmp(&a->resolved[i], &b->resolved[i], sizeof(a->resolved[i])) != 0)
             return false;
     return true;
-}
-
-/* 1 match, 0 no match, -1 undecided (route_match fails closed on it).  The
- * limits (route.h) live in one match context per process, made on first
- * use: a worker's requests run one at a time.  A failure is logged at most
- * once a second, with the count of those left out, so a flood of such paths
- * cannot fill the disk. */
-int tref_regex(void *ud, uint32_t route, const char *path, size_t n)
-{
-    static pcre2_match_context *mctx;
-    static time_t last;
-    static unsigned long quiet;
-    tref_t *r = ud;
-    pcre2_code *re = r->regex[route];
-    if (re == NULL)
-        return 0;
-    if (mctx == NULL && (mctx = pcre2_match_context_create(NULL)) != NULL) {
-        pcre2_set_match_limit(mctx, ROUTE_REGEX_MATCH_LIMIT);
-        pcre2_set_depth_limit(mctx, ROUTE_REGEX_DEPTH_LIMIT);
-        pcre2_jit_stack *js = pcre2_jit_stack_create(32 * 1024, ROUTE_REGEX_JIT_STACK, NULL);
-        if (js)
-            pcre2_jit_stack_assign(mctx, NULL, js);
-    }
-    int rc = mctx ? pcre2_match(re, (PCRE2_SPTR)path, n, 0, 0, r->match_data, mctx) : PCRE2_ERROR_NOMEMORY;
-    if (rc >= 0 || rc == PCRE2_ERROR_NOMATCH)
-        return rc >= 0;
-    time_t now = time(NULL);
-    if (now == last) {
-        quiet++;
-        return -1;
-    }
-    const rt_table_t *t = &r->t;
-    const rt_route_t *rt = &t->routes[route];
-    const rt_site_t *s = &t->sites[rt->site];
-    PCRE2_UCHAR why[128];
-    char more[64] = "";
-    pcre2_get_error_message(rc, why, sizeof(why));
-    if (quiet)
-        snprintf(more, sizeof(more), " (%lu more since the last such line)", quiet);
-    log_warn("site %s: path_regex '%s' (route %u, %s:%u) failed on a %zu-byte path: %s; failing closed (%s)%s",
-             rt_cstr(t, s->name), rt_cstr(t, rt->path), route - s->routes.first + 1, rt_cstr(t, s->source), rt->line,
-             n, (const char *)why,
-             rt->action == RT_ACT_RETURN ? "counted as a match of this return route" : "500 if the route takes the method",
-             more);
-    last = now;
-    quiet = 0;
-    return -1;
 }

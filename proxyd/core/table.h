@@ -1,8 +1,10 @@
 /*
  * table.h - a loaded generation as a worker uses it: the verified rule
- * table (read in place) plus what is derived from it once per load: PCRE2
- * regexes compiled with JIT, per-upstream balancing state, static roots
- * opened as directory fds, each server's slot of shared health state.
+ * table (read in place), its host-name servers resolved, and one slot per
+ * module (core/module.h) for what each module derives from it once per
+ * load (route regexes, static roots, balancing state, TLS contexts, health
+ * slots, keep-alive pools).  The loader calls the modules' hooks in
+ * registry order and names none of them.
  *
  * A table is reference counted.  The worker holds one reference for "the
  * current table" and every request holds one for the table it started on,
@@ -16,14 +18,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#include <openssl/ssl.h>
-
 #include "../common/ruletable.h"
 #include "core/module.h"
-#include "upstream/balance.h"
-
-struct health_slot;
-struct upool;
 
 typedef struct tref {
     unsigned refs;
@@ -31,8 +27,7 @@ typedef struct tref {
     uint8_t *blob;
     size_t len;
     rt_table_t t;
-    void **regex;          /* per route: pcre2_code * or NULL */
-    void *match_data;      /* pcre2_match_data * sized for the largest pattern */
+    bool prepared;         /* tref_prepare ran to the end */
     struct sockaddr_storage *resolved; /* per server: host-name servers resolved at load */
     void *mod[MOD_COUNT];  /* each module's per-generation state (module.h) */
 } tref_t;
@@ -40,8 +35,8 @@ typedef struct tref {
 /* Load generation gen (0: the active one) from the store, read-only.  NULL
  * with a reason in err when it is missing, unreadable or fails verification. */
 tref_t *tref_load(const char *db, int64_t gen, char *err, size_t errlen);
-/* Derive worker state (regexes, roots, balancing, TLS contexts from the
- * store db's certificates); 0 or -1 with err. */
+/* Resolve host names and run every module's table_init (with the store db
+ * open read-only); 0 or -1 with err. */
 int tref_prepare(tref_t *r, const char *db, char *err, size_t errlen);
 static inline tref_t *tref_get(tref_t *r) { r->refs++; return r; }
 void tref_put(tref_t *r);
@@ -50,7 +45,5 @@ void tref_put(tref_t *r);
 int tref_sockaddr(const tref_t *r, uint32_t server, struct sockaddr_storage *ss, socklen_t *len, const char **why);
 /* Do two loads of one generation resolve every host-name server alike? */
 bool tref_same_addresses(const tref_t *a, const tref_t *b);
-/* Route regex callback for route_match(). */
-int tref_regex(void *ud, uint32_t route, const char *path, size_t n);
 
 #endif

@@ -23,11 +23,7 @@
 
 #include "../common/log.h"
 #include "../common/store.h"
-#include "conn/conn.h"
-#include "http/accesslog.h"
-#include "http/h1session.h"
-#include "upstream/health.h"
-#include "upstream/pool.h"
+#include "core/module.h"
 
 worker_t *W;
 
@@ -49,19 +45,9 @@ const char *worker_date(void)
 static void idle(void *arg)
 {
     (void)arg;
-    conn_run_deferred_reads();
-    conn_free_deferred();
-    upconn_free_deferred();
-    accesslog_flush();
+    modules_worker_idle();
     if (W->draining && W->conns == 0)
         ev_stop(W->loop);
-}
-
-static void on_accept(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
-{
-    (void)loop;
-    (void)revents;
-    conn_accept((listener_t *)io);
 }
 
 /* Per-site counters are indexed by a table's site order; carry them over to
@@ -109,7 +95,7 @@ static void reload(void)
     W->table = t;
     W->stats->generation = t->generation;
     W->stats->epoch = epoch;
-    health_checker_switch(t);
+    modules_worker_switch(t);
 }
 
 static void drain_expired(ev_loop_t *loop, ev_timer_t *t)
@@ -131,9 +117,7 @@ static void start_drain(void)
         close(W->listeners[i].fd);
         W->listeners[i].fd = -1;
     }
-    upool_close_idle();
-    health_checker_stop();
-    conn_drain_all();
+    modules_worker_drain();
     ev_timer_start(W->loop, &drain_timer, W->table->t.global->drain_timeout_ms, drain_expired);
 }
 
@@ -211,29 +195,22 @@ int worker_main(int id, const char *db, tref_t *table, listener_t *ls, int nls, 
     if (drop_privileges(rt_cstr(&table->t, table->t.global->user), id == 0) < 0)
         return 1;
     w.loop = ev_new();
-    conn_set_selector(http_select_session);
-    http_filters_init();
     w.hreq = malloc(sizeof(*w.hreq));
     w.hres = malloc(sizeof(*w.hres));
     if (w.loop == NULL || w.hreq == NULL || w.hres == NULL || setup_signals() < 0) {
         log_err("cannot start: %s", strerror(errno));
         return 1;
     }
-    for (int i = 0; i < nls; i++)
-        if (ev_add_exclusive(w.loop, &ls[i].io, ls[i].fd, on_accept) < 0) {
-            log_err("cannot watch listener on port %u: %s", ls[i].port, strerror(errno));
-            return 1;
-        }
     stats->pid = getpid();
     w.pid_hash = (uint32_t)getpid() * 2654435761u ^ (uint32_t)time(NULL);
     stats->generation = table->generation;
     stats->epoch = shm->epoch;
     stats->started = (uint64_t)time(NULL);
-    if (id == 0)
-        health_checker_start(w.loop, table); /* one checker for the node */
     stats->conns_active = 0;
+    if (modules_worker_init() < 0)
+        return 1;
     ev_set_idle(w.loop, idle, NULL);
     ev_run(w.loop);
-    accesslog_flush();
+    modules_worker_exit();
     return 0;
 }

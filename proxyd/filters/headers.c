@@ -15,16 +15,26 @@
 static http_header_filter_t next_header;
 
 typedef struct {
-    const char *name, *value;
-    uint8_t min;                /* the least rt_sechdr level that sends it */
+    slice_t name, value;
 } preset_t;
 
-static const preset_t presets[] = {
-    {"X-Content-Type-Options", "nosniff", RT_SECHDR_BASIC},
-    {"Referrer-Policy", "strict-origin-when-cross-origin", RT_SECHDR_BASIC},
-    {"Permissions-Policy", "camera=(), microphone=(), geolocation=()", RT_SECHDR_STRICT},
-    {"Cross-Origin-Opener-Policy", "same-origin", RT_SECHDR_STRICT},
+#define PRESET(n, v) {SLICE_LIT(n), SLICE_LIT(v)}
+/* SPEC §9: basic, and strict (which adds HSTS over https, below). */
+static const preset_t basic[] = {
+    PRESET("X-Frame-Options", "SAMEORIGIN"),
+    PRESET("X-Content-Type-Options", "nosniff"),
+    PRESET("Referrer-Policy", "strict-origin-when-cross-origin"),
 };
+static const preset_t strict[] = {
+    PRESET("X-Frame-Options", "DENY"),
+    PRESET("X-Content-Type-Options", "nosniff"),
+    PRESET("Referrer-Policy", "strict-origin-when-cross-origin"),
+    PRESET("Permissions-Policy", "camera=(), microphone=(), geolocation=()"),
+    PRESET("Cross-Origin-Opener-Policy", "same-origin"),
+};
+#define NPRESET(a) (sizeof(a) / sizeof((a)[0]))
+static const slice_t hsts_name = SLICE_LIT("Strict-Transport-Security");
+static const slice_t hsts_strict = SLICE_LIT("max-age=63072000; includeSubDomains");
 
 #define VALUE_MAX 1024
 
@@ -38,49 +48,52 @@ static bool route_names(const rt_table_t *t, const rt_route_t *rt, const char *n
     return false;
 }
 
-/* A preset header, unless the route says otherwise; it replaces the upstream's. */
-static void preset(request_t *r, const rt_route_t *rt, const char *name, const char *value)
+static slice_t hsts_value(request_t *r, const rt_site_t *s)
 {
-    size_t n = strlen(name);
-    if (rt && route_names(&r->table->t, rt, name, n))
-        return;
-    http_resp_remove(r, name, n);
-    http_resp_add(r, name, n, value, strlen(value));
-}
-
-static void hsts(request_t *r, const rt_site_t *s, const rt_route_t *rt)
-{
-    if (!r->conn->tls)
-        return;
-    if (s->flags & RT_SF_HSTS) {
-        char *v = arena_alloc(&r->arena, 64);
-        size_t o = 0;
-        memcpy(v, "max-age=", 8);
-        o = 8 + fmt_u64(v + 8, s->hsts_max_age);
-        if (s->flags & RT_SF_HSTS_SUBDOMAINS) {
-            memcpy(v + o, "; includeSubDomains", 19);
-            o += 19;
-        }
-        if (s->flags & RT_SF_HSTS_PRELOAD) {
-            memcpy(v + o, "; preload", 9);
-            o += 9;
-        }
-        v[o] = '\0';
-        preset(r, rt, "Strict-Transport-Security", v);
-    } else if (s->security_headers >= RT_SECHDR_STRICT) {
-        preset(r, rt, "Strict-Transport-Security", "max-age=63072000; includeSubDomains");
+    if (!(s->flags & RT_SF_HSTS))
+        return hsts_strict;
+    char *v = arena_alloc_raw(&r->arena, 64);
+    size_t o = 8;
+    memcpy(v, "max-age=", 8);
+    o += fmt_u64(v + 8, s->hsts_max_age);
+    if (s->flags & RT_SF_HSTS_SUBDOMAINS) {
+        memcpy(v + o, "; includeSubDomains", 19);
+        o += 19;
     }
+    if (s->flags & RT_SF_HSTS_PRELOAD) {
+        memcpy(v + o, "; preload", 9);
+        o += 9;
+    }
+    return (slice_t){v, o};
 }
 
+/* Does the route name this header (then it, not the preset, decides)? */
+static bool route_owns(const request_t *r, const rt_route_t *rt, slice_t name)
+{
+    return rt && rt->header_ops.count && route_names(&r->table->t, rt, name.p, name.n);
+}
+
+/* The preset replaces the upstream's values: every removal first, so the
+ * removals scan only the fields that came in (see http_resp_t.name_lens). */
 static void security_headers(request_t *r, const rt_route_t *rt)
 {
     const rt_site_t *s = &r->table->t.sites[r->site];
-    hsts(r, s, rt);
-    if (s->security_headers >= RT_SECHDR_BASIC)
-        preset(r, rt, "X-Frame-Options", s->security_headers >= RT_SECHDR_STRICT ? "DENY" : "SAMEORIGIN");
-    for (size_t i = 0; i < sizeof(presets) / sizeof(presets[0]); i++)
-        if (s->security_headers >= presets[i].min)
-            preset(r, rt, presets[i].name, presets[i].value);
+    bool hsts = r->conn->tls && ((s->flags & RT_SF_HSTS) || s->security_headers >= RT_SECHDR_STRICT);
+    const preset_t *p = s->security_headers >= RT_SECHDR_STRICT ? strict : basic;
+    size_t n = s->security_headers >= RT_SECHDR_STRICT ? NPRESET(strict)
+             : s->security_headers >= RT_SECHDR_BASIC ? NPRESET(basic) : 0;
+    if (hsts && !route_owns(r, rt, hsts_name))
+        http_resp_remove(r, hsts_name.p, hsts_name.n);
+    for (size_t i = 0; i < n; i++)
+        if (!route_owns(r, rt, p[i].name))
+            http_resp_remove(r, p[i].name.p, p[i].name.n);
+    if (hsts && !route_owns(r, rt, hsts_name)) {
+        slice_t v = hsts_value(r, s);
+        http_resp_add(r, hsts_name.p, hsts_name.n, v.p, v.n);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!route_owns(r, rt, p[i].name))
+            http_resp_add(r, p[i].name.p, p[i].name.n, p[i].value.p, p[i].value.n);
 }
 
 /* The route's headers.response: every field it names goes, then its sets. */
@@ -112,10 +125,11 @@ static void headers_filter(request_t *r)
     next_header(r);
 }
 
-static void headers_init(void)
+static int headers_init(void)
 {
     next_header = http_top_header_filter;
     http_top_header_filter = headers_filter;
+    return 0;
 }
 
 const module_t headers_filter_module = {.name = "headers", .worker_init = headers_init};

@@ -202,7 +202,8 @@ static void hb_path(hbuf_t *b, const char *p, size_t n)
     char enc[3 * ENCODE_PIECE];
     for (size_t k; n; p += k, n -= k) {
         k = n < ENCODE_PIECE ? n : ENCODE_PIECE;
-        hb_add(b, enc, path_encode(p, k, enc));
+        size_t en = path_encode(p, k, enc);
+        hb_add(b, enc, en);
     }
 }
 
@@ -263,7 +264,8 @@ static int build_head(request_t *r, iobuf_t *out)
     }
     if (r->body_length > 0) {
         char num[24];
-        hb_header(&b, "Content-Length", num, fmt_u64(num, (uint64_t)r->body_length));
+        size_t nl = fmt_u64(num, (uint64_t)r->body_length);
+        hb_header(&b, "Content-Length", num, nl);
     } else if (r->body_length < 0) {
         hb_str(&b, "Transfer-Encoding: chunked\r\n");
     } else if (r->content_length == 0) {

@@ -199,3 +199,13 @@ void accesslog_request(const request_t *r)
     }
     used += l.n;
 }
+
+static int accesslog_worker_init(void)
+{
+    http_log = accesslog_request;
+    http_log_agents = accesslog_on();
+    return 0;
+}
+
+const module_t accesslog_module = {
+    .name = "accesslog", .worker_init = accesslog_worker_init, .worker_idle = accesslog_flush, .worker_exit = accesslog_flush};

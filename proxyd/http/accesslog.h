@@ -13,5 +13,7 @@ int accesslog_open(const char *path); /* "" = stderr, "off" = nowhere */
 bool accesslog_on(void);              /* false: logs.access is "off" */
 void accesslog_request(const request_t *r);
 void accesslog_flush(void);
+/* The module: the log phase, flushed after every batch and at exit. */
+extern const module_t accesslog_module;
 
 #endif

@@ -30,6 +30,7 @@ typedef struct {
     request_t *req;
     uint32_t scanned;           /* h1_head_ready resume offset of the head being read */
     uint8_t state;              /* h1_state */
+    bool partial;               /* a parse of this head found it incomplete */
 } h1_session_t;
 
 _Static_assert(sizeof(h1_session_t) <= CONN_SESSION_INLINE, "the HTTP/1.1 session lives inside the connection");
@@ -137,40 +138,30 @@ static int body_next(request_t *r, size_t max, slice_t *data)
 
 /* ---- response ----------------------------------------------------------------------- */
 
-static void send_head(request_t *r)
+static char *put(char *o, const char *p, size_t n)
 {
-    conn_t *c = r->conn;
+    memcpy(o, p, n);
+    return o + n;
+}
+#define PUT_LIT(o, lit) put((o), (lit), sizeof(lit) - 1)
+
+/* The framing fields: how the client learns where the body ends. */
+static char *put_framing(request_t *r, char *o)
+{
     h1_stream_t *st = r->stream;
     const http_resp_t *p = &r->resp;
-    char line[16] = "HTTP/1.1 ";
-    line[9] = (char)('0' + p->status / 100 % 10);
-    line[10] = (char)('0' + p->status / 10 % 10);
-    line[11] = (char)('0' + p->status % 10);
-    line[12] = ' ';
-    conn_write(c, line, 13);
-    conn_write_str(c, http_status_reason(p->status));
-    CONN_LIT(c, "\r\n");
-    conn_write_str(c, worker_date());
-    for (uint32_t i = 0; i < p->nfields; i++) {
-        const h1_header_t *f = &p->fields[i];
-        conn_write(c, f->name.p, f->name.n);
-        CONN_LIT(c, ": ");
-        conn_write(c, f->value.p, f->value.n);
-        CONN_LIT(c, "\r\n");
-    }
     if (p->body == HTTP_BODY_TUNNEL) {
         r->tunnel = true;
-        CONN_LIT(c, "Connection: upgrade\r\nUpgrade: websocket\r\n\r\n");
-        return;
+        return PUT_LIT(o, "Connection: upgrade\r\nUpgrade: websocket\r\n\r\n");
     }
     if (p->length >= 0 && (p->body == HTTP_BODY_LENGTH || p->body == HTTP_BODY_NONE)) {
-        CONN_LIT(c, "Content-Length: ");
-        conn_write_u64(c, (uint64_t)p->length);
-        CONN_LIT(c, "\r\n");
+        o = PUT_LIT(o, "Content-Length: ");
+        o += fmt_u64(o, (uint64_t)p->length);
+        o = PUT_LIT(o, "\r\n");
     }
     if (p->body == HTTP_BODY_STREAM && !r->http10) {
         st->chunked_out = true; /* re-framed: the client always learns where the body ends */
-        CONN_LIT(c, "Transfer-Encoding: chunked\r\n");
+        o = PUT_LIT(o, "Transfer-Encoding: chunked\r\n");
     } else if (p->body == HTTP_BODY_STREAM) {
         r->keep_alive = false; /* HTTP/1.0 has no chunked coding: the close delimits */
     }
@@ -179,8 +170,42 @@ static void send_head(request_t *r)
     if (W->draining || (!r->body_done && r->on_body == NULL))
         r->keep_alive = false;
     if (!r->keep_alive)
-        CONN_LIT(c, "Connection: close\r\n");
-    CONN_LIT(c, "\r\n");
+        o = PUT_LIT(o, "Connection: close\r\n");
+    return PUT_LIT(o, "\r\n");
+}
+
+/* The head is laid out in place in c->out when it fits (the common case),
+ * else in the arena and then queued. */
+static void send_head(request_t *r)
+{
+    conn_t *c = r->conn;
+    const http_resp_t *p = &r->resp;
+    const char *reason = http_status_reason(p->status), *date = worker_date();
+    size_t rn = strlen(reason), dn = strlen(date), need = 13 + rn + 2 + dn + 160;
+    for (uint32_t i = 0; i < p->nfields; i++)
+        need += p->fields[i].name.n + p->fields[i].value.n + 4;
+    bool in_place = need <= conn_out_space(c);
+    char *base = in_place ? iobuf_wr(c->out) : arena_alloc_raw(&r->arena, need), *o = base;
+    o = PUT_LIT(o, "HTTP/1.1 ");
+    *o++ = (char)('0' + p->status / 100 % 10);
+    *o++ = (char)('0' + p->status / 10 % 10);
+    *o++ = (char)('0' + p->status % 10);
+    *o++ = ' ';
+    o = put(o, reason, rn);
+    o = PUT_LIT(o, "\r\n");
+    o = put(o, date, dn);
+    for (uint32_t i = 0; i < p->nfields; i++) {
+        const h1_header_t *f = &p->fields[i];
+        o = put(o, f->name.p, f->name.n);
+        o = PUT_LIT(o, ": ");
+        o = put(o, f->value.p, f->value.n);
+        o = PUT_LIT(o, "\r\n");
+    }
+    o = put_framing(r, o);
+    if (in_place)
+        c->out->end += (uint32_t)(o - base);
+    else
+        conn_write(c, base, (size_t)(o - base));
 }
 
 static size_t send_space(request_t *r)
@@ -257,6 +282,7 @@ static void go_idle(conn_t *c, h1_session_t *s)
 {
     s->state = H1_IDLE;
     s->scanned = 0;
+    s->partial = false;
     c->read_paused = false;
     conn_timer(c, W->table->t.global->keepalive_timeout_ms);
     if (iobuf_len(c->in)) {
@@ -313,14 +339,15 @@ static void dispatch(conn_t *c, h1_session_t *s, request_t *r, size_t n)
         h1_chunked_init(&st->chunks);
     st->remain = r->body_length > 0 ? r->body_length : 0;
     iobuf_consume(c->in, n);
-    conn_want_read(c, false);
+    c->want_read = false; /* epoll hears of it with the next change (a flush, or below) */
     uint64_t id = r->id;
     request_run(r);
     /* The handler reads the body (or a tunnel) while it answers; the request
      * may also be over already, and a pipelined one running. */
     if (!c->closed && s->req && s->req->id == id && s->req->on_body && !s->req->response_done) {
         conn_want_read(c, true);
-        body_flow(c, s->req);
+        if (!s->req->body_done || c->read_paused)
+            body_flow(c, s->req);
     }
 }
 
@@ -338,18 +365,24 @@ static void process(conn_t *c)
         if (s->state == H1_IDLE) {
             s->state = H1_HEAD;
             s->scanned = 0;
+            s->partial = false;
             conn_timer(c, W->table->t.global->header_timeout_ms);
         }
         size_t limit = head_limit(), scanned = s->scanned;
-        bool ready = h1_head_ready(iobuf_rd(c->in), iobuf_len(c->in), &scanned, limit);
-        s->scanned = (uint32_t)scanned;
-        if (!ready) {
-            conn_want_read(c, true);
-            return;
+        /* Most heads arrive whole and are parsed once; one that did not is
+         * parsed again only when the new bytes may complete it. */
+        if (s->partial) {
+            bool ready = h1_head_ready(iobuf_rd(c->in), iobuf_len(c->in), &scanned, limit);
+            s->scanned = (uint32_t)scanned;
+            if (!ready) {
+                conn_want_read(c, true);
+                return;
+            }
         }
         h1_limits_t lim = {limit, W->table->t.global->max_uri_size, H1_MAX_HEADERS};
         int n = h1_parse_request(iobuf_rd(c->in), iobuf_len(c->in), W->hreq, &lim);
         if (n == 0) {
+            s->partial = true;
             conn_want_read(c, true);
             return;
         }
@@ -486,3 +519,11 @@ const conn_session_ops_t *http_select_session(conn_t *c)
     (void)c; /* HTTP/2 (ALPN "h2", or prior knowledge) will be chosen here */
     return &h1_session_ops;
 }
+
+static int h1_worker_init(void)
+{
+    conn_set_selector(http_select_session);
+    return 0;
+}
+
+const module_t h1_session_module = {.name = "http/1.1", .worker_init = h1_worker_init};

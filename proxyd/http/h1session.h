@@ -12,4 +12,7 @@ extern const conn_session_ops_t h1_session_ops;
 /* The session a ready connection speaks (conn_set_selector). */
 const conn_session_ops_t *http_select_session(conn_t *c);
 
+/* The module: installs http_select_session in every worker. */
+extern const module_t h1_session_module;
+
 #endif

@@ -11,6 +11,7 @@
 #include "handlers/return.h"
 #include "handlers/static_handler.h"
 #include "http/path.h"
+#include "http/route_regex.h"
 
 #define ACME_PREFIX "/.well-known/acme-challenge/"
 #define ACME_PREFIX_LEN (sizeof(ACME_PREFIX) - 1)
@@ -72,7 +73,7 @@ static int phase_route(request_t *r)
         return HTTP_PHASE_DONE;
     }
     route_result_t res;
-    route_match(t, r->site, r->method.p, r->method.n, r->path.p, r->path.n, tref_regex, r->table, &res);
+    route_match(t, r->site, r->method.p, r->method.n, r->path.p, r->path.n, route_regex_match, r->table, &res);
     if (res.status == 405) {
         http_resp_init(r, 405);
         allow_header(r, res.allow);
@@ -127,3 +128,11 @@ static int phase_limit(request_t *r)
 }
 
 const http_phase_t http_phases[] = {phase_route, phase_access, phase_limit, NULL};
+
+void request_run(request_t *r)
+{
+    for (const http_phase_t *p = http_phases; *p; p++)
+        if ((*p)(r) == HTTP_PHASE_DONE)
+            return;
+    r->handler->start(r);
+}

@@ -15,10 +15,11 @@
 #include <unistd.h>
 
 #include "../common/log.h"
-#include "http/accesslog.h"
-#include "http/phases.h"
 
 #define REQ_KEEP 256
+/* A typical request (head copy, header index, response fields, handler
+ * state) fits the arena's first chunk, which the free list keeps. */
+#define REQ_ARENA 4096
 
 /* Free requests, linked through next_free. */
 static request_t *req_free;
@@ -26,6 +27,8 @@ static unsigned nreq_free;
 
 http_header_filter_t http_top_header_filter;
 http_body_filter_t http_top_body_filter;
+void (*http_log)(const request_t *r);
+bool http_log_agents;
 
 const char *http_status_reason(int s)
 {
@@ -85,7 +88,7 @@ request_t *request_new(conn_t *c, const http_session_ops_t *sess)
     } else {
         if ((r = calloc(1, sizeof(*r))) == NULL)
             return NULL;
-        arena_init(&r->arena, 1024);
+        arena_init(&r->arena, REQ_ARENA);
     }
     r->conn = c;
     r->sess = sess;
@@ -112,8 +115,8 @@ static slice_t rebase(slice_t s, const char *from, size_t len, const char *to)
 int request_set_head(request_t *r, const h1_request_t *h, size_t head_len)
 {
     const char *from = h->method.p;
-    char *raw = arena_alloc(&r->arena, head_len + 1);
-    h1_header_t *hd = h->nheaders ? arena_alloc(&r->arena, h->nheaders * sizeof(*hd)) : NULL;
+    char *raw = arena_alloc_raw(&r->arena, head_len + 1);
+    h1_header_t *hd = h->nheaders ? arena_alloc_raw(&r->arena, h->nheaders * sizeof(*hd)) : NULL;
     memcpy(raw, from, head_len);
     for (size_t i = 0; i < h->nheaders; i++) {
         hd[i] = h->headers[i];
@@ -129,7 +132,7 @@ int request_set_head(request_t *r, const h1_request_t *h, size_t head_len)
     r->upgrade_proto = rebase(h->upgrade_proto, from, head_len, raw);
     r->path = rebase(h->path, from, head_len, raw); /* normalized by the route phase */
     r->path_raw = r->path;
-    if (accesslog_on()) { /* only the access log reads them */
+    if (http_log_agents) { /* only the access log reads them */
         const h1_header_t *ua = h1_find_header(hd, r->nheaders, H1_HDR_USER_AGENT);
         const h1_header_t *ref = h1_find_header(hd, r->nheaders, H1_HDR_REFERER);
         r->user_agent = ua ? ua->value : (slice_t){NULL, 0};
@@ -146,14 +149,6 @@ int request_set_head(request_t *r, const h1_request_t *h, size_t head_len)
     r->body_length = h->chunked ? -1 : h->content_length > 0 ? h->content_length : 0;
     r->body_done = r->body_length == 0;
     return 0;
-}
-
-void request_run(request_t *r)
-{
-    for (const http_phase_t *p = http_phases; *p; p++)
-        if ((*p)(r) == HTTP_PHASE_DONE)
-            return;
-    r->handler->start(r);
 }
 
 static void count_status(uint32_t site, int status)
@@ -175,7 +170,8 @@ void request_finish(request_t *r)
         r->status = 499; /* the client went away before an answer */
     if (r->response_done)
         count_status(r->site, r->status);
-    accesslog_request(r);
+    if (http_log)
+        http_log(r);
     tref_put(r->table);
     r->id = 0; /* ids start at 1: whoever kept a pointer and the id sees the request is gone */
     if (nreq_free >= REQ_KEEP) {
@@ -199,6 +195,7 @@ void http_resp_init(request_t *r, int status)
     r->resp.nfields = 0;
     r->resp.cap = 0;
     r->resp.fields = NULL;
+    r->resp.name_lens = 0;
     HTTP_RESP_LIT(r, "Server", "proxyd");
 }
 
@@ -207,13 +204,14 @@ void http_resp_add(request_t *r, const char *name, size_t nlen, const char *valu
     http_resp_t *s = &r->resp;
     if (s->nfields == s->cap) {
         uint32_t cap = s->cap ? s->cap * 2 : 16;
-        h1_header_t *f = arena_alloc(&r->arena, cap * sizeof(*f));
+        h1_header_t *f = arena_alloc_raw(&r->arena, cap * sizeof(*f));
         if (s->nfields)
             memcpy(f, s->fields, s->nfields * sizeof(*f));
         s->fields = f;
         s->cap = cap;
     }
     s->fields[s->nfields++] = (h1_header_t){{name, nlen}, {value, vlen}, H1_HDR_OTHER, false};
+    s->name_lens |= HTTP_NAME_LEN_BIT(nlen);
 }
 
 void http_resp_add_str(request_t *r, const char *name, const char *value)
@@ -225,6 +223,8 @@ void http_resp_remove(request_t *r, const char *name, size_t nlen)
 {
     http_resp_t *s = &r->resp;
     uint32_t k = 0;
+    if (!(s->name_lens & HTTP_NAME_LEN_BIT(nlen)))
+        return; /* no field has a name of this length */
     for (uint32_t i = 0; i < s->nfields; i++)
         if (!(s->fields[i].name.n == nlen && strncasecmp(s->fields[i].name.p, name, nlen) == 0))
             s->fields[k++] = s->fields[i];
@@ -257,14 +257,16 @@ static void session_body_filter(request_t *r, const char *p, size_t n, bool last
         r->sess->send_end(r);
 }
 
-void http_filters_init(void)
+/* The chains start at the session; filter modules listed after this one
+ * in core/modules.c put themselves on top. */
+static int request_worker_init(void)
 {
     http_top_header_filter = session_header_filter;
     http_top_body_filter = session_body_filter;
-    for (const module_t *const *m = proxyd_modules; *m; m++)
-        if ((*m)->worker_init)
-            (*m)->worker_init();
+    return 0;
 }
+
+const module_t request_module = {.name = "request", .worker_init = request_worker_init};
 
 void http_respond(request_t *r, int status, const char *ctype, const char *body, size_t blen)
 {

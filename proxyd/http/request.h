@@ -43,7 +43,10 @@ typedef struct {
     int64_t length;            /* Content-Length to announce, -1 none */
     h1_header_t *fields;       /* in the request's arena, or slices valid during http_send_head */
     uint32_t nfields, cap;
+    uint64_t name_lens;        /* bit (length % 64) of every name added: most removals end here */
 } http_resp_t;
+
+#define HTTP_NAME_LEN_BIT(n) (UINT64_C(1) << ((n) & 63))
 
 /* What a protocol session does for its requests (the bottom of both filter chains). */
 typedef struct http_session_ops {
@@ -114,7 +117,7 @@ request_t *request_new(conn_t *c, const http_session_ops_t *sess);
 /* Take the parsed head h (slices into a buffer about to be reused): one
  * arena copy, slices rebased into it.  -1 out of memory. */
 int request_set_head(request_t *r, const h1_request_t *h, size_t head_len);
-/* Run the phases and then the content handler. */
+/* Run the phases and then the content handler (http/phases.c). */
 void request_run(request_t *r);
 /* The request ends (response complete, or torn down): log, count, free. */
 void request_finish(request_t *r);
@@ -157,6 +160,10 @@ typedef void (*http_header_filter_t)(request_t *r);
 typedef void (*http_body_filter_t)(request_t *r, const char *p, size_t n, bool last);
 extern http_header_filter_t http_top_header_filter;
 extern http_body_filter_t http_top_body_filter;
-void http_filters_init(void);
+/* The log phase: called for every request that ends (the access log sets it). */
+extern void (*http_log)(const request_t *r);
+extern bool http_log_agents; /* the log reads user_agent and referer */
+/* The module: the session at the bottom of both chains. */
+extern const module_t request_module;
 
 #endif

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "core/worker.h"
 #include "conn/tls.h"
 
 #define KEY_FREE     0
@@ -575,4 +576,16 @@ static int health_table_init(tref_t *tr, const module_load_t *ld, char *err, siz
     return -1;
 }
 
-const module_t health_module = {.name = "health", .table_init = health_table_init, .table_free = health_release};
+static int health_worker_init(void)
+{
+    if (W->id == 0)
+        health_checker_start(W->loop, W->table); /* one checker for the node */
+    return 0;
+}
+
+const module_t health_module = {.name = "health",
+                                 .table_init = health_table_init,
+                                 .table_free = health_release,
+                                 .worker_init = health_worker_init,
+                                 .worker_switch = health_checker_switch,
+                                 .worker_drain = health_checker_stop};

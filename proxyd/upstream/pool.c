@@ -219,7 +219,11 @@ static void pool_table_free(tref_t *tr)
     tr->mod[MOD_POOL] = NULL;
 }
 
-const module_t pool_module = {.name = "pool", .table_init = pool_table_init, .table_free = pool_table_free};
+const module_t pool_module = {.name = "pool",
+                               .table_init = pool_table_init,
+                               .table_free = pool_table_free,
+                               .worker_idle = upconn_free_deferred,
+                               .worker_drain = upool_close_idle};
 
 /* ---- connect and I/O ---------------------------------------------------------------------- */
 
