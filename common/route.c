@@ -11,8 +11,9 @@
  */
 #include "route.h"
 
-#include <strings.h>
+#include <stdbool.h>
 #include <string.h>
+#include <strings.h>
 
 static uint32_t host_probe(const rt_table_t *t, const rt_host_t *tab, uint32_t cap, const char *h, size_t n)
 {
@@ -69,14 +70,27 @@ typedef struct {
     route_result_t *res;
 } matcher_t;
 
+/* Does route rt take the method?  TRACE only where the route names it: it
+ * echoes the request, cookies included, back to a script (cross-site
+ * tracing), so a route without a methods list does not take it. */
+static bool takes(const rt_route_t *rt, uint32_t mbit)
+{
+    return rt->methods == RT_M_ALL ? mbit != RT_M_TRACE : (rt->methods & mbit) != 0;
+}
+
+static uint32_t allowed_methods(const rt_route_t *rt)
+{
+    return rt->methods == RT_M_ALL ? RT_M_ALL & ~(uint32_t)RT_M_TRACE : rt->methods;
+}
+
 static void consider(matcher_t *m, uint32_t r)
 {
     const rt_route_t *rt = &m->t->routes[r];
-    if (rt->methods == RT_M_ALL || (rt->methods & m->mbit)) {
+    if (takes(rt, m->mbit)) {
         if (m->res->route == RT_NONE || r < m->res->route)
             m->res->route = r;
     } else {
-        m->res->allow |= rt->methods;
+        m->res->allow |= allowed_methods(rt);
     }
 }
 
@@ -136,7 +150,7 @@ static int regex_failed(matcher_t *m, uint32_t r)
     const rt_route_t *rt = &m->t->routes[r];
     if (m->res->failed == RT_NONE)
         m->res->failed = r;
-    if (rt->action == RT_ACT_RETURN || !(rt->methods == RT_M_ALL || (rt->methods & m->mbit))) {
+    if (rt->action == RT_ACT_RETURN || !takes(rt, m->mbit)) {
         consider(m, r);
         return 1;
     }

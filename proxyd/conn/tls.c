@@ -397,6 +397,8 @@ static int tls_table_init(tref_t *tr, const module_load_t *ld, char *err, size_t
 
 const module_t tls_module = {.name = "tls", .table_init = tls_table_init, .table_free = tls_release};
 
+const char *tls_sni(SSL *ssl) { return SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name); }
+
 bool tls_upstream_on(const tref_t *tr, uint32_t upstream)
 {
     const tls_table_t *t = tls_of(tr);

@@ -63,6 +63,8 @@ int tls_handshake(SSL *ssl);
 ssize_t tls_read(SSL *ssl, void *buf, size_t n);
 ssize_t tls_write(SSL *ssl, const void *buf, size_t n);
 void tls_free(SSL *ssl);
+/* The server name the client sent (SNI), or NULL. */
+const char *tls_sni(SSL *ssl);
 /* A short reason for the last failure on this thread (for the error log). */
 const char *tls_error(void);
 

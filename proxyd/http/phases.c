@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../common/route.h"
+#include "conn/tls.h"
 #include "handlers/proxy.h"
 #include "handlers/return.h"
 #include "handlers/static_handler.h"
@@ -43,6 +44,15 @@ static void allow_header(request_t *r, uint32_t mask)
     http_resp_add(r, "Allow", 5, out, o);
 }
 
+/* Over TLS the certificate was chosen by SNI: a Host of another site was
+ * not meant for this connection (RFC 9110 §15.5.20), whatever the client
+ * thought it could reuse. */
+static bool misdirected(const request_t *r)
+{
+    const char *sni = r->conn->ssl ? tls_sni(r->conn->ssl) : NULL;
+    return sni && route_site(&r->table->t, sni, strlen(sni)) != r->site;
+}
+
 static const http_handler_t *const action_handler[] = {
     [RT_ACT_UPSTREAM] = &proxy_handler,
     [RT_ACT_STATIC] = &static_handler,
@@ -63,9 +73,17 @@ static int phase_route(request_t *r)
     }
     if (acme_path(r) && !r->conn->tls && return_acme_challenge(r, ACME_PREFIX_LEN))
         return HTTP_PHASE_DONE;
+    if (r->host.n == 0 && !r->http10) {
+        http_error(r, 400, NULL); /* an http URI has a host (RFC 9110 §4.2.1); only HTTP/1.0 may omit it */
+        return HTTP_PHASE_DONE;
+    }
     r->site = route_site(t, r->host.p, r->host.n);
     if (r->site == RT_NONE) {
         http_error(r, 404, NULL);
+        return HTTP_PHASE_DONE;
+    }
+    if (misdirected(r)) {
+        http_error(r, 421, NULL);
         return HTTP_PHASE_DONE;
     }
     if ((t->sites[r->site].flags & RT_SF_REDIRECT_HTTP) && !r->conn->tls && !acme_path(r)) {

@@ -1,0 +1,78 @@
+"""Request-level defences of issue 17 that live in the route phase (http/phases.c and
+common/route.c): an empty Host on HTTP/1.1 is refused, TRACE is refused unless a route names
+it, and over TLS a request for another site than the SNI named gets 421."""
+import pytest
+
+from proxyd_fixtures import http, proxyd_factory, raw_exchange  # noqa: F401
+from tls_fixtures import https_request, tls_proxyd
+
+SITES = ["""\
+site: a
+default: true
+hosts: [a.test]
+tls: {certificate: self-signed}
+routes:
+  - match: {path_prefix: /trace, methods: [GET, TRACE]}
+    return: {status: 200, body: "traced"}
+  - match: {path_prefix: /}
+    return: {status: 200, body: "site a"}
+""", """\
+site: b
+hosts: [b.test]
+tls: {certificate: self-signed}
+routes:
+  - match: {path_prefix: /}
+    return: {status: 200, body: "site b"}
+"""]
+
+
+@pytest.fixture
+def p(proxyd_factory):
+    return tls_proxyd(proxyd_factory, SITES)
+
+
+def status_of(raw):
+    return int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/1.1 ") else None
+
+
+def test_empty_host_on_http11_is_400(p):
+    assert status_of(raw_exchange(p.port, b"GET / HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n")) == 400
+    assert status_of(raw_exchange(p.port, b"GET / HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n")) == 400
+
+
+def test_http10_without_host_goes_to_the_default_site(p):
+    raw = raw_exchange(p.port, b"GET / HTTP/1.0\r\n\r\n")
+    assert status_of(raw) == 200 and raw.endswith(b"site a"), raw
+
+
+def test_trace_refused_unless_a_route_names_it(p):
+    r = http(p.port, method="TRACE", target="/x", host="a.test")
+    assert r.status == 405, r
+    allow = [m.strip() for m in r.header("Allow").split(",")]
+    assert "GET" in allow and "TRACE" not in allow, allow
+    r = http(p.port, method="TRACE", target="/trace", host="a.test")
+    assert r.status == 200 and r.body == b"traced", r
+    r = http(p.port, method="TRACE", target="/", host="b.test")
+    assert r.status == 405, r
+
+
+def test_route_test_agrees_on_trace(p):
+    rc, out, err = p.proxyctl("route-test", "http://a.test/x", "-X", "TRACE")
+    assert "405" in out + err, (rc, out, err)
+    rc, out, err = p.proxyctl("route-test", "http://a.test/trace/1", "-X", "TRACE")
+    assert "405" not in out, (rc, out, err)
+
+
+@pytest.mark.parametrize("sni, host, status", [
+    ("a.test", "a.test", 200),
+    ("b.test", "b.test", 200),
+    ("a.test", "b.test", 421),
+    ("b.test", "a.test", 421),
+    ("b.test", "B.TEST:443", 200),
+    (None, "b.test", 200),  # no SNI: nothing was promised by the certificate choice
+])
+def test_host_of_another_site_than_the_sni_is_421(p, sni, host, status):
+    r = https_request(p.https_port, host=host, sni=sni)
+    assert r.status == status, r
+    if status == 421:
+        assert r.header("Connection") == "close", r
