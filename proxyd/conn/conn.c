@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../common/log.h"
@@ -90,6 +91,42 @@ static void accept_pause_now(const listener_t *l)
     ev_timer_start(W->loop, &accept_pause, ACCEPT_PAUSE_MS, accept_resume);
 }
 
+/* limits.max_connections is the node's: every worker's open connections,
+ * from the shared counters (a worker that died counts until its slot is
+ * reused; the limit may be passed by one connection per worker at once). */
+static uint64_t node_conns(void)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < STATS_MAX_WORKERS; i++)
+        if (W->shm->workers[i].pid)
+            n += W->shm->workers[i].conns_active;
+    return n;
+}
+
+/* Over the limit: a plain client gets a 503 it can read (what it sent so
+ * far is drained first, so the close is not a reset), TLS ones a close. */
+static void refuse(const listener_t *l, int fd)
+{
+    static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                               "Content-Length: 24\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+                               "503 Service Unavailable\n";
+    static time_t logged;
+    char sink[4096];
+    W->stats->closed[CLOSE_REFUSED]++;
+    if (!W->draining && time(NULL) != logged) {
+        logged = time(NULL);
+        log_warn("port %u: refusing connections over limits.max_connections (%u for the node)", l->port,
+                 W->table->t.global->max_connections);
+    }
+    if (l->kind != RT_LISTEN_HTTPS && !W->draining) {
+        while (read(fd, sink, sizeof(sink)) > 0)
+            ;
+        (void)!write(fd, busy, sizeof(busy) - 1);
+        shutdown(fd, SHUT_WR);
+    }
+    close(fd);
+}
+
 static void link_conn(conn_t *c)
 {
     c->all_next = all_conns;
@@ -151,9 +188,8 @@ void conn_accept(listener_t *l)
                 accept_pause_now(l);
             return;
         }
-        if (W->draining || W->conns >= W->table->t.global->max_connections) {
-            close(fd);
-            W->stats->closed[CLOSE_REFUSED]++;
+        if (W->draining || node_conns() >= W->table->t.global->max_connections) {
+            refuse(l, fd);
             continue;
         }
         int one = 1;

@@ -76,3 +76,43 @@ def test_host_of_another_site_than_the_sni_is_421(p, sni, host, status):
     assert r.status == status, r
     if status == 421:
         assert r.header("Connection") == "close", r
+
+
+def test_max_connections_is_for_the_node(proxyd_factory):
+    """limits.max_connections counts every worker's connections: with 2 workers and a limit of
+    4, the fifth open connection gets a 503 it can read (not 8 per node, 4 per worker), and a
+    slot freed lets the next one in."""
+    import socket
+    import time
+    from proxyd_fixtures import read_response, request_bytes
+    p = proxyd_factory({"limits": {"max_connections": 4}}, sites=[
+        "site: a\ndefault: true\nroutes:\n  - match: {path_prefix: /}\n    return: {status: 200, body: a}\n"],
+        workers=2)
+    held = []
+    try:
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+            s.sendall(request_bytes())
+            assert read_response(s).status == 200
+            held.append(s)
+        extra = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+        extra.sendall(request_bytes())
+        r = read_response(extra)
+        assert r.status == 503 and r.header("Retry-After") == "1", r
+        extra.close()
+        held.pop().close()
+        deadline = time.monotonic() + 5
+        while True:
+            s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+            s.sendall(request_bytes())
+            r = read_response(s)
+            s.close()
+            if r.status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert r.status == 200, r
+    finally:
+        for s in held:
+            s.close()
+    log = open(p.error_log).read()
+    assert "over limits.max_connections (4 for the node)" in log, log[-2000:]
