@@ -995,6 +995,17 @@ static void up_event(upconn_t *u, uint32_t revents)
         arm_timer(u);
 }
 
+/* The upstream waited on the client: a client that stopped reading is the
+ * client's timeout, not the upstream's (the server is not counted as failed). */
+static void client_stalled(request_t *r, uint32_t ms)
+{
+    char peer[VARS_PEER_MAX];
+    vars_peer(r->conn, peer);
+    log_warn("client %s (site %s): send timed out after %ums: the client stopped reading the response", peer,
+             site_name(r), ms);
+    r->sess->abort(r, CLOSE_SEND_TIMEOUT);
+}
+
 static void up_timeout(upconn_t *u)
 {
     request_t *r = u->req;
@@ -1005,6 +1016,8 @@ static void up_timeout(upconn_t *u)
         up_failed(u, RT_ON_TIMEOUT, 504, "TLS handshake timed out after %ums", p->connect_ms);
     else if (r->tunnel)
         r->sess->abort(r, CLOSE_TUNNEL_IDLE);
+    else if (u->read_paused)
+        client_stalled(r, p->read_ms);
     else if (iobuf_len(u->out))
         up_failed(u, RT_ON_TIMEOUT, 504, "send timed out after %ums", p->send_ms);
     else

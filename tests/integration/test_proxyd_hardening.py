@@ -3,7 +3,7 @@ common/route.c): an empty Host on HTTP/1.1 is refused, TRACE is refused unless a
 it, and over TLS a request for another site than the SNI named gets 421."""
 import pytest
 
-from proxyd_fixtures import http, proxyd_factory, raw_exchange  # noqa: F401
+from proxyd_fixtures import backend_factory, http, proxyd_factory, raw_exchange  # noqa: F401
 from tls_fixtures import https_request, tls_proxyd
 
 SITES = ["""\
@@ -116,3 +116,28 @@ def test_max_connections_is_for_the_node(proxyd_factory):
             s.close()
     log = open(p.error_log).read()
     assert "over limits.max_connections (4 for the node)" in log, log[-2000:]
+
+
+def test_client_that_stops_reading_is_a_client_send_timeout(proxyd_factory, backend_factory):
+    """The upstream waits on a client that stopped reading: that is logged as the client's send
+    timeout (and the connection closed), not as an upstream read timeout against the server."""
+    import socket
+    import time
+    from proxyd_fixtures import proxy_site, request_bytes
+    body = b"x" * (32 << 20)
+    b = backend_factory(lambda req, conn: conn.respond(200, body))
+    p = proxyd_factory(sites=[proxy_site("a", b.address, default=True, route_extra="timeouts: {read: 1s}")],
+                       workers=1)
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        s.sendall(request_bytes())
+        deadline = time.monotonic() + 8
+        log = ""
+        while time.monotonic() < deadline and "stopped reading" not in log:
+            time.sleep(0.2)
+            log = open(p.error_log).read()
+        assert "send timed out after 1000ms: the client stopped reading the response" in log, log[-2000:]
+        assert "read timed out" not in log, log[-2000:]
+    finally:
+        s.close()
