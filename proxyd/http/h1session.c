@@ -263,6 +263,21 @@ static void send_interim(request_t *r, int status)
 
 static void abort_stream(request_t *r, conn_close_reason_t why) { conn_close(r->conn, why); }
 
+/* Nothing of this response was written yet, and c->out holds nothing older
+ * (a response starts on an empty buffer): drop it. */
+static bool retract(request_t *r)
+{
+    conn_t *c = r->conn;
+    h1_stream_t *st = r->stream;
+    if (c->bytes_out != r->bytes_at_start || r->response_done || r->tunnel)
+        return false;
+    iobuf_put(c->out);
+    c->out = NULL;
+    st->chunked_out = false;
+    r->response_started = false;
+    return true;
+}
+
 static const http_session_ops_t h1_http_ops = {
     .proto = "HTTP/1.1",
     .send_head = send_head,
@@ -274,6 +289,7 @@ static const http_session_ops_t h1_http_ops = {
     .send_interim = send_interim,
     .body_next = body_next,
     .abort = abort_stream,
+    .retract = retract,
 };
 
 /* ---- requests one after another -------------------------------------------------------- */

@@ -296,7 +296,10 @@ void http_send_status_body(request_t *r)
 
 void http_error(request_t *r, int status, const char *reason)
 {
-    if (r->response_started) {
+    if (r->response_started && r->sess->retract(r)) {
+        log_warn("%.*s %.*s: the response failed before any byte of it was sent: %d instead", (int)r->method.n,
+                 r->method.p ? r->method.p : "-", (int)r->target.n, r->target.p ? r->target.p : "-", status);
+    } else if (r->response_started) {
         /* Part of the response is out: the only honest end is to abort the stream. */
         if (reason)
             log_warn("%.*s: closing mid-response: %s", (int)r->host.n, r->host.p ? r->host.p : "-", reason);

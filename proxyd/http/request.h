@@ -66,6 +66,9 @@ typedef struct http_session_ops {
     int (*body_next)(request_t *r, size_t max, slice_t *data);
     /* The response cannot be completed: end the stream (HTTP/1.1 closes). */
     void (*abort)(request_t *r, conn_close_reason_t why);
+    /* Take back a response of which no byte has left yet (a failure found
+     * before the first flush can still be answered): true if it could. */
+    bool (*retract)(request_t *r);
 } http_session_ops_t;
 
 /* A content handler; start() runs once the phases let the request through. */

@@ -141,3 +141,23 @@ def test_client_that_stops_reading_is_a_client_send_timeout(proxyd_factory, back
         assert "read timed out" not in log, log[-2000:]
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;\x01\r\nhello\r\n0\r\n\r\n",
+])
+def test_bad_chunk_before_any_byte_is_sent_is_502(proxyd_factory, backend_factory, raw):
+    """An upstream body that is broken before any byte of the answer left proxyd is still
+    answered 502 (the queued head is taken back), not by an empty close."""
+    from proxyd_fixtures import proxy_site
+
+    def h(req, conn):
+        conn.send(raw)
+        return False
+    b = backend_factory(h)
+    p = proxyd_factory(sites=[proxy_site("s", b.address, default=True)])
+    r = http(p.port, target="/x")
+    assert r.status == 502, r
+    assert b"hello" not in r.body
+    assert "invalid chunked body" in open(p.error_log).read()
