@@ -14,14 +14,14 @@ CTL_PKGS := libcurl jansson
 CTL_LIBS := $(shell pkg-config --libs $(CTL_PKGS) 2>/dev/null)
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-COMMON_SRC  := common/util.c common/ruletable.c common/rtwrite.c common/store.c common/route.c common/ha.c
+COMMON_SRC  := common/util.c common/str.c common/ruletable.c common/rtwrite.c common/store.c common/route.c common/ha.c
 PROXYCTL_SRC := proxyctl/main.c proxyctl/diag.c proxyctl/yaml.c proxyctl/config.c proxyctl/check.c \
                 proxyctl/compile.c proxyctl/build.c proxyctl/cmd_site.c proxyctl/cmd_gen.c \
                 proxyctl/cmd_route.c proxyctl/cmd_admin.c proxyctl/dump.c proxyctl/certs.c \
                 proxyctl/acme.c proxyctl/cmd_cert.c proxyctl/cmd_ha.c
 GEN_SRC     := build/gen/store_sql.c build/gen/store_v2_sql.c build/gen/keepalived_conf.c
 PROXYD_SRC  := $(sort $(wildcard proxyd/*/*.c))
-PROXYD_COMMON := common/util.c common/ruletable.c common/store.c common/route.c common/log.c common/ha.c
+PROXYD_COMMON := common/util.c common/str.c common/ruletable.c common/store.c common/route.c common/log.c common/ha.c
 HEADERS     := $(wildcard common/*.h proxyctl/*.h proxyd/*/*.h)
 
 PYTEST := /usr/bin/python3 -m pytest

@@ -178,23 +178,23 @@ static const kind_t kinds[R_MAX] = {
                   "DELETE FROM ticket_keys"},
 };
 
-static void put_u32(buf_t *b, uint32_t v)
+static void put_u32(str_buf_t *b, uint32_t v)
 {
     uint8_t x[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
-    buf_append(b, x, 4);
+    str_append(b, x, 4);
 }
 
 static uint32_t get_u32(const uint8_t *p) { return p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
 
-static void put_field(buf_t *b, const void *p, size_t n)
+static void put_field(str_buf_t *b, const void *p, size_t n)
 {
     put_u32(b, (uint32_t)n);
-    buf_append(b, p, n);
+    str_append(b, p, n);
 }
 
-static void put_str(buf_t *b, const char *s) { put_field(b, s, strlen(s)); }
+static void put_str(str_buf_t *b, const char *s) { put_field(b, s, strlen(s)); }
 
-static void put_int(buf_t *b, int64_t v)
+static void put_int(str_buf_t *b, int64_t v)
 {
     char t[24];
     int n = snprintf(t, sizeof(t), "%lld", (long long)v);
@@ -202,7 +202,7 @@ static void put_int(buf_t *b, int64_t v)
 }
 
 /* One record per row of the kind's query. */
-static int put_rows(store_t *st, buf_t *b, uint32_t kind)
+static int put_rows(store_t *st, str_buf_t *b, uint32_t kind)
 {
     const kind_t *k = &kinds[kind];
     sqlite3_stmt *q = store_prepare(st, k->select);
@@ -229,14 +229,14 @@ static int put_rows(store_t *st, buf_t *b, uint32_t kind)
     return 0;
 }
 
-int ha_snapshot_encode(store_t *st, const char *node, bool full, buf_t *out)
+int ha_snapshot_encode(store_t *st, const char *node, bool full, str_buf_t *out)
 {
     if (store_exec(st, "BEGIN") < 0) /* one read transaction: a consistent snapshot */
         return -1;
     ha_state_t s;
     int64_t gen;
     char digest[65];
-    buf_t body = {0};
+    str_buf_t body = {0};
     if (ha_state_get(st, &s) < 0 || ha_active(st, &gen, digest) < 0)
         goto fail;
     put_u32(&body, R_META);
@@ -255,14 +255,14 @@ int ha_snapshot_encode(store_t *st, const char *node, bool full, buf_t *out)
     hdr[12] = full;
     for (int i = 0; i < 8; i++)
         hdr[16 + i] = (uint8_t)((uint64_t)body.len >> (8 * i));
-    SHA256(body.p ? body.p : (const uint8_t *)"", body.len, hdr + 24);
+    SHA256((const uint8_t *)(body.p ? body.p : ""), body.len, hdr + 24);
     out->len = 0;
-    buf_append(out, hdr, sizeof(hdr));
-    buf_append(out, body.p, body.len);
-    buf_free(&body);
+    str_append(out, hdr, sizeof(hdr));
+    str_append(out, body.p, body.len);
+    str_buf_free(&body);
     return 0;
 fail:
-    buf_free(&body);
+    str_buf_free(&body);
     store_rollback(st);
     return -1;
 }
@@ -746,7 +746,7 @@ static int read_full(ha_client_t *c, uint8_t *p, size_t n, int64_t deadline, cha
 }
 
 /* One request and its response on the current (or a new) connection. */
-static int fetch_once(ha_client_t *c, SSL_CTX *ctx, const char *peer, const char *self, char cmd, buf_t *out,
+static int fetch_once(ha_client_t *c, SSL_CTX *ctx, const char *peer, const char *self, char cmd, str_buf_t *out,
                       int64_t deadline, char *why, size_t whylen)
 {
     uint8_t req[HA_REQ_LEN] = {'P', 'X', 'H', 'A', 1, (uint8_t)cmd, 0, 0};
@@ -755,24 +755,25 @@ static int fetch_once(ha_client_t *c, SSL_CTX *ctx, const char *peer, const char
         return -1;
     if (ssl_call(c, ssl_write_op, req, sizeof(req), deadline, "sending", why, whylen) < 0)
         return -1;
-    buf_reserve(out, HA_HDR_LEN);
-    if (read_full(c, out->p, HA_HDR_LEN, deadline, why, whylen) < 0)
+    str_reserve(out, HA_HDR_LEN);
+    uint8_t *hdr = (uint8_t *)out->p; /* until the reserve below moves it */
+    if (read_full(c, hdr, HA_HDR_LEN, deadline, why, whylen) < 0)
         return -1;
-    if (memcmp(out->p, "PXHASNAP", 8) != 0)
+    if (memcmp(hdr, "PXHASNAP", 8) != 0)
         return seterr(why, whylen, "the peer does not speak the replication protocol");
     uint64_t len = 0;
     for (int i = 7; i >= 0; i--)
-        len = len << 8 | out->p[16 + i];
+        len = len << 8 | hdr[16 + i];
     if (len > HA_MAX_BODY)
         return seterr(why, whylen, "the peer announces %llu bytes (limit %u)", (unsigned long long)len, HA_MAX_BODY);
-    buf_reserve(out, HA_HDR_LEN + (size_t)len);
-    if (read_full(c, out->p + HA_HDR_LEN, (size_t)len, deadline, why, whylen) < 0)
+    str_reserve(out, HA_HDR_LEN + (size_t)len);
+    if (read_full(c, (uint8_t *)out->p + HA_HDR_LEN, (size_t)len, deadline, why, whylen) < 0)
         return -1;
     out->len = HA_HDR_LEN + (size_t)len;
     return 0;
 }
 
-int ha_fetch(ha_client_t *c, SSL_CTX *ctx, const char *peer, const char *self, char cmd, buf_t *out, int timeout_ms,
+int ha_fetch(ha_client_t *c, SSL_CTX *ctx, const char *peer, const char *self, char cmd, str_buf_t *out, int timeout_ms,
              char *err, size_t errlen)
 {
     int64_t deadline = now_ms() + timeout_ms;
@@ -792,7 +793,7 @@ int ha_pull(store_t *st, ha_client_t *c, SSL_CTX *ctx, const ha_conf_t *conf, bo
             bool *reload, ha_meta_t *peer, char *err, size_t errlen)
 {
     *pulled = *reload = false;
-    buf_t b = {0};
+    str_buf_t b = {0};
     ha_state_t s;
     int64_t gen;
     char digest[65];
@@ -800,7 +801,7 @@ int ha_pull(store_t *st, ha_client_t *c, SSL_CTX *ctx, const ha_conf_t *conf, bo
     memset(peer, 0, sizeof(*peer));
     if (ha_fetch(c, ctx, conf->peer, conf->node, HA_CMD_META, &b, timeout_ms, err, errlen) < 0)
         goto out;
-    if (ha_snapshot_check(b.p, b.len, peer, err, errlen) < 0) {
+    if (ha_snapshot_check((const uint8_t *)b.p, b.len, peer, err, errlen) < 0) {
         ha_client_close(c);
         goto out;
     }
@@ -825,13 +826,13 @@ int ha_pull(store_t *st, ha_client_t *c, SSL_CTX *ctx, const ha_conf_t *conf, bo
     snprintf(cmd, sizeof(cmd), "ha sync from %s", peer->node);
     char why[400];
     /* peer receives the snapshot's own META, which may be newer than the one that decided */
-    if (ha_snapshot_apply(st, b.p, b.len, cmd, peer, reload, why, sizeof(why)) < 0) {
+    if (ha_snapshot_apply(st, (const uint8_t *)b.p, b.len, cmd, peer, reload, why, sizeof(why)) < 0) {
         seterr(err, errlen, "peer %s: snapshot refused: %s", conf->peer, why);
         goto out;
     }
     *pulled = true;
     rc = 0;
 out:
-    buf_free(&b);
+    str_buf_free(&b);
     return rc;
 }

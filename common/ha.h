@@ -26,6 +26,7 @@
 #include <openssl/ssl.h>
 
 #include "store.h"
+#include "str.h"
 #include "util.h"
 
 #define HA_REQ_LEN 8
@@ -75,7 +76,7 @@ int ha_active(store_t *st, int64_t *id, char digest[65]);
 
 /* The response to a request: META only, or META and all replicated rows,
  * read in one transaction.  out receives header and body. */
-int ha_snapshot_encode(store_t *st, const char *node, bool full, buf_t *out);
+int ha_snapshot_encode(store_t *st, const char *node, bool full, str_buf_t *out);
 /* Check the header, the digest and every record's shape; fill meta.
  * 0, or -1 with the reason in err. */
 int ha_snapshot_check(const uint8_t *p, size_t n, ha_meta_t *meta, char *err, size_t errlen);
@@ -109,7 +110,7 @@ void ha_client_close(ha_client_t *c);
 /* Send one request and read the whole response into out (header
  * included), connecting first when needed.  Every step is bounded by
  * timeout_ms in total.  0, or -1 with err set and the connection closed. */
-int ha_fetch(ha_client_t *c, SSL_CTX *ctx, const char *peer, const char *self, char cmd, buf_t *out, int timeout_ms,
+int ha_fetch(ha_client_t *c, SSL_CTX *ctx, const char *peer, const char *self, char cmd, str_buf_t *out, int timeout_ms,
              char *err, size_t errlen);
 /* Pull from the peer once: fetch META, decide, fetch and apply a snapshot.
  * force pulls whatever the roles; otherwise a pull happens when the peer is

@@ -10,9 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "str.h"
 
 struct rtw {
-    buf_t sec[RT_SEC_COUNT];
+    str_buf_t sec[RT_SEC_COUNT];
     rt_str_t *intern; /* open addressing; len == UINT32_MAX marks empty */
     uint32_t intern_cap, intern_used;
 };
@@ -22,7 +23,7 @@ rtw_t *rtw_new(void)
     rtw_t *w = calloc(1, sizeof(*w));
     if (w == NULL)
         abort();
-    buf_append(&w->sec[RT_SEC_STRINGS], "", 1); /* offset 0 is "" */
+    str_append(&w->sec[RT_SEC_STRINGS], "", 1); /* offset 0 is "" */
     return w;
 }
 
@@ -31,7 +32,7 @@ void rtw_free(rtw_t *w)
     if (w == NULL)
         return;
     for (unsigned i = 0; i < RT_SEC_COUNT; i++)
-        buf_free(&w->sec[i]);
+        str_buf_free(&w->sec[i]);
     free(w->intern);
     free(w);
 }
@@ -65,7 +66,7 @@ rt_str_t rtw_str(rtw_t *w, const char *s, size_t n)
         return (rt_str_t){0, 0};
     if (w->intern_used * 2 >= w->intern_cap)
         intern_grow(w);
-    buf_t *b = &w->sec[RT_SEC_STRINGS];
+    str_buf_t *b = &w->sec[RT_SEC_STRINGS];
     uint32_t h = rt_hash(s, n) & (w->intern_cap - 1);
     for (;; h = (h + 1) & (w->intern_cap - 1)) {
         rt_str_t e = w->intern[h];
@@ -75,8 +76,8 @@ rt_str_t rtw_str(rtw_t *w, const char *s, size_t n)
             return e;
     }
     rt_str_t r = {(uint32_t)b->len, (uint32_t)n};
-    buf_append(b, s, n);
-    buf_append(b, "", 1);
+    str_append(b, s, n);
+    str_append(b, "", 1);
     w->intern[h] = r;
     w->intern_used++;
     return r;
@@ -87,11 +88,11 @@ rt_str_t rtw_cstr(rtw_t *w, const char *s) { return s ? rtw_str(w, s, strlen(s))
 uint32_t rtw_add(rtw_t *w, unsigned sec, const void *recs, uint32_t count)
 {
     size_t es = rt_entsize(sec);
-    buf_t *b = &w->sec[sec];
+    str_buf_t *b = &w->sec[sec];
     uint32_t first = (uint32_t)(b->len / es);
     if (count == 0)
         return first;
-    buf_reserve(b, es * count);
+    str_reserve(b, es * count);
     if (recs)
         memcpy(b->p + b->len, recs, es * count);
     else

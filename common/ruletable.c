@@ -16,6 +16,8 @@
 
 #include <openssl/evp.h>
 
+#include "str.h"
+
 static const size_t entsize[RT_SEC_COUNT] = {
     [RT_SEC_STRINGS] = 1,
     [RT_SEC_GLOBAL] = sizeof(rt_global_t),
@@ -66,10 +68,7 @@ uint32_t rt_hash(const char *p, size_t n)
 {
     uint32_t h = 2166136261u;
     for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)p[i];
-        if (c >= 'A' && c <= 'Z')
-            c |= 0x20;
-        h = (h ^ c) * 16777619u;
+        h = (h ^ (uint32_t)str_lower_char((unsigned char)p[i])) * 16777619u;
     }
     return h;
 }

@@ -1,5 +1,5 @@
 /*
- * util.c - arena, buffer and value-syntax parsers (see util.h).
+ * util.c - arena, value-syntax parsers and hot-path formatters (see util.h).
  *
  * The parsers are strict: no leading or trailing blanks, no signs, and every
  * numeric result is checked for overflow before it is multiplied.
@@ -101,48 +101,6 @@ void arena_reset(arena_t *a)
     }
     keep->next = NULL;
     keep->used = 0;
-}
-
-void buf_reserve(buf_t *b, size_t extra)
-{
-    if (b->cap - b->len >= extra)
-        return;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap - b->len < extra)
-        cap *= 2;
-    uint8_t *p = realloc(b->p, cap);
-    if (p == NULL)
-        abort();
-    b->p = p;
-    b->cap = cap;
-}
-
-void buf_append(buf_t *b, const void *p, size_t n)
-{
-    buf_reserve(b, n);
-    if (n)
-        memcpy(b->p + b->len, p, n);
-    b->len += n;
-}
-
-void buf_printf(buf_t *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    buf_reserve(b, (size_t)n + 1);
-    va_start(ap, fmt);
-    vsnprintf((char *)b->p + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-}
-
-void buf_free(buf_t *b)
-{
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
 }
 
 /* Leading decimal digits of s[0..n) into *v; returns how many were read. */

@@ -1,8 +1,9 @@
 /*
- * util.h - small pieces both programs share: an arena, a growable byte
- * buffer, and the parsers for the value syntaxes of the site YAML (durations,
- * sizes, CIDRs, socket addresses).  The value parsers take slices and never
- * allocate; they return 0 or -1 and, on -1, leave a short reason in *why.
+ * util.h - small pieces both programs share: an arena, the hot-path number
+ * and address formatters, and the parsers for the value syntaxes of the site
+ * YAML (durations, sizes, CIDRs, socket addresses).  The value parsers take
+ * slices and never allocate; they return 0 or -1 and, on -1, leave a short
+ * reason in *why.  The append buffer is str_buf_t (str.h).
  */
 #ifndef COMMON_UTIL_H
 #define COMMON_UTIL_H
@@ -31,17 +32,6 @@ char *arena_printf(arena_t *a, const char *fmt, ...) __attribute__((format(print
 void arena_free(arena_t *a);
 /* Forget every allocation but keep one chunk for reuse (per-request arenas). */
 void arena_reset(arena_t *a);
-
-/* ---- growable buffer ---------------------------------------------------- */
-typedef struct {
-    uint8_t *p;
-    size_t len, cap;
-} buf_t;
-
-void buf_reserve(buf_t *b, size_t extra); /* aborts on OOM */
-void buf_append(buf_t *b, const void *p, size_t n);
-void buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void buf_free(buf_t *b);
 
 /* ---- value syntaxes ------------------------------------------------------ */
 /* "250ms", "30s", "5m", "12h", "30d", or a bare number of seconds. */

@@ -37,6 +37,7 @@
 #include <openssl/sha.h>
 #include <openssl/x509v3.h>
 
+#include "../common/str.h"
 #include "../common/util.h"
 #include "certs.h"
 
@@ -52,7 +53,7 @@
 
 typedef struct {
     long status;
-    buf_t body;
+    str_buf_t body;
     char location[2048];
     char content_type[128];
     char nonce[256];
@@ -205,10 +206,10 @@ static char *jws(acme_t *a, const char *url, const char *payload)
         abort();
     char *p64 = b64u_str(ptext), *pl64 = b64u_str(payload ? payload : "");
     free(ptext);
-    buf_t in = {0};
-    buf_printf(&in, "%s.%s", p64, pl64);
+    str_buf_t in = {0};
+    str_printf(&in, "%s.%s", p64, pl64);
     char *sig = es256(a->key, (const char *)in.p, in.len), *out = NULL;
-    buf_free(&in);
+    str_buf_free(&in);
     if (sig) {
         json_t *body = json_pack("{s:s, s:s, s:s}", "protected", p64, "payload", pl64, "signature", sig);
         out = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -222,11 +223,11 @@ static char *jws(acme_t *a, const char *url, const char *payload)
 
 /* ---- HTTP ------------------------------------------------------------------------------ */
 
-static void resp_free(resp_t *r) { buf_free(&r->body); }
+static void resp_free(resp_t *r) { str_buf_free(&r->body); }
 
 static void resp_reset(resp_t *r)
 {
-    buf_free(&r->body);
+    str_buf_free(&r->body);
     memset(r, 0, sizeof(*r));
     r->retry_after_ms = -1;
 }
@@ -254,8 +255,8 @@ static size_t on_header(char *p, size_t size, size_t nitems, void *arg)
     resp_t *r = arg;
     size_t n = size * nitems;
     if (n >= 5 && strncmp(p, "HTTP/", 5) == 0) { /* a new response (after 100 Continue) */
-        buf_t keep = r->body;
-        r->body = (buf_t){0};
+        str_buf_t keep = r->body;
+        r->body = (str_buf_t){0};
         resp_reset(r);
         r->body = keep;
         return n;
@@ -290,8 +291,8 @@ static size_t on_body(char *p, size_t size, size_t nitems, void *arg)
     size_t n = size * nitems;
     if (r->body.len + n > ACME_MAX_BODY)
         return 0; /* aborts the transfer */
-    buf_append(&r->body, p, n);
-    buf_reserve(&r->body, 1);
+    str_append(&r->body, p, n);
+    str_reserve(&r->body, 1);
     r->body.p[r->body.len] = '\0';
     return n;
 }
@@ -814,12 +815,12 @@ static int64_t asn1_unix(const ASN1_TIME *t)
 }
 
 /* Split the PEM chain (§7.4.2: leaf first) and check it against key and hosts. */
-static int take_chain(acme_t *a, const buf_t *pem, EVP_PKEY *key, const char *const *hosts, size_t n,
+static int take_chain(acme_t *a, const str_buf_t *pem, EVP_PKEY *key, const char *const *hosts, size_t n,
                       acme_cert_t *out)
 {
     BIO *b = BIO_new_mem_buf(pem->p, (int)pem->len);
     X509 *leaf = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL, *x;
-    buf_t chain = {0};
+    str_buf_t chain = {0};
     int rc = -1;
     if (leaf == NULL) {
         fail(a, "the CA sent no PEM certificate");
@@ -828,7 +829,7 @@ static int take_chain(acme_t *a, const buf_t *pem, EVP_PKEY *key, const char *co
     while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
         char *p = certs_pem(NULL, x);
         if (p)
-            buf_printf(&chain, "%s", p);
+            str_printf(&chain, "%s", p);
         free(p);
         X509_free(x);
     }
@@ -850,7 +851,7 @@ static int take_chain(acme_t *a, const buf_t *pem, EVP_PKEY *key, const char *co
         snprintf(out->issuer, sizeof(out->issuer), "?");
     rc = out->cert_pem && out->key_pem && out->chain_pem ? 0 : fail(a, "out of memory");
 out:
-    buf_free(&chain);
+    str_buf_free(&chain);
     X509_free(leaf);
     BIO_free(b);
     return rc;

@@ -19,6 +19,7 @@
 
 #include "../common/ha.h"
 #include "../common/ruletable.h"
+#include "../common/str.h"
 #include "cli.h"
 #include "certs.h"
 #include "config.h"
@@ -295,15 +296,10 @@ int cli_notify_reload(cli_t *cli, store_t *st)
 
 void cli_json_str(FILE *out, const char *s)
 {
-    fputc('"', out);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(out, "\\%c", c);
-        else if (c < 0x20)
-            fprintf(out, "\\u%04x", c);
-        else
-            fputc(c, out);
-    }
-    fputc('"', out);
+    str_buf_t b = {0};
+    STR_APPEND_LIT(&b, "\"");
+    str_json_escape(&b, s, strlen(s), SIZE_MAX);
+    STR_APPEND_LIT(&b, "\"");
+    fwrite(b.p, 1, b.len, out);
+    str_buf_free(&b);
 }

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "../common/ruletable.h"
+#include "../common/str.h"
 #include "../common/util.h"
 #include "cli.h"
 
@@ -40,7 +41,7 @@ static char *admin_path(cli_t *cli)
 /* One request, the whole response into out (NUL-terminated, growing as the
  * answer needs: /status of 10,000 sites is several MiB); returns the status
  * code or -1. */
-static int admin_request(const char *path, const char *method, const char *target, buf_t *out)
+static int admin_request(const char *path, const char *method, const char *target, str_buf_t *out)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
@@ -64,14 +65,14 @@ static int admin_request(const char *path, const char *method, const char *targe
     if (write(fd, req, (size_t)n) == n) {
         ssize_t r;
         do {
-            buf_reserve(out, 65536);
+            str_reserve(out, 65536);
             r = read(fd, out->p + out->len, out->cap - out->len - 1);
             if (r > 0)
                 out->len += (size_t)r;
         } while (r > 0);
     }
     close(fd);
-    buf_reserve(out, 1);
+    str_reserve(out, 1);
     out->p[out->len] = '\0';
     if (out->len < 12 || strncmp((const char *)out->p, "HTTP/1.", 7) != 0) {
         errno = EPROTO;
@@ -85,7 +86,7 @@ static int call(cli_t *cli, const char *method, const char *target, int print_bo
     char *path = admin_path(cli);
     if (path == NULL)
         return EXIT_RUNTIME;
-    buf_t resp = {0};
+    str_buf_t resp = {0};
     int status = admin_request(path, method, target, &resp);
     const char *body = resp.p ? strstr((const char *)resp.p, "\r\n\r\n") : NULL;
     int rc = EXIT_OK;
@@ -98,7 +99,7 @@ static int call(cli_t *cli, const char *method, const char *target, int print_bo
     } else if (print_body) {
         fputs(body ? body + 4 : "", stdout);
     }
-    buf_free(&resp);
+    str_buf_free(&resp);
     free(path);
     return rc;
 }

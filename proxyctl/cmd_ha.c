@@ -26,6 +26,7 @@
 #include <openssl/x509v3.h>
 
 #include "../common/ha.h"
+#include "../common/str.h"
 #include "certs.h"
 #include "cli.h"
 #include "config.h"
@@ -419,14 +420,14 @@ typedef struct {
 } subst_t;
 
 /* The template with every {{key}} replaced; unknown keys are an error. */
-static int expand(const char *tpl, const subst_t *subs, size_t nsubs, buf_t *out)
+static int expand(const char *tpl, const subst_t *subs, size_t nsubs, str_buf_t *out)
 {
     const char *p = tpl;
     for (const char *o; (o = strstr(p, "{{")) != NULL;) {
         const char *c = strstr(o, "}}");
         if (c == NULL)
             break;
-        buf_append(out, p, (size_t)(o - p));
+        str_append(out, p, (size_t)(o - p));
         size_t klen = (size_t)(c - o - 2);
         size_t i = 0;
         while (i < nsubs && (strlen(subs[i].key) != klen || memcmp(subs[i].key, o + 2, klen) != 0))
@@ -435,13 +436,13 @@ static int expand(const char *tpl, const subst_t *subs, size_t nsubs, buf_t *out
             fprintf(stderr, "proxyctl: the keepalived template names an unknown value {{%.*s}}\n", (int)klen, o + 2);
             return -1;
         }
-        buf_append(out, subs[i].value, strlen(subs[i].value));
+        str_append(out, subs[i].value, strlen(subs[i].value));
         p = c + 2;
         /* a line that held only a placeholder which expanded to nothing goes */
         if (subs[i].value[0] == '\0' && *p == '\n' && (o == tpl || o[-1] == '\n'))
             p++;
     }
-    buf_append(out, p, strlen(p));
+    str_append(out, p, strlen(p));
     return 0;
 }
 
@@ -484,7 +485,7 @@ static int ha_render(cli_t *cli, int argc, char **argv)
     arena_init(&a, 1 << 14);
     cfg_global_t *g = load_ha_settings(&st, &a);
     int rc = EXIT_INVALID;
-    buf_t text = {0};
+    str_buf_t text = {0};
     if (g) {
         char peer_ip[64], advert[32], router_id[16], priority[16], version[4], src[96] = "", auth[160] = "";
         snprintf(peer_ip, sizeof(peer_ip), "%s", g->ha_peer[0] == '[' ? g->ha_peer + 1 : g->ha_peer);
@@ -513,12 +514,12 @@ static int ha_render(cli_t *cli, int argc, char **argv)
         else if (g->ha_auth_pass)
             snprintf(auth, sizeof(auth), "    authentication {\n        auth_type PASS\n        auth_pass %s\n    }",
                      g->ha_auth_pass);
-        buf_t vips = {0};
+        str_buf_t vips = {0};
         for (size_t i = 0; i < g->nha_vips; i++)
-            buf_printf(&vips, "        %s dev %s\n", g->ha_vips[i].s, g->ha_interface);
+            str_printf(&vips, "        %s dev %s\n", g->ha_vips[i].s, g->ha_interface);
         if (vips.len)
             vips.p[--vips.len] = '\0'; /* the template's own newline follows */
-        buf_append(&vips, "", 1);
+        str_append(&vips, "", 1);
         const subst_t subs[] = {
             {"node", g->ha_node},
             {"peer_ip", peer_ip},
@@ -548,9 +549,9 @@ static int ha_render(cli_t *cli, int argc, char **argv)
                             version, advert, priority, g->ha_preempt ? "" : ", nopreempt");
             }
         }
-        buf_free(&vips);
+        str_buf_free(&vips);
     }
-    buf_free(&text);
+    str_buf_free(&text);
     arena_free(&a);
     store_close(&st);
     free(tpl);

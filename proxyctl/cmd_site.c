@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "../common/str.h"
 #include "cli.h"
 #include "config.h"
 
@@ -295,12 +296,12 @@ static void yaml_quoted(char *out, size_t cap, const char *s)
 /* add-site NAME --host H... --upstream ADDR... [--tls MODE] -> YAML text */
 static char *flag_form_yaml(int argc, char **argv)
 {
-    buf_t b = {0};
+    str_buf_t b = {0};
     char q[1024];
     int nhost = 0, nup = 0;
     const char *tls = NULL;
     yaml_quoted(q, sizeof(q), argv[1]);
-    buf_printf(&b, "site: %s\nhosts:\n", q);
+    str_printf(&b, "site: %s\nhosts:\n", q);
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             continue;
@@ -308,7 +309,7 @@ static char *flag_form_yaml(int argc, char **argv)
             goto usage;
         if (strcmp(argv[i], "--host") == 0) {
             yaml_quoted(q, sizeof(q), argv[++i]);
-            buf_printf(&b, "  - %s\n", q);
+            str_printf(&b, "  - %s\n", q);
             nhost++;
         } else if (strcmp(argv[i], "--tls") == 0) {
             tls = argv[++i];
@@ -322,23 +323,23 @@ static char *flag_form_yaml(int argc, char **argv)
         goto usage;
     if (tls) {
         yaml_quoted(q, sizeof(q), tls);
-        buf_printf(&b, "tls:\n  certificate: %s\n", q);
+        str_printf(&b, "tls:\n  certificate: %s\n", q);
     }
-    buf_printf(&b, "upstreams:\n  app:\n    servers:\n");
+    str_printf(&b, "upstreams:\n  app:\n    servers:\n");
     for (int i = 2; i + 1 < argc; i++) {
         if (strcmp(argv[i], "--upstream") != 0)
             continue;
         yaml_quoted(q, sizeof(q), argv[++i]);
-        buf_printf(&b, "      - address: %s\n", q);
+        str_printf(&b, "      - address: %s\n", q);
         nup++;
     }
     if (nup == 0)
         goto usage;
-    buf_printf(&b, "routes:\n  - match: {path_prefix: /}\n    upstream: app\n");
-    buf_append(&b, "", 1);
-    return (char *)b.p;
+    str_printf(&b, "routes:\n  - match: {path_prefix: /}\n    upstream: app\n");
+    str_append(&b, "", 1);
+    return b.p;
 usage:
-    buf_free(&b);
+    str_buf_free(&b);
     return NULL;
 }
 

@@ -23,6 +23,7 @@
 #include "../common/ha.h"
 #include "../common/log.h"
 #include "../common/store.h"
+#include "../common/str.h"
 #include "../common/util.h"
 #include "upstream/health.h"
 #include "http/http1.h"
@@ -43,7 +44,7 @@ typedef struct admin_conn {
     bool metrics_only;
     char in[8192];
     size_t inlen;
-    buf_t out;
+    str_buf_t out;
     size_t sent;
 } admin_conn_t;
 
@@ -63,52 +64,53 @@ static void conn_done(admin_conn_t *a)
     ev_timer_stop(loop, &a->timer);
     ev_del(loop, &a->io);
     close(a->io.fd);
-    buf_free(&a->out);
+    str_buf_free(&a->out);
     free(a);
 }
 
 /* ---- bodies ----------------------------------------------------------------------- */
 
-/* s inside a JSON string or a Prometheus label value (both escape \ " and newline). */
-static void put_escaped(buf_t *b, const char *s)
+/* s inside a JSON string. */
+static void put_json(str_buf_t *b, const char *s) { str_json_escape(b, s, strlen(s), SIZE_MAX); }
+
+/* s inside a Prometheus label value: the text format escapes only '\\', '"'
+ * and line feed, and has no \u escape. */
+static void put_label(str_buf_t *b, const char *s)
 {
     for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            buf_printf(b, "\\%c", ch);
-        else if (ch == '\n')
-            buf_printf(b, "\\n");
-        else if (ch < 0x20)
-            buf_printf(b, "\\u%04x", ch);
+        if (*s == '"' || *s == '\\')
+            str_append(b, "\\", 1);
+        if (*s == '\n')
+            STR_APPEND_LIT(b, "\\n");
         else
-            buf_append(b, s, 1);
+            str_append(b, s, 1);
     }
 }
 
 /* Every server of every upstream with its shared state (health.h). */
-static void status_check(buf_t *b, const health_slot_t *s)
+static void status_check(str_buf_t *b, const health_slot_t *s)
 {
     uint64_t last = atomic_load(&s->hc_last_ms);
-    buf_printf(b, ",\"check\":{\"state\":\"%s\",\"checks\":%llu,\"consecutive_failures\":%u,"
+    str_printf(b, ",\"check\":{\"state\":\"%s\",\"checks\":%llu,\"consecutive_failures\":%u,"
                   "\"consecutive_successes\":%u,\"last_status\":%u,\"last_error\":\"%s\",\"last_check\":",
                atomic_load(&s->hc_down) ? "down" : "up", (unsigned long long)atomic_load(&s->hc_checks),
                atomic_load(&s->hc_fails), atomic_load(&s->hc_oks), atomic_load(&s->hc_last_status),
                health_error_name(atomic_load(&s->hc_last_error)));
     if (last)
-        buf_printf(b, "%llu.%03llu}", (unsigned long long)(last / 1000), (unsigned long long)(last % 1000));
+        str_printf(b, "%llu.%03llu}", (unsigned long long)(last / 1000), (unsigned long long)(last % 1000));
     else
-        buf_printf(b, "null}");
+        str_printf(b, "null}");
 }
 
-static void status_server(buf_t *b, const rt_table_t *t, uint32_t i, const health_slot_t *s, uint64_t now)
+static void status_server(str_buf_t *b, const rt_table_t *t, uint32_t i, const health_slot_t *s, uint64_t now)
 {
     const rt_server_t *sv = &t->servers[i];
     bool hc = t->upstreams[sv->upstream].hc_interval_ms != 0;
     uint64_t until = atomic_load(&s->down_until);
     bool passive = health_passive_down(s, now);
-    buf_printf(b, "{\"address\":\"");
-    put_escaped(b, rt_cstr(t, sv->sa.addr));
-    buf_printf(b, "\",\"weight\":%u,\"backup\":%s,\"state\":\"%s\",\"in_flight\":%d,\"requests\":%llu,"
+    str_printf(b, "{\"address\":\"");
+    put_json(b, rt_cstr(t, sv->sa.addr));
+    str_printf(b, "\",\"weight\":%u,\"backup\":%s,\"state\":\"%s\",\"in_flight\":%d,\"requests\":%llu,"
                   "\"failures\":%llu,\"downs\":%llu,\"passive_down\":%s,\"down_for_ms\":%llu",
                sv->weight, sv->flags & RT_SVF_BACKUP ? "true" : "false",
                health_usable(s, hc, now) ? "up" : "down", health_load(s),
@@ -117,31 +119,31 @@ static void status_server(buf_t *b, const rt_table_t *t, uint32_t i, const healt
                (unsigned long long)(passive ? until - now : 0));
     if (hc)
         status_check(b, s);
-    buf_printf(b, "}");
+    str_printf(b, "}");
 }
 
-static void status_upstreams(buf_t *b)
+static void status_upstreams(str_buf_t *b)
 {
     const tref_t *tr = V.table;
     const rt_table_t *t = &tr->t;
     uint64_t now = ev_now(loop);
-    buf_printf(b, ",\"upstreams\":[");
+    str_printf(b, ",\"upstreams\":[");
     for (uint32_t i = 0; i < t->nupstreams; i++) {
         const rt_upstream_t *u = &t->upstreams[i];
-        buf_printf(b, "%s{\"site\":\"%s\",\"upstream\":\"%s\",\"balance\":\"%s\",\"servers\":[", i ? "," : "",
+        str_printf(b, "%s{\"site\":\"%s\",\"upstream\":\"%s\",\"balance\":\"%s\",\"servers\":[", i ? "," : "",
                    rt_cstr(t, t->sites[u->site].name), rt_cstr(t, u->name), rt_enum_name("balance", u->balance));
         for (uint32_t k = 0; k < u->servers.count; k++) {
-            buf_printf(b, "%s", k ? "," : "");
+            str_printf(b, "%s", k ? "," : "");
             status_server(b, t, u->servers.first + k, health_slot_of(tr, u->servers.first + k), now);
         }
-        buf_printf(b, "]}");
+        str_printf(b, "]}");
     }
-    buf_printf(b, "]");
+    str_printf(b, "]");
 }
 
 /* The pair, as keepalived last reported this node's role (read fresh from
  * the store) and as the replication process sees the peer. */
-static void status_ha(buf_t *b)
+static void status_ha(str_buf_t *b)
 {
     const replica_shm_t *r = V.replica;
     if (V.ha_node[0] == '\0' || r == NULL)
@@ -151,27 +153,27 @@ static void status_ha(buf_t *b)
     if (store_open(&st, V.db, STORE_RDONLY) == 0)
         ha_state_get(&st, &hs);
     store_close(&st);
-    buf_printf(b, ",\"ha\":{\"node\":\"");
-    put_escaped(b, V.ha_node);
-    buf_printf(b, "\",\"role\":\"%s\",\"role_changed\":%lld,\"serial\":%lld,\"synced\":%lld,\"replication\":%s,", hs.role,
+    str_printf(b, ",\"ha\":{\"node\":\"");
+    put_json(b, V.ha_node);
+    str_printf(b, "\",\"role\":\"%s\",\"role_changed\":%lld,\"serial\":%lld,\"synced\":%lld,\"replication\":%s,", hs.role,
                (long long)hs.role_changed, (long long)hs.serial, (long long)hs.synced, V.replica_running ? "true" : "false");
-    buf_printf(b, "\"peer\":{\"address\":\"");
-    put_escaped(b, V.ha_peer);
-    buf_printf(b, "\",\"node\":\"");
-    put_escaped(b, r->peer_node);
-    buf_printf(b, "\",\"role\":\"%s\",\"serial\":%lld,\"last_contact\":%lld},", r->peer_role, (long long)r->peer_serial,
+    str_printf(b, "\"peer\":{\"address\":\"");
+    put_json(b, V.ha_peer);
+    str_printf(b, "\",\"node\":\"");
+    put_json(b, r->peer_node);
+    str_printf(b, "\",\"role\":\"%s\",\"serial\":%lld,\"last_contact\":%lld},", r->peer_role, (long long)r->peer_serial,
                (long long)r->last_contact);
-    buf_printf(b, "\"pulls\":%llu,\"last_pull\":%lld,\"served\":%llu,\"last_error\":\"", (unsigned long long)r->pulls,
+    str_printf(b, "\"pulls\":%llu,\"last_pull\":%lld,\"served\":%llu,\"last_error\":\"", (unsigned long long)r->pulls,
                (long long)r->last_pull, (unsigned long long)r->served);
-    put_escaped(b, r->last_error);
-    buf_printf(b, "\"}");
+    put_json(b, r->last_error);
+    str_printf(b, "\"}");
 }
 
-static void status_json(buf_t *b)
+static void status_json(str_buf_t *b)
 {
     const stats_shm_t *s = V.shm;
     uint64_t conns = 0, reqs = 0;
-    buf_printf(b, "{\"pid\":%d,\"generation\":%lld,\"reloads\":%llu,\"uptime_s\":%llu,\"workers\":[", (int)getpid(),
+    str_printf(b, "{\"pid\":%d,\"generation\":%lld,\"reloads\":%llu,\"uptime_s\":%llu,\"workers\":[", (int)getpid(),
                (long long)s->generation, (unsigned long long)s->reloads,
                (unsigned long long)((uint64_t)time(NULL) - V.started));
     for (int i = 0; i < V.nworkers; i++) {
@@ -179,22 +181,22 @@ static void status_json(buf_t *b)
         bool alive = V.pids[i] > 0 && w->pid == V.pids[i];
         conns += alive ? w->conns_active : 0;
         reqs += w->requests_total;
-        buf_printf(b, "%s{\"id\":%d,\"pid\":%d,\"alive\":%s,\"generation\":%lld,\"connections\":%llu,\"requests\":%llu}",
+        str_printf(b, "%s{\"id\":%d,\"pid\":%d,\"alive\":%s,\"generation\":%lld,\"connections\":%llu,\"requests\":%llu}",
                    i ? "," : "", i, (int)V.pids[i], alive ? "true" : "false", (long long)w->generation,
                    (unsigned long long)w->conns_active, (unsigned long long)w->requests_total);
     }
-    buf_printf(b, "],\"connections\":%llu,\"requests\":%llu,\"sites\":%u", (unsigned long long)conns,
+    str_printf(b, "],\"connections\":%llu,\"requests\":%llu,\"sites\":%u", (unsigned long long)conns,
                (unsigned long long)reqs, V.table->t.nsites);
     if (V.last_reload_error[0])
-        buf_printf(b, ",\"last_reload_error\":\"%s\"", V.last_reload_error);
+        str_printf(b, ",\"last_reload_error\":\"%s\"", V.last_reload_error);
     status_upstreams(b);
     status_ha(b);
-    buf_printf(b, "}\n");
+    str_printf(b, "}\n");
 }
 
-static void metric_header(buf_t *b, const char *name, const char *type, const char *help)
+static void metric_header(str_buf_t *b, const char *name, const char *type, const char *help)
 {
-    buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    str_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 static uint64_t sum_field(size_t offset)
@@ -205,7 +207,7 @@ static uint64_t sum_field(size_t offset)
     return v;
 }
 
-static void metrics_requests(buf_t *b)
+static void metrics_requests(str_buf_t *b)
 {
     const rt_table_t *t = &V.table->t;
     static const char *const cls[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
@@ -216,7 +218,7 @@ static void metrics_requests(buf_t *b)
             for (int i = 0; i < V.nworkers; i++)
                 v += V.shm->workers[i].site[s][c];
             if (v)
-                buf_printf(b, "proxyd_requests_total{site=\"%s\",class=\"%s\"} %llu\n", rt_cstr(t, t->sites[s].name),
+                str_printf(b, "proxyd_requests_total{site=\"%s\",class=\"%s\"} %llu\n", rt_cstr(t, t->sites[s].name),
                            cls[c], (unsigned long long)v);
         }
     for (int c = 0; c < STATS_CLASSES; c++) {
@@ -224,11 +226,11 @@ static void metrics_requests(buf_t *b)
         for (int i = 0; i < V.nworkers; i++)
             v += V.shm->workers[i].other_site[c];
         if (v)
-            buf_printf(b, "proxyd_requests_total{site=\"\",class=\"%s\"} %llu\n", cls[c], (unsigned long long)v);
+            str_printf(b, "proxyd_requests_total{site=\"\",class=\"%s\"} %llu\n", cls[c], (unsigned long long)v);
     }
 }
 
-static void metrics_latency(buf_t *b)
+static void metrics_latency(str_buf_t *b)
 {
     static const uint64_t bounds[STATS_LAT_BUCKETS] = STATS_LAT_BOUNDS;
     metric_header(b, "proxyd_upstream_response_seconds", "histogram",
@@ -238,12 +240,12 @@ static void metrics_latency(buf_t *b)
         for (int i = 0; i < V.nworkers; i++)
             cum += V.shm->workers[i].upstream_hist[k];
         if (bounds[k])
-            buf_printf(b, "proxyd_upstream_response_seconds_bucket{le=\"%.3f\"} %llu\n", (double)bounds[k] / 1000.0,
+            str_printf(b, "proxyd_upstream_response_seconds_bucket{le=\"%.3f\"} %llu\n", (double)bounds[k] / 1000.0,
                        (unsigned long long)cum);
         else
-            buf_printf(b, "proxyd_upstream_response_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+            str_printf(b, "proxyd_upstream_response_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
     }
-    buf_printf(b, "proxyd_upstream_response_seconds_sum %.3f\nproxyd_upstream_response_seconds_count %llu\n",
+    str_printf(b, "proxyd_upstream_response_seconds_sum %.3f\nproxyd_upstream_response_seconds_count %llu\n",
                (double)sum_field(offsetof(worker_stats_t, upstream_ms_sum)) / 1000.0,
                (unsigned long long)sum_field(offsetof(worker_stats_t, upstream_count)));
 }
@@ -267,7 +269,7 @@ static bool server_value(enum server_metric m, const rt_table_t *t, uint32_t i, 
     return false;
 }
 
-static void metrics_servers(buf_t *b)
+static void metrics_servers(str_buf_t *b)
 {
     static const struct {
         const char *name, *type, *help;
@@ -290,56 +292,56 @@ static void metrics_servers(buf_t *b)
             if (!server_value((enum server_metric)m, t, i, health_slot_of(tr, i), now, &v))
                 continue;
             const rt_upstream_t *u = &t->upstreams[t->servers[i].upstream];
-            buf_printf(b, "%s{site=\"%s\",upstream=\"%s\",server=\"", fam[m].name, rt_cstr(t, t->sites[u->site].name),
+            str_printf(b, "%s{site=\"%s\",upstream=\"%s\",server=\"", fam[m].name, rt_cstr(t, t->sites[u->site].name),
                        rt_cstr(t, u->name));
-            put_escaped(b, rt_cstr(t, t->servers[i].sa.addr));
-            buf_printf(b, m == SM_LAST_CHECK ? "\"} %.3f\n" : "\"} %.0f\n", v);
+            put_label(b, rt_cstr(t, t->servers[i].sa.addr));
+            str_printf(b, m == SM_LAST_CHECK ? "\"} %.3f\n" : "\"} %.0f\n", v);
         }
     }
 }
 
-static void metrics_text(buf_t *b)
+static void metrics_text(str_buf_t *b)
 {
     metrics_requests(b);
     metrics_latency(b);
     metrics_servers(b);
     metric_header(b, "proxyd_connections_active", "gauge", "Open client connections.");
-    buf_printf(b, "proxyd_connections_active %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, conns_active)));
+    str_printf(b, "proxyd_connections_active %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, conns_active)));
     metric_header(b, "proxyd_connections_total", "counter", "Client connections accepted.");
-    buf_printf(b, "proxyd_connections_total %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, conns_total)));
+    str_printf(b, "proxyd_connections_total %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, conns_total)));
     metric_header(b, "proxyd_connections_closed_total", "counter", "Client connections closed, by reason.");
 #define CLOSE_METRIC(e, label)                                                                              \
-    buf_printf(b, "proxyd_connections_closed_total{reason=\"%s\"} %llu\n", label,                          \
+    str_printf(b, "proxyd_connections_closed_total{reason=\"%s\"} %llu\n", label,                          \
                (unsigned long long)sum_field(offsetof(worker_stats_t, closed) + e * sizeof(uint64_t)));
     STATS_CLOSE_REASONS(CLOSE_METRIC)
 #undef CLOSE_METRIC
     metric_header(b, "proxyd_bytes_received_total", "counter", "Bytes read from clients.");
-    buf_printf(b, "proxyd_bytes_received_total %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, bytes_in)));
+    str_printf(b, "proxyd_bytes_received_total %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, bytes_in)));
     metric_header(b, "proxyd_bytes_sent_total", "counter", "Bytes written to clients.");
-    buf_printf(b, "proxyd_bytes_sent_total %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, bytes_out)));
+    str_printf(b, "proxyd_bytes_sent_total %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, bytes_out)));
     metric_header(b, "proxyd_generation", "gauge", "Active rule-table generation.");
-    buf_printf(b, "proxyd_generation %lld\n", (long long)V.shm->generation);
+    str_printf(b, "proxyd_generation %lld\n", (long long)V.shm->generation);
     metric_header(b, "proxyd_workers", "gauge", "Live worker processes.");
-    buf_printf(b, "proxyd_workers %d\n", OPS->live_workers());
+    str_printf(b, "proxyd_workers %d\n", OPS->live_workers());
 }
 
 /* ---- requests ------------------------------------------------------------------------ */
 
-static void reply(admin_conn_t *a, int status, const char *ctype, buf_t *body)
+static void reply(admin_conn_t *a, int status, const char *ctype, str_buf_t *body)
 {
-    buf_printf(&a->out, "HTTP/1.1 %d %s\r\nServer: proxyd\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+    str_printf(&a->out, "HTTP/1.1 %d %s\r\nServer: proxyd\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                         "Connection: close\r\n\r\n",
                status, status == 200 ? "OK" : status == 404 ? "Not Found" : status == 405 ? "Method Not Allowed"
                                                                           : status == 503 ? "Service Unavailable"
                                                                                           : "Error",
                ctype, body->len);
-    buf_append(&a->out, body->p, body->len);
+    str_append(&a->out, body->p, body->len);
 }
 
 static void route(admin_conn_t *a, const h1_request_t *h)
 {
     OPS->view(&V);
-    buf_t body = {0};
+    str_buf_t body = {0};
     int status = 200;
     const char *ctype = "application/json";
     bool get = h->method_id == H1_METHOD_GET, post = h->method_id == H1_METHOD_POST;
@@ -349,32 +351,32 @@ static void route(admin_conn_t *a, const h1_request_t *h)
         metrics_text(&body);
     } else if (a->metrics_only) {
         status = 404;
-        buf_printf(&body, "{\"error\":\"only /metrics is served here\"}\n");
+        str_printf(&body, "{\"error\":\"only /metrics is served here\"}\n");
     } else if (PATH_IS("/status") && get) {
         status_json(&body);
     } else if (PATH_IS("/health") && get) {
         bool ok = OPS->live_workers() == V.nworkers && V.shm->generation > 0;
         status = ok ? 200 : 503;
-        buf_printf(&body, "{\"healthy\":%s,\"workers\":%d,\"generation\":%lld}\n", ok ? "true" : "false",
+        str_printf(&body, "{\"healthy\":%s,\"workers\":%d,\"generation\":%lld}\n", ok ? "true" : "false",
                    OPS->live_workers(), (long long)V.shm->generation);
     } else if (PATH_IS("/reload") && post) {
         char err[256];
         if (OPS->reload(err, sizeof(err)) == 0) {
-            buf_printf(&body, "{\"generation\":%lld}\n", (long long)V.shm->generation);
+            str_printf(&body, "{\"generation\":%lld}\n", (long long)V.shm->generation);
         } else {
             status = 500;
-            buf_printf(&body, "{\"error\":\"%s\"}\n", err);
+            str_printf(&body, "{\"error\":\"%s\"}\n", err);
         }
     } else if (PATH_IS("/status") || PATH_IS("/metrics") || PATH_IS("/health") || PATH_IS("/reload")) {
         status = 405;
-        buf_printf(&body, "{\"error\":\"method not allowed\"}\n");
+        str_printf(&body, "{\"error\":\"method not allowed\"}\n");
     } else {
         status = 404;
-        buf_printf(&body, "{\"error\":\"unknown path\"}\n");
+        str_printf(&body, "{\"error\":\"unknown path\"}\n");
     }
 #undef PATH_IS
     reply(a, status, ctype, &body);
-    buf_free(&body);
+    str_buf_free(&body);
 }
 
 static void on_conn(ev_loop_t *l, ev_io_t *io, uint32_t revents)
@@ -394,10 +396,10 @@ static void on_conn(ev_loop_t *l, ev_io_t *io, uint32_t revents)
         if (rc == 0 && a->inlen < sizeof(a->in))
             return;
         if (rc <= 0) {
-            buf_t body = {0};
-            buf_printf(&body, "{\"error\":\"bad request\"}\n");
+            str_buf_t body = {0};
+            str_printf(&body, "{\"error\":\"bad request\"}\n");
             reply(a, 400, "application/json", &body);
-            buf_free(&body);
+            str_buf_free(&body);
         } else {
             route(a, &h);
         }

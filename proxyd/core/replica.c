@@ -45,7 +45,7 @@ typedef struct {
     int state;
     uint8_t req[HA_REQ_LEN];
     size_t reqlen;
-    buf_t out;
+    str_buf_t out;
     size_t sent;
     int64_t deadline;
     short events;
@@ -89,7 +89,7 @@ static void conn_close(peer_conn_t *c)
 {
     SSL_free(c->ssl);
     close(c->fd);
-    buf_free(&c->out);
+    str_buf_free(&c->out);
     memset(c, 0, sizeof(*c));
     c->fd = -1;
 }

@@ -41,6 +41,7 @@
 #include <string.h>
 
 #include "../common/log.h"
+#include "../common/str.h"
 #include "conn/tls.h"
 #include "http/path.h"
 #include "http/vars.h"
@@ -100,31 +101,18 @@ static const rt_policy_t *policy_of(const request_t *r)
 
 /* ---- the upstream request head ------------------------------------------------------ */
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-    bool overflow;
-} hbuf_t;
+/* The head is built straight into the upstream iobuf with a fixed str_buf_t:
+ * no allocation, no copy; a head that does not fit fails the request. */
 
-static void hb_add(hbuf_t *b, const char *s, size_t n)
+static void hb_header(str_buf_t *b, const char *name, size_t nn, const char *v, size_t vn)
 {
-    if (b->n + n > b->cap) {
-        b->overflow = true;
-        return;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
+    str_append(b, name, nn);
+    STR_APPEND_LIT(b, ": ");
+    str_append(b, v, vn);
+    STR_APPEND_LIT(b, "\r\n");
 }
 
-static void hb_str(hbuf_t *b, const char *s) { hb_add(b, s, strlen(s)); }
-
-static void hb_header(hbuf_t *b, const char *name, const char *v, size_t vn)
-{
-    hb_str(b, name);
-    hb_add(b, ": ", 2);
-    hb_add(b, v, vn);
-    hb_add(b, "\r\n", 2);
-}
+#define HB_HEADER_LIT(b, name, v, vn) hb_header((b), "" name, sizeof(name) - 1, (v), (vn))
 
 static bool peer_trusted(const conn_t *c, const rt_table_t *t)
 {
@@ -135,18 +123,18 @@ static bool peer_trusted(const conn_t *c, const rt_table_t *t)
     return false;
 }
 
-/* Append a template with its variables expanded. */
-static void hb_expand(hbuf_t *b, const request_t *r, const char *tmpl)
+/* Append a template with its variables expanded (2047 bytes at most). */
+static void hb_expand(str_buf_t *b, const request_t *r, const char *tmpl)
 {
     char val[2048];
     size_t n = vars_expand(r, tmpl, val, sizeof(val));
     if (n >= sizeof(val))
-        b->overflow = true;
+        str_refuse(b);
     else
-        hb_add(b, val, n);
+        str_append(b, val, n);
 }
 
-static void forwarded_headers(hbuf_t *b, const request_t *r, const rt_table_t *t)
+static void forwarded_headers(str_buf_t *b, const request_t *r, const rt_table_t *t)
 {
     const conn_t *c = r->conn;
     bool trusted = peer_trusted(c, t);
@@ -164,19 +152,19 @@ static void forwarded_headers(hbuf_t *b, const request_t *r, const rt_table_t *t
         default: break; /* X-Forwarded-For is joined below: several fields are one list (RFC 9110 §5.3) */
         }
     }
-    hb_str(b, "X-Forwarded-For: ");
+    STR_APPEND_LIT(b, "X-Forwarded-For: ");
     for (size_t i = 0; trusted && i < r->nheaders; i++)
         if (r->headers[i].id == H1_HDR_X_FORWARDED_FOR && r->headers[i].value.n) {
-            hb_add(b, r->headers[i].value.p, r->headers[i].value.n);
-            hb_str(b, ", ");
+            str_append(b, r->headers[i].value.p, r->headers[i].value.n);
+            STR_APPEND_LIT(b, ", ");
         }
-    hb_add(b, peer, peer_len);
-    hb_add(b, "\r\n", 2);
-    hb_header(b, "X-Real-IP", xri.n ? xri.p : peer, xri.n ? xri.n : peer_len);
+    str_append(b, peer, peer_len);
+    STR_APPEND_LIT(b, "\r\n");
+    HB_HEADER_LIT(b, "X-Real-IP", xri.n ? xri.p : peer, xri.n ? xri.n : peer_len);
     const char *scheme = c->tls ? "https" : "http";
-    hb_header(b, "X-Forwarded-Proto", xfp.n ? xfp.p : scheme, xfp.n ? xfp.n : strlen(scheme));
-    hb_header(b, "X-Forwarded-Host", xfh.n ? xfh.p : r->host.p, xfh.n ? xfh.n : r->host.n);
-    hb_header(b, "X-Forwarded-Port", xfport.n ? xfport.p : port, xfport.n ? xfport.n : port_len);
+    HB_HEADER_LIT(b, "X-Forwarded-Proto", xfp.n ? xfp.p : scheme, xfp.n ? xfp.n : strlen(scheme));
+    HB_HEADER_LIT(b, "X-Forwarded-Host", xfh.n ? xfh.p : r->host.p, xfh.n ? xfh.n : r->host.n);
+    HB_HEADER_LIT(b, "X-Forwarded-Port", xfport.n ? xfport.p : port, xfport.n ? xfport.n : port_len);
 }
 
 static bool skip_request_header(const h1_header_t *x)
@@ -197,17 +185,17 @@ static bool skip_request_header(const h1_header_t *x)
  * limit of its own: the head buffer's is the one that answers). */
 #define ENCODE_PIECE 1024
 
-static void hb_path(hbuf_t *b, const char *p, size_t n)
+static void hb_path(str_buf_t *b, const char *p, size_t n)
 {
     char enc[3 * ENCODE_PIECE];
     for (size_t k; n; p += k, n -= k) {
         k = n < ENCODE_PIECE ? n : ENCODE_PIECE;
         size_t en = path_encode(p, k, enc);
-        hb_add(b, enc, en);
+        str_append(b, enc, en);
     }
 }
 
-static void request_line(hbuf_t *b, const request_t *r, const rt_route_t *rt)
+static void request_line(str_buf_t *b, const request_t *r, const rt_route_t *rt)
 {
     const char *p = r->path.p;
     size_t n = r->path.n;
@@ -218,16 +206,16 @@ static void request_line(hbuf_t *b, const request_t *r, const rt_route_t *rt)
         p += skip;
         n -= skip;
     }
-    hb_add(b, r->method.p, r->method.n);
-    hb_add(b, " ", 1);
+    str_append(b, r->method.p, r->method.n);
+    STR_APPEND_LIT(b, " ");
     if (n == 0 || p[0] != '/')
-        hb_add(b, "/", 1);
+        STR_APPEND_LIT(b, "/");
     hb_path(b, p, n);
     if (r->query.p) {
-        hb_add(b, "?", 1);
-        hb_add(b, r->query.p, r->query.n);
+        STR_APPEND_LIT(b, "?");
+        str_append(b, r->query.p, r->query.n);
     }
-    hb_str(b, " HTTP/1.1\r\n");
+    STR_APPEND_LIT(b, " HTTP/1.1\r\n");
 }
 
 static bool route_names(const rt_table_t *t, const rt_route_t *rt, const char *name, size_t n)
@@ -239,47 +227,44 @@ static int build_head(request_t *r, iobuf_t *out)
 {
     const rt_table_t *t = &r->table->t;
     const rt_route_t *rt = &t->routes[r->route];
-    hbuf_t b = {iobuf_wr(out), 0, iobuf_space(out), false};
+    str_buf_t b = str_buf_fixed(iobuf_wr(out), iobuf_space(out));
     request_line(&b, r, rt);
     if (!route_names(t, rt, "Host", 4)) /* headers: {request: {set: {Host: ...}}} replaces it */
-        hb_header(&b, "Host", r->host.p, r->host.n);
+        HB_HEADER_LIT(&b, "Host", r->host.p, r->host.n);
     for (size_t i = 0; i < r->nheaders; i++) {
         const h1_header_t *x = &r->headers[i];
         if (skip_request_header(x) || route_names(t, rt, x->name.p, x->name.n))
             continue;
-        hb_add(&b, x->name.p, x->name.n);
-        hb_add(&b, ": ", 2);
-        hb_add(&b, x->value.p, x->value.n);
-        hb_add(&b, "\r\n", 2);
+        hb_header(&b, x->name.p, x->name.n, x->value.p, x->value.n);
     }
     forwarded_headers(&b, r, t);
     for (uint32_t i = 0; i < rt->header_ops.count; i++) {
         const rt_header_op_t *o = &t->hdrops[rt->header_ops.first + i];
         if (o->dir != RT_HDR_REQUEST || o->op != RT_HDR_SET)
             continue;
-        hb_str(&b, rt_cstr(t, o->name));
-        hb_str(&b, ": ");
+        str_append(&b, rt_cstr(t, o->name), o->name.len);
+        STR_APPEND_LIT(&b, ": ");
         hb_expand(&b, r, rt_cstr(t, o->value));
-        hb_str(&b, "\r\n");
+        STR_APPEND_LIT(&b, "\r\n");
     }
     if (r->body_length > 0) {
-        char num[24];
-        size_t nl = fmt_u64(num, (uint64_t)r->body_length);
-        hb_header(&b, "Content-Length", num, nl);
+        STR_APPEND_LIT(&b, "Content-Length: ");
+        str_append_u64(&b, (uint64_t)r->body_length);
+        STR_APPEND_LIT(&b, "\r\n");
     } else if (r->body_length < 0) {
-        hb_str(&b, "Transfer-Encoding: chunked\r\n");
+        STR_APPEND_LIT(&b, "Transfer-Encoding: chunked\r\n");
     } else if (r->content_length == 0) {
-        hb_str(&b, "Content-Length: 0\r\n"); /* some upstreams answer 411 without it */
+        STR_APPEND_LIT(&b, "Content-Length: 0\r\n"); /* some upstreams answer 411 without it */
     }
     if (ctx_of(r)->websocket_ok) {
-        hb_str(&b, "Connection: upgrade\r\nUpgrade: ");
-        hb_add(&b, r->upgrade_proto.p, r->upgrade_proto.n);
-        hb_str(&b, "\r\n");
+        STR_APPEND_LIT(&b, "Connection: upgrade\r\nUpgrade: ");
+        str_append(&b, r->upgrade_proto.p, r->upgrade_proto.n);
+        STR_APPEND_LIT(&b, "\r\n");
     }
-    hb_str(&b, "\r\n");
+    STR_APPEND_LIT(&b, "\r\n");
     if (b.overflow)
         return -1;
-    out->end += (uint32_t)b.n;
+    out->end += (uint32_t)b.len;
     return 0;
 }
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../common/log.h"
+#include "../common/str.h"
 #include "http/vars.h"
 
 static void return_start(request_t *r)
@@ -81,12 +82,6 @@ static size_t host_name_len(slice_t h)
     return colon ? (size_t)(colon - h.p) : h.n;
 }
 
-static void put(char *out, size_t *o, const char *p, size_t n)
-{
-    memcpy(out + *o, p, n);
-    *o += n;
-}
-
 void return_https_redirect(request_t *r)
 {
     size_t hn = host_name_len(r->host);
@@ -94,18 +89,18 @@ void return_https_redirect(request_t *r)
         http_error(r, 400, NULL); /* no host to redirect to */
         return;
     }
-    char *to = arena_alloc(&r->arena, 8 + hn + r->target.n + r->path_raw.n + r->query.n + 2);
-    size_t o = 0;
-    put(to, &o, "https://", 8);
-    put(to, &o, r->host.p, hn);
+    size_t cap = 8 + hn + r->target.n + r->path_raw.n + r->query.n + 2; /* the longest form, so it fits */
+    str_buf_t to = str_buf_fixed(arena_alloc(&r->arena, cap), cap);
+    STR_APPEND_LIT(&to, "https://");
+    str_append(&to, r->host.p, hn);
     if (r->form == H1_FORM_ABSOLUTE) {
-        put(to, &o, r->path_raw.p, r->path_raw.n);
+        str_append(&to, r->path_raw.p, r->path_raw.n);
         if (r->query.p) {
-            put(to, &o, "?", 1);
-            put(to, &o, r->query.p, r->query.n);
+            STR_APPEND_LIT(&to, "?");
+            str_append(&to, r->query.p, r->query.n);
         }
     } else {
-        put(to, &o, r->target.p, r->target.n);
+        str_append(&to, r->target.p, r->target.n);
     }
-    http_redirect(r, 301, to, o);
+    http_redirect(r, 301, to.p, to.len);
 }

@@ -26,21 +26,18 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "../common/str.h"
+
 #define NTAB(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ---- small helpers ------------------------------------------------------ */
-
-static unsigned char lower(unsigned char c)
-{
-    return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + ('a' - 'A')) : c;
-}
 
 static bool ieq(const char *p, size_t n, const char *lit)
 {
     if (strlen(lit) != n)
         return false;
     for (size_t i = 0; i < n; i++)
-        if (lower((unsigned char)p[i]) != (unsigned char)lit[i])
+        if (str_lower_char((unsigned char)p[i]) != (unsigned char)lit[i])
             return false;
     return true;
 }
@@ -544,7 +541,7 @@ static void apply_range(const static_req_t *r, static_result_t *o)
 static bool has_encoded_slash(const char *p, size_t n)
 {
     for (size_t i = 0; i + 2 < n; i++)
-        if (p[i] == '%' && p[i + 1] == '2' && lower((unsigned char)p[i + 2]) == 'f')
+        if (p[i] == '%' && p[i + 1] == '2' && str_lower_char((unsigned char)p[i + 2]) == 'f')
             return true;
     return false;
 }

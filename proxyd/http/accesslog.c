@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/str.h"
 #include "../common/util.h"
 #include "http/vars.h"
 #include "core/worker.h"
@@ -45,72 +46,31 @@ void accesslog_flush(void)
 }
 
 /*
- * A line is built straight into buf with bounded appends (no stdio): every
- * field has a cap on its escaped length, so a line stays under LOG_LINE_MAX and
- * the buffer is flushed first when less than that is left.
+ * A line is built straight into buf with a fixed str_buf_t (no stdio, no
+ * copy): every field has a cap on its escaped length, so a line stays under
+ * LOG_LINE_MAX and the buffer is flushed first when less than that is left.
  */
 #define LOG_LINE_MAX 8192
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-} line_t;
-
-static void put(line_t *l, const char *s, size_t n)
-{
-    if (n > l->cap - l->n)
-        n = l->cap - l->n;
-    memcpy(l->p + l->n, s, n);
-    l->n += n;
-}
-
-#define PUT_LIT(l, lit) put((l), (lit), sizeof(lit) - 1)
-
-static void put_str(line_t *l, const char *s) { put(l, s, strlen(s)); }
-
-static void put_u64(line_t *l, uint64_t v)
-{
-    char tmp[24];
-    put(l, tmp, fmt_u64(tmp, v));
-}
-
-static const char hex[] = "0123456789abcdef";
-
-/* JSON string escaping of untrusted bytes (RFC 8259 §7), at most max bytes out. */
-static void put_json(line_t *l, slice_t v, size_t max)
-{
-    size_t end = l->n + max < l->cap ? l->n + max : l->cap;
-    for (size_t i = 0; i < v.n && l->n + 6 <= end; i++) {
-        unsigned char ch = (unsigned char)v.p[i];
-        if (ch == '"' || ch == '\\') {
-            l->p[l->n++] = '\\';
-            l->p[l->n++] = (char)ch;
-        } else if (ch < 0x20 || ch == 0x7f) {
-            char e[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
-            put(l, e, 6);
-        } else {
-            l->p[l->n++] = (char)ch;
-        }
-    }
-}
-
 /* Combined format escapes '"', '\\' and bytes outside printable ASCII as nginx
  * does (\xHH); an empty or missing value is "-".  At most max bytes out. */
-static void put_clf(line_t *l, slice_t v, size_t max)
+static void put_clf(str_buf_t *l, slice_t v, size_t max)
 {
     static const char HEX[] = "0123456789ABCDEF";
-    size_t end = l->n + max < l->cap ? l->n + max : l->cap;
+    size_t room = l->cap - l->len, end = l->len + (max < room ? max : room), i = 0;
     if (v.n == 0)
         v = SLICE_LIT("-");
-    for (size_t i = 0; i < v.n && l->n + 4 <= end; i++) {
+    for (; i < v.n && l->len + 4 <= end; i++) {
         unsigned char ch = (unsigned char)v.p[i];
         if (ch == '"' || ch == '\\' || ch < 0x20 || ch >= 0x7f) {
             char e[4] = {'\\', 'x', HEX[ch >> 4], HEX[ch & 15]};
-            put(l, e, 4);
+            str_append(l, e, 4);
         } else {
-            l->p[l->n++] = (char)ch;
+            l->p[l->len++] = (char)ch;
         }
     }
+    if (i < v.n && room < max) /* cut short by the line, not by max (as str_json_escape) */
+        str_refuse(l);
 }
 
 /* The two time stamps, made once per second. */
@@ -142,62 +102,62 @@ void accesslog_request(const request_t *r)
     stamps();
     if (used + LOG_LINE_MAX > LOGBUF)
         accesslog_flush();
-    line_t l = {buf + used, 0, LOG_LINE_MAX};
+    str_buf_t l = str_buf_fixed(buf + used, LOG_LINE_MAX);
     slice_t method = r->method.n ? r->method : SLICE_LIT("-");
     if (fmt == RT_LOG_JSON) {
-        PUT_LIT(&l, "{\"time\":\"");
-        put_str(&l, stamp_iso);
-        PUT_LIT(&l, "\",\"remote_addr\":\"");
-        put(&l, peer, peer_len);
-        PUT_LIT(&l, "\",\"host\":\"");
-        put_json(&l, r->host, 255);
-        PUT_LIT(&l, "\",\"method\":\"");
-        put_json(&l, method, 255);
-        PUT_LIT(&l, "\",\"uri\":\"");
-        put_json(&l, r->target, 2047);
-        PUT_LIT(&l, "\",\"status\":");
-        put_u64(&l, (uint64_t)r->status);
-        PUT_LIT(&l, ",\"bytes_sent\":");
-        put_u64(&l, r->resp_bytes);
-        PUT_LIT(&l, ",\"request_time_ms\":");
-        put_u64(&l, ev_now(W->loop) - r->started_ms);
-        PUT_LIT(&l, ",\"upstream_time_ms\":");
+        STR_APPEND_LIT(&l, "{\"time\":\"");
+        str_append_str(&l, stamp_iso);
+        STR_APPEND_LIT(&l, "\",\"remote_addr\":\"");
+        str_append(&l, peer, peer_len);
+        STR_APPEND_LIT(&l, "\",\"host\":\"");
+        str_json_escape(&l, r->host.p, r->host.n, 255);
+        STR_APPEND_LIT(&l, "\",\"method\":\"");
+        str_json_escape(&l, method.p, method.n, 255);
+        STR_APPEND_LIT(&l, "\",\"uri\":\"");
+        str_json_escape(&l, r->target.p, r->target.n, 2047);
+        STR_APPEND_LIT(&l, "\",\"status\":");
+        str_append_u64(&l, (uint64_t)r->status);
+        STR_APPEND_LIT(&l, ",\"bytes_sent\":");
+        str_append_u64(&l, r->resp_bytes);
+        STR_APPEND_LIT(&l, ",\"request_time_ms\":");
+        str_append_u64(&l, ev_now(W->loop) - r->started_ms);
+        STR_APPEND_LIT(&l, ",\"upstream_time_ms\":");
         if (r->upstream_answered)
-            put_u64(&l, r->upstream_ms);
+            str_append_u64(&l, r->upstream_ms);
         else
-            PUT_LIT(&l, "-1");
-        PUT_LIT(&l, ",\"site\":\"");
+            STR_APPEND_LIT(&l, "-1");
+        STR_APPEND_LIT(&l, ",\"site\":\"");
         if (r->site != RT_NONE)
-            put_json(&l, (slice_t){rt_cstr(&r->table->t, r->table->t.sites[r->site].name),
-                               r->table->t.sites[r->site].name.len}, 255);
-        PUT_LIT(&l, "\",\"request_id\":\"");
-        put_str(&l, r->request_id);
-        PUT_LIT(&l, "\",\"user_agent\":\"");
-        put_json(&l, r->user_agent, 511);
-        PUT_LIT(&l, "\",\"referer\":\"");
-        put_json(&l, r->referer, 511);
-        PUT_LIT(&l, "\"}\n");
+            str_json_escape(&l, rt_cstr(&r->table->t, r->table->t.sites[r->site].name),
+                            r->table->t.sites[r->site].name.len, 255);
+        STR_APPEND_LIT(&l, "\",\"request_id\":\"");
+        str_append_str(&l, r->request_id);
+        STR_APPEND_LIT(&l, "\",\"user_agent\":\"");
+        str_json_escape(&l, r->user_agent.p, r->user_agent.n, 511);
+        STR_APPEND_LIT(&l, "\",\"referer\":\"");
+        str_json_escape(&l, r->referer.p, r->referer.n, 511);
+        STR_APPEND_LIT(&l, "\"}\n");
     } else {
-        put(&l, peer, peer_len);
-        PUT_LIT(&l, " - - [");
-        put_str(&l, stamp_clf);
-        PUT_LIT(&l, "] \"");
+        str_append(&l, peer, peer_len);
+        STR_APPEND_LIT(&l, " - - [");
+        str_append_str(&l, stamp_clf);
+        STR_APPEND_LIT(&l, "] \"");
         put_clf(&l, method, 255);
-        PUT_LIT(&l, " ");
+        STR_APPEND_LIT(&l, " ");
         put_clf(&l, r->target, 2047);
-        PUT_LIT(&l, " ");
-        put_str(&l, r->sess->proto);
-        PUT_LIT(&l, "\" ");
-        put_u64(&l, (uint64_t)r->status);
-        PUT_LIT(&l, " ");
-        put_u64(&l, r->resp_bytes);
-        PUT_LIT(&l, " \"");
+        STR_APPEND_LIT(&l, " ");
+        str_append_str(&l, r->sess->proto);
+        STR_APPEND_LIT(&l, "\" ");
+        str_append_u64(&l, (uint64_t)r->status);
+        STR_APPEND_LIT(&l, " ");
+        str_append_u64(&l, r->resp_bytes);
+        STR_APPEND_LIT(&l, " \"");
         put_clf(&l, r->referer, 511);
-        PUT_LIT(&l, "\" \"");
+        STR_APPEND_LIT(&l, "\" \"");
         put_clf(&l, r->user_agent, 511);
-        PUT_LIT(&l, "\"\n");
+        STR_APPEND_LIT(&l, "\"\n");
     }
-    used += l.n;
+    used += l.len;
 }
 
 static int accesslog_worker_init(void)

@@ -20,6 +20,8 @@
 #include <limits.h>
 #include <string.h>
 
+#include "../common/str.h"
+
 #define PARSE_MORE 0
 #define PARSE_OK 1
 #define PARSE_ERR (-1)
@@ -53,17 +55,6 @@ static bool is_digit(unsigned char c)
 static bool is_alnum(unsigned char c)
 {
     return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
-
-static int hex_val(unsigned char c)
-{
-    if (is_digit(c))
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
 }
 
 /*
@@ -127,18 +118,13 @@ static bool is_unreserved(unsigned char c)
     return is_alnum(c) || c == '-' || c == '.' || c == '_' || c == '~';
 }
 
-static unsigned char lower(unsigned char c)
-{
-    return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
-}
-
 /* Case-insensitive comparison of a slice with a lowercase literal. */
 static bool ieq(h1_slice_t s, const char *lit, size_t n)
 {
     if (s.n != n)
         return false;
     for (size_t i = 0; i < n; i++)
-        if (lower((unsigned char)s.p[i]) != (unsigned char)lit[i])
+        if (str_lower_char((unsigned char)s.p[i]) != (unsigned char)lit[i])
             return false;
     return true;
 }
@@ -150,7 +136,7 @@ static bool slice_ieq(h1_slice_t a, h1_slice_t b)
     if (a.n != b.n)
         return false;
     for (size_t i = 0; i < a.n; i++)
-        if (lower((unsigned char)a.p[i]) != lower((unsigned char)b.p[i]))
+        if (str_lower_char((unsigned char)a.p[i]) != str_lower_char((unsigned char)b.p[i]))
             return false;
     return true;
 }
@@ -243,7 +229,7 @@ static h1_hdr_id_t header_id(h1_slice_t name)
         {"x-forwarded-host", 16, H1_HDR_X_FORWARDED_HOST},
         {"x-forwarded-port", 16, H1_HDR_X_FORWARDED_PORT},
     };
-    unsigned char c0 = lower((unsigned char)name.p[0]); /* names are never empty */
+    unsigned char c0 = (unsigned char)str_lower_char((unsigned char)name.p[0]); /* names are never empty */
     for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++)
         if (tab[i].n == name.n && (unsigned char)tab[i].s[0] == c0 && ieq(name, tab[i].s, tab[i].n))
             return tab[i].id;
@@ -302,8 +288,8 @@ static long host_len(const char *p, size_t n)
     for (; i < n && p[i] != ':'; i++) {
         unsigned char c = (unsigned char)p[i];
         if (c == '%') {
-            if (i + 2 >= n || hex_val((unsigned char)p[i + 1]) < 0 ||
-                hex_val((unsigned char)p[i + 2]) < 0)
+            if (i + 2 >= n || str_hexval((unsigned char)p[i + 1]) < 0 ||
+                str_hexval((unsigned char)p[i + 2]) < 0)
                 return -1;
             i += 2;
         } else if (!is_unreserved(c) && !is_sub_delim(c)) {
@@ -651,7 +637,7 @@ static int parse_target(msg_t *m, h1_request_t *req, size_t max_uri)
         if (c == '%') {
             if (m->end - m->p < 3)
                 return PARSE_MORE;
-            if (hex_val((unsigned char)m->p[1]) < 0 || hex_val((unsigned char)m->p[2]) < 0)
+            if (str_hexval((unsigned char)m->p[1]) < 0 || str_hexval((unsigned char)m->p[2]) < 0)
                 return fail(m, 400, "invalid percent-encoding in request-target");
             m->p += 3;
             continue;
@@ -979,7 +965,7 @@ static int size_end(h1_chunked_t *st, unsigned char c)
 /* chunk-size [chunk-ext] CRLF, and the CRLF after chunk data. */
 static int size_byte(h1_chunked_t *st, unsigned char c)
 {
-    int h = hex_val(c);
+    int h = str_hexval(c);
     if (st->state != CS_DATA_CR && st->state != CS_DATA_LF && ++st->line_len > st->max_line)
         return chunk_fail(st, "chunk size line too long");
     switch (st->state) {

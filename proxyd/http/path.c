@@ -5,13 +5,7 @@
 
 #include <string.h>
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c |= 0x20;
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
+#include "../common/str.h"
 
 /* Decode into out; returns length or -1. */
 static long decode(const char *in, size_t n, char *out, const char **why)
@@ -26,7 +20,7 @@ static long decode(const char *in, size_t n, char *out, const char **why)
             *why = "truncated percent escape";
             return -1;
         }
-        int a = hexval(in[i + 1]), b = hexval(in[i + 2]);
+        int a = str_hexval((unsigned char)in[i + 1]), b = str_hexval((unsigned char)in[i + 2]);
         if (a < 0 || b < 0) {
             *why = "invalid percent escape";
             return -1;

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "../common/str.h"
+
 size_t vars_peer(const conn_t *c, char *out)
 {
     if (c->peer_family == 4 || c->peer_family == 6)
@@ -16,26 +18,20 @@ size_t vars_peer(const conn_t *c, char *out)
     return 4;
 }
 
-static size_t put(char *out, size_t o, size_t cap, const char *s, size_t n)
-{
-    if (o >= cap || n >= cap - o)
-        return cap;
-    memcpy(out + o, s, n);
-    return o + n;
-}
-
 size_t vars_expand(const request_t *r, const char *v, char *out, size_t cap)
 {
     const conn_t *c = r->conn;
     static const char *const names[] = {"host", "scheme", "remote_addr", "request_id", "server_port", "request_uri"};
-    size_t o = 0;
-    while (*v && o < cap) {
+    if (cap == 0)
+        return 0;
+    str_buf_t b = str_buf_fixed(out, cap - 1); /* and the NUL */
+    while (*v && !b.overflow) {
         const char *d = strchr(v, '$');
         if (d == NULL) {
-            o = put(out, o, cap, v, strlen(v));
+            str_append_str(&b, v);
             break;
         }
-        o = put(out, o, cap, v, (size_t)(d - v));
+        str_append(&b, v, (size_t)(d - v));
         size_t k = 0, len = 0;
         for (; k < sizeof(names) / sizeof(names[0]); k++)
             if (strncmp(d + 1, names[k], len = strlen(names[k])) == 0)
@@ -52,16 +48,11 @@ size_t vars_expand(const request_t *r, const char *v, char *out, size_t cap)
         case 5: val = r->target.p; vn = r->target.n; break;
         default: val = "$"; vn = 1; len = 0; break; /* not a variable: a literal dollar */
         }
-        o = put(out, o, cap, val, vn);
+        str_append(&b, val, vn);
         v = d + 1 + len;
     }
-    if (o >= cap) {
-        if (cap)
-            out[cap - 1] = '\0';
-        return cap;
-    }
-    out[o] = '\0';
-    return o;
+    out[b.len] = '\0';
+    return b.overflow ? cap : b.len;
 }
 
 bool vars_route_names(const rt_table_t *t, const rt_route_t *r, int dir, const char *name, size_t n)

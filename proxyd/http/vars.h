@@ -12,7 +12,8 @@
 #include "http/request.h"
 
 /* Expand tmpl for request r into out (always NUL-terminated); returns the
- * length, or cap when the result did not fit. */
+ * length, or cap when the result did not fit (out then holds the pieces
+ * before the one that did not). */
 size_t vars_expand(const request_t *r, const char *tmpl, char *out, size_t cap);
 /* Does route r have a header operation (set or remove) in direction dir for name? */
 bool vars_route_names(const rt_table_t *t, const rt_route_t *r, int dir, const char *name, size_t n);

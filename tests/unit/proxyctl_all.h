@@ -3,6 +3,7 @@
  * translation unit, so tests reach static functions (h2o's t/00unit style).
  */
 #include "../../common/util.c"
+#include "../../common/str.c"
 #include "../../common/ruletable.c"
 #include "../../common/rtwrite.c"
 #include "../../common/store.c"

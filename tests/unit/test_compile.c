@@ -223,17 +223,17 @@ static void test_index_matches_walk(void **state)
 {
     (void)state;
     static const char *const paths[] = {"/", "/a", "/a/", "/a/b", "/ab", "/a/b/c", "/b", "/b/", "/c", "/a/bc", "/x"};
-    buf_t y = {0};
-    buf_printf(&y, "site: a\nhosts: [a.example.com]\nroutes:\n");
+    str_buf_t y = {0};
+    str_printf(&y, "site: a\nhosts: [a.example.com]\nroutes:\n");
     unsigned seed = 12345;
     for (int i = 0; i < 40; i++) {
         seed = seed * 1103515245 + 12345;
         const char *p = paths[(seed >> 16) % ARRAY_LEN(paths)];
         const char *kind = (seed >> 8) % 3 == 0 ? "path_exact" : "path_prefix";
-        buf_printf(&y, "  - match: {%s: \"%s\"%s}\n    return: {status: %d}\n", kind, p,
+        str_printf(&y, "  - match: {%s: \"%s\"%s}\n    return: {status: %d}\n", kind, p,
                    (seed >> 4) % 4 == 0 ? ", methods: [POST]" : "", 200 + i);
     }
-    buf_append(&y, "", 1);
+    str_append(&y, "", 1);
     fixture_t f = {0};
     const char *t[] = {(const char *)y.p};
     assert_int_equal(compile_texts(&f, NULL, t, 1), 0);
@@ -254,7 +254,7 @@ static void test_index_matches_walk(void **state)
             assert_int_equal(res.route, want_r);
         }
     }
-    buf_free(&y);
+    str_buf_free(&y);
     fixture_free(&f);
 }
 

@@ -102,17 +102,17 @@ static int teardown(void **state)
 /* A digest of what a query returns, to compare two stores. */
 static void rows_digest(store_t *s, const char *sql, char hex[65])
 {
-    buf_t b = {0};
+    str_buf_t b = {0};
     sqlite3_stmt *q = store_prepare(s, sql);
     assert_non_null(q);
     while (sqlite3_step(q) == SQLITE_ROW)
         for (int i = 0; i < sqlite3_column_count(q); i++) {
-            buf_append(&b, sqlite3_column_blob(q, i), (size_t)sqlite3_column_bytes(q, i));
-            buf_append(&b, "|", 1);
+            str_append(&b, sqlite3_column_blob(q, i), (size_t)sqlite3_column_bytes(q, i));
+            str_append(&b, "|", 1);
         }
     sqlite3_finalize(q);
-    store_digest_hex(b.p ? b.p : (uint8_t *)"", b.len, hex);
-    buf_free(&b);
+    store_digest_hex(b.p ? b.p : "", b.len, hex);
+    str_buf_free(&b);
 }
 
 static const char *const replicated[] = {
@@ -140,14 +140,14 @@ static void assert_same(bool same)
         fail_msg("the stores were expected to differ");
 }
 
-static void snapshot(buf_t *out, bool full)
+static void snapshot(str_buf_t *out, bool full)
 {
     out->len = 0;
     assert_int_equal(ha_snapshot_encode(&A, "lb0", full, out), 0);
 }
 
 /* HA_SEED_DIR=dir: write the messages used here as fuzz seeds. */
-static void seed(const char *name, const buf_t *m)
+static void seed(const char *name, const str_buf_t *m)
 {
     const char *d = getenv("HA_SEED_DIR");
     if (d == NULL)
@@ -163,7 +163,7 @@ static void seed(const char *name, const buf_t *m)
 static void test_apply_makes_equal(void **state)
 {
     (void)state;
-    buf_t m = {0};
+    str_buf_t m = {0};
     char err[300];
     bool reload;
     assert_same(false);
@@ -172,10 +172,10 @@ static void test_apply_makes_equal(void **state)
     snapshot(&m, true);
     seed("full", &m);
     ha_meta_t meta;
-    assert_int_equal(ha_snapshot_check(m.p, m.len, &meta, err, sizeof(err)), 0);
+    assert_int_equal(ha_snapshot_check((const uint8_t *)m.p, m.len, &meta, err, sizeof(err)), 0);
     assert_string_equal(meta.node, "lb0");
     assert_string_equal(meta.role, "MASTER");
-    assert_int_equal(ha_snapshot_apply(&B, m.p, m.len, "ha sync from lb0", NULL, &reload, err, sizeof(err)), 0);
+    assert_int_equal(ha_snapshot_apply(&B, (const uint8_t *)m.p, m.len, "ha sync from lb0", NULL, &reload, err, sizeof(err)), 0);
     assert_true(reload);
     assert_same(true);
     /* node-local state stays: settings, HA keys, role */
@@ -198,11 +198,11 @@ static void test_apply_makes_equal(void **state)
     int64_t gen1, gen2;
     char d1[65], d2[65];
     ha_active(&B, &gen1, d1);
-    assert_int_equal(ha_snapshot_apply(&B, m.p, m.len, "ha sync from lb0", NULL, &reload, err, sizeof(err)), 0);
+    assert_int_equal(ha_snapshot_apply(&B, (const uint8_t *)m.p, m.len, "ha sync from lb0", NULL, &reload, err, sizeof(err)), 0);
     ha_active(&B, &gen2, d2);
     assert_int_equal(gen1, gen2);
     assert_same(true);
-    buf_free(&m);
+    str_buf_free(&m);
 }
 
 static void test_serial_counts_changes(void **state)
@@ -223,16 +223,16 @@ static void test_serial_counts_changes(void **state)
 static void test_meta_only(void **state)
 {
     (void)state;
-    buf_t m = {0};
+    str_buf_t m = {0};
     char err[300];
     bool reload;
     ha_meta_t meta;
     snapshot(&m, false);
-    assert_int_equal(ha_snapshot_check(m.p, m.len, &meta, err, sizeof(err)), 0);
+    assert_int_equal(ha_snapshot_check((const uint8_t *)m.p, m.len, &meta, err, sizeof(err)), 0);
     assert_int_equal(strlen(meta.digest), 64);
-    assert_int_equal(ha_snapshot_apply(&B, m.p, m.len, "t", NULL, &reload, err, sizeof(err)), -1);
+    assert_int_equal(ha_snapshot_apply(&B, (const uint8_t *)m.p, m.len, "t", NULL, &reload, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "not a full snapshot"));
-    buf_free(&m);
+    str_buf_free(&m);
 }
 
 /* Every truncation and every single-byte change of a full snapshot is
@@ -240,20 +240,20 @@ static void test_meta_only(void **state)
 static void test_damage_refused(void **state)
 {
     (void)state;
-    buf_t m = {0};
+    str_buf_t m = {0};
     char err[300];
     bool reload;
     snapshot(&m, true);
     assert_same(false);
     for (size_t n = 0; n < m.len; n++)
-        assert_int_equal(ha_snapshot_apply(&B, m.p, n, "t", NULL, &reload, err, sizeof(err)), -1);
+        assert_int_equal(ha_snapshot_apply(&B, (const uint8_t *)m.p, n, "t", NULL, &reload, err, sizeof(err)), -1);
     for (size_t i = 0; i < m.len; i++) {
         m.p[i] ^= 0x20;
-        assert_int_equal(ha_snapshot_apply(&B, m.p, m.len, "t", NULL, &reload, err, sizeof(err)), -1);
+        assert_int_equal(ha_snapshot_apply(&B, (const uint8_t *)m.p, m.len, "t", NULL, &reload, err, sizeof(err)), -1);
         m.p[i] ^= 0x20;
     }
     assert_same(false);
-    buf_free(&m);
+    str_buf_free(&m);
 }
 
 /* With the body digest repaired after each change, the record checks are
@@ -262,22 +262,22 @@ static void test_damage_refused(void **state)
 static void test_structural_damage(void **state)
 {
     (void)state;
-    buf_t m = {0};
+    str_buf_t m = {0};
     char err[300];
     bool reload;
     snapshot(&m, true);
     uint32_t seed = 12345;
     int refused = 0;
     for (int round = 0; round < 3000; round++) {
-        buf_t c = {0};
-        buf_append(&c, m.p, m.len);
+        str_buf_t c = {0};
+        str_append(&c, m.p, m.len);
         for (int k = 0; k < 1 + round % 3; k++) {
             seed = seed * 1103515245 + 12345;
             size_t at = HA_HDR_LEN + (seed >> 8) % (c.len - HA_HDR_LEN);
-            c.p[at] = (uint8_t)(seed >> 3);
+            c.p[at] = (char)(seed >> 3);
         }
-        SHA256(c.p + HA_HDR_LEN, c.len - HA_HDR_LEN, c.p + 24);
-        if (ha_snapshot_apply(&B, c.p, c.len, "t", NULL, &reload, err, sizeof(err)) < 0) {
+        SHA256((const uint8_t *)c.p + HA_HDR_LEN, c.len - HA_HDR_LEN, (uint8_t *)c.p + 24);
+        if (ha_snapshot_apply(&B, (const uint8_t *)c.p, c.len, "t", NULL, &reload, err, sizeof(err)) < 0) {
             refused++;
         } else {
             uint8_t *blob;
@@ -289,10 +289,10 @@ static void test_structural_damage(void **state)
             assert_int_equal(rt_open(&t, blob, len, why, sizeof(why)), 0);
             free(blob);
         }
-        buf_free(&c);
+        str_buf_free(&c);
     }
     assert_true(refused > 0);
-    buf_free(&m);
+    str_buf_free(&m);
 }
 
 int main(void)
