@@ -324,15 +324,7 @@ void http_error(request_t *r, int status, const char *reason)
 
 void http_redirect(request_t *r, int status, const char *location, size_t n)
 {
-    char *body = arena_alloc(&r->arena, 64);
-    int bn = snprintf(body, 64, "%d %s\n", status, http_status_reason(status));
     http_resp_init(r, status);
-    HTTP_RESP_LIT(r, "Content-Type", "text/plain; charset=utf-8");
     http_resp_add(r, "Location", 8, location, n);
-    r->resp.length = bn;
-    r->resp.body = r->head ? HTTP_BODY_NONE : HTTP_BODY_LENGTH;
-    http_send_head(r);
-    if (!r->head)
-        http_send_data(r, body, (size_t)bn);
-    http_send_end(r);
+    http_send_status_body(r);
 }
