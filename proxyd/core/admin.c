@@ -187,8 +187,11 @@ static void status_json(str_buf_t *b)
     }
     str_printf(b, "],\"connections\":%llu,\"requests\":%llu,\"sites\":%u", (unsigned long long)conns,
                (unsigned long long)reqs, V.table->t.nsites);
-    if (V.last_reload_error[0])
-        str_printf(b, ",\"last_reload_error\":\"%s\"", V.last_reload_error);
+    if (V.last_reload_error[0]) {
+        STR_APPEND_LIT(b, ",\"last_reload_error\":\"");
+        str_json_escape(b, V.last_reload_error, strlen(V.last_reload_error), SIZE_MAX);
+        STR_APPEND_LIT(b, "\"");
+    }
     status_upstreams(b);
     status_ha(b);
     str_printf(b, "}\n");
@@ -365,7 +368,9 @@ static void route(admin_conn_t *a, const h1_request_t *h)
             str_printf(&body, "{\"generation\":%lld}\n", (long long)V.shm->generation);
         } else {
             status = 500;
-            str_printf(&body, "{\"error\":\"%s\"}\n", err);
+            STR_APPEND_LIT(&body, "{\"error\":\"");
+            str_json_escape(&body, err, strlen(err), SIZE_MAX);
+            STR_APPEND_LIT(&body, "\"}\n");
         }
     } else if (PATH_IS("/status") || PATH_IS("/metrics") || PATH_IS("/health") || PATH_IS("/reload")) {
         status = 405;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../common/route.h"
+#include "../common/str.h"
 #include "conn/tls.h"
 #include "handlers/proxy.h"
 #include "handlers/return.h"
@@ -34,14 +35,18 @@ static int normalize(request_t *r)
     return 0;
 }
 
+#define ALLOW_MAX 128 /* every method name of RT_M_*, comma-separated */
+
 static void allow_header(request_t *r, uint32_t mask)
 {
-    char *out = arena_alloc(&r->arena, 160);
-    size_t o = 0;
+    str_buf_t b = str_buf_fixed(arena_alloc_raw(&r->arena, ALLOW_MAX), ALLOW_MAX);
     for (unsigned i = 0; i < RT_M_COUNT; i++)
-        if (mask & (1u << i))
-            o += (size_t)snprintf(out + o, 160 - o, "%s%s", o ? ", " : "", rt_method_name(i));
-    http_resp_add(r, "Allow", 5, out, o);
+        if (mask & (1u << i)) {
+            if (b.len)
+                STR_APPEND_LIT(&b, ", ");
+            str_append_str(&b, rt_method_name(i));
+        }
+    http_resp_add(r, "Allow", 5, b.p, b.len);
 }
 
 /* Over TLS the certificate was chosen by SNI: a Host of another site was
