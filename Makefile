@@ -93,6 +93,25 @@ build/unit/test_balance: tests/unit/test_balance.c proxyd/upstream/balance.c pro
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g $(SAN) -o $@ $< -lcmocka
 
+# The tests that drive the real transport, HTTP/1.1 session, handlers and
+# health (tests/unit/proxyd_fixture.h) link proxyd's objects, main() left
+# out; the compiler and most common sources come in through proxyctl_all.h,
+# the other common sources proxyd needs (log.c) are linked as objects.
+UNIT_INCLUDED := $(shell sed -n 's|.*"\.\./\.\./\(common/[a-z_]*\.c\)".*|\1|p' tests/unit/proxyctl_all.h)
+UNIT_PROXYD_OBJ := $(patsubst %.c,build/unit/obj/%.o,$(filter-out proxyd/core/main.c,$(PROXYD_SRC)) \
+                     $(filter-out $(UNIT_INCLUDED),$(PROXYD_COMMON)))
+UNIT_WORKER_TESTS := build/unit/test_conn build/unit/test_h1session build/unit/test_proxy build/unit/test_health
+
+build/unit/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) $(shell pkg-config --cflags $(PKGS)) -c -o $@ $<
+
+$(UNIT_WORKER_TESTS): build/unit/%: tests/unit/%.c tests/unit/proxyd_fixture.h tests/unit/proxyctl_all.h \
+                      $(UNIT_PROXYD_OBJ) $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS)
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) $(shell pkg-config --cflags $(PKGS)) -o $@ $< \
+	    $(UNIT_PROXYD_OBJ) $(GEN_SRC) $(LDLIBS) -lcmocka
+
 unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
 

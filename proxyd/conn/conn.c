@@ -146,6 +146,22 @@ static void session_start(conn_t *c)
     c->ops->on_open(c);
 }
 
+/* A set-up connection goes live: counted, under the header timeout, and
+ * its TLS handshake or its session started. */
+static void conn_start(conn_t *c)
+{
+    link_conn(c);
+    conn_timer(c, W->table->t.global->header_timeout_ms);
+    /* A client that connects and writes at once (most do) has its first
+     * bytes here already: take them now, not after a trip through epoll.
+     * (TCP_DEFER_ACCEPT would save more, but hides silent connections
+     * from the header timeout.) */
+    if (c->ssl)
+        handshake(c);
+    else
+        session_start(c);
+}
+
 /* A new connection on fd; NULL (fd closed) when it cannot be set up. */
 static conn_t *conn_new(listener_t *l, int fd, const struct sockaddr_storage *ss)
 {
@@ -195,19 +211,18 @@ void conn_accept(listener_t *l)
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         conn_t *c = conn_new(l, fd, &ss);
-        if (c == NULL)
-            continue;
-        link_conn(c);
-        conn_timer(c, W->table->t.global->header_timeout_ms);
-        /* A client that connects and writes at once (most do) has its first
-         * bytes here already: take them now, not after a trip through epoll.
-         * (TCP_DEFER_ACCEPT would save more, but hides silent connections
-         * from the header timeout.) */
-        if (c->ssl)
-            handshake(c);
-        else
-            session_start(c);
+        if (c != NULL)
+            conn_start(c);
     }
+}
+
+conn_t *conn_adopt(int fd, const struct sockaddr_storage *peer, uint16_t local_port)
+{
+    listener_t l = {.fd = -1, .kind = RT_LISTEN_HTTP, .port = local_port};
+    conn_t *c = conn_new(&l, fd, peer);
+    if (c != NULL)
+        conn_start(c);
+    return c;
 }
 
 /* ---- teardown ------------------------------------------------------------------------ */

@@ -20,6 +20,7 @@
 #ifndef PROXYD_CONN_H
 #define PROXYD_CONN_H
 
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "core/worker.h"
@@ -75,6 +76,12 @@ struct conn {
 };
 
 void conn_accept(listener_t *l);
+/* Serve fd, a connected non-blocking stream socket, as a connection accepted
+ * on a plain listener of local_port from peer (the unit tests drive the
+ * transport over a socketpair this way).  The session starts at once and
+ * may already have closed it: the pointer is valid until the next
+ * conn_free_deferred.  NULL (fd closed) when it cannot be set up. */
+conn_t *conn_adopt(int fd, const struct sockaddr_storage *peer, uint16_t local_port);
 /* The single teardown: the session hears reason, which is logged at debug
  * level and counted by kind in the worker's metrics. */
 void conn_close(conn_t *c, conn_close_reason_t reason);
