@@ -89,8 +89,10 @@ const char *conn_close_name(conn_close_reason_t reason);
 /* How a ready connection picks its session (set once by the worker: the
  * HTTP layer looks at ALPN). */
 void conn_set_selector(const conn_session_ops_t *(*select)(conn_t *c));
-/* Write what is queued; arranges EV_WRITE for the rest and calls
- * ops->on_writable when everything went out.  -1 if the connection closed. */
+/* Write what is queued now and arrange EV_WRITE for the rest; when a later
+ * write event empties it, ops->on_writable is called (not when this call
+ * writes everything: the caller knows, by conn_pending).  -1 if the
+ * connection closed. */
 int conn_flush(conn_t *c);
 /* Is output still queued (c->out or a file segment)? */
 static inline bool conn_pending(const conn_t *c) { return iobuf_len(c->out) || c->file_left; }

@@ -488,8 +488,8 @@ static void on_timeout(conn_t *c)
         }
         conn_close(c, W->draining ? CLOSE_DRAIN : CLOSE_HEADER_TIMEOUT);
         return;
-    case H1_IDLE:
-        conn_close(c, W->draining ? CLOSE_DRAIN : CLOSE_KEEPALIVE_TIMEOUT);
+    case H1_IDLE: /* before any request it was the header timeout armed at accept */
+        conn_close(c, W->draining ? CLOSE_DRAIN : c->bytes_out ? CLOSE_KEEPALIVE_TIMEOUT : CLOSE_HEADER_TIMEOUT);
         return;
     default:
         if (s->req && !s->req->body_done && !s->req->tunnel) {
