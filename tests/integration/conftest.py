@@ -11,8 +11,7 @@ Helpers:
   proxyctl fixture: proxyctl(*args, cwd=None, input=None) -> (rc, stdout, stderr)
       proxyctl --db <tmp_path>/store.db ARGS, cwd defaults to tmp_path.
   store fixture: the path of an initialised store (generation 1 active,
-      global settings GLOBAL_YAML: a private admin socket and the zones the
-      tests use).
+      global settings GLOBAL_YAML: a private admin socket).
   write(tmp_path, name, text) -> Path
   sql(db, query, *params) -> list of rows (python sqlite3, connection closed)
 
@@ -50,14 +49,11 @@ def _is_sanitized(path):
 SANITIZED = _is_sanitized(PROXYCTL)
 
 # Global settings every fixture store starts with: a private admin socket
-# (relative, so it resolves inside tmp_path, never /run/proxyd) and the zones
-# the diagnostics tests refer to.
+# (relative, so it resolves inside tmp_path, never /run/proxyd).  No cache or
+# rate-limit zones: proxyctl refuses them until proxyd executes them (SPEC §9,
+# test_unsupported_keys.py).
 GLOBAL_YAML = """\
 admin: {socket: admin.sock}
-rate_limit_zones:
-  api: {rate: 10r/s}
-cache_zones:
-  app_cache: {path: cache/app_cache}
 """
 
 

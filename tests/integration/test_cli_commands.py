@@ -226,26 +226,20 @@ def test_validate_invalid_stores_nothing(store, proxyctl, db, tmp_path):
     assert state(db) == before
 
 
-def test_validate_checks_against_stored_sites_and_globals(store, proxyctl, db, tmp_path):
+def test_validate_checks_against_stored_sites(store, proxyctl, db, tmp_path):
     write(tmp_path, "a.yaml", site_yaml("a", ["a.example.com"]))
     assert proxyctl("add-site", "a.yaml")[0] == 0
-    # The stored global settings define the zone 'api'.
-    write(tmp_path, "z.yaml", site_yaml("z", ["z.example.com"], body=(
-        "upstreams: {app: {servers: ['127.0.0.1:1']}}\n"
-        "routes:\n  - {match: {path_prefix: /}, upstream: app, rate_limit: {zone: api}}\n")))
-    assert proxyctl("validate", "z.yaml")[:2] == (0, "1 file valid\n")
+    write(tmp_path, "z.yaml", site_yaml("z", ["z.example.com", "a.example.com"]))
+    rc, out, err = proxyctl("validate", "z.yaml")
+    assert rc == 1 and "host 'a.example.com' is already claimed by site 'a' (a.yaml:2:9)" in err
     # A new version of a stored site replaces it (its hosts do not conflict with itself).
     write(tmp_path, "a2.yaml", site_yaml("a", ["a.example.com", "www.a.example.com"]))
     assert proxyctl("validate", "a2.yaml")[:2] == (0, "1 file valid\n")
 
 
 def test_validate_with_global_option(store, proxyctl, db, tmp_path):
-    write(tmp_path, "z.yaml", site_yaml("z", ["z.example.com"], body=(
-        "upstreams: {app: {servers: ['127.0.0.1:1']}}\n"
-        "routes:\n  - {match: {path_prefix: /}, upstream: app, cache: {zone: extra}}\n")))
-    rc, out, err = proxyctl("validate", "z.yaml")
-    assert rc == 1 and "unknown cache zone 'extra'" in err
-    write(tmp_path, "g.yaml", "cache_zones: {extra: {path: /tmp/extra}}\n")
+    write(tmp_path, "z.yaml", site_yaml("z", ["z.example.com"]))
+    write(tmp_path, "g.yaml", "workers: 2\n")
     before = state(db)
     assert proxyctl("validate", "--global", "g.yaml", "z.yaml") == (0, "1 file valid\n", "")
     write(tmp_path, "bad-g.yaml", "worker: 2\n")
@@ -697,7 +691,7 @@ routes:
   - match: {path_prefix: /api/, methods: [GET, POST]}
     upstream: api
     strip_prefix: true
-    rate_limit: {zone: api, burst: 20, nodelay: true}
+    retry: {on: [error, http_502], tries: 3}
     allow: [10.0.0.0/8, "::1"]
   - match: {path_prefix: /api/v2/, methods: [DELETE]}
     upstream: api
@@ -709,7 +703,7 @@ routes:
     redirect: {to: /new, status: 308}
   - match: {path_prefix: /app/}
     upstream: app
-    cache: {zone: app_cache, valid: {"200": 10m}}
+    max_body: 1m
     headers:
       request: {set: {X-Request-Id: "$request_id"}, remove: [X-Powered-By]}
 """
@@ -747,8 +741,6 @@ def test_dump(shop, proxyctl, db, tmp_path):
     gid, blob, _ = active_generation(db)
     assert out.startswith(f"# generation {gid}, {len(blob)} bytes\nglobal:\n")
     assert ", admin socket admin.sock\n" in out
-    assert "  rate_limit_zone api: 10.000 r/s by client_ip\n" in out
-    assert "  cache_zone app_cache: path cache/app_cache" in out
     assert "site shop (shop.yaml)\n  hosts: shop.example.com *.shop.example.com\n" in out
     assert "  upstream api: least_conn, keepalive 32\n" in out
     assert "    server 127.0.0.1:3002 weight 5 max_fails 1 fail_timeout 10s\n" in out
@@ -757,11 +749,11 @@ def test_dump(shop, proxyctl, db, tmp_path):
     assert "  route 2 (shop.yaml:13:5): path_exact /ping, methods any\n    return 200 body: pong\n" in out
     assert ("  route 4 (shop.yaml:17:5): path_prefix /api/, methods GET,POST\n"
             "    proxy to upstream api, strip_prefix\n") in out
-    assert "    rate_limit: zone api, burst 20, nodelay\n" in out
+    assert "    retry: 3 tries on error,http_502\n" in out
     assert "    allow: 10.0.0.0/8 ::1/128 (others 403)\n" in out
     assert "    static root /var/www, expires 30d\n" in out
     assert "    redirect 308 to /new\n" in out
-    assert "    cache: zone app_cache, 200 for 10m\n" in out
+    assert "    max_body: 1048576 bytes\n" in out
     assert "    request header set X-Request-Id: $request_id\n" in out
     assert "    request header remove X-Powered-By\n" in out
     # dump GEN decodes an older generation.
@@ -900,7 +892,7 @@ def test_route_json_escapes_source(store, proxyctl, tmp_path):
 def test_route_policies_shown(shop, proxyctl):
     out = route(proxyctl, "http://shop.example.com/app/home")
     assert "route 9 (shop.yaml:30:5): path_prefix /app/, methods any\n" in out
-    assert "  cache: zone app_cache, 200 for 10m\n" in out
+    assert "  max_body: 1048576 bytes\n" in out
     assert "  request header set X-Request-Id: $request_id\n" in out
     assert "  upstream app: round_robin, keepalive 32\n    server 127.0.0.1:3001 weight 1" in out
 

@@ -191,15 +191,15 @@ CASES = [
     Case("strip-prefix-exact", up("    upstream: app\n").replace("path_prefix: /", "path_exact: /a")
          + "    strip_prefix: true\n",
          ["site.yaml:8:19: error: strip_prefix requires a path_prefix match"]),
-    # --- zones (the stored global settings define 'api' and 'app_cache')
-    Case("rate-zone-suggest", up("    upstream: app\n    rate_limit: {zone: apii}\n"),
-         ["site.yaml:8:24: error: unknown rate-limit zone 'apii' (did you mean 'api'?)"]),
-    Case("cache-zone-suggest", up("    upstream: app\n    cache: {zone: app_cach}\n"),
-         ["site.yaml:8:19: error: unknown cache zone 'app_cach' (did you mean 'app_cache'?)"]),
-    Case("rate-zone-unknown", up("    upstream: app\n    rate_limit: {zone: zzz}\n"),
-         ["site.yaml:8:24: error: unknown rate-limit zone 'zzz' (define it under rate_limit_zones in the global settings)"]),
-    Case("cache-zone-unknown", up("    upstream: app\n    cache: {zone: zzz}\n"),
-         ["site.yaml:8:19: error: unknown cache zone 'zzz' (define it under cache_zones in the global settings)"]),
+    # --- keys proxyd does not execute yet: refused at the key (more in
+    # test_unsupported_keys.py; the cases of unknown cache and rate-limit zones
+    # come back with those features)
+    Case("unsupported-rate-limit", up("    upstream: app\n    rate_limit: {zone: api}\n"),
+         ["site.yaml:8:5: error: 'rate_limit' is not supported yet"]),
+    Case("unsupported-cache", up("    upstream: app\n    cache: {zone: app_cache}\n"),
+         ["site.yaml:8:5: error: 'cache' is not supported yet"]),
+    Case("unsupported-compression", up("    upstream: app\ncompression: {gzip: true}\n"),
+         ["site.yaml:8:1: error: 'compression' is not supported yet"]),
     # --- sites against each other
     Case("host-conflict", y("""
         site: two
@@ -253,7 +253,7 @@ CASES = [
           "site.yaml:10:46: error: invalid method 'FETCH' (expected one of: GET, HEAD, POST, PUT, DELETE, PATCH, "
           "OPTIONS, CONNECT, TRACE; did you mean 'PATCH'?)",
           "site.yaml:11:15: error: undefined upstream 'nope'",
-          "site.yaml:12:21: error: 'gzip' must be true or false, not 'maybe'"]),
+          "site.yaml:12:1: error: 'compression' is not supported yet"]),
     Case("several-semantic-errors-sorted", y("""
         site: two
         default: true
@@ -263,15 +263,11 @@ CASES = [
         routes:
           - match: {path_prefix: /}
             upstream: app
-            rate_limit: {zone: nope}
-            cache: {zone: nope2}
           - match: {path_regex: ab}
             upstream: app
         """),
          ["site.yaml:2:10: error: site 'two' is also marked default (site 'one' is the default, first.yaml:2:10)",
-          "site.yaml:3:9: error: host 'a.example.com' is already claimed by site 'one' (first.yaml:3:9)",
-          "site.yaml:9:24: error: unknown rate-limit zone 'nope' (define it under rate_limit_zones in the global settings)",
-          "site.yaml:10:19: error: unknown cache zone 'nope2' (define it under cache_zones in the global settings)"],
+          "site.yaml:3:9: error: host 'a.example.com' is already claimed by site 'one' (first.yaml:3:9)"],
          setup={"first.yaml": FIRST}),
 ]
 

@@ -110,8 +110,26 @@ static void test_diagnostics(void **state)
     expect_diag("site: a\nhosts: [a.example.com]\nroutes:\n  - timeouts: {read: 5x}\n    return: {status: 200}\n",
                 "site0.yaml:4:22: error: invalid duration '5x' for 'read': unknown unit (use ms, s, m, h or d)");
     expect_diag("site: a\nsite: b\n", "site0.yaml:2:1: error: duplicate key 'site' (first defined at line 1)");
+}
+
+/* Keys proxyd does not execute yet are refused at the key, values unread
+ * (SPEC §9; config.c unsupported_keys). */
+static void test_unsupported_keys(void **state)
+{
+    (void)state;
     expect_diag("site: a\nhosts: [a.example.com]\nroutes:\n  - rate_limit: {zone: api}\n    return: {status: 200}\n",
-                "site0.yaml:4:24: error: unknown rate-limit zone 'api'");
+                "site0.yaml:4:5: error: 'rate_limit' is not supported yet");
+    expect_diag("site: a\nhosts: [a.example.com]\nroutes:\n  - return: {status: 200}\n    cache: 1\n",
+                "site0.yaml:5:5: error: 'cache' is not supported yet");
+    expect_diag("site: a\nhosts: [a.example.com]\ncompression: {gzip: maybe}\n",
+                "site0.yaml:3:1: error: 'compression' is not supported yet");
+    fixture_t f = {0};
+    assert_int_equal(compile_texts(&f, "workers: 2\ncache_zones: {c: {path: /c}}\nrate_limit_zones: {api: {rate: x}}\n",
+                                   NULL, 0),
+                     -1);
+    assert_string_equal(diag_text(&f.d), "proxy.yaml:2:1: error: 'cache_zones' is not supported yet\n"
+                                         "proxy.yaml:3:1: error: 'rate_limit_zones' is not supported yet\n");
+    fixture_free(&f);
 }
 
 static void test_all_errors_reported(void **state)
@@ -277,6 +295,7 @@ int main(void)
         cmocka_unit_test(test_cross_site),       cmocka_unit_test(test_byte_identical),
         cmocka_unit_test(test_routing),          cmocka_unit_test(test_method_not_allowed),
         cmocka_unit_test(test_index_matches_walk), cmocka_unit_test(test_warning_shadowed),
+        cmocka_unit_test(test_unsupported_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
