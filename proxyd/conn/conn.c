@@ -49,6 +49,25 @@ const char *conn_close_name(conn_close_reason_t reason)
     return reason < STATS_CLOSE_COUNT ? close_names[reason] : "?";
 }
 
+/* During the handshake the session space holds the table SNI reads. */
+static tref_t *hs_table(conn_t *c)
+{
+    tref_t *t;
+    memcpy(&t, c->session_space, sizeof(t));
+    return t;
+}
+
+static void hs_table_set(conn_t *c, tref_t *t) { memcpy(c->session_space, &t, sizeof(t)); }
+
+static void file_done(conn_t *c)
+{
+    if (c->file == NULL)
+        return;
+    close(c->file->fd);
+    free(c->file);
+    c->file = NULL;
+}
+
 void conn_set_selector(const conn_session_ops_t *(*select)(conn_t *c)) { select_session = select; }
 
 /* ---- accept ------------------------------------------------------------------------ */
@@ -142,6 +161,7 @@ static void link_conn(conn_t *c)
 static void session_start(conn_t *c)
 {
     c->state = CONN_OPEN;
+    memset(c->session_space, 0, sizeof(c->session_space));
     c->ops = select_session(c);
     c->ops->on_open(c);
 }
@@ -170,14 +190,12 @@ static conn_t *conn_new(listener_t *l, int fd, const struct sockaddr_storage *ss
         goto fail;
     peer_from(c, ss);
     c->local_port = l->port;
-    c->file_fd = -1;
-    c->session = c->session_space;
     if (l->kind == RT_LISTEN_HTTPS) {
         if ((c->ssl = tls_accept(W->table, fd)) == NULL)
             goto fail;
         c->tls = true;
         c->state = CONN_HANDSHAKE;
-        c->hs_table = tref_get(W->table); /* a reload must not free what SNI looks at */
+        hs_table_set(c, tref_get(W->table)); /* a reload must not free what SNI looks at */
     }
     if (ev_add(W->loop, &c->io, fd, EV_READ, on_io) < 0)
         goto fail;
@@ -185,8 +203,8 @@ static conn_t *conn_new(listener_t *l, int fd, const struct sockaddr_storage *ss
 fail:
     if (c) {
         tls_free(c->ssl);
-        if (c->hs_table)
-            tref_put(c->hs_table);
+        if (c->state == CONN_HANDSHAKE)
+            tref_put(hs_table(c));
         free(c);
     }
     close(fd);
@@ -240,13 +258,9 @@ void conn_close(conn_t *c, conn_close_reason_t reason)
     ev_close(W->loop, &c->io); /* close() below unregisters it: one system call less */
     tls_free(c->ssl);
     c->ssl = NULL;
-    if (c->hs_table) {
-        tref_put(c->hs_table);
-        c->hs_table = NULL;
-    }
-    if (c->file_fd >= 0)
-        close(c->file_fd);
-    c->file_fd = -1;
+    if (c->state == CONN_HANDSHAKE)
+        tref_put(hs_table(c));
+    file_done(c);
     close(c->io.fd);
     c->io.fd = -1;
     iobuf_put(c->in);
@@ -278,8 +292,6 @@ void conn_free_deferred(void)
     while (W->closed) {
         conn_t *c = W->closed;
         W->closed = c->next;
-        if (c->session != c->session_space)
-            free(c->session);
         free(c);
     }
 }
@@ -385,11 +397,14 @@ void conn_write_u64(conn_t *c, uint64_t v)
 
 void conn_send_file(conn_t *c, int fd, uint64_t off, uint64_t len)
 {
-    if (c->file_fd >= 0)
-        close(c->file_fd);
-    c->file_fd = fd;
-    c->file_off = off;
-    c->file_left = len;
+    file_done(c);
+    if (len == 0 || (c->file = malloc(sizeof(*c->file))) == NULL) {
+        if (len)
+            log_err("static file: out of memory");
+        close(fd);
+        return;
+    }
+    *c->file = (conn_file_t){fd, off, len};
 }
 
 static void sent(conn_t *c, size_t n)
@@ -401,17 +416,18 @@ static void sent(conn_t *c, size_t n)
 /* TLS has no sendfile: stage file bytes through the output buffer. */
 static int send_file_tls(conn_t *c)
 {
-    while (c->file_left && conn_out_space(c)) {
-        size_t k = c->file_left < iobuf_space(c->out) ? (size_t)c->file_left : iobuf_space(c->out);
-        ssize_t n = pread(c->file_fd, iobuf_wr(c->out), k, (off_t)c->file_off);
+    conn_file_t *f = c->file;
+    while (f->left && conn_out_space(c)) {
+        size_t k = f->left < iobuf_space(c->out) ? (size_t)f->left : iobuf_space(c->out);
+        ssize_t n = pread(f->fd, iobuf_wr(c->out), k, (off_t)f->off);
         if (n <= 0) {
             log_err("static file read failed: %s", n == 0 ? "file shrank while sending" : strerror(errno));
             conn_close(c, CLOSE_FILE_ERROR);
             return -1;
         }
         c->out->end += (uint32_t)n;
-        c->file_off += (uint64_t)n;
-        c->file_left -= (uint64_t)n;
+        f->off += (uint64_t)n;
+        f->left -= (uint64_t)n;
         ssize_t w = c_write(c, iobuf_rd(c->out), iobuf_len(c->out));
         if (w == -2) {
             conn_close(c, CLOSE_CLIENT_ERROR);
@@ -431,10 +447,11 @@ static int send_file(conn_t *c)
 {
     if (c->ssl)
         return send_file_tls(c);
-    while (c->file_left) {
-        off_t off = (off_t)c->file_off;
-        size_t chunk = c->file_left > (1u << 20) ? (1u << 20) : (size_t)c->file_left;
-        ssize_t n = sendfile(c->io.fd, c->file_fd, &off, chunk);
+    conn_file_t *f = c->file;
+    while (f->left) {
+        off_t off = (off_t)f->off;
+        size_t chunk = f->left > (1u << 20) ? (1u << 20) : (size_t)f->left;
+        ssize_t n = sendfile(c->io.fd, f->fd, &off, chunk);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno == EAGAIN)
@@ -444,8 +461,8 @@ static int send_file(conn_t *c)
             conn_close(c, n == 0 ? CLOSE_FILE_ERROR : CLOSE_CLIENT_ERROR);
             return -1;
         }
-        c->file_off += (uint64_t)n;
-        c->file_left -= (uint64_t)n;
+        f->off += (uint64_t)n;
+        f->left -= (uint64_t)n;
         sent(c, (size_t)n);
     }
     return 0;
@@ -468,12 +485,10 @@ static int write_out(conn_t *c)
     if (iobuf_len(c->out) == 0) {
         iobuf_put(c->out);
         c->out = NULL;
-        if (c->file_left && send_file(c) < 0)
+        if (c->file && send_file(c) < 0)
             return -1;
-        if (c->file_left == 0 && c->file_fd >= 0) {
-            close(c->file_fd);
-            c->file_fd = -1;
-        }
+        if (c->file && c->file->left == 0)
+            file_done(c);
     }
     return 0;
 }
@@ -530,8 +545,7 @@ static void handshake(conn_t *c)
         conn_close(c, CLOSE_TLS_FAILED);
         return;
     }
-    tref_put(c->hs_table);
-    c->hs_table = NULL;
+    tref_put(hs_table(c));
     session_start(c); /* the first request may have arrived with the handshake */
 }
 

@@ -45,16 +45,23 @@ typedef struct conn_session_ops {
     void (*on_drain)(conn_t *c);
 } conn_session_ops_t;
 
-/* Room for a small session's state inside the connection (HTTP/1.1 fits),
- * so an idle connection is one allocation. */
-#define CONN_SESSION_INLINE 24
+/* Room for a small session's state inside the connection (HTTP/1.1 fits;
+ * a larger session keeps a pointer to its own allocation there), so an idle
+ * connection is one allocation.  During the TLS handshake, before any
+ * session, it holds the table the SNI callback reads. */
+#define CONN_SESSION_INLINE 16
+
+/* A file segment being sent after c->out (sendfile, or staged for TLS). */
+typedef struct {
+    int fd;
+    uint64_t off, left;
+} conn_file_t;
 
 struct conn {
     ev_io_t io;
     ev_timer_t timer;
     iobuf_t *in, *out;
     const conn_session_ops_t *ops;
-    void *session;            /* ops' state: session_space or its own allocation */
     conn_t *next;             /* deferred-free list */
     conn_t *all_prev, *all_next; /* every open connection of the worker */
     uint8_t state;            /* conn_state */
@@ -63,17 +70,18 @@ struct conn {
     bool read_paused;         /* backpressure: the consumer has not taken what c->in holds */
     bool tls_want_write;      /* the TLS layer needs writability to make progress */
     bool read_deferred;       /* queued for a read of data the TLS layer holds */
-    struct ssl_st *ssl;       /* TLS connections only */
-    tref_t *hs_table;         /* during the handshake: the table its SNI callback reads */
     uint8_t peer_family;      /* 4 or 6 (0 unix) */
     uint16_t peer_port, local_port;
     uint8_t peer_ip[16];
     uint32_t linger_left;     /* CONN_LINGER: bytes we still drain */
-    int file_fd;              /* a file segment sent after c->out (sendfile), or -1 */
-    uint64_t file_off, file_left;
+    struct ssl_st *ssl;       /* TLS connections only */
     uint64_t bytes_out;       /* written to the client, all requests */
-    _Alignas(16) unsigned char session_space[CONN_SESSION_INLINE];
+    conn_file_t *file;        /* while a file segment is queued, else NULL */
+    _Alignas(void *) unsigned char session_space[CONN_SESSION_INLINE];
 };
+
+/* The session's state, in the connection (see CONN_SESSION_INLINE). */
+static inline void *conn_session(conn_t *c) { return c->session_space; }
 
 void conn_accept(listener_t *l);
 /* Serve fd, a connected non-blocking stream socket, as a connection accepted
@@ -95,7 +103,7 @@ void conn_set_selector(const conn_session_ops_t *(*select)(conn_t *c));
  * connection closed. */
 int conn_flush(conn_t *c);
 /* Is output still queued (c->out or a file segment)? */
-static inline bool conn_pending(const conn_t *c) { return iobuf_len(c->out) || c->file_left; }
+static inline bool conn_pending(const conn_t *c) { return iobuf_len(c->out) || c->file; }
 /* Make room in c->out (allocating it); returns space available. */
 size_t conn_out_space(conn_t *c);
 void conn_write(conn_t *c, const char *p, size_t n);

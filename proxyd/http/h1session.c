@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "../common/log.h"
+#include "http/vars.h"
 
 enum h1_state { H1_IDLE, H1_HEAD, H1_BUSY };
 
@@ -45,7 +46,7 @@ typedef struct {
 static const http_session_ops_t h1_http_ops;
 static void process(conn_t *c);
 
-static h1_session_t *sess_of(conn_t *c) { return c->session; }
+static h1_session_t *sess_of(conn_t *c) { return conn_session(c); }
 
 static size_t head_limit(void)
 {
@@ -367,6 +368,21 @@ static void dispatch(conn_t *c, h1_session_t *s, request_t *r, size_t n)
     }
 }
 
+/* A head refused by the parser (400, 414, 431, 501, 505) is logged with its
+ * reason and the client, at most once a second. */
+static void refused(const conn_t *c, const h1_request_t *h)
+{
+    static log_limit_t limit;
+    unsigned long quiet;
+    char peer[VARS_PEER_MAX], more[64] = "";
+    if (!log_limited(&limit, &quiet))
+        return;
+    vars_peer(c, peer);
+    if (quiet)
+        snprintf(more, sizeof(more), " (%lu more since the last such line)", quiet);
+    log_warn("client %s: request refused with %d: %s%s", peer, h->status, h->error, more);
+}
+
 /* Parse and dispatch every complete request head in c->in, one at a time. */
 static void process(conn_t *c)
 {
@@ -406,6 +422,7 @@ static void process(conn_t *c)
         if (r == NULL)
             return;
         if (n < 0) {
+            refused(c, W->hreq);
             s->state = H1_BUSY;
             r->keep_alive = false;
             r->body_done = true; /* nothing of it will be read: the connection closes */

@@ -16,7 +16,7 @@
 
 #include "../common/log.h"
 
-#define REQ_KEEP 256
+#define REQ_KEEP 64 /* beyond what a worker has in flight at once, a kept request is only memory */
 /* A typical request (head copy, header index, response fields, handler
  * state) fits the arena's first chunk, which the free list keeps. */
 #define REQ_ARENA 4096
