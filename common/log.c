@@ -21,6 +21,19 @@ enum log_level log_max_level = LOG_INFO;
 
 void log_set_level(enum log_level lvl) { log_max_level = lvl; }
 
+bool log_limited(log_limit_t *l, unsigned long *left_out)
+{
+    long now = (long)time(NULL);
+    if (now == l->last) {
+        l->quiet++;
+        return false;
+    }
+    *left_out = l->quiet;
+    l->last = now;
+    l->quiet = 0;
+    return true;
+}
+
 int log_open(const char *path)
 {
     if (path == NULL || *path == '\0') {

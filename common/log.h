@@ -5,6 +5,8 @@
 #ifndef COMMON_LOG_H
 #define COMMON_LOG_H
 
+#include <stdbool.h>
+
 enum log_level { LOG_ERR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
 /* path NULL or "" logs to stderr.  Returns 0, or -1 with errno set. */
@@ -19,5 +21,14 @@ void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(pri
 extern enum log_level log_max_level;
 void log_set_level(enum log_level lvl);
 #define log_debug(...) (log_max_level >= LOG_DEBUG ? log_msg(LOG_DEBUG, __VA_ARGS__) : (void)0)
+
+/* Lines a client can cause are limited to one a second per kind, so a
+ * flood cannot fill the disk: log_limited says whether this one may be
+ * written, and *left_out how many were dropped since the last that was. */
+typedef struct {
+    long last;               /* time(NULL) of the last line written */
+    unsigned long quiet;     /* lines dropped since */
+} log_limit_t;
+bool log_limited(log_limit_t *l, unsigned long *left_out);
 
 #endif

@@ -79,8 +79,8 @@ const module_t route_regex_module = {.name = "route-regex", .table_init = regex_
 int route_regex_match(void *ud, uint32_t route, const char *path, size_t n)
 {
     static pcre2_match_context *mctx;
-    static time_t last;
-    static unsigned long quiet;
+    static log_limit_t limit;
+    unsigned long quiet;
     tref_t *tr = ud;
     regex_table_t *r = regex_of(tr);
     pcre2_code *re = r->re[route];
@@ -96,11 +96,8 @@ int route_regex_match(void *ud, uint32_t route, const char *path, size_t n)
     int rc = mctx ? pcre2_match(re, (PCRE2_SPTR)path, n, 0, 0, r->match_data, mctx) : PCRE2_ERROR_NOMEMORY;
     if (rc >= 0 || rc == PCRE2_ERROR_NOMATCH)
         return rc >= 0;
-    time_t now = time(NULL);
-    if (now == last) {
-        quiet++;
+    if (!log_limited(&limit, &quiet))
         return -1;
-    }
     const rt_table_t *t = &tr->t;
     const rt_route_t *rt = &t->routes[route];
     const rt_site_t *s = &t->sites[rt->site];
@@ -114,7 +111,5 @@ int route_regex_match(void *ud, uint32_t route, const char *path, size_t n)
              n, (const char *)why,
              rt->action == RT_ACT_RETURN ? "counted as a match of this return route" : "500 if the route takes the method",
              more);
-    last = now;
-    quiet = 0;
     return -1;
 }

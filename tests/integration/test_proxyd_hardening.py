@@ -161,3 +161,18 @@ def test_bad_chunk_before_any_byte_is_sent_is_502(proxyd_factory, backend_factor
     assert r.status == 502, r
     assert b"hello" not in r.body
     assert "invalid chunked body" in open(p.error_log).read()
+
+
+def test_refused_heads_are_logged_with_the_reason_at_most_once_a_second(p):
+    """400/414/431 say why in the error log, with the client, and a flood of them writes one
+    line a second (the rest are counted in the next line)."""
+    import time
+    for _ in range(20):
+        assert status_of(raw_exchange(p.port, b"GET / HTTP/1.1\r\nHost: a.test\r\nBad Header\r\n\r\n")) == 400
+    time.sleep(1.1)
+    assert status_of(raw_exchange(p.port, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a.test\r\n\r\n")) == 414
+    log = open(p.error_log).read()
+    lines = [l for l in log.splitlines() if "request refused with" in l]
+    assert any("client 127.0.0.1: request refused with 400: " in l for l in lines), log[-2000:]
+    assert any(" 414: " in l and "more since the last such line" in l for l in lines), lines
+    assert len(lines) < 10, lines
