@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "../common/log.h"
 #include "../common/str.h"
@@ -181,6 +182,13 @@ static bool skip_request_header(const h1_header_t *x)
     }
 }
 
+/* Forwarded (RFC 7239) says who the client is, like X-Forwarded-For: from
+ * a client that is not a trusted proxy it is a claim, and is not passed on. */
+static bool is_forwarded(const h1_header_t *x)
+{
+    return x->name.n == 9 && strncasecmp(x->name.p, "Forwarded", 9) == 0;
+}
+
 /* The normalized path, percent-encoded for the wire in pieces (no length
  * limit of its own: the head buffer's is the one that answers). */
 #define ENCODE_PIECE 1024
@@ -231,9 +239,10 @@ static int build_head(request_t *r, iobuf_t *out)
     request_line(&b, r, rt);
     if (!route_names(t, rt, "Host", 4)) /* headers: {request: {set: {Host: ...}}} replaces it */
         HB_HEADER_LIT(&b, "Host", r->host.p, r->host.n);
+    bool trusted = peer_trusted(r->conn, t);
     for (size_t i = 0; i < r->nheaders; i++) {
         const h1_header_t *x = &r->headers[i];
-        if (skip_request_header(x) || route_names(t, rt, x->name.p, x->name.n))
+        if (skip_request_header(x) || (!trusted && is_forwarded(x)) || route_names(t, rt, x->name.p, x->name.n))
             continue;
         hb_header(&b, x->name.p, x->name.n, x->value.p, x->value.n);
     }

@@ -117,6 +117,11 @@ def test_host_kept_and_forwarded_headers(env):
     assert d["User-Agent"] == "t/1"
 
 
+def test_forwarded_from_a_trusted_proxy_is_kept(env):
+    d = dict(echo_headers(get(env, "/app/fwd", headers=[("Forwarded", "for=203.0.113.7")])))
+    assert d["Forwarded"] == "for=203.0.113.7"
+
+
 def test_forwarded_for_without_incoming_value(env):
     d = dict(echo_headers(get(env, "/app/fwd")))
     assert d["X-Forwarded-For"] == "127.0.0.1"
@@ -128,10 +133,13 @@ def test_untrusted_peer_forwarded_headers_replaced(proxyd_factory, origin_factor
     p = proxyd_factory({"trusted_proxies": ["10.0.0.0/8"]}, sites=[main_site(origin.address)])
     r = get(p, "/app/fwd", headers=[("X-Forwarded-For", "203.0.113.7, 198.51.100.1"),
                                     ("X-Real-IP", "203.0.113.7"), ("X-Forwarded-Proto", "https"),
-                                    ("X-Forwarded-Host", "evil.test"), ("X-Forwarded-Port", "1")])
+                                    ("X-Forwarded-Host", "evil.test"), ("X-Forwarded-Port", "1"),
+                                    ("Forwarded", "for=203.0.113.7;proto=https"),
+                                    ("forwarded", "for=198.51.100.1")])
     hs = echo_headers(r)
     names = [k.lower() for k, _ in hs]
     d = dict(hs)
+    assert "forwarded" not in names, hs  # RFC 7239's claim from an untrusted client goes too
     for n in ("x-forwarded-for", "x-real-ip", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"):
         assert names.count(n) == 1, (n, hs)
     assert d["X-Forwarded-For"] == "127.0.0.1"
