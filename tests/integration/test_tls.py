@@ -948,18 +948,19 @@ def test_100_mib_download_over_tls(origin_behind_tls):
 
 
 def test_pipelined_requests_over_tls(mp):
-    """Several requests in one TLS record: every response comes back, in order."""
+    """Several requests in one TLS record: every response comes back, in order.  (Each names
+    a host of the site the SNI chose: another site's would be 421, test_proxyd_hardening.py.)"""
     s = tls_connect(mp.https_port, "main.test")
     try:
         reqs = b"".join(request_bytes("GET", f"/p{i}", host) for i, host in
-                        enumerate(["main.test", "rsa.test", "ecdsa.test", "hsts.test"]))
-        s.sendall(reqs + request_bytes("GET", "/last", "plain.test", [("Connection", "close")]))
+                        enumerate(["main.test", "www.main.test", "main.test", "www.main.test"]))
+        s.sendall(reqs + request_bytes("GET", "/last", "main.test", [("Connection", "close")]))
         data = _read_all(s, 5)
     finally:
         s.close()
     from proxyd_fixtures import parse_responses
     rs = parse_responses(data)
-    assert [r.body for r in rs] == [b"site main", b"site rsa", b"site ecdsa", b"site hsts", b"site plain"], data[:600]
+    assert [r.body for r in rs] == [b"site main"] * 5, data[:600]
 
 
 def _read_all(s, timeout):
