@@ -19,7 +19,7 @@
 #define REQ_KEEP 64 /* beyond what a worker has in flight at once, a kept request is only memory */
 /* A typical request (head copy, header index, response fields, handler
  * state) fits the arena's first chunk, which the free list keeps. */
-#define REQ_ARENA 4096
+#define REQ_ARENA 2048
 
 /* Free requests, linked through next_free. */
 static request_t *req_free;
@@ -204,7 +204,7 @@ void http_resp_add(request_t *r, const char *name, size_t nlen, const char *valu
 {
     http_resp_t *s = &r->resp;
     if (s->nfields == s->cap) {
-        uint32_t cap = s->cap ? s->cap * 2 : 16;
+        uint32_t cap = s->cap ? s->cap * 2 : 12;
         h1_header_t *f = arena_alloc_raw(&r->arena, cap * sizeof(*f));
         if (s->nfields)
             memcpy(f, s->fields, s->nfields * sizeof(*f));
