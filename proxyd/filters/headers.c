@@ -8,8 +8,8 @@
 #include "filters/headers.h"
 
 #include <string.h>
-#include <strings.h>
 
+#include "../common/str.h"
 #include "http/vars.h"
 
 static http_header_filter_t next_header;
@@ -38,39 +38,25 @@ static const slice_t hsts_strict = SLICE_LIT("max-age=63072000; includeSubDomain
 
 #define VALUE_MAX 1024
 
-static bool route_names(const rt_table_t *t, const rt_route_t *rt, const char *name, size_t n)
-{
-    for (uint32_t i = 0; i < rt->header_ops.count; i++) {
-        const rt_header_op_t *o = &t->hdrops[rt->header_ops.first + i];
-        if (o->dir == RT_HDR_RESPONSE && n == o->name.len && strncasecmp(name, rt_cstr(t, o->name), n) == 0)
-            return true;
-    }
-    return false;
-}
 
 static slice_t hsts_value(request_t *r, const rt_site_t *s)
 {
     if (!(s->flags & RT_SF_HSTS))
         return hsts_strict;
-    char *v = arena_alloc_raw(&r->arena, 64);
-    size_t o = 8;
-    memcpy(v, "max-age=", 8);
-    o += fmt_u64(v + 8, s->hsts_max_age);
-    if (s->flags & RT_SF_HSTS_SUBDOMAINS) {
-        memcpy(v + o, "; includeSubDomains", 19);
-        o += 19;
-    }
-    if (s->flags & RT_SF_HSTS_PRELOAD) {
-        memcpy(v + o, "; preload", 9);
-        o += 9;
-    }
-    return (slice_t){v, o};
+    str_buf_t b = str_buf_fixed(arena_alloc_raw(&r->arena, 64), 64);
+    STR_APPEND_LIT(&b, "max-age=");
+    str_append_u64(&b, s->hsts_max_age);
+    if (s->flags & RT_SF_HSTS_SUBDOMAINS)
+        STR_APPEND_LIT(&b, "; includeSubDomains");
+    if (s->flags & RT_SF_HSTS_PRELOAD)
+        STR_APPEND_LIT(&b, "; preload");
+    return (slice_t){b.p, b.len};
 }
 
 /* Does the route name this header (then it, not the preset, decides)? */
 static bool route_owns(const request_t *r, const rt_route_t *rt, slice_t name)
 {
-    return rt && rt->header_ops.count && route_names(&r->table->t, rt, name.p, name.n);
+    return rt && rt->header_ops.count && vars_route_names(&r->table->t, rt, RT_HDR_RESPONSE, name.p, name.n);
 }
 
 /* The preset replaces the upstream's values: every removal first, so the

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "../common/str.h"
 #include "handlers/static.h"
 
 /* Per table: each route's root directory as an O_PATH fd, or -1. */
@@ -62,10 +63,10 @@ static void answer_file(request_t *r, const rt_route_t *rt, const static_result_
     http_resp_add_str(r, "ETag", arena_strdup(&r->arena, sr->etag));
     HTTP_RESP_LIT(r, "Accept-Ranges", "bytes");
     if (rt->expires_s) {
-        char *v = arena_alloc(&r->arena, 40);
-        memcpy(v, "max-age=", 8);
-        size_t n = 8 + fmt_u64(v + 8, rt->expires_s);
-        http_resp_add(r, "Cache-Control", 13, v, n);
+        str_buf_t v = str_buf_fixed(arena_alloc_raw(&r->arena, 32), 32);
+        STR_APPEND_LIT(&v, "max-age=");
+        str_append_u64(&v, rt->expires_s);
+        http_resp_add(r, "Cache-Control", 13, v.p, v.len);
     }
     if (sr->status != 304) {
         http_resp_add_str(r, "Content-Type", sr->content_type);
