@@ -176,3 +176,28 @@ def test_refused_heads_are_logged_with_the_reason_at_most_once_a_second(p):
     assert any("client 127.0.0.1: request refused with 400: " in l for l in lines), log[-2000:]
     assert any(" 414: " in l and "more since the last such line" in l for l in lines), lines
     assert len(lines) < 10, lines
+
+
+def test_over_max_connections_a_tls_client_is_closed(proxyd_factory):
+    """No plain 503 goes to a TLS client (it would read it as a broken record): the
+    connection over the node's limit is closed before any handshake, and counted."""
+    import socket
+    import ssl
+    from proxyd_fixtures import read_response, request_bytes
+    p = tls_proxyd(proxyd_factory, SITES, settings={"limits": {"max_connections": 1}})
+    held = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+    try:
+        held.sendall(request_bytes(host="a.test"))
+        assert read_response(held).status == 200
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            https_request(p.https_port, host="a.test", timeout=3)
+        raw = socket.create_connection(("127.0.0.1", p.https_port), timeout=3)
+        try:
+            assert raw.recv(100) == b""  # closed, no plain-text answer on a TLS port
+        except ConnectionResetError:
+            pass
+        finally:
+            raw.close()
+    finally:
+        held.close()
+    assert "over limits.max_connections (1 for the node)" in open(p.error_log).read()

@@ -123,6 +123,21 @@ static inline void fx_worker_free(void)
     W = NULL;
 }
 
+/* cmocka group hooks for tests that need only the worker. */
+static inline int fx_group_setup(void **state)
+{
+    (void)state;
+    fx_worker_init();
+    return 0;
+}
+
+static inline int fx_group_teardown(void **state)
+{
+    (void)state;
+    fx_worker_free();
+    return 0;
+}
+
 /* Did the error log get a line containing s since the last fx_log_clear? */
 static inline bool fx_log_has(const char *s)
 {

@@ -33,20 +33,6 @@ static const char *PASSIVE =
 
 #define T0 1000000u /* a monotonic "now" in ms */
 
-static int group_setup(void **state)
-{
-    (void)state;
-    fx_worker_init();
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    fx_worker_free();
-    return 0;
-}
-
 static int setup(void **state)
 {
     tref_t *t = fx_table(NULL, PASSIVE);
@@ -355,5 +341,5 @@ int main(void)
         /* last: from here on tables bind slots of the shared region */
         cmocka_unit_test(test_region_slots_across_reloads),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, fx_group_setup, fx_group_teardown);
 }

@@ -40,20 +40,6 @@ typedef struct {
     tref_t *t;
 } px_t;
 
-static int group_setup(void **state)
-{
-    (void)state;
-    fx_worker_init();
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    fx_worker_free();
-    return 0;
-}
-
 /* A table whose app is be, and whose pair is a closed port then be2. */
 static int setup_with(void **state, const char *global, const char *client_ip)
 {
@@ -399,5 +385,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refused_without_retry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_body_timeout, setup_short, teardown),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, fx_group_setup, fx_group_teardown);
 }
