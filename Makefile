@@ -85,6 +85,10 @@ build/unit/test_http1: tests/unit/test_http1.c proxyd/http/http1.c proxyd/http/h
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g $(SAN) -o $@ $< proxyd/http/http1.c -lcmocka
 
+build/unit/test_proxyproto: tests/unit/test_proxyproto.c proxyd/conn/proxyproto.c proxyd/conn/proxyproto.h
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) -o $@ $< proxyd/conn/proxyproto.c -lcmocka
+
 build/unit/test_static: tests/unit/test_static.c proxyd/handlers/static.c proxyd/handlers/static.h proxyd/http/http1.h
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g $(SAN) -o $@ $< proxyd/handlers/static.c -lcmocka
@@ -125,6 +129,10 @@ build/fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS)
 build/fuzz/fuzz_http1: tests/fuzz/fuzz_http1.c proxyd/http/http1.c proxyd/http/http1.h
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined -o $@ $< proxyd/http/http1.c
+
+build/fuzz/fuzz_proxyproto: tests/fuzz/fuzz_proxyproto.c proxyd/conn/proxyproto.c proxyd/conn/proxyproto.h
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined -o $@ $< proxyd/conn/proxyproto.c
 
 # Replay every checked-in corpus once (part of make test).
 fuzz-replay: $(FUZZERS)
