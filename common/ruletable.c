@@ -92,7 +92,7 @@ const char *rt_enum_name(const char *kind, unsigned v)
     static const char *const logfmt[] = {"json", "combined", "off"};
     static const char *const match[] = {"any", "path_exact", "path_prefix", "path_regex"};
     static const char *const action[] = {"upstream", "return", "redirect", "static"};
-    static const char *const rkey[] = {"client_ip", "host", "site"};
+    static const char *const rkey[] = {"client_ip", "host", "site", "header:"};
     static const char *const listen[] = {"http", "https", "metrics"};
     static const struct {
         const char *kind;
@@ -100,7 +100,7 @@ const char *rt_enum_name(const char *kind, unsigned v)
         unsigned n;
     } tab[] = {
         {"balance", balance, 4}, {"cert", cert, 4},   {"sechdr", sechdr, 3}, {"logfmt", logfmt, 3},
-        {"match", match, 4},     {"action", action, 4}, {"rkey", rkey, 3},   {"listen", listen, 3},
+        {"match", match, 4},     {"action", action, 4}, {"rkey", rkey, 4},   {"listen", listen, 3},
     };
     for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++)
         if (strcmp(tab[i].kind, kind) == 0)
@@ -264,6 +264,9 @@ static int verify_global(vctx_t *v)
     for (uint32_t i = 0; i < t->nlistens; i++) {
         if (t->listens[i].kind >= RT_LISTEN_MAX)
             FAIL(v, "listen %u: unknown kind", i);
+        if ((t->listens[i].flags & ~RT_LF_PROXY_PROTOCOL) ||
+            (t->listens[i].flags && t->listens[i].kind == RT_LISTEN_METRICS))
+            FAIL(v, "listen %u: invalid flags", i);
         if (verify_sockaddr(v, &t->listens[i].sa, "listen", i) < 0)
             return -1;
     }
@@ -429,7 +432,10 @@ static int verify_leaves(vctx_t *v)
     }
     for (uint32_t i = 0; i < t->nrate_zones; i++) {
         CHECK_STR(v, t->rate_zones[i].name, "rate zone", i);
-        if (t->rate_zones[i].key >= RT_RKEY_MAX || t->rate_zones[i].per_sec_milli == 0)
+        CHECK_STR(v, t->rate_zones[i].rate, "rate zone", i);
+        CHECK_STR(v, t->rate_zones[i].header, "rate zone", i);
+        if (t->rate_zones[i].key >= RT_RKEY_MAX || t->rate_zones[i].interval_ns == 0 ||
+            (t->rate_zones[i].key == RT_RKEY_HEADER) != (t->rate_zones[i].header.len > 0))
             FAIL(v, "rate zone %u: invalid key or rate", i);
     }
     for (uint32_t i = 0; i < t->ncache_zones; i++) {

@@ -85,7 +85,7 @@ enum rt_action { RT_ACT_UPSTREAM, RT_ACT_RETURN, RT_ACT_REDIRECT, RT_ACT_STATIC,
 enum rt_hdr_dir { RT_HDR_REQUEST, RT_HDR_RESPONSE, RT_HDR_DIR_MAX };
 enum rt_hdr_op { RT_HDR_SET, RT_HDR_REMOVE, RT_HDR_OP_MAX };
 enum rt_addr_kind { RT_ADDR_INET, RT_ADDR_INET6, RT_ADDR_UNIX, RT_ADDR_NAME, RT_ADDR_MAX };
-enum rt_rate_key { RT_RKEY_CLIENT_IP, RT_RKEY_HOST, RT_RKEY_SITE, RT_RKEY_MAX };
+enum rt_rate_key { RT_RKEY_CLIENT_IP, RT_RKEY_HOST, RT_RKEY_SITE, RT_RKEY_HEADER, RT_RKEY_MAX };
 enum rt_listen_kind { RT_LISTEN_HTTP, RT_LISTEN_HTTPS, RT_LISTEN_METRICS, RT_LISTEN_MAX };
 
 /* Method bits, in the order of method_names[] in ruletable.c. */
@@ -118,9 +118,12 @@ typedef struct {
 
 typedef struct {
     uint8_t kind;        /* rt_listen_kind */
-    uint8_t pad[7];
+    uint8_t flags;       /* RT_LF_* */
+    uint8_t pad[6];
     rt_sockaddr_t sa;
 } rt_listen_t;
+
+#define RT_LF_PROXY_PROTOCOL (1u << 0) /* connections start with a PROXY protocol v1/v2 header */
 
 typedef struct {
     uint32_t workers;            /* 0 = one per CPU */
@@ -134,7 +137,7 @@ typedef struct {
     uint32_t ticket_key_rotation_s;
     uint32_t tls_protocols;      /* bit 0 TLSv1.2, bit 1 TLSv1.3 */
     uint32_t flags;              /* RT_GF_* */
-    uint32_t pad;
+    uint32_t max_conns_per_ip;   /* 0 = no cap */
     rt_str_t user;
     rt_str_t admin_socket;
     rt_str_t access_log_path;    /* "" = stderr */
@@ -287,11 +290,15 @@ typedef struct {
     uint32_t ttl_s;
 } rt_status_ttl_t;
 
+#define RT_RATE_ZONES_MAX 64 /* proxyd keeps their state in a fixed shared region */
+
 typedef struct {
     rt_str_t name;
-    uint32_t per_sec_milli;  /* rate in requests per 1000 s, i.e. r/s * 1000 */
+    rt_str_t rate;           /* as written: "10r/s", "600r/m" */
+    rt_str_t header;         /* RT_RKEY_HEADER: the header's name */
+    uint64_t interval_ns;    /* the time one request takes at the rate */
     uint8_t key;             /* rt_rate_key */
-    uint8_t pad[3];
+    uint8_t pad[7];
 } rt_rate_zone_t;
 
 typedef struct {

@@ -191,7 +191,7 @@ int parse_size(const char *s, size_t n, uint64_t *bytes, const char **why)
 }
 
 /* inet_pton wants a C string; addresses are short, so copy to the stack. */
-static int pton(const char *s, size_t n, uint8_t out[16], int *family)
+int parse_ip(const char *s, size_t n, uint8_t out[16], int *family)
 {
     char tmp[64];
     if (n == 0 || n >= sizeof(tmp))
@@ -216,7 +216,7 @@ int parse_cidr(const char *s, size_t n, rt_cidr_t *out, const char **why)
     size_t an = slash ? (size_t)(slash - s) : n;
     int family;
     memset(out, 0, sizeof(*out));
-    if (pton(s, an, out->addr, &family) < 0) {
+    if (parse_ip(s, an, out->addr, &family) < 0) {
         *why = "not an IPv4 or IPv6 address";
         return -1;
     }
@@ -241,6 +241,16 @@ int parse_cidr(const char *s, size_t n, rt_cidr_t *out, const char **why)
     out->family = (uint8_t)family;
     out->bits = (uint8_t)bits;
     return 0;
+}
+
+int ip_unmap(int family, uint8_t addr[16])
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (family != 6 || memcmp(addr, mapped, 12) != 0)
+        return family;
+    memmove(addr, addr + 12, 4);
+    memset(addr + 4, 0, 12);
+    return 4;
 }
 
 bool cidr_contains(const rt_cidr_t *c, int family, const uint8_t *addr)
@@ -324,7 +334,7 @@ int parse_sockaddr(const char *s, size_t n, rt_sockaddr_t *out, const char **why
     }
     out->port = (uint16_t)port;
     int family;
-    if (pton(host, hn, out->ip, &family) == 0) {
+    if (parse_ip(host, hn, out->ip, &family) == 0) {
         if (s[0] == '[' && family != 6) {
             *why = "brackets hold an IPv6 address";
             return -1;
@@ -340,7 +350,7 @@ int parse_sockaddr(const char *s, size_t n, rt_sockaddr_t *out, const char **why
     return 0;
 }
 
-int parse_rate(const char *s, size_t n, uint32_t *per_sec_milli, const char **why)
+int parse_rate(const char *s, size_t n, uint64_t *interval_ns, const char **why)
 {
     uint64_t v;
     bool of;
@@ -349,12 +359,11 @@ int parse_rate(const char *s, size_t n, uint32_t *per_sec_milli, const char **wh
         *why = "expected a rate like 10r/s or 600r/m";
         return -1;
     }
-    uint64_t milli = s[i + 2] == 's' ? v * 1000 : v * 1000 / 60;
-    if (of || v > 1000000 || milli == 0) {
+    if (of || v == 0 || v > 1000000) {
         *why = "rate must be between 1r/m and 1000000r/s";
         return -1;
     }
-    *per_sec_milli = (uint32_t)milli;
+    *interval_ns = (s[i + 2] == 's' ? UINT64_C(1000000000) : UINT64_C(60000000000)) / v;
     return 0;
 }
 

@@ -43,7 +43,37 @@ int parse_cidr(const char *s, size_t n, rt_cidr_t *out, const char **why);
 /* "1.2.3.4:80", "[::1]:80", "unix:/path", "name:port" (kind RT_ADDR_NAME). */
 int parse_sockaddr(const char *s, size_t n, rt_sockaddr_t *out, const char **why);
 /* "10r/s", "600r/m" -> requests per 1000 s */
-int parse_rate(const char *s, size_t n, uint32_t *per_sec_milli, const char **why);
+int parse_rate(const char *s, size_t n, uint64_t *interval_ns, const char **why);
+/* An IPv4 or IPv6 address of n bytes (not NUL-terminated) into out (16
+ * bytes, zero-filled; 4 used for IPv4): 0 with *family 4 or 6, else -1. */
+int parse_ip(const char *s, size_t n, uint8_t out[16], int *family);
+/* An IPv4-mapped IPv6 address (::ffff:a.b.c.d) becomes the IPv4 one in
+ * place; returns the family it has now. */
+int ip_unmap(int family, uint8_t addr[16]);
+/* FNV-1a 64 over n bytes from h (0xcbf29ce484222325 to start), optionally
+ * ASCII-lower-cased, and MurmurHash3's finaliser (every input bit moves
+ * every output bit): the non-cryptographic hashes of balancing and limits. */
+#define HASH_FNV64_INIT 0xcbf29ce484222325ull
+static inline uint64_t hash_fnv64(uint64_t h, const void *p, size_t n, bool lower)
+{
+    const unsigned char *s = p;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = s[i];
+        if (lower && ch >= 'A' && ch <= 'Z')
+            ch = (unsigned char)(ch + 32);
+        h = (h ^ ch) * 0x100000001b3ull;
+    }
+    return h;
+}
+static inline uint64_t hash_mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return x;
+}
 bool cidr_contains(const rt_cidr_t *c, int family, const uint8_t *addr);
 
 /* ---- formatting on hot paths (no stdio) ----------------------------------- */

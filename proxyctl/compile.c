@@ -401,6 +401,7 @@ static void emit_global(comp_t *c, cfg_site_t **sites, size_t n)
     memset(&r, 0, sizeof(r));
     r.workers = g->workers;
     r.max_connections = g->max_connections;
+    r.max_conns_per_ip = g->max_conns_per_ip;
     r.header_timeout_ms = ms32(g->header_timeout_ms);
     r.body_timeout_ms = ms32(g->body_timeout_ms);
     r.keepalive_timeout_ms = ms32(g->keepalive_timeout_ms);
@@ -420,6 +421,7 @@ static void emit_global(comp_t *c, cfg_site_t **sites, size_t n)
         rt_listen_t x;
         memset(&x, 0, sizeof(x));
         x.kind = (uint8_t)l->kind;
+        x.flags = l->proxy_protocol ? RT_LF_PROXY_PROTOCOL : 0;
         x.sa = sockaddr_rec(c, l->text, &l->sa);
         rtw_add(c->w, RT_SEC_LISTENS, &x, 1);
         r.listens.count++;
@@ -435,7 +437,9 @@ static void emit_global(comp_t *c, cfg_site_t **sites, size_t n)
         rt_rate_zone_t z;
         memset(&z, 0, sizeof(z));
         z.name = rtw_cstr(c->w, g->rate_zones[i].name);
-        z.per_sec_milli = g->rate_zones[i].per_sec_milli;
+        z.rate = rtw_cstr(c->w, g->rate_zones[i].rate);
+        z.header = rtw_cstr(c->w, g->rate_zones[i].header ? g->rate_zones[i].header : "");
+        z.interval_ns = g->rate_zones[i].interval_ns;
         z.key = (uint8_t)g->rate_zones[i].key;
         rtw_add(c->w, RT_SEC_RATE_ZONES, &z, 1);
     }

@@ -179,8 +179,6 @@ static const char *const unsupported_keys[] = {
     "cache",            /* route */
     "cache_zones",      /* proxy.yaml */
     "compression",      /* site */
-    "rate_limit",       /* route */
-    "rate_limit_zones", /* proxy.yaml */
 };
 
 static bool unsupported(const char *key)
@@ -1016,6 +1014,15 @@ cfg_site_t *config_site(arena_t *a, const char *file, const char *text, diag_t *
 
 /* ---- global settings ---------------------------------------------------- */
 
+static int listen_address(ctx_t *c, const char *key, ynode_t *v, void *obj)
+{
+    (void)obj;
+    return want(c, v, YN_SCALAR, key);
+}
+
+static const opt_t listen_entry_opts[] = {FN("address", listen_address), BOOL("proxy_protocol", cfg_listen_t, proxy_protocol),
+                                          END};
+
 static int listen_list(ctx_t *c, cfg_global_t *g, ynode_t *v, int kind, const char *key)
 {
     if (want(c, v, YN_SEQ, key) < 0)
@@ -1024,11 +1031,19 @@ static int listen_list(ctx_t *c, cfg_global_t *g, ynode_t *v, int kind, const ch
     for (size_t i = 0; i < v->n; i++) {
         ynode_t *e = v->vals[i];
         const char *why;
+        cfg_listen_t *l = &g->listens[g->nlistens];
+        *l = (cfg_listen_t){0};
+        if (e->kind == YN_MAP) { /* {address: ..., proxy_protocol: true} */
+            if (walk(c, "listen entry", e, listen_entry_opts, l) < 0 || require(c, e, "address", "listen entry") < 0) {
+                rc = -1;
+                continue;
+            }
+            e = yaml_get(e, "address");
+        }
         if (want(c, e, YN_SCALAR, key) < 0) {
             rc = -1;
             continue;
         }
-        cfg_listen_t *l = &g->listens[g->nlistens];
         l->pos = e->pos;
         l->kind = kind;
         l->text = e->s;
@@ -1179,16 +1194,41 @@ static int g_cache_zones(ctx_t *c, const char *key, ynode_t *v, void *obj)
 
 static int rz_rate(ctx_t *c, const char *key, ynode_t *v, void *obj)
 {
+    cfg_rate_zone_t *z = obj;
     const char *why;
     if (want(c, v, YN_SCALAR, key) < 0)
         return -1;
-    if (parse_rate(v->s, v->len, &((cfg_rate_zone_t *)obj)->per_sec_milli, &why) < 0)
+    if (parse_rate(v->s, v->len, &z->interval_ns, &why) < 0)
         return err(c, v, "invalid rate '%s': %s", v->s, why);
+    z->rate = v->s;
     return 0;
 }
 
-static const char *const rkey_names[] = {"client_ip", "host", "site", NULL};
-static const opt_t rzone_opts[] = {FN("rate", rz_rate), ENUM("key", cfg_rate_zone_t, key, rkey_names), END};
+/* client_ip | host | site | header:NAME */
+static int rz_key(ctx_t *c, const char *key, ynode_t *v, void *obj)
+{
+    static const char *const names[] = {"client_ip", "host", "site", "header:NAME"};
+    cfg_rate_zone_t *z = obj;
+    if (want(c, v, YN_SCALAR, key) < 0)
+        return -1;
+    for (int i = 0; i < RT_RKEY_HEADER; i++)
+        if (strcmp(v->s, names[i]) == 0) {
+            z->key = i;
+            return 0;
+        }
+    if (strncmp(v->s, "header:", 7) == 0) {
+        if (!is_token(v->s + 7))
+            return err(c, v, "invalid header name '%s' in key '%s'", v->s + 7, v->s);
+        z->key = RT_RKEY_HEADER;
+        z->header = v->s + 7;
+        return 0;
+    }
+    const char *sg = diag_suggest(v->s, names, 4);
+    return sg ? err(c, v, "invalid key '%s' (expected client_ip, host, site or header:NAME; did you mean '%s'?)", v->s, sg)
+              : err(c, v, "invalid key '%s' (expected client_ip, host, site or header:NAME)", v->s);
+}
+
+static const opt_t rzone_opts[] = {FN("rate", rz_rate), FN("key", rz_key), END};
 
 static int g_rate_zones(ctx_t *c, const char *key, ynode_t *v, void *obj)
 {
@@ -1200,9 +1240,11 @@ static int g_rate_zones(ctx_t *c, const char *key, ynode_t *v, void *obj)
     int rc = 0;
     for (size_t i = 0; i < v->n; i++) {
         cfg_rate_zone_t *z = &g->rate_zones[i];
-        *z = (cfg_rate_zone_t){v->keys[i]->pos, v->keys[i]->s, 0, RT_RKEY_CLIENT_IP};
+        *z = (cfg_rate_zone_t){.pos = v->keys[i]->pos, .name = v->keys[i]->s, .key = RT_RKEY_CLIENT_IP};
         if (!valid_name(z->name, 1))
             rc = err(c, v->keys[i], "invalid zone name '%s'", z->name);
+        if (i == RT_RATE_ZONES_MAX)
+            rc = err(c, v->keys[i], "too many rate-limit zones (at most %d)", RT_RATE_ZONES_MAX);
         rc |= walk(c, "rate-limit zone", v->vals[i], rzone_opts, z);
         rc |= require(c, v->vals[i], "rate", "rate-limit zone");
     }
@@ -1211,6 +1253,7 @@ static int g_rate_zones(ctx_t *c, const char *key, ynode_t *v, void *obj)
 
 static const opt_t limits_opts[] = {
     U32("max_connections", cfg_global_t, max_connections, 1, 10000000),
+    U32("max_connections_per_ip", cfg_global_t, max_conns_per_ip, 0, 10000000),
     DUR("header_timeout", cfg_global_t, header_timeout_ms),
     DUR("body_timeout", cfg_global_t, body_timeout_ms),
     DUR("keepalive_timeout", cfg_global_t, keepalive_timeout_ms),
@@ -1380,12 +1423,12 @@ static void global_defaults(arena_t *a, cfg_global_t *g)
     for (size_t i = 0; i < (root ? 2u : 1u); i++) {
         const char *s = root ? http_root[i] : http_user[i];
         const char *why;
-        g->listens[g->nlistens] = (cfg_listen_t){{NULL, 0, 0}, RT_LISTEN_HTTP, {{0, 0}, 0, {0}, 0, 0, {0}}, (char *)s};
+        g->listens[g->nlistens] = (cfg_listen_t){.kind = RT_LISTEN_HTTP, .text = (char *)s};
         parse_sockaddr(s, strlen(s), &g->listens[g->nlistens++].sa, &why);
     }
     const char *s = root ? https_root[0] : https_user[0];
     const char *why;
-    g->listens[g->nlistens] = (cfg_listen_t){{NULL, 0, 0}, RT_LISTEN_HTTPS, {{0, 0}, 0, {0}, 0, 0, {0}}, (char *)s};
+    g->listens[g->nlistens] = (cfg_listen_t){.kind = RT_LISTEN_HTTPS, .text = (char *)s};
     parse_sockaddr(s, strlen(s), &g->listens[g->nlistens++].sa, &why);
     g->user = ""; /* absent: proxyd drops to 'proxyd' when that user exists (see worker.c) */
     g->admin_socket = root ? "/run/proxyd/admin.sock" : "run/admin.sock"; /* relative: beside the store */

@@ -128,8 +128,10 @@ typedef struct {
 typedef struct {
     pos_t pos;
     char *name;
-    uint32_t per_sec_milli;
-    int key;
+    char *rate;             /* as written */
+    uint64_t interval_ns;
+    int key;                /* rt_rate_key */
+    char *header;           /* key header:NAME */
 } cfg_rate_zone_t;
 
 typedef struct {
@@ -137,6 +139,7 @@ typedef struct {
     int kind;               /* rt_listen_kind */
     rt_sockaddr_t sa;
     char *text;
+    bool proxy_protocol;
 } cfg_listen_t;
 
 typedef struct {
@@ -161,7 +164,7 @@ typedef struct {
     size_t ncache_zones;
     cfg_rate_zone_t *rate_zones;
     size_t nrate_zones;
-    uint32_t max_connections;
+    uint32_t max_connections, max_conns_per_ip;
     uint64_t header_timeout_ms, body_timeout_ms, keepalive_timeout_ms, drain_timeout_ms;
     uint64_t max_header_size, max_uri_size;
     char *access_log_path, *error_log_path;

@@ -163,11 +163,14 @@ static void dump_global(const rt_table_t *t, FILE *out)
     fprintf(out, "global:\n  workers %s", g->workers ? "" : "auto");
     if (g->workers)
         fprintf(out, "%u", g->workers);
-    fprintf(out, ", max_connections %u, user '%s', admin socket %s\n", g->max_connections, rt_cstr(t, g->user),
-            rt_cstr(t, g->admin_socket));
+    fprintf(out, ", max_connections %u", g->max_connections);
+    if (g->max_conns_per_ip)
+        fprintf(out, " (%u per client address)", g->max_conns_per_ip);
+    fprintf(out, ", user '%s', admin socket %s\n", rt_cstr(t, g->user), rt_cstr(t, g->admin_socket));
     for (uint32_t i = 0; i < g->listens.count; i++) {
         const rt_listen_t *l = &t->listens[g->listens.first + i];
-        fprintf(out, "  listen %s %s\n", rt_enum_name("listen", l->kind), rt_cstr(t, l->sa.addr));
+        fprintf(out, "  listen %s %s%s\n", rt_enum_name("listen", l->kind), rt_cstr(t, l->sa.addr),
+                l->flags & RT_LF_PROXY_PROTOCOL ? " (PROXY protocol)" : "");
     }
     fprintf(out, "  limits: header_timeout %s, body_timeout %s, keepalive_timeout %s, max_header_size %u, max_uri_size %u\n",
             dump_duration(g->header_timeout_ms, a), dump_duration(g->body_timeout_ms, b),
@@ -179,9 +182,9 @@ static void dump_global(const rt_table_t *t, FILE *out)
     }
     fputc('\n', out);
     for (uint32_t i = 0; i < t->nrate_zones; i++)
-        fprintf(out, "  rate_limit_zone %s: %u.%03u r/s by %s\n", rt_cstr(t, t->rate_zones[i].name),
-                t->rate_zones[i].per_sec_milli / 1000, t->rate_zones[i].per_sec_milli % 1000,
-                rt_enum_name("rkey", t->rate_zones[i].key));
+        fprintf(out, "  rate_limit_zone %s: %s by %s%s\n", rt_cstr(t, t->rate_zones[i].name),
+                rt_cstr(t, t->rate_zones[i].rate), rt_enum_name("rkey", t->rate_zones[i].key),
+                rt_cstr(t, t->rate_zones[i].header));
     for (uint32_t i = 0; i < t->ncache_zones; i++)
         fprintf(out, "  cache_zone %s: path %s, max_size %" PRIu64 "\n", rt_cstr(t, t->cache_zones[i].name),
                 rt_cstr(t, t->cache_zones[i].path), t->cache_zones[i].max_size);

@@ -81,8 +81,8 @@ static void peer_from(conn_t *c, const struct sockaddr_storage *ss)
         c->peer_port = ntohs(s4->sin_port);
     } else if (ss->ss_family == AF_INET6) {
         const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
-        c->peer_family = 6;
         memcpy(c->peer_ip, &s6->sin6_addr, 16);
+        c->peer_family = (uint8_t)ip_unmap(6, c->peer_ip); /* a dual-stack socket's IPv4 peer is IPv4 */
         c->peer_port = ntohs(s6->sin6_port);
     }
 }

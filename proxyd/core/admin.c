@@ -25,6 +25,7 @@
 #include "../common/store.h"
 #include "../common/str.h"
 #include "../common/util.h"
+#include "http/limit.h"
 #include "upstream/health.h"
 #include "http/http1.h"
 #include "core/net.h"
@@ -303,11 +304,36 @@ static void metrics_servers(str_buf_t *b)
     }
 }
 
+/* Rate-limit zones of the active table (their counters outlive reloads). */
+static void metrics_limits(str_buf_t *b)
+{
+    const rt_table_t *t = &V.table->t;
+    if (t->nrate_zones == 0)
+        return;
+    metric_header(b, "proxyd_rate_limit_requests_total", "counter",
+                  "Requests a rate-limit zone let through at once (allowed), after a wait (delayed) or refused with 429.");
+    for (uint32_t i = 0; i < t->nrate_zones; i++) {
+        limit_zone_stats_t s = limit_zone_stats(rt_cstr(t, t->rate_zones[i].name));
+        const char *z = rt_cstr(t, t->rate_zones[i].name);
+        str_printf(b, "proxyd_rate_limit_requests_total{zone=\"%s\",result=\"allowed\"} %llu\n", z, (unsigned long long)s.allowed);
+        str_printf(b, "proxyd_rate_limit_requests_total{zone=\"%s\",result=\"delayed\"} %llu\n", z, (unsigned long long)s.delayed);
+        str_printf(b, "proxyd_rate_limit_requests_total{zone=\"%s\",result=\"refused\"} %llu\n", z, (unsigned long long)s.refused);
+    }
+    metric_header(b, "proxyd_rate_limit_evictions_total", "counter",
+                  "Keys whose bucket was dropped, not yet drained, to make room for another (the zone is too small for its traffic).");
+    for (uint32_t i = 0; i < t->nrate_zones; i++) {
+        limit_zone_stats_t s = limit_zone_stats(rt_cstr(t, t->rate_zones[i].name));
+        str_printf(b, "proxyd_rate_limit_evictions_total{zone=\"%s\"} %llu\n", rt_cstr(t, t->rate_zones[i].name),
+                   (unsigned long long)s.evicted);
+    }
+}
+
 static void metrics_text(str_buf_t *b)
 {
     metrics_requests(b);
     metrics_latency(b);
     metrics_servers(b);
+    metrics_limits(b);
     metric_header(b, "proxyd_connections_active", "gauge", "Open client connections.");
     str_printf(b, "proxyd_connections_active %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, conns_active)));
     metric_header(b, "proxyd_connections_total", "counter", "Client connections accepted.");

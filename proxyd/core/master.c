@@ -30,6 +30,7 @@
 #include "../common/log.h"
 #include "core/admin.h"
 #include "core/net.h"
+#include "http/limit.h"
 #include "upstream/health.h"
 #include "core/replica.h"
 #include "conn/tls.h"
@@ -474,6 +475,7 @@ static void upgrade_env(int pipe_w)
     }
     snprintf(n, sizeof(n), "%d", pipe_w);
     setenv("PROXYD_UPGRADE_FD", n, 1);
+    limit_shm_export();
 }
 
 static void upgrade_start(void)
@@ -615,6 +617,10 @@ int master_main(const char *db, tref_t *table, int workers, char **argv)
         return 1;
     }
     M.shm->generation = table->generation;
+    if (limit_shm_init() < 0 || limit_bind(table) < 0) {
+        log_err("cannot map rate-limit state: %s", strerror(errno));
+        return 1;
+    }
     if (health_init() < 0 || health_bind(table) < 0) {
         log_err("cannot map upstream state: %s", strerror(errno));
         return 1;

@@ -14,11 +14,12 @@ struct tref;
 struct store;
 
 /* Per-request context slots (request_t.ctx), one per module that wants one. */
-enum module_ctx { MODULE_CTX_PROXY, MODULE_CTX_STATIC, MODULE_CTX_MAX };
+enum module_ctx { MODULE_CTX_PROXY, MODULE_CTX_STATIC, MODULE_CTX_LIMIT, MODULE_CTX_MAX };
 
 /* Per-generation state slots (tref_t.mod), in hook order. */
 enum module_id {
     MOD_ROUTE,    /* http/phases.c: compiled route regexes */
+    MOD_LIMIT,    /* http/limit.c: the table's rate-limit zones in the shared region */
     MOD_STATIC,   /* handlers/static_handler.c: static roots opened once */
     MOD_RESOLVE,  /* upstream/resolve.c: host-name servers resolved at load */
     MOD_BALANCE,  /* upstream/balance.c: balancing state */

@@ -14,6 +14,7 @@
 #include "handlers/static_handler.h"
 #include "http/accesslog.h"
 #include "http/h1session.h"
+#include "http/limit.h"
 #include "http/request.h"
 #include "http/route_regex.h"
 #include "upstream/balance.h"
@@ -26,6 +27,7 @@ const module_t *const proxyd_modules[] = {
     &request_module,
     &accesslog_module,
     &route_regex_module,
+    &limit_module,
     &static_module,
     &balance_module,
     &tls_module,

@@ -115,15 +115,6 @@ static void hb_header(str_buf_t *b, const char *name, size_t nn, const char *v, 
 
 #define HB_HEADER_LIT(b, name, v, vn) hb_header((b), "" name, sizeof(name) - 1, (v), (vn))
 
-static bool peer_trusted(const conn_t *c, const rt_table_t *t)
-{
-    const rt_span_t tp = t->global->trusted_proxies;
-    for (uint32_t i = 0; i < tp.count; i++)
-        if (cidr_contains(&t->cidrs[tp.first + i], c->peer_family, c->peer_ip))
-            return true;
-    return false;
-}
-
 /* Append a template with its variables expanded (2047 bytes at most). */
 static void hb_expand(str_buf_t *b, const request_t *r, const char *tmpl)
 {
@@ -135,18 +126,17 @@ static void hb_expand(str_buf_t *b, const request_t *r, const char *tmpl)
         str_append(b, val, n);
 }
 
-static void forwarded_headers(str_buf_t *b, const request_t *r, const rt_table_t *t)
+static void forwarded_headers(str_buf_t *b, const request_t *r)
 {
     const conn_t *c = r->conn;
-    bool trusted = peer_trusted(c, t);
-    char peer[VARS_PEER_MAX], port[24];
-    size_t peer_len = vars_peer(c, peer);
+    bool trusted = r->peer_trusted;
+    char peer[VARS_PEER_MAX], client[VARS_PEER_MAX], port[24];
+    size_t peer_len = vars_peer(c, peer), client_len = vars_client(r, client);
     size_t port_len = fmt_u64(port, c->local_port);
-    slice_t xri = {NULL, 0}, xfp = {NULL, 0}, xfh = {NULL, 0}, xfport = {NULL, 0};
+    slice_t xfp = {NULL, 0}, xfh = {NULL, 0}, xfport = {NULL, 0};
     for (size_t i = 0; trusted && i < r->nheaders; i++) {
         const h1_header_t *x = &r->headers[i];
         switch (x->id) {
-        case H1_HDR_X_REAL_IP: xri = x->value; break;
         case H1_HDR_X_FORWARDED_PROTO: xfp = x->value; break;
         case H1_HDR_X_FORWARDED_HOST: xfh = x->value; break;
         case H1_HDR_X_FORWARDED_PORT: xfport = x->value; break;
@@ -161,7 +151,7 @@ static void forwarded_headers(str_buf_t *b, const request_t *r, const rt_table_t
         }
     str_append(b, peer, peer_len);
     STR_APPEND_LIT(b, "\r\n");
-    HB_HEADER_LIT(b, "X-Real-IP", xri.n ? xri.p : peer, xri.n ? xri.n : peer_len);
+    HB_HEADER_LIT(b, "X-Real-IP", client, client_len); /* $remote_addr */
     const char *scheme = c->tls ? "https" : "http";
     HB_HEADER_LIT(b, "X-Forwarded-Proto", xfp.n ? xfp.p : scheme, xfp.n ? xfp.n : strlen(scheme));
     HB_HEADER_LIT(b, "X-Forwarded-Host", xfh.n ? xfh.p : r->host.p, xfh.n ? xfh.n : r->host.n);
@@ -239,14 +229,14 @@ static int build_head(request_t *r, iobuf_t *out)
     request_line(&b, r, rt);
     if (!route_names(t, rt, "Host", 4)) /* headers: {request: {set: {Host: ...}}} replaces it */
         HB_HEADER_LIT(&b, "Host", r->host.p, r->host.n);
-    bool trusted = peer_trusted(r->conn, t);
+    bool trusted = r->peer_trusted;
     for (size_t i = 0; i < r->nheaders; i++) {
         const h1_header_t *x = &r->headers[i];
         if (skip_request_header(x) || (!trusted && is_forwarded(x)) || route_names(t, rt, x->name.p, x->name.n))
             continue;
         hb_header(&b, x->name.p, x->name.n, x->value.p, x->value.n);
     }
-    forwarded_headers(&b, r, t);
+    forwarded_headers(&b, r);
     for (uint32_t i = 0; i < rt->header_ops.count; i++) {
         const rt_header_op_t *o = &t->hdrops[rt->header_ops.first + i];
         if (o->dir != RT_HDR_REQUEST || o->op != RT_HDR_SET)
@@ -414,9 +404,8 @@ static bool idempotent(unsigned method)
 
 static uint32_t pick(request_t *r, uint64_t tried)
 {
-    const conn_t *c = r->conn;
-    size_t n = c->peer_family == 4 ? 4 : c->peer_family == 6 ? 16 : 0;
-    return balance_pick(r->table, r->table->t.routes[r->route].upstream, c->peer_ip, n, tried, ev_now(W->loop));
+    size_t n = r->client_family == 4 ? 4 : r->client_family == 6 ? 16 : 0;
+    return balance_pick(r->table, r->table->t.routes[r->route].upstream, r->client_ip, n, tried, ev_now(W->loop));
 }
 
 static uint64_t pos_bit(const tref_t *tr, uint32_t server)
@@ -994,7 +983,7 @@ static void up_event(upconn_t *u, uint32_t revents)
 static void client_stalled(request_t *r, uint32_t ms)
 {
     char peer[VARS_PEER_MAX];
-    vars_peer(r->conn, peer);
+    vars_client(r, peer);
     log_warn("client %s (site %s): send timed out after %ums: the client stopped reading the response", peer,
              site_name(r), ms);
     r->sess->abort(r, CLOSE_SEND_TIMEOUT);

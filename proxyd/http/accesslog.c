@@ -91,14 +91,13 @@ static void stamps(void)
 
 void accesslog_request(const request_t *r)
 {
-    const conn_t *c = r->conn;
     if (log_fd < 0 || r->status == 0)
         return;
     int fmt = r->site == RT_NONE ? RT_LOG_JSON : r->table->t.sites[r->site].access_log;
     if (fmt == RT_LOG_OFF)
         return;
     char peer[VARS_PEER_MAX];
-    size_t peer_len = vars_peer(c, peer);
+    size_t peer_len = vars_client(r, peer);
     stamps();
     if (used + LOG_LINE_MAX > LOGBUF)
         accesslog_flush();

@@ -12,6 +12,7 @@
 #include "handlers/proxy.h"
 #include "handlers/return.h"
 #include "handlers/static_handler.h"
+#include "http/limit.h"
 #include "http/path.h"
 #include "http/route_regex.h"
 
@@ -58,6 +59,69 @@ static bool misdirected(const request_t *r)
     return sni && route_site(&r->table->t, sni, strlen(sni)) != r->site;
 }
 
+/* ---- the client address (SPEC §9) ------------------------------------------------- */
+
+static bool trusted(const rt_table_t *t, int family, const uint8_t *ip)
+{
+    const rt_span_t tp = t->global->trusted_proxies;
+    for (uint32_t i = 0; i < tp.count; i++)
+        if (cidr_contains(&t->cidrs[tp.first + i], family, ip))
+            return true;
+    return false;
+}
+
+/* One element of X-Forwarded-For: 192.0.2.1, 2001:db8::1, [2001:db8::1]:443
+ * or 192.0.2.1:80 (some proxies add the port). */
+static int xff_addr(const char *p, size_t n, uint8_t ip[16], int *family)
+{
+    if (n && p[0] == '[') {
+        const char *e = memchr(p, ']', n);
+        return e && parse_ip(p + 1, (size_t)(e - p - 1), ip, family) == 0 && *family == 6 ? 0 : -1;
+    }
+    if (parse_ip(p, n, ip, family) == 0)
+        return 0;
+    const char *colon = memchr(p, ':', n);
+    return colon && parse_ip(p, (size_t)(colon - p), ip, family) == 0 && *family == 4 ? 0 : -1;
+}
+
+static bool ows(char ch) { return ch == ' ' || ch == '\t'; }
+
+/* From a trusted peer, X-Forwarded-For is walked from the right (the
+ * nearest hop) past the trusted proxies: the first untrusted address is the
+ * client.  An element that is not an address ends the walk at the last one
+ * believed; when every address is trusted, the leftmost is the client. */
+static void client_address(request_t *r, const rt_table_t *t)
+{
+    r->peer_trusted = trusted(t, r->conn->peer_family, r->conn->peer_ip);
+    for (size_t i = r->nheaders; r->peer_trusted && i-- > 0;) {
+        if (r->headers[i].id != H1_HDR_X_FORWARDED_FOR)
+            continue;
+        const char *p = r->headers[i].value.p;
+        size_t end = r->headers[i].value.n;
+        while (end > 0) {
+            size_t start = end, e = end;
+            while (start > 0 && p[start - 1] != ',')
+                start--;
+            size_t b = start;
+            while (b < e && ows(p[b]))
+                b++;
+            while (e > b && ows(p[e - 1]))
+                e--;
+            end = start ? start - 1 : 0;
+            if (b == e)
+                continue; /* an empty list element (RFC 9110 §5.6.1) */
+            uint8_t ip[16];
+            int family;
+            if (xff_addr(p + b, e - b, ip, &family) < 0)
+                return;
+            r->client_family = (uint8_t)ip_unmap(family, ip);
+            memcpy(r->client_ip, ip, sizeof(ip));
+            if (!trusted(t, r->client_family, r->client_ip))
+                return;
+        }
+    }
+}
+
 static const http_handler_t *const action_handler[] = {
     [RT_ACT_UPSTREAM] = &proxy_handler,
     [RT_ACT_STATIC] = &static_handler,
@@ -72,6 +136,7 @@ static int phase_route(request_t *r)
         http_error(r, r->form == H1_FORM_AUTHORITY ? 405 : 404, NULL);
         return HTTP_PHASE_DONE;
     }
+    client_address(r, t);
     if (normalize(r) < 0) {
         http_error(r, 400, NULL);
         return HTTP_PHASE_DONE;
@@ -122,7 +187,7 @@ static bool allowed(const request_t *r, const rt_table_t *t, const rt_policy_t *
     if (p->allow.count == 0)
         return true;
     for (uint32_t i = 0; i < p->allow.count; i++)
-        if (cidr_contains(&t->cidrs[p->allow.first + i], r->conn->peer_family, r->conn->peer_ip))
+        if (cidr_contains(&t->cidrs[p->allow.first + i], r->client_family, r->client_ip))
             return true;
     return false;
 }
@@ -143,19 +208,17 @@ static int phase_access(request_t *r)
     return HTTP_PHASE_NEXT;
 }
 
-/* Rate limits plug in here (SPEC §9); until then every request passes. */
-static int phase_limit(request_t *r)
-{
-    (void)r;
-    return HTTP_PHASE_NEXT;
-}
-
-const http_phase_t http_phases[] = {phase_route, phase_access, phase_limit, NULL};
+const http_phase_t http_phases[] = {phase_route, phase_access, limit_phase, NULL};
 
 void request_run(request_t *r)
 {
-    for (const http_phase_t *p = http_phases; *p; p++)
-        if ((*p)(r) == HTTP_PHASE_DONE)
+    while (http_phases[r->phase]) {
+        int rc = http_phases[r->phase](r);
+        if (rc == HTTP_PHASE_DONE)
             return;
+        r->phase++;
+        if (rc == HTTP_PHASE_SUSPEND)
+            return;
+    }
     r->handler->start(r);
 }

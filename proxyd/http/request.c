@@ -93,6 +93,8 @@ request_t *request_new(conn_t *c, const http_session_ops_t *sess)
     }
     r->conn = c;
     r->sess = sess;
+    r->client_family = c->peer_family;
+    memcpy(r->client_ip, c->peer_ip, sizeof(r->client_ip));
     r->table = tref_get(W->table);
     r->site = r->route = RT_NONE;
     r->content_length = -1;

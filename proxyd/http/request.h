@@ -93,8 +93,12 @@ struct request {
     uint64_t bytes_at_start;     /* conn->bytes_out when the response began (HTTP/1.1) */
     uint64_t resp_bytes;         /* bytes of the response written (set when logged) */
     int status;
+    uint8_t client_family;       /* the client's address (4 or 6; 0 unix): the TCP peer, */
+    uint8_t client_ip[16];       /* or what a trusted proxy's X-Forwarded-For says (route phase) */
+    uint8_t phase;               /* the next of http_phases[] to run */
     uint8_t method_id;           /* h1_method_t */
     uint8_t form;                /* h1_form_t */
+    bool peer_trusted;           /* the connection's peer is in trusted_proxies (route phase) */
     bool head, http10, keep_alive, expect_continue, upgrade, websocket_ok, upstream_answered;
     bool response_started, response_done, body_done, tunnel;
     /* the request head: slices into `raw`, the arena copy of the head */

@@ -10,13 +10,17 @@
 
 #include "../common/str.h"
 
-size_t vars_peer(const conn_t *c, char *out)
+static size_t addr_text(int family, const uint8_t *ip, char *out)
 {
-    if (c->peer_family == 4 || c->peer_family == 6)
-        return fmt_ip(out, c->peer_family, c->peer_ip);
+    if (family == 4 || family == 6)
+        return fmt_ip(out, family, ip);
     memcpy(out, "unix", 5);
     return 4;
 }
+
+size_t vars_peer(const conn_t *c, char *out) { return addr_text(c->peer_family, c->peer_ip, out); }
+
+size_t vars_client(const request_t *r, char *out) { return addr_text(r->client_family, r->client_ip, out); }
 
 size_t vars_expand(const request_t *r, const char *v, char *out, size_t cap)
 {
@@ -42,7 +46,7 @@ size_t vars_expand(const request_t *r, const char *v, char *out, size_t cap)
         switch (k) {
         case 0: val = r->host.p; vn = r->host.n; break;
         case 1: val = c->tls ? "https" : "http"; vn = strlen(val); break;
-        case 2: vn = vars_peer(c, tmp); break;
+        case 2: vn = vars_client(r, tmp); break;
         case 3: val = r->request_id; vn = 16; break;
         case 4: vn = fmt_u64(tmp, c->local_port); break;
         case 5: val = r->target.p; vn = r->target.n; break;

@@ -17,8 +17,12 @@
 size_t vars_expand(const request_t *r, const char *tmpl, char *out, size_t cap);
 /* Does route r have a header operation (set or remove) in direction dir for name? */
 bool vars_route_names(const rt_table_t *t, const rt_route_t *r, int dir, const char *name, size_t n);
-/* The client address as text, NUL-terminated, in out[VARS_PEER_MAX]; returns its length. */
+/* An address as text, NUL-terminated, in out[VARS_PEER_MAX]; returns its
+ * length: the connection's peer (the TCP peer, or the address a PROXY
+ * protocol header stated), or the request's client ($remote_addr: what a
+ * trusted proxy's X-Forwarded-For says, else the peer). */
 #define VARS_PEER_MAX 46
 size_t vars_peer(const conn_t *c, char *out);
+size_t vars_client(const request_t *r, char *out);
 
 #endif

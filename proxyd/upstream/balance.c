@@ -14,33 +14,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/util.h"
 #include "upstream/health.h"
 #include "core/table.h"
 
 /* ---- hashing ------------------------------------------------------------------ */
 
-static uint64_t fnv64(const void *p, size_t n, uint64_t h)
-{
-    const unsigned char *s = p;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ s[i]) * 0x100000001b3ull;
-    return h;
-}
-
-/* MurmurHash3's finaliser: every input bit moves every output bit. */
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ull;
-    x ^= x >> 33;
-    return x;
-}
-
 uint32_t bal_hash_client(const void *p, size_t n)
 {
-    return (uint32_t)(mix64(fnv64(p, n, 0xcbf29ce484222325ull)) >> 32);
+    return (uint32_t)(hash_mix64(hash_fnv64(HASH_FNV64_INIT, p, n, false)) >> 32);
 }
 
 uint64_t bal_random(uint64_t *state)
@@ -142,10 +124,10 @@ int bal_ring_build(bal_ring_t *r, const char *const *keys, const uint32_t *weigh
     if (r->v == NULL)
         return -1;
     for (uint32_t i = 0; i < n; i++) {
-        uint64_t base = fnv64(keys[i], strlen(keys[i]), 0xcbf29ce484222325ull);
+        uint64_t base = hash_fnv64(HASH_FNV64_INIT, keys[i], strlen(keys[i]), false);
         uint64_t points = (weights[i] ? weights[i] : 1) * per;
         for (uint64_t k = 0; k < points; k++) {
-            r->v[r->n].point = (uint32_t)(mix64(base ^ mix64(k + 1)) >> 32);
+            r->v[r->n].point = (uint32_t)(hash_mix64(base ^ hash_mix64(k + 1)) >> 32);
             r->v[r->n++].pos = i;
         }
     }

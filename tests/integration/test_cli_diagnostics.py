@@ -194,8 +194,8 @@ CASES = [
     # --- keys proxyd does not execute yet: refused at the key (more in
     # test_unsupported_keys.py; the cases of unknown cache and rate-limit zones
     # come back with those features)
-    Case("unsupported-rate-limit", up("    upstream: app\n    rate_limit: {zone: api}\n"),
-         ["site.yaml:8:5: error: 'rate_limit' is not supported yet"]),
+    Case("unknown-rate-limit-zone", up("    upstream: app\n    rate_limit: {zone: api}\n"),
+         ["site.yaml:8:24: error: unknown rate-limit zone 'api' (define it under rate_limit_zones in the global settings)"]),
     Case("unsupported-cache", up("    upstream: app\n    cache: {zone: app_cache}\n"),
          ["site.yaml:8:5: error: 'cache' is not supported yet"]),
     Case("unsupported-compression", up("    upstream: app\ncompression: {gzip: true}\n"),

@@ -107,10 +107,11 @@ def test_host_kept_and_forwarded_headers(env):
     names = [k.lower() for k, _ in hs]
     assert d["Host"] == f"{HOST}:8080"                      # original Host, port included
     assert names.count("host") == 1
-    # 127.0.0.1 is in the default trusted_proxies: the incoming chain is kept and appended to.
+    # 127.0.0.1 is in the default trusted_proxies: the incoming chain is kept and appended to,
+    # and its rightmost untrusted address is the client.
     assert names.count("x-forwarded-for") == 1
     assert d["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"
-    assert d["X-Real-IP"] == "127.0.0.1"
+    assert d["X-Real-IP"] == "203.0.113.7"
     assert d["X-Forwarded-Proto"] == "http"
     assert d["X-Forwarded-Host"] == f"{HOST}:8080"
     assert d["X-Forwarded-Port"] == str(env.port)

@@ -1,7 +1,7 @@
 """Keys proxyd does not execute yet are refused (SPEC §9, issue 12 item 7).
 
-The schemas describe `cache` and `rate_limit` (route), `compression` (site),
-`cache_zones` and `rate_limit_zones` (proxy.yaml), but proxyd ignores them, so
+The schemas describe `cache` (route), `compression` (site) and `cache_zones`
+(proxy.yaml), but proxyd ignores them, so
 proxyctl refuses each one at the key, exactly as
 `FILE:LINE:COL: error: 'KEY' is not supported yet`, together with every other
 error of the run, exit 1, and nothing stored.  The issue that builds a feature
@@ -20,7 +20,7 @@ from conftest import GLOBAL_YAML, init_store, site_yaml, sql, state, write
 
 ROOT = Path(__file__).resolve().parents[2]
 
-UNSUPPORTED = ["cache", "rate_limit", "compression", "cache_zones", "rate_limit_zones"]
+UNSUPPORTED = ["cache", "compression", "cache_zones"]
 
 SITE_HEAD = (
     "site: a\n"
@@ -34,14 +34,12 @@ SITE_HEAD = (
 # key -> (site text, line, column of the key)
 SITE_KEYS = {
     "cache": (SITE_HEAD + "    cache: {zone: app_cache, valid: {\"200\": 10m}}\n", 8, 5),
-    "rate_limit": (SITE_HEAD + "    rate_limit: {zone: api, burst: 20, nodelay: true}\n", 8, 5),
     "compression": (SITE_HEAD + "compression:\n  gzip: true\n  level: 5\n", 8, 1),
 }
 
 # key -> (proxy.yaml text, line, column of the key)
 GLOBAL_KEYS = {
     "cache_zones": (GLOBAL_YAML + "cache_zones:\n  app_cache: {path: cache/app_cache, max_size: 1g}\n", 2, 1),
-    "rate_limit_zones": (GLOBAL_YAML + "workers: 2\nrate_limit_zones: {api: {rate: 10r/s, key: client_ip}}\n", 3, 1),
 }
 
 
@@ -79,10 +77,8 @@ def test_list_matches_schema_descriptions():
     route = site["$defs"]["route"]["properties"]
     described = {
         "cache": route["cache"]["description"],
-        "rate_limit": route["rate_limit"]["description"],
         "compression": site["properties"]["compression"]["description"],
         "cache_zones": proxy["properties"]["cache_zones"]["description"],
-        "rate_limit_zones": proxy["properties"]["rate_limit_zones"]["description"],
     }
     assert sorted(described) == sorted(UNSUPPORTED)
     for key, text in described.items():
@@ -113,19 +109,19 @@ def test_flag_form_add_site_unaffected(stored, proxyctl):
 
 def test_flow_style_key_position(stored, proxyctl, db, tmp_path):
     write(tmp_path, "a.yaml", "site: a\nhosts: [a.example.com]\nupstreams: {app: {servers: ['127.0.0.1:1']}}\n"
-          "routes:\n  - {match: {path_prefix: /}, upstream: app, rate_limit: {zone: api}}\n", dedent=False)
+          "routes:\n  - {match: {path_prefix: /}, upstream: app, cache: {zone: c}}\n", dedent=False)
     rc, out, err = proxyctl("validate", "a.yaml")
-    assert (rc, err) == (1, "a.yaml:5:46: error: 'rate_limit' is not supported yet\n1 error, 0 warnings\n")
+    assert (rc, err) == (1, "a.yaml:5:46: error: 'cache' is not supported yet\n1 error, 0 warnings\n")
 
 
 def test_value_is_not_looked_at(stored, proxyctl, tmp_path):
     """Only the refusal: no zone lookup, no type or range errors inside the value."""
-    write(tmp_path, "a.yaml", SITE_HEAD + "    cache: 42\n    rate_limit: {zone: nope, burst: lots}\n"
+    write(tmp_path, "a.yaml", SITE_HEAD + "    cache: 42\n"
           "compression: {gzip: maybe, level: 99}\n", dedent=False)
     rc, out, err = proxyctl("validate", "a.yaml")
     assert rc == 1
-    assert err.splitlines() == [refused("a.yaml", "cache", 8, 5), refused("a.yaml", "rate_limit", 9, 5),
-                                refused("a.yaml", "compression", 10, 1), "3 errors, 0 warnings"]
+    assert err.splitlines() == [refused("a.yaml", "cache", 8, 5),
+                                refused("a.yaml", "compression", 9, 1), "2 errors, 0 warnings"]
 
 
 def test_same_name_elsewhere_is_an_unknown_key(stored, proxyctl, tmp_path):
@@ -184,29 +180,25 @@ def test_global_key_refused(key, how, stored, proxyctl, db, tmp_path):
 
 def test_all_reported_in_one_run(stored, proxyctl, db, tmp_path):
     """Every refusal and every other error of the run, sorted by file and position."""
-    write(tmp_path, "proxy.yaml", GLOBAL_YAML + "cache_zones: {c: {path: /tmp/c}}\nworker: 2\n"
-          "rate_limit_zones: {api: {rate: 10r/s}}\n", dedent=False)
-    write(tmp_path, "a.yaml", SITE_HEAD + "    cache: {zone: c}\n    rate_limit: {zone: api}\n"
+    write(tmp_path, "proxy.yaml", GLOBAL_YAML + "cache_zones: {c: {path: /tmp/c}}\nworker: 2\n", dedent=False)
+    write(tmp_path, "a.yaml", SITE_HEAD + "    cache: {zone: c}\n"
           "    timeouts: {read: 5x}\ncompression: {gzip: true}\n", dedent=False)
     before = snapshot(proxyctl, db)
     rc, out, err = proxyctl("validate", "--global", "proxy.yaml", "a.yaml")
     assert err.splitlines() == [
         "proxy.yaml:2:1: error: 'cache_zones' is not supported yet",
         "proxy.yaml:3:1: error: unknown key 'worker' (did you mean 'workers'?)",
-        "proxy.yaml:4:1: error: 'rate_limit_zones' is not supported yet",
         "a.yaml:8:5: error: 'cache' is not supported yet",
-        "a.yaml:9:5: error: 'rate_limit' is not supported yet",
-        "a.yaml:10:22: error: invalid duration '5x' for 'read': unknown unit (use ms, s, m, h or d)",
-        "a.yaml:11:1: error: 'compression' is not supported yet",
-        "7 errors, 0 warnings"]
+        "a.yaml:9:22: error: invalid duration '5x' for 'read': unknown unit (use ms, s, m, h or d)",
+        "a.yaml:10:1: error: 'compression' is not supported yet",
+        "5 errors, 0 warnings"]
     assert (rc, out) == (1, "")
     rc, out, err = proxyctl("add-site", "a.yaml")
     assert err.splitlines() == [
         "a.yaml:8:5: error: 'cache' is not supported yet",
-        "a.yaml:9:5: error: 'rate_limit' is not supported yet",
-        "a.yaml:10:22: error: invalid duration '5x' for 'read': unknown unit (use ms, s, m, h or d)",
-        "a.yaml:11:1: error: 'compression' is not supported yet",
-        "4 errors, 0 warnings"]
+        "a.yaml:9:22: error: invalid duration '5x' for 'read': unknown unit (use ms, s, m, h or d)",
+        "a.yaml:10:1: error: 'compression' is not supported yet",
+        "3 errors, 0 warnings"]
     assert (rc, out) == (1, "")
     assert snapshot(proxyctl, db) == before
 
@@ -221,11 +213,11 @@ def test_store_written_before_the_refusal(proxyctl, db, tmp_path):
           "    cache: {zone: c}\n"
     sql_write(db, "INSERT INTO sites (name, yaml, source, digest, updated) VALUES ('old', ?, 'old.yaml', '', 0)", old)
     sql_write(db, "UPDATE settings SET value = ? WHERE key = 'global_yaml'",
-              GLOBAL_YAML + "rate_limit_zones: {api: {rate: 1r/s}}\n")
+              GLOBAL_YAML + "cache_zones: {c: {path: /tmp/c}}\n")
     write(tmp_path, "b.yaml", site_yaml("b", ["b.example.com"]), dedent=False)
     before = snapshot(proxyctl, db)
     rc, out, err = proxyctl("add-site", "b.yaml")
-    assert err.splitlines() == ["init-global.yaml:2:1: error: 'rate_limit_zones' is not supported yet",
+    assert err.splitlines() == ["init-global.yaml:2:1: error: 'cache_zones' is not supported yet",
                                 "old.yaml:6:5: error: 'cache' is not supported yet",
                                 "2 errors, 0 warnings"]
     assert (rc, out) == (1, "")

@@ -117,8 +117,6 @@ static void test_diagnostics(void **state)
 static void test_unsupported_keys(void **state)
 {
     (void)state;
-    expect_diag("site: a\nhosts: [a.example.com]\nroutes:\n  - rate_limit: {zone: api}\n    return: {status: 200}\n",
-                "site0.yaml:4:5: error: 'rate_limit' is not supported yet");
     expect_diag("site: a\nhosts: [a.example.com]\nroutes:\n  - return: {status: 200}\n    cache: 1\n",
                 "site0.yaml:5:5: error: 'cache' is not supported yet");
     expect_diag("site: a\nhosts: [a.example.com]\ncompression: {gzip: maybe}\n",
@@ -128,7 +126,7 @@ static void test_unsupported_keys(void **state)
                                    NULL, 0),
                      -1);
     assert_string_equal(diag_text(&f.d), "proxy.yaml:2:1: error: 'cache_zones' is not supported yet\n"
-                                         "proxy.yaml:3:1: error: 'rate_limit_zones' is not supported yet\n");
+                                         "proxy.yaml:3:32: error: invalid rate 'x': expected a rate like 10r/s or 600r/m\n");
     fixture_free(&f);
 }
 

@@ -31,7 +31,7 @@ static uint8_t *build(size_t *len)
     assert_non_null(g);
     /* proxyctl refuses rate_limit_zones until proxyd rate-limits, but the
      * format carries the section: set the zone in the model directly. */
-    cfg_rate_zone_t zone = {{"p.yaml", 1, 1}, "api", 5000, RT_RKEY_CLIENT_IP};
+    cfg_rate_zone_t zone = {.pos = {"p.yaml", 1, 1}, .name = "api", .rate = "5r/s", .interval_ns = 200000000, .key = RT_RKEY_CLIENT_IP};
     g->rate_zones = &zone;
     g->nrate_zones = 1;
     assert_non_null(s);
