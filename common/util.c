@@ -266,6 +266,15 @@ bool cidr_contains(const rt_cidr_t *c, int family, const uint8_t *addr)
     return (c->addr[full] & mask) == (addr[full] & mask);
 }
 
+bool trusted_proxy(const rt_table_t *t, int family, const uint8_t *ip)
+{
+    const rt_span_t tp = t->global->trusted_proxies;
+    for (uint32_t i = 0; i < tp.count; i++)
+        if (cidr_contains(&t->cidrs[tp.first + i], family, ip))
+            return true;
+    return false;
+}
+
 static bool valid_hostname(const char *s, size_t n)
 {
     if (n == 0 || n > 253)

@@ -74,6 +74,8 @@ static inline uint64_t hash_mix64(uint64_t x)
     x ^= x >> 33;
     return x;
 }
+/* Is the address in the table's trusted_proxies? */
+bool trusted_proxy(const rt_table_t *t, int family, const uint8_t *ip);
 bool cidr_contains(const rt_cidr_t *c, int family, const uint8_t *addr);
 
 /* ---- formatting on hot paths (no stdio) ----------------------------------- */

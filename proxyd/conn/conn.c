@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "conn/peers.h"
+#include "conn/proxyproto.h"
 #include "conn/tls.h"
 
 #define ACCEPT_BATCH 64
@@ -72,19 +74,24 @@ void conn_set_selector(const conn_session_ops_t *(*select)(conn_t *c)) { select_
 
 /* ---- accept ------------------------------------------------------------------------ */
 
-static void peer_from(conn_t *c, const struct sockaddr_storage *ss)
+/* The address of ss: its family (4 or 6, 0 for others) into ip[16] and port. */
+static int sockaddr_ip(const struct sockaddr_storage *ss, uint8_t ip[16], uint16_t *port)
 {
+    memset(ip, 0, 16);
     if (ss->ss_family == AF_INET) {
         const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
-        c->peer_family = 4;
-        memcpy(c->peer_ip, &s4->sin_addr, 4);
-        c->peer_port = ntohs(s4->sin_port);
-    } else if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
-        memcpy(c->peer_ip, &s6->sin6_addr, 16);
-        c->peer_family = (uint8_t)ip_unmap(6, c->peer_ip); /* a dual-stack socket's IPv4 peer is IPv4 */
-        c->peer_port = ntohs(s6->sin6_port);
+        memcpy(ip, &s4->sin_addr, 4);
+        *port = ntohs(s4->sin_port);
+        return 4;
     }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+        memcpy(ip, &s6->sin6_addr, 16);
+        *port = ntohs(s6->sin6_port);
+        return ip_unmap(6, ip); /* a dual-stack socket's IPv4 peer is IPv4 */
+    }
+    *port = 0;
+    return 0;
 }
 
 /* Listeners are registered EPOLLEXCLUSIVE, which EPOLL_CTL_MOD refuses:
@@ -157,6 +164,137 @@ static void link_conn(conn_t *c)
     W->stats->conns_total++;
 }
 
+/* ---- per-address caps and the PROXY protocol ----------------------------------------- */
+
+/* The listen entry's flags in the current table (a reload may change them). */
+static uint8_t listener_flags(const listener_t *l)
+{
+    const rt_table_t *t = &W->table->t;
+    for (uint32_t i = 0; i < t->global->listens.count; i++) {
+        const rt_listen_t *e = &t->listens[t->global->listens.first + i];
+        if (e->kind == l->kind && e->sa.port == l->port && e->sa.kind == l->addr_kind &&
+            memcmp(e->sa.ip, l->ip, sizeof(l->ip)) == 0)
+            return e->flags;
+    }
+    return 0;
+}
+
+static void log_refusal(log_limit_t *limit, int family, const uint8_t *ip, const char *what)
+{
+    unsigned long quiet;
+    char peer[64], more[64] = "";
+    if (W->draining || !log_limited(limit, &quiet))
+        return;
+    if (family == 4 || family == 6)
+        fmt_ip(peer, family, ip);
+    else
+        snprintf(peer, sizeof(peer), "unix");
+    if (quiet)
+        snprintf(more, sizeof(more), " (%lu more since the last such line)", quiet);
+    log_warn("client %s: %s%s", peer, what, more);
+}
+
+/* limits.max_connections_per_ip: false when the address has its share. */
+static bool peer_admitted(int family, const uint8_t *ip, bool *counted)
+{
+    static log_limit_t limit;
+    uint32_t cap = W->table->t.global->max_conns_per_ip;
+    *counted = false;
+    if (cap == 0 || peers_take(family, ip, cap, counted))
+        return true;
+    W->stats->closed[CLOSE_PER_IP]++;
+    char what[96];
+    snprintf(what, sizeof(what), "connection closed: over limits.max_connections_per_ip (%u)", cap);
+    log_refusal(&limit, family, ip, what);
+    return false;
+}
+
+static void session_start(conn_t *c);
+
+/* After the PROXY header: the TLS handshake or the session. */
+static void proxy_done(conn_t *c)
+{
+    if (!c->tls) {
+        session_start(c);
+        return;
+    }
+    if ((c->ssl = tls_accept(W->table, c->io.fd)) == NULL) {
+        conn_close(c, CLOSE_NO_MEMORY);
+        return;
+    }
+    c->state = CONN_HANDSHAKE;
+    hs_table_set(c, tref_get(W->table));
+    handshake(c);
+}
+
+static void proxy_refused(conn_t *c, const char *why)
+{
+    static log_limit_t limit;
+    char what[160];
+    snprintf(what, sizeof(what), "connection closed: %s", why);
+    log_refusal(&limit, c->peer_family, c->peer_ip, what);
+    conn_close(c, CLOSE_PROXY_PROTOCOL);
+}
+
+/* CONN_PROXY: the header is peeked, and only its own bytes are read (what
+ * follows is the client's TLS or HTTP).  Epoll is level-triggered, so a
+ * header that arrives in pieces is read as it comes (every byte before its
+ * end is its own) into c->in, and parsed again with what follows. */
+static void proxy_header(conn_t *c)
+{
+    uint8_t buf[PP_V2_MAX];
+    size_t have = iobuf_len(c->in);
+    memcpy(buf, have ? iobuf_rd(c->in) : "", have);
+    ssize_t n;
+    do
+        n = recv(c->io.fd, buf + have, sizeof(buf) - have, MSG_PEEK);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && errno == EAGAIN)
+        return;
+    if (n <= 0) {
+        conn_close(c, n == 0 ? CLOSE_CLIENT_EOF : CLOSE_CLIENT_ERROR);
+        return;
+    }
+    pp_addr_t src;
+    const char *why;
+    long len = pp_parse(buf, have + (size_t)n, &src, &why);
+    if (len < 0) {
+        proxy_refused(c, why);
+        return;
+    }
+    if (len == 0 && c->in == NULL && (c->in = iobuf_get()) == NULL) {
+        conn_close(c, CLOSE_NO_MEMORY);
+        return;
+    }
+    size_t take = len ? (size_t)len - have : (size_t)n;
+    uint8_t *to = len ? buf : (uint8_t *)iobuf_wr(c->in);
+    if (recv(c->io.fd, to, take, 0) != (ssize_t)take) {
+        conn_close(c, CLOSE_CLIENT_ERROR);
+        return;
+    }
+    W->stats->bytes_in += take;
+    if (len == 0) {
+        c->in->end += (uint32_t)take;
+        return;
+    }
+    iobuf_put(c->in);
+    c->in = NULL;
+    if (src.family) {
+        if (!trusted_proxy(&W->table->t, c->peer_family, c->peer_ip)) {
+            proxy_refused(c, "PROXY protocol header from a peer not in trusted_proxies");
+            return;
+        }
+        memcpy(c->peer_ip, src.ip, sizeof(c->peer_ip));
+        c->peer_family = (uint8_t)ip_unmap(src.family, c->peer_ip);
+        c->peer_port = src.port;
+    }
+    if (!peer_admitted(c->peer_family, c->peer_ip, &c->peer_counted)) {
+        conn_close(c, CLOSE_PER_IP);
+        return;
+    }
+    proxy_done(c);
+}
+
 /* A connection is ready for its protocol: plain at once, TLS after the handshake. */
 static void session_start(conn_t *c)
 {
@@ -176,21 +314,26 @@ static void conn_start(conn_t *c)
      * bytes here already: take them now, not after a trip through epoll.
      * (TCP_DEFER_ACCEPT would save more, but hides silent connections
      * from the header timeout.) */
-    if (c->ssl)
+    if (c->state == CONN_PROXY)
+        proxy_header(c);
+    else if (c->ssl)
         handshake(c);
     else
         session_start(c);
 }
 
 /* A new connection on fd; NULL (fd closed) when it cannot be set up. */
-static conn_t *conn_new(listener_t *l, int fd, const struct sockaddr_storage *ss)
+static conn_t *conn_new(listener_t *l, int fd, const struct sockaddr_storage *ss, bool proxy_protocol)
 {
     conn_t *c = calloc(1, sizeof(*c));
     if (c == NULL)
         goto fail;
-    peer_from(c, ss);
+    c->peer_family = (uint8_t)sockaddr_ip(ss, c->peer_ip, &c->peer_port);
     c->local_port = l->port;
-    if (l->kind == RT_LISTEN_HTTPS) {
+    if (proxy_protocol) {
+        c->state = CONN_PROXY; /* TLS, if any, after the header */
+        c->tls = l->kind == RT_LISTEN_HTTPS;
+    } else if (l->kind == RT_LISTEN_HTTPS) {
         if ((c->ssl = tls_accept(W->table, fd)) == NULL)
             goto fail;
         c->tls = true;
@@ -226,18 +369,31 @@ void conn_accept(listener_t *l)
             refuse(l, fd);
             continue;
         }
+        bool pp = listener_flags(l) & RT_LF_PROXY_PROTOCOL, counted = false;
+        uint8_t ip[16];
+        uint16_t port;
+        int family = sockaddr_ip(&ss, ip, &port);
+        if (!pp && !peer_admitted(family, ip, &counted)) { /* with PROXY, once the header names the client */
+            close(fd);
+            continue;
+        }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        conn_t *c = conn_new(l, fd, &ss);
-        if (c != NULL)
-            conn_start(c);
+        conn_t *c = conn_new(l, fd, &ss, pp);
+        if (c == NULL) {
+            if (counted)
+                peers_release(family, ip);
+            continue;
+        }
+        c->peer_counted = counted;
+        conn_start(c);
     }
 }
 
 conn_t *conn_adopt(int fd, const struct sockaddr_storage *peer, uint16_t local_port)
 {
     listener_t l = {.fd = -1, .kind = RT_LISTEN_HTTP, .port = local_port};
-    conn_t *c = conn_new(&l, fd, peer);
+    conn_t *c = conn_new(&l, fd, peer, false);
     if (c != NULL)
         conn_start(c);
     return c;
@@ -260,6 +416,8 @@ void conn_close(conn_t *c, conn_close_reason_t reason)
     c->ssl = NULL;
     if (c->state == CONN_HANDSHAKE)
         tref_put(hs_table(c));
+    if (c->peer_counted)
+        peers_release(c->peer_family, c->peer_ip);
     file_done(c);
     close(c->io.fd);
     c->io.fd = -1;
@@ -612,6 +770,9 @@ static void on_io(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
     if (c->closed)
         return;
     switch (c->state) {
+    case CONN_PROXY:
+        proxy_header(c);
+        return;
     case CONN_HANDSHAKE:
         handshake(c);
         return;
@@ -643,6 +804,9 @@ static void on_timer(ev_loop_t *loop, ev_timer_t *t)
     conn_t *c = (conn_t *)((char *)t - offsetof(conn_t, timer));
     (void)loop;
     switch (c->state) {
+    case CONN_PROXY:
+        conn_close(c, CLOSE_HEADER_TIMEOUT);
+        return;
     case CONN_HANDSHAKE:
         conn_close(c, CLOSE_TLS_TIMEOUT);
         return;

@@ -6,7 +6,12 @@
  * ALPN will pick HTTP/2), which turns c->in into requests and writes their
  * responses into c->out.
  *
- *   [HANDSHAKE on TLS listeners] --> OPEN (the session runs) --> [LINGER] --> closed
+ *   [PROXY] --> [HANDSHAKE on TLS listeners] --> OPEN (the session runs) --> [LINGER] --> closed
+ *
+ * PROXY: on a listen entry with proxy_protocol, the PROXY protocol header
+ * is read first (exactly its bytes: what follows is the client's) and the
+ * address it states becomes the peer's, when the connecting peer is a
+ * trusted proxy.
  *
  * LINGER: our side is shut after a final response and the client's unread
  * bytes are drained for a moment, so they cannot turn the response into a
@@ -25,7 +30,7 @@
 
 #include "core/worker.h"
 
-enum conn_state { CONN_HANDSHAKE, CONN_OPEN, CONN_LINGER };
+enum conn_state { CONN_HANDSHAKE, CONN_OPEN, CONN_LINGER, CONN_PROXY };
 
 /* What a protocol session does with its connection's events. */
 typedef struct conn_session_ops {
@@ -70,6 +75,7 @@ struct conn {
     bool read_paused;         /* backpressure: the consumer has not taken what c->in holds */
     bool tls_want_write;      /* the TLS layer needs writability to make progress */
     bool read_deferred;       /* queued for a read of data the TLS layer holds */
+    bool peer_counted;        /* counted for max_connections_per_ip (conn/peers.c) */
     uint8_t peer_family;      /* 4 or 6 (0 unix) */
     uint16_t peer_port, local_port;
     uint8_t peer_ip[16];

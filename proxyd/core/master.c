@@ -33,6 +33,7 @@
 #include "http/limit.h"
 #include "upstream/health.h"
 #include "core/replica.h"
+#include "conn/peers.h"
 #include "conn/tls.h"
 
 master_t M;
@@ -154,6 +155,14 @@ int master_live_workers(void)
 
 /* ---- listeners ------------------------------------------------------------------ */
 
+static void listener_from(const rt_listen_t *l, listener_t *out)
+{
+    out->kind = l->kind;
+    out->port = l->sa.port;
+    out->addr_kind = l->sa.kind;
+    memcpy(out->ip, l->sa.ip, sizeof(out->ip));
+}
+
 static int bind_listener(const rt_table_t *t, const rt_listen_t *l, listener_t *out)
 {
     int fd = net_listen(t, l, 4096);
@@ -162,8 +171,7 @@ static int bind_listener(const rt_table_t *t, const rt_listen_t *l, listener_t *
         return -1;
     }
     out->fd = fd;
-    out->kind = l->kind;
-    out->port = l->sa.port;
+    listener_from(l, out);
     return 0;
 }
 
@@ -190,8 +198,7 @@ static int activated_listener(const rt_listen_t *l, listener_t *out)
         fcntl(fd, F_SETFD, FD_CLOEXEC);
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
         out->fd = fd;
-        out->kind = l->kind;
-        out->port = l->sa.port;
+        listener_from(l, out);
         return 0;
     }
     return -1;
@@ -212,8 +219,7 @@ static int adopt_listener(const rt_listen_t *l, const char *addr, listener_t *ou
             continue;
         fcntl(fd, F_SETFD, FD_CLOEXEC);
         out->fd = fd;
-        out->kind = l->kind;
-        out->port = l->sa.port;
+        listener_from(l, out);
         return 0;
     }
     return -1;
@@ -314,6 +320,7 @@ static void reap(void)
                 continue;
             M.pids[i] = 0;
             M.shm->workers[i].conns_active = 0;
+            peers_reset(i); /* its connections are gone with it */
             if (M.stopping)
                 break;
             if (WIFSIGNALED(status))
@@ -619,6 +626,10 @@ int master_main(const char *db, tref_t *table, int workers, char **argv)
     M.shm->generation = table->generation;
     if (limit_shm_init() < 0 || limit_bind(table) < 0) {
         log_err("cannot map rate-limit state: %s", strerror(errno));
+        return 1;
+    }
+    if (peers_init() < 0) {
+        log_err("cannot map connection counts: %s", strerror(errno));
         return 1;
     }
     if (health_init() < 0 || health_bind(table) < 0) {

@@ -26,7 +26,8 @@
     X(CLOSE_TLS_TIMEOUT, "tls_handshake_timeout") X(CLOSE_UPSTREAM, "upstream_closed")                  \
     X(CLOSE_ABORTED, "response_aborted") X(CLOSE_DRAIN, "drain") X(CLOSE_NO_MEMORY, "out_of_memory")    \
     X(CLOSE_FILE_ERROR, "file_error") X(CLOSE_TUNNEL_IDLE, "tunnel_idle_timeout")                       \
-    X(CLOSE_REFUSED, "refused_at_accept")
+    X(CLOSE_REFUSED, "refused_at_accept") X(CLOSE_PER_IP, "over_max_connections_per_ip")                \
+    X(CLOSE_PROXY_PROTOCOL, "proxy_protocol_error")
 #define STATS_CLOSE_ENUM(e, label) e,
 typedef enum { STATS_CLOSE_REASONS(STATS_CLOSE_ENUM) STATS_CLOSE_COUNT } conn_close_reason_t;
 

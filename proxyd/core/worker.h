@@ -28,7 +28,11 @@ typedef struct {
     ev_io_t io;
     int fd;
     uint8_t kind;      /* rt_listen_kind */
+    uint8_t addr_kind; /* rt_addr_kind of the address bound */
     uint16_t port;
+    uint8_t ip[16];
+    uint8_t flags;              /* RT_LF_* of its listen entry in flags_table */
+    const tref_t *flags_table;  /* the table flags were looked up in */
 } listener_t;
 
 typedef struct {

@@ -61,15 +61,6 @@ static bool misdirected(const request_t *r)
 
 /* ---- the client address (SPEC §9) ------------------------------------------------- */
 
-static bool trusted(const rt_table_t *t, int family, const uint8_t *ip)
-{
-    const rt_span_t tp = t->global->trusted_proxies;
-    for (uint32_t i = 0; i < tp.count; i++)
-        if (cidr_contains(&t->cidrs[tp.first + i], family, ip))
-            return true;
-    return false;
-}
-
 /* One element of X-Forwarded-For: 192.0.2.1, 2001:db8::1, [2001:db8::1]:443
  * or 192.0.2.1:80 (some proxies add the port). */
 static int xff_addr(const char *p, size_t n, uint8_t ip[16], int *family)
@@ -92,7 +83,7 @@ static bool ows(char ch) { return ch == ' ' || ch == '\t'; }
  * believed; when every address is trusted, the leftmost is the client. */
 static void client_address(request_t *r, const rt_table_t *t)
 {
-    r->peer_trusted = trusted(t, r->conn->peer_family, r->conn->peer_ip);
+    r->peer_trusted = trusted_proxy(t, r->conn->peer_family, r->conn->peer_ip);
     for (size_t i = r->nheaders; r->peer_trusted && i-- > 0;) {
         if (r->headers[i].id != H1_HDR_X_FORWARDED_FOR)
             continue;
@@ -116,7 +107,7 @@ static void client_address(request_t *r, const rt_table_t *t)
                 return;
             r->client_family = (uint8_t)ip_unmap(family, ip);
             memcpy(r->client_ip, ip, sizeof(ip));
-            if (!trusted(t, r->client_family, r->client_ip))
+            if (!trusted_proxy(t, r->client_family, r->client_ip))
                 return;
         }
     }

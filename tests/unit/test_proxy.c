@@ -161,9 +161,10 @@ static void test_request_head_rewritten(void **state)
     assert_memory_equal(be->request, "GET /api/users?page=2 HTTP/1.1\r\nHost: p.example\r\n", 49);
     assert_true(has_line(be, "Accept: */*"));
     assert_true(has_line(be, "X-Custom: yes"));
-    /* a trusted peer (127.0.0.1 by default): its X-Forwarded-For is kept and we append */
+    /* a trusted peer (127.0.0.1 by default): its X-Forwarded-For is kept and we
+     * append; its rightmost untrusted address is the client */
     assert_true(has_line(be, "X-Forwarded-For: 203.0.113.9, 127.0.0.1"));
-    assert_true(has_line(be, "X-Real-IP: 127.0.0.1"));
+    assert_true(has_line(be, "X-Real-IP: 203.0.113.9"));
     assert_true(has_line(be, "X-Forwarded-Proto: http"));
     assert_true(has_line(be, "X-Forwarded-Host: p.example"));
     assert_true(has_line(be, "X-Forwarded-Port: 80"));
