@@ -239,3 +239,29 @@ def test_renamed_zone_starts_empty(proxyd_factory, backend_factory):
     p.add_site(site(b, "{zone: api2, nodelay: true}"))
     assert wait_for(lambda: get(p, "/limited/x").status == 200)
     assert get(p, "/limited/y").status == 429
+
+
+def test_example_rate_limit_site_works_as_written(proxyd_factory, backend_factory):
+    """examples/rate-limit.yaml with examples/proxy.yaml's zones, only the upstream moved."""
+    import re
+    from pathlib import Path
+
+    import yaml
+    root = Path(__file__).resolve().parents[2] / "examples"
+    b = backend_factory()
+    zones_cfg = yaml.safe_load((root / "proxy.yaml").read_text())["rate_limit_zones"]
+    text = (root / "rate-limit.yaml").read_text().replace("127.0.0.1:9009", b.address)
+    text = re.sub(r"hosts: \[.*\]", f"hosts: [{HOST}]\ndefault: true", text)
+    p = proxyd_factory({"rate_limit_zones": zones_cfg}, sites=[text])
+    # api: 10r/s per client, burst 20, nodelay: 21 at once, then 429 (plus what drains meanwhile)
+    t0 = time.monotonic()
+    statuses = [get(p, f"/items/{i}").status for i in range(40)]
+    elapsed = time.monotonic() - t0
+    ok = statuses.count(200)
+    assert 21 <= ok <= 21 + int(10 * elapsed) + 1, (ok, elapsed)
+    assert statuses.count(429) == 40 - ok and statuses[:21] == [200] * 21
+    # partners are counted by their key, apart from the client's budget
+    assert get(p, "/partner/x", headers=[("X-Api-Key", "k1")]).status == 200
+    # login: POST only, 6r/m with a burst of 3 that waits its turn; a GET is the api route's
+    assert http(p.port, "POST", "/login", host=HOST, body=b"u=a").status == 200
+    assert metric(p, "proxyd_rate_limit_requests_total", zone="login", result="allowed") == 1
