@@ -144,9 +144,12 @@ typedef struct {
     rt_str_t error_log_path;     /* "" = stderr */
     rt_span_t listens;           /* RT_SEC_LISTENS */
     rt_span_t trusted_proxies;   /* RT_SEC_CIDRS */
-    rt_str_t reserved;           /* 0; node-local settings (ha) never enter the table */
+    uint32_t body_min_rate;      /* bytes/s a request body keeps up once body_timeout has passed; 0 off */
+    uint32_t max_headers;        /* header fields per request head; 0 (older tables): the parser's default */
     rt_span_t default_site;      /* first = site index or RT_NONE; count unused */
 } rt_global_t;
+
+#define RT_MAX_HEADERS_CAP 128 /* the HTTP/1.1 parser's field capacity (H1_HEADERS_CAP) */
 
 #define RT_GF_SESSION_TICKETS (1u << 0)
 #define RT_GF_UNKNOWN_SNI_REJECT (1u << 1)

@@ -408,6 +408,8 @@ static void emit_global(comp_t *c, cfg_site_t **sites, size_t n)
     r.drain_timeout_ms = ms32(g->drain_timeout_ms);
     r.max_header_size = ms32(g->max_header_size);
     r.max_uri_size = ms32(g->max_uri_size);
+    r.body_min_rate = (uint32_t)g->body_min_rate;
+    r.max_headers = g->max_headers;
     r.ticket_key_rotation_s = ms32(g->ticket_key_rotation_ms / 1000);
     r.tls_protocols = g->tls_protocols;
     r.flags = (g->session_tickets ? RT_GF_SESSION_TICKETS : 0) | (g->unknown_sni_reject ? RT_GF_UNKNOWN_SNI_REJECT : 0);

@@ -1260,6 +1260,8 @@ static const opt_t limits_opts[] = {
     DUR("drain_timeout", cfg_global_t, drain_timeout_ms),
     SIZE("max_header_size", cfg_global_t, max_header_size),
     SIZE("max_uri_size", cfg_global_t, max_uri_size),
+    U32("max_headers", cfg_global_t, max_headers, 1, RT_MAX_HEADERS_CAP),
+    SIZE("body_min_rate", cfg_global_t, body_min_rate),
     END,
 };
 static int g_limits(ctx_t *c, const char *key, ynode_t *v, void *obj)
@@ -1269,6 +1271,8 @@ static int g_limits(ctx_t *c, const char *key, ynode_t *v, void *obj)
         return -1;
     if (g->max_header_size < 1024 || g->max_header_size > (1u << 20))
         return err(c, yaml_get(v, "max_header_size") ? yaml_get(v, "max_header_size") : v, "max_header_size must be between 1k and 1m");
+    if (g->body_min_rate > UINT32_MAX)
+        return err(c, yaml_get(v, "body_min_rate"), "body_min_rate must be at most 4g (bytes per second)");
     if (g->max_uri_size < 256 || g->max_uri_size > g->max_header_size)
         return err(c, yaml_get(v, "max_uri_size") ? yaml_get(v, "max_uri_size") : v, "max_uri_size must be between 256 and max_header_size");
     return 0;
@@ -1447,6 +1451,8 @@ static void global_defaults(arena_t *a, cfg_global_t *g)
     g->drain_timeout_ms = 300000;
     g->max_header_size = 16384;
     g->max_uri_size = 8192;
+    g->max_headers = 100;
+    g->body_min_rate = 1024;
     g->access_log_path = g->error_log_path = "";
     g->ha_priority = 100;
     g->ha_router_id = 51;

@@ -166,7 +166,8 @@ typedef struct {
     size_t nrate_zones;
     uint32_t max_connections, max_conns_per_ip;
     uint64_t header_timeout_ms, body_timeout_ms, keepalive_timeout_ms, drain_timeout_ms;
-    uint64_t max_header_size, max_uri_size;
+    uint64_t max_header_size, max_uri_size, body_min_rate;
+    uint32_t max_headers;
     char *access_log_path, *error_log_path;
     bool has_ha;
     char *ha_node, *ha_peer, *ha_interface, *ha_auth_pass, *ha_listen, *ha_address;

@@ -172,9 +172,12 @@ static void dump_global(const rt_table_t *t, FILE *out)
         fprintf(out, "  listen %s %s%s\n", rt_enum_name("listen", l->kind), rt_cstr(t, l->sa.addr),
                 l->flags & RT_LF_PROXY_PROTOCOL ? " (PROXY protocol)" : "");
     }
-    fprintf(out, "  limits: header_timeout %s, body_timeout %s, keepalive_timeout %s, max_header_size %u, max_uri_size %u\n",
+    fprintf(out, "  limits: header_timeout %s, body_timeout %s, keepalive_timeout %s, max_header_size %u, max_uri_size %u",
             dump_duration(g->header_timeout_ms, a), dump_duration(g->body_timeout_ms, b),
             dump_duration(g->keepalive_timeout_ms, c), g->max_header_size, g->max_uri_size);
+    if (g->max_headers)
+        fprintf(out, ", max_headers %u", g->max_headers);
+    fprintf(out, ", body_min_rate %u/s\n", g->body_min_rate);
     fputs("  trusted_proxies:", out);
     for (uint32_t i = 0; i < g->trusted_proxies.count; i++) {
         fputc(' ', out);

@@ -40,6 +40,8 @@ _Static_assert(sizeof(h1_session_t) <= CONN_SESSION_INLINE, "the HTTP/1.1 sessio
 typedef struct {
     h1_chunked_t chunks;        /* request body decoder when chunked */
     int64_t remain;             /* request body bytes left when its length is known */
+    uint64_t wait_since;        /* ms: waiting for body bytes from the client since (0: not waiting) */
+    uint64_t waited_ms;         /* time the client was waited on for its body, so far */
     bool chunked_out;           /* the response is sent chunked */
 } h1_stream_t;
 
@@ -67,8 +69,11 @@ static void body_flow(conn_t *c, request_t *r)
     if (r->tunnel) {
         conn_pause_read(c, held);
     } else if (!r->body_done) {
+        h1_stream_t *st = r->stream;
         conn_pause_read(c, held);
         conn_timer(c, W->table->t.global->body_timeout_ms);
+        if (!held && st->wait_since == 0)
+            st->wait_since = ev_now(W->loop);
     } else {
         conn_timer_stop(c);
         conn_pause_read(c, false);
@@ -106,6 +111,22 @@ static int body_chunk(request_t *r, h1_stream_t *st, size_t max, slice_t *data)
     return 0;
 }
 
+/* limits.body_min_rate: the time the client was waited on counts, not the
+ * time the consumer (a slow upstream) held the body back.  Within
+ * body_timeout any pace goes (a slow start is not a slow upload); after it
+ * a client that has not kept up the rate on average is cut off (408), so a
+ * 1 byte/s upload ends instead of holding its connection for hours. */
+static bool body_too_slow(request_t *r, h1_stream_t *st)
+{
+    const rt_global_t *g = W->table->t.global;
+    if (st->wait_since) {
+        st->waited_ms += ev_now(W->loop) - st->wait_since;
+        st->wait_since = 0;
+    }
+    return g->body_min_rate && st->waited_ms > g->body_timeout_ms &&
+           r->body_bytes * 1000 < (uint64_t)g->body_min_rate * st->waited_ms;
+}
+
 static int body_next(request_t *r, size_t max, slice_t *data)
 {
     conn_t *c = r->conn;
@@ -132,6 +153,19 @@ static int body_next(request_t *r, size_t max, slice_t *data)
         rc = body_chunk(r, st, max, data);
         if (rc < 0)
             return rc;
+    }
+    if (rc == 1 && !r->tunnel && body_too_slow(r, st)) {
+        static log_limit_t limit;
+        unsigned long quiet;
+        char peer[VARS_PEER_MAX];
+        if (log_limited(&limit, &quiet)) {
+            vars_client(r, peer);
+            log_warn("client %s: request body too slow: %llu bytes in %llu ms, under limits.body_min_rate (%u bytes/s)",
+                     peer, (unsigned long long)r->body_bytes, (unsigned long long)st->waited_ms,
+                     W->table->t.global->body_min_rate);
+        }
+        http_error(r, 408, NULL);
+        return -1;
     }
     body_flow(c, r);
     return rc;
@@ -411,7 +445,8 @@ static void process(conn_t *c)
                 return;
             }
         }
-        h1_limits_t lim = {limit, W->table->t.global->max_uri_size, H1_MAX_HEADERS};
+        const rt_global_t *g = W->table->t.global;
+        h1_limits_t lim = {limit, g->max_uri_size, g->max_headers ? g->max_headers : H1_MAX_HEADERS};
         int n = h1_parse_request(iobuf_rd(c->in), iobuf_len(c->in), W->hreq, &lim);
         if (n == 0) {
             s->partial = true;

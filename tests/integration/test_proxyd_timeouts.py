@@ -159,6 +159,68 @@ def test_client_body_timeout(proxyd_factory, backend_factory):
         assert len(req.body) < 100
 
 
+def trickle_upload(p, size, piece, every, limit_s):
+    """POST size bytes in pieces every `every` seconds; returns (response or None, seconds, sent)."""
+    s = connect(p.port, timeout=10)
+    sent = 0
+    t0 = time.monotonic()
+    data = b""
+    try:
+        s.sendall(request_bytes("POST", "/upload", "body.test", [("Content-Length", str(size))]))
+        s.setblocking(False)
+        while sent < size and time.monotonic() - t0 < limit_s:
+            try:
+                s.sendall(b"x" * piece)
+                sent += piece
+            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                break
+            deadline = time.monotonic() + every
+            while time.monotonic() < deadline:  # read while waiting: the 408 may come any time
+                try:
+                    d = s.recv(4096)
+                    if not d:
+                        return parse_response(data), time.monotonic() - t0, sent
+                    data += d
+                except BlockingIOError:
+                    time.sleep(0.02)
+                except ConnectionResetError:
+                    return parse_response(data), time.monotonic() - t0, sent
+                if b"\r\n\r\n" in data:
+                    return parse_response(data), time.monotonic() - t0, sent
+        return parse_response(data) if data else None, time.monotonic() - t0, sent
+    finally:
+        s.close()
+
+
+def test_body_min_rate_ends_a_trickling_upload(proxyd_factory, backend_factory):
+    """A client that sends a byte often enough for body_timeout but far below body_min_rate is
+    cut off once body_timeout has passed (limits.body_min_rate, issue 17 item 3)."""
+    b = backend_factory()
+    p = proxyd_factory({"limits": {"body_timeout": "1s", "body_min_rate": "1k"}},
+                       sites=[proxy_site("body", b.address, default=True)])
+    r, took, sent = trickle_upload(p, 100000, 100, 0.2, 8)  # 500 bytes/s, never idle for 1 s
+    # after 1 s of waiting the average (500 B/s) is under 1 KiB/s: the next piece ends it
+    assert r is not None and r.status == 408, (r, took, sent)
+    assert 1.0 <= took <= 2.5, took
+    assert "request body too slow" in p.error_log_text()
+    assert all(len(req.body) < 100000 for req in b.requests)
+    # a client at the rate is served
+    r, took, sent = trickle_upload(p, 6000, 1500, 0.5, 8)  # 3 KiB/s
+    assert r is not None and r.status == 200, (r, took, sent)
+
+
+def test_body_min_rate_off_and_max_headers(proxyd_factory, backend_factory):
+    b = backend_factory()
+    p = proxyd_factory({"limits": {"body_timeout": "1s", "body_min_rate": 0, "max_headers": 20}},
+                       sites=[proxy_site("body", b.address, default=True)])
+    r, took, sent = trickle_upload(p, 1000, 100, 0.3, 8)  # slow, but body_min_rate is off
+    assert r is not None and r.status == 200, (r, took, sent)
+    assert "max_headers 20" in p.proxyctl("dump")[1]
+    hs = [(f"X-H{i}", "v") for i in range(18)]  # Host and Connection make 20 fields
+    assert http(p.port, target="/h", host="body.test", headers=hs).status == 200
+    assert http(p.port, target="/h", host="body.test", headers=hs + [("X-One-More", "v")]).status == 431
+
+
 # ---- slowloris ---------------------------------------------------------------------------------
 
 

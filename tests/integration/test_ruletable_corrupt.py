@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, init_store, run, sanitizer_report
+from conftest import EXAMPLES_GLOBAL, ROOT, init_store, run, sanitizer_report
 
 EXAMPLES = ROOT / "examples"
 
@@ -42,7 +42,7 @@ def table(tmp_path_factory):
         if p.name != "proxy.yaml":
             (sites / p.name).write_text(p.read_text())
     orig = d / "orig.db"
-    init_store(orig, d)
+    init_store(orig, d, EXAMPLES_GLOBAL)
     rc, out, err = run("--db", orig, "apply", "sites", cwd=d)
     assert rc == 0, err
     con = sqlite3.connect(str(orig))

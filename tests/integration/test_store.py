@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROXYCTL, ROOT, TIMEOUT, active_generation, init_store, run, sanitizer_report, site_yaml, sql
+from conftest import EXAMPLES_GLOBAL, PROXYCTL, ROOT, TIMEOUT, active_generation, init_store, run, sanitizer_report, site_yaml, sql
 
 EXAMPLES = ROOT / "examples"
 
@@ -133,7 +133,7 @@ def test_kill_during_apply(tmp_path):
     write_small_dir(tmp_path / "small")
     # Reference: what a completed `apply big` produces (byte-identical by §4).
     ref = tmp_path / "ref.db"
-    init_store(ref, tmp_path)
+    init_store(ref, tmp_path, EXAMPLES_GLOBAL)
     t0 = time.time()
     rc, out, err = run("--db", ref, "apply", "big", cwd=tmp_path)
     full = time.time() - t0
@@ -142,7 +142,7 @@ def test_kill_during_apply(tmp_path):
     new_digest = hashlib.sha256(new_blob).hexdigest()
 
     db = tmp_path / "store.db"
-    init_store(db, tmp_path)
+    init_store(db, tmp_path, EXAMPLES_GLOBAL)
     # A few early kills (reading and compiling), then dense around the end,
     # where the transaction writes and commits.
     delays = sorted({0.02, 0.1} | {round(full * f, 3) for f in (0.3, 0.5, 0.65, 0.75, 0.82, 0.88, 0.94, 1.05)})
@@ -229,8 +229,8 @@ def test_same_inputs_same_table(tmp_path):
     make_sites_dir(b / "sites", reverse=True)
     (b / "sites" / "notes.txt").write_text("ignored\n")
     dba, dbb = a / "store.db", b / "store.db"
-    init_store(dba, a)
-    init_store(dbb, b)
+    init_store(dba, a, EXAMPLES_GLOBAL)
+    init_store(dbb, b, EXAMPLES_GLOBAL)
     assert run("--db", dba, "apply", "sites", cwd=a)[0] == 0
     assert run("--db", dbb, "apply", "sites", cwd=b)[0] == 0
     ga, blob_a, dig_a = active_generation(dba)
@@ -252,8 +252,8 @@ def test_table_independent_of_change_order(tmp_path):
     files = make_sites_dir(a / "sites")
     make_sites_dir(c / "sites", seed=7)
     dba, dbc = a / "store.db", c / "store.db"
-    init_store(dba, a)
-    init_store(dbc, c)
+    init_store(dba, a, EXAMPLES_GLOBAL)
+    init_store(dbc, c, EXAMPLES_GLOBAL)
     assert run("--db", dba, "apply", "sites", cwd=a)[0] == 0
     order = sorted(files)
     random.Random(11).shuffle(order)
