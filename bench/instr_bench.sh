@@ -29,6 +29,7 @@ mkdir -p "$TMP/store"
 cat >"$TMP/store/proxy.yaml" <<EOF
 listen: {http: ["127.0.0.1:18090"], https: []}
 workers: 1
+$([ "$(id -u)" = 0 ] && echo "user: root")
 admin: {socket: $TMP/store/admin.sock}
 logs: {access: "off"}
 EOF

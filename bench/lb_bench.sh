@@ -119,6 +119,7 @@ prepare_proxyd() {              # DIR ALGO
     cat >"$d/proxy.yaml" <<EOF
 listen: {http: ["127.0.0.1:$PROXYD_PORT"], https: []}
 workers: $WORKERS
+$ROOT_USER_LINE
 admin: {socket: $d/admin.sock}
 logs: {access: "off"}
 EOF

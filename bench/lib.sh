@@ -5,6 +5,10 @@
 # stop every process started with start_bg and remove TMP on exit.
 
 log() { printf '%s\n' "$*" >&2; }
+
+# proxy.yaml's user line for a run as root: proxyd refuses to run its workers
+# as root unless told, and a bench machine need not have a 'proxyd' account.
+ROOT_USER_LINE=$([ "$(id -u)" = 0 ] && echo "user: root" || true)
 note() { printf -- '- %s\n' "$*" >>"$NOTES"; }
 
 # Remember a command line for the report, once.

@@ -166,6 +166,7 @@ prepare_proxyd() {
     cat >"$d/proxy.yaml" <<EOF
 listen: {http: ["127.0.0.1:$(port_of "$1")"], https: []}
 workers: $2
+$ROOT_USER_LINE
 admin: {socket: $d/admin.sock}
 logs: {access: "off"}
 EOF

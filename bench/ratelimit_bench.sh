@@ -107,6 +107,7 @@ prepare_proxyd() {              # DIR WORKERS
     cat >"$d/proxy.yaml" <<EOF
 listen: {http: ["127.0.0.1:$PROXYD_PORT"], https: []}
 workers: $2
+$ROOT_USER_LINE
 admin: {socket: $d/admin.sock}
 logs: {access: "off"}
 rate_limit_zones:

@@ -55,8 +55,8 @@ bench_proxyd() { # n -> "ms_median ms_max rss"
     local n=$1 dir="$W/proxyd-$n"
     mkdir -p "$dir/sites"
     gen_yaml "$dir/sites" "$n"
-    printf 'listen: {http: ["127.0.0.1:%s"], https: []}\nworkers: 2\nadmin: {socket: %s/admin.sock}\nlogs: {access: "off"}\n' \
-        "$PORT_P" "$dir" > "$dir/proxy.yaml"
+    printf 'listen: {http: ["127.0.0.1:%s"], https: []}\nworkers: 2\nadmin: {socket: %s/admin.sock}\nlogs: {access: "off"}\n%s\n' \
+        "$PORT_P" "$dir" "$([ "$(id -u)" = 0 ] && echo "user: root")" > "$dir/proxy.yaml"
     "$P" --db "$dir/s.db" init --global "$dir/proxy.yaml" >/dev/null
     probe_yaml tag-A > "$dir/sites/zz-probe.yaml"
     "$P" --db "$dir/s.db" apply "$dir/sites" >/dev/null

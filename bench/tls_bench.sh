@@ -192,6 +192,7 @@ prepare_proxyd() {
     cat >"$d/proxy.yaml" <<EOF
 listen: {http: [], https: ["127.0.0.1:$(port_of proxyd)"]}
 workers: 1
+$ROOT_USER_LINE
 admin: {socket: $d/admin.sock}
 logs: {access: /dev/null, error: $d/error.log}
 tls: {protocols: [TLSv1.2, TLSv1.3], session_tickets: true}

@@ -24,7 +24,14 @@ trap 'exit 130' INT TERM
 
 rm -rf "$ROOT/var/demo" && mkdir -p "$ROOT/var/demo/run" "$ROOT/var/demo/log"
 "$P" --db "$DB" init >/dev/null
-"$P" --db "$DB" apply "$ROOT/examples"
+if [ "$(id -u)" = 0 ] && ! getent passwd proxyd >/dev/null; then
+    # proxyd refuses to run its workers as root unless proxy.yaml says so; the
+    # demo, run as root on a machine without a 'proxyd' account, says so.
+    { cat "$ROOT/examples/proxy.yaml"; echo "user: root"; } >"$ROOT/var/demo/proxy.yaml"
+    "$P" --db "$DB" apply --global "$ROOT/var/demo/proxy.yaml" "$ROOT/examples"
+else
+    "$P" --db "$DB" apply "$ROOT/examples"
+fi
 for port in 9001 9002 9003 9004 9005 9006 9007 9008 9009; do
     "$ROOT/build/bench/origin" "$port" --echo >/dev/null 2>&1 &
     PIDS="$PIDS $!"

@@ -76,6 +76,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "proxyd: %s\n", err);
         return 1;
     }
+    struct passwd *pw;
+    if (worker_account(rt_cstr(&t->t, t->t.global->user), &pw, err, sizeof(err)) < 0) {
+        fprintf(stderr, "proxyd: %s\n", err);
+        tref_put(t);
+        return 1;
+    }
     if (check) {
         printf("configuration OK: generation %lld, %u sites, %u routes, %zu bytes\n", (long long)t->generation,
                t->t.nsites, t->t.nroutes, t->len);

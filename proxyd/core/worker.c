@@ -151,20 +151,34 @@ static int setup_signals(void)
 
 /* Started as root: run as `user` (global setting) once the listeners are
  * bound.  The master keeps root to bind new listeners and read keys. */
+int worker_account(const char *user, struct passwd **pw, char *err, size_t errlen)
+{
+    bool dflt = user == NULL || *user == '\0';
+    *pw = NULL;
+    if (geteuid() != 0 || (!dflt && strcmp(user, "root") == 0))
+        return 0;
+    if ((*pw = getpwnam(dflt ? "proxyd" : user)) != NULL)
+        return 0;
+    if (dflt)
+        snprintf(err, errlen, "refusing to run the workers as root: no 'user' is set and user 'proxyd' does not "
+                              "exist (create it: useradd --system proxyd; or write user: root in proxy.yaml)");
+    else
+        snprintf(err, errlen, "user '%s' does not exist; refusing to serve as root", user);
+    return -1;
+}
+
 int drop_privileges(const char *user, bool warn)
 {
-    if (geteuid() != 0)
-        return 0;
-    bool dflt = user == NULL || *user == '\0';
-    struct passwd *pw = getpwnam(dflt ? "proxyd" : user);
-    if (pw == NULL && dflt) {
-        if (warn)
-            log_warn("workers run as root: no 'user' is set and user 'proxyd' does not exist");
-        return 0;
+    struct passwd *pw;
+    char err[256];
+    if (worker_account(user, &pw, err, sizeof(err)) < 0) {
+        log_err("%s", err);
+        return -1;
     }
     if (pw == NULL) {
-        log_err("user '%s' does not exist; refusing to serve as root", user);
-        return -1;
+        if (warn && geteuid() == 0)
+            log_warn("workers run as root: proxy.yaml says user: root");
+        return 0;
     }
     user = pw->pw_name;
     if (setgroups(0, NULL) < 0 || initgroups(user, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||

@@ -64,8 +64,13 @@ int worker_main(int id, const char *db, tref_t *table, listener_t *ls, int nls, 
 /* Refresh and return the cached Date header line (with CRLF). */
 const char *worker_date(void);
 
-/* Started as root: become `user` (default 'proxyd' when it exists; warn
- * once when it does not).  Also used by the HA replication process. */
+/* Started as root, the account the workers take: *pw, or NULL to stay
+ * as they are (not root, or `user: root` written); -1 with a reason when
+ * `user` (default 'proxyd') does not exist: workers never fall back to root. */
+struct passwd;
+int worker_account(const char *user, struct passwd **pw, char *err, size_t errlen);
+/* Started as root: become that account (warn once when it is root).  Also
+ * used by the HA replication process. */
 int drop_privileges(const char *user, bool warn);
 
 #endif

@@ -375,6 +375,7 @@ def global_yaml(node, ip, peer_ip, priority, preempt):
     return f"""\
 listen: {{http: ["0.0.0.0:80"], https: ["0.0.0.0:443"]}}
 workers: 1
+user: root
 admin: {{socket: run/admin.sock}}
 logs: {{access: access.log, error: error.log}}
 limits: {{drain_timeout: 2s}}

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from proxyd_fixtures import PROXYD, ROOT, children_of, free_port, proxyd_factory, run_proxyctl, wait_port  # noqa: F401
+from proxyd_fixtures import (PROXYD, ROOT, children_of, free_port, proxyd_factory, run_proxyctl, wait_for,  # noqa: F401
+                             wait_port)
 
 SITE = """\
 site: s
@@ -151,21 +152,35 @@ def test_workers_drop_to_user(proxyd_factory, tmp_path):
     assert b"generation-B" in _get(p.port), p.diagnostics()
 
 
-def test_unknown_user_refused(proxyd_factory, tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("privilege drop needs root")
-    p = proxyd_factory(global_settings={"user": "no-such-user-xyz"}, sites=[SITE % "A"], start=False,
-                       check_stderr=False)
-    proc = subprocess.Popen([PROXYD, "--db", str(p.db), "--foreground", "--workers", "1"], cwd=str(p.dir),
-                            stdout=subprocess.DEVNULL, stderr=open(p.stderr_path, "ab"))
+@pytest.mark.skipif(os.geteuid() != 0, reason="privilege drop needs root")
+@pytest.mark.parametrize("user, message", [
+    ("no-such-user-xyz", "user 'no-such-user-xyz' does not exist; refusing to serve as root"),
+    ("", "refusing to run the workers as root: no 'user' is set and user 'proxyd' does not exist"),
+])
+def test_workers_never_fall_back_to_root(proxyd_factory, user, message):
+    """Started as root, proxyd refuses to start (and --check says why) rather than run its
+    workers as root, unless proxy.yaml says user: root (issue 17 item 4)."""
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and "does not exist; refusing to serve as root" not in p.error_log_text():
-            time.sleep(0.05)
-        assert "user 'no-such-user-xyz' does not exist; refusing to serve as root" in p.error_log_text()
-    finally:
-        proc.send_signal(signal.SIGQUIT)
-        proc.wait(timeout=10)
+        pwd.getpwnam("proxyd")
+        if user == "":
+            pytest.skip("this machine has a 'proxyd' account: the default user exists")
+    except KeyError:
+        pass
+    p = proxyd_factory(global_settings={"user": user}, sites=[SITE % "A"], start=False, check_stderr=False)
+    for extra in ([], ["--check"]):
+        r = subprocess.run([PROXYD, "--db", str(p.db), "--foreground", "--workers", "1", *extra], cwd=str(p.dir),
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 1, (extra, r)
+        assert message in r.stderr, (extra, r.stderr)
+        assert "configuration OK" not in r.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="privilege drop needs root")
+def test_user_root_is_said_not_assumed(proxyd_factory):
+    p = proxyd_factory(global_settings={"user": "root"}, sites=[SITE % "A"])
+    assert b"generation-A" in _get(p.port)
+    assert all(int(Path(f"/proc/{w}/status").read_text().split("Uid:")[1].split()[0]) == 0 for w in p.worker_pids())
+    assert wait_for(lambda: "workers run as root: proxy.yaml says user: root" in p.error_log_text())
 
 
 def test_unit_templates_verify(tmp_path):
