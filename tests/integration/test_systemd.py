@@ -11,6 +11,7 @@ variables and sockets, so the tests play systemd's part.
 - the unit templates pass `systemd-analyze verify`.
 """
 import os
+import re
 import pwd
 import shutil
 import signal
@@ -196,3 +197,147 @@ def test_unit_templates_verify(tmp_path):
     r = subprocess.run(["systemd-analyze", "verify", *names], capture_output=True, text=True, timeout=60,
                        cwd=str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ---- the units' hardening -------------------------------------------------------------------
+
+def _unit_values(name, key):
+    out = []
+    for line in (ROOT / "templates" / name).read_text().splitlines():
+        if line.startswith(key + "="):
+            out.append(line.split("=", 1)[1])
+    return out
+
+
+@pytest.mark.parametrize("name", ["proxyd.service", "proxyctl-renew.service"])
+def test_unit_exposure_at_most_2(name, tmp_path):
+    """systemd-analyze security: exposure 2.0 at most (issue 17 item 5)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    (tmp_path / name).write_text((ROOT / "templates" / name).read_text())
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(tmp_path / name)],
+                       capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", r.stdout)
+    assert m, r.stdout + r.stderr
+    assert float(m.group(1)) <= 2.0, r.stdout
+
+
+def test_renew_unit_does_not_reown_the_state_directory():
+    """StateDirectory= would hand /var/lib/proxyd to the renew unit's user on every run."""
+    assert _unit_values("proxyctl-renew.service", "StateDirectory") == []
+    assert _unit_values("proxyctl-renew.service", "User") == _unit_values("proxyd.service", "User") == ["proxyd"]
+    assert _unit_values("proxyctl-renew.service", "ReadWritePaths") == ["/var/lib/proxyd"]
+
+
+def _expand(group, seen=None):
+    """The system calls of a systemd syscall group, nested groups expanded."""
+    seen = seen if seen is not None else set()
+    if group in seen:
+        return set()
+    seen.add(group)
+    out = subprocess.run(["systemd-analyze", "syscall-filter", "--no-pager", group], capture_output=True, text=True,
+                         timeout=30).stdout
+    calls = set()
+    for line in out.splitlines()[1:]:
+        item = line.strip()
+        if not item or item.startswith("#"):
+            continue
+        calls |= _expand(item, seen) if item.startswith("@") else {item}
+    return calls
+
+
+def test_unit_syscall_filter_allows_what_proxyd_calls(tmp_path):
+    """Every system call proxyd makes serving plain HTTP, TLS, a proxied request, a static file,
+    a rate-limited route, a reload and a stop (traced with strace -f, the non-sanitized build) is
+    one proxyd.service's SystemCallFilter= lines allow."""
+    if shutil.which("strace") is None or shutil.which("systemd-analyze") is None:
+        pytest.skip("needs strace and systemd-analyze")
+    from proxyd_fixtures import Proxyd, backend_factory as _bf  # noqa: F401
+    from tls_fixtures import https_request
+    binary = ROOT / "bin" / "proxyd"
+    assert binary.exists(), "make builds bin/proxyd"
+    www = tmp_path / "www"
+    (www / "static").mkdir(parents=True)
+    (www / "static" / "f.txt").write_bytes(b"s" * 100000)
+    origin = subprocess.Popen(["/usr/bin/python3", "-m", "http.server", "--bind", "127.0.0.1", str(free_port_ := free_port())],
+                              cwd=str(www), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    https_port = free_port()
+    site = f"""\
+site: s
+default: true
+tls: {{certificate: self-signed}}
+upstreams: {{app: {{servers: [{{address: "127.0.0.1:{free_port_}"}}]}}}}
+routes:
+  - match: {{path_prefix: /static/}}
+    static: {{root: {www}}}
+  - match: {{path_prefix: /limited/}}
+    upstream: app
+    rate_limit: {{zone: z, nodelay: true}}
+  - match: {{path_prefix: /}}
+    upstream: app
+"""
+    p = Proxyd(tmp_path, {"listen": {"https": [f"127.0.0.1:{https_port}"]},
+                          "rate_limit_zones": {"z": {"rate": "1r/m"}}}, sites=[site])
+    trace = tmp_path / "strace.txt"
+    proc = subprocess.Popen(["strace", "-f", "-qq", "-o", str(trace), str(binary), "--db", str(p.db), "--foreground"],
+                            cwd=str(p.dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: _get_ok(p.port), timeout=15), "proxyd under strace did not serve"
+        assert b"s" * 1000 in _get_path(p.port, "/static/f.txt")
+        assert b"static/" in _get_path(p.port, "/")
+        _get_path(p.port, "/limited/a")
+        assert b"429" in _get_path(p.port, "/limited/b")
+        assert https_request(https_port, host="x", target="/static/f.txt").status == 200
+        os.kill(proc.pid, signal.SIGHUP)
+        time.sleep(0.5)
+        assert _get_ok(p.port)
+    finally:
+        try:
+            os.kill(p.status()["pid"], signal.SIGTERM)  # the master, strace's child: strace ends with it
+            proc.wait(timeout=20)
+        except Exception:
+            proc.kill()
+            proc.wait(timeout=10)
+            raise
+        finally:
+            origin.terminate()
+        origin.wait(timeout=10)
+    used = set()
+    for line in trace.read_text(errors="replace").splitlines():
+        m = re.match(r"^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)[( ]", line)
+        if m and m.group(1) not in ("exited", "killed", "resumed"):
+            used.add(m.group(1))
+    assert {"epoll_wait", "accept4", "sendfile", "memfd_create"} <= used, sorted(used)
+    filters = _unit_values("proxyd.service", "SystemCallFilter")
+    allowed = set()
+    for f in filters:
+        deny = f.startswith("~")
+        calls = set()
+        for item in f.lstrip("~").split():
+            calls |= _expand(item) if item.startswith("@") else {item}
+        allowed = allowed - calls if deny else allowed | calls
+    # execve of proxyd itself happens before the filter applies; SQLite fchown()s its -wal and -shm
+    # files to the database's owner only when it runs as root, which proxyd.service (User=proxyd) never is
+    root_only = {"fchown"} if os.geteuid() == 0 else set()
+    missing = sorted(c for c in used - allowed - root_only if c not in ("execve",))
+    assert missing == [], f"proxyd calls what proxyd.service would refuse: {missing}"
+
+
+def _get_path(port, path, timeout=5):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+    s.close()
+    return data
+
+
+def _get_ok(port):
+    try:
+        return _get_path(port, "/", timeout=2).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False

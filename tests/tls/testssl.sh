@@ -103,6 +103,9 @@ workers: 1
 admin: {socket: $TMP/admin.sock}
 logs: {access: /dev/null, error: $TMP/error.log}
 YAML
+# proxyd runs its workers as root only when told (the test may run as root
+# on a machine without a 'proxyd' account)
+[ "$(id -u)" != 0 ] || echo "user: root" >>"$TMP/proxy.yaml"
 cat >"$TMP/ecdsa.yaml" <<YAML
 site: ecdsa
 default: true
