@@ -3,7 +3,7 @@
 # ASan+UBSan variant, and runs unit tests, fuzz corpora and integration tests.
 
 CC      ?= cc
-PKGS    := yaml-0.1 sqlite3 libssl libcrypto libsystemd libpcre2-8
+PKGS    := yaml-0.1 sqlite3 libssl libcrypto libsystemd libpcre2-8 libseccomp
 CSTD    := -std=c11 -D_GNU_SOURCE -Iproxyd
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS  ?= -O2 -g

@@ -5,7 +5,7 @@
 set -eu
 
 PKGS="build-essential pkg-config clang libclang-rt-14-dev
-      libyaml-dev libsqlite3-dev libssl-dev libsystemd-dev libpcre2-dev zlib1g-dev
+      libyaml-dev libsqlite3-dev libssl-dev libsystemd-dev libpcre2-dev zlib1g-dev libseccomp-dev
       libcurl4-openssl-dev libjansson-dev pebble
       libcmocka-dev python3-pytest python3-requests python3-jsonschema python3-yaml testssl.sh
       sqlite3 curl openssl cppcheck bc keepalived iproute2 strace"

@@ -24,6 +24,7 @@
 #include "../common/log.h"
 #include "../common/store.h"
 #include "core/module.h"
+#include "core/sandbox.h"
 
 worker_t *W;
 
@@ -221,7 +222,7 @@ int worker_main(int id, const char *db, tref_t *table, listener_t *ls, int nls, 
     stats->epoch = shm->epoch;
     stats->started = (uint64_t)time(NULL);
     stats->conns_active = 0;
-    if (modules_worker_init() < 0)
+    if (modules_worker_init() < 0 || sandbox_worker() < 0)
         return 1;
     ev_set_idle(w.loop, idle, NULL);
     ev_run(w.loop);

@@ -341,3 +341,21 @@ def _get_ok(port):
         return _get_path(port, "/", timeout=2).startswith(b"HTTP/1.1 200")
     except OSError:
         return False
+
+
+def test_workers_run_under_a_syscall_filter(proxyd_factory):
+    """Workers set no_new_privs and load a seccomp allow list (core/sandbox.c) once they
+    serve; the master, which executes the binary again at an upgrade, does not."""
+    p = proxyd_factory(sites=[SITE % "A"])
+    assert b"generation-A" in _get(p.port)
+
+    def status(pid):
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+        return fields["Seccomp"].strip(), fields["NoNewPrivs"].strip()
+
+    assert wait_for(lambda: all(status(w) == ("2", "1") for w in p.worker_pids()))
+    assert status(p.pid) == ("0", "0")
+    # a reload (table, certificates and regexes made again inside the filter) still serves
+    Path(p.dir / "b.yaml").write_text(SITE % "B")
+    assert p.proxyctl("add-site", p.dir / "b.yaml")[0] == 0
+    assert wait_for(lambda: b"generation-B" in _get(p.port))
