@@ -12,16 +12,20 @@ LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # Only proxyctl talks to an ACME CA: proxyd never links libcurl or jansson.
 CTL_PKGS := libcurl jansson
 CTL_LIBS := $(shell pkg-config --libs $(CTL_PKGS) 2>/dev/null)
+# Only proxyd compresses responses (filters/compress.c).
+PXD_PKGS := zlib libbrotlienc libzstd
+PXD_CFLAGS := $(shell pkg-config --cflags $(PXD_PKGS) 2>/dev/null)
+PXD_LIBS := $(shell pkg-config --libs $(PXD_PKGS) 2>/dev/null)
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-COMMON_SRC  := common/util.c common/str.c common/ruletable.c common/rtwrite.c common/store.c common/route.c common/ha.c
+COMMON_SRC  := common/util.c common/str.c common/coding.c common/ruletable.c common/rtwrite.c common/store.c common/route.c common/ha.c
 PROXYCTL_SRC := proxyctl/main.c proxyctl/diag.c proxyctl/yaml.c proxyctl/config.c proxyctl/check.c \
                 proxyctl/compile.c proxyctl/build.c proxyctl/cmd_site.c proxyctl/cmd_gen.c \
                 proxyctl/cmd_route.c proxyctl/cmd_admin.c proxyctl/dump.c proxyctl/certs.c \
                 proxyctl/acme.c proxyctl/cmd_cert.c proxyctl/cmd_ha.c
 GEN_SRC     := build/gen/store_sql.c build/gen/store_v2_sql.c build/gen/keepalived_conf.c
 PROXYD_SRC  := $(sort $(wildcard proxyd/*/*.c))
-PROXYD_COMMON := common/util.c common/str.c common/ruletable.c common/store.c common/route.c common/log.c common/ha.c
+PROXYD_COMMON := common/util.c common/str.c common/coding.c common/ruletable.c common/store.c common/route.c common/log.c common/ha.c
 HEADERS     := $(wildcard common/*.h proxyctl/*.h proxyd/*/*.h)
 
 PYTEST := /usr/bin/python3 -m pytest
@@ -52,14 +56,14 @@ bin/proxyctl: $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS)
 
 bin/proxyd: $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(HEADERS)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -o $@ $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) $(PXD_CFLAGS) -o $@ $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(LDLIBS) $(PXD_LIBS)
 
 # ASan + UBSan build used by the tests.
 asan: build/asan/proxyctl build/asan/proxyd
 build/asan/proxyd: $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(HEADERS)
 	@mkdir -p $(@D)
-	clang $(CSTD) $(WARN) -O1 -g $(SAN) $(shell pkg-config --cflags $(PKGS)) -o $@ \
-	    $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(LDLIBS)
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) $(shell pkg-config --cflags $(PKGS)) $(PXD_CFLAGS) -o $@ \
+	    $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(LDLIBS) $(PXD_LIBS)
 
 build/asan/proxyctl: $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS)
 	@mkdir -p $(@D)
@@ -71,8 +75,8 @@ clang: $(GEN_SRC)
 	@mkdir -p build/clang
 	clang $(CSTD) $(WARN) -O2 $(shell pkg-config --cflags $(PKGS) $(CTL_PKGS)) -o build/clang/proxyctl \
 	    $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(LDLIBS) $(CTL_LIBS)
-	clang $(CSTD) $(WARN) -O2 $(shell pkg-config --cflags $(PKGS)) -o build/clang/proxyd \
-	    $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(LDLIBS)
+	clang $(CSTD) $(WARN) -O2 $(shell pkg-config --cflags $(PKGS)) $(PXD_CFLAGS) -o build/clang/proxyd \
+	    $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(LDLIBS) $(PXD_LIBS)
 
 # ---- unit tests (cmocka), built with sanitizers -------------------------
 UNIT_TESTS := $(patsubst tests/unit/%.c,build/unit/%,$(wildcard tests/unit/test_*.c))
@@ -108,13 +112,13 @@ UNIT_WORKER_TESTS := build/unit/test_conn build/unit/test_h1session build/unit/t
 
 build/unit/obj/%.o: %.c $(HEADERS)
 	@mkdir -p $(@D)
-	clang $(CSTD) $(WARN) -O1 -g $(SAN) $(shell pkg-config --cflags $(PKGS)) -c -o $@ $<
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) $(shell pkg-config --cflags $(PKGS)) $(PXD_CFLAGS) -c -o $@ $<
 
 $(UNIT_WORKER_TESTS): build/unit/%: tests/unit/%.c tests/unit/proxyd_fixture.h tests/unit/proxyctl_all.h \
                       $(UNIT_PROXYD_OBJ) $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS)
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g $(SAN) $(shell pkg-config --cflags $(PKGS)) -o $@ $< \
-	    $(UNIT_PROXYD_OBJ) $(GEN_SRC) $(LDLIBS) -lcmocka
+	    $(UNIT_PROXYD_OBJ) $(GEN_SRC) $(LDLIBS) $(PXD_LIBS) -lcmocka
 
 unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done

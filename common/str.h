@@ -49,6 +49,14 @@ static inline void str_lower(char *p, size_t n)
         p[i] = (char)str_lower_char((unsigned char)p[i]);
 }
 
+/* RFC 9110 §5.6.2 tchar: the bytes of a token (field names, codings,
+ * media types).  http1.c has its own table for the request parser. */
+static inline bool str_is_tchar(int c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
 /* ---- the append buffer ----------------------------------------------------- */
 
 typedef struct {
