@@ -21,6 +21,12 @@ static const char *const suffixes[CODING_COUNT] = {"", ".gz", ".zst", ".br"};
 const char *coding_name(enum coding c) { return (unsigned)c < CODING_COUNT ? names[c] : "identity"; }
 const char *coding_suffix(enum coding c) { return (unsigned)c < CODING_COUNT ? suffixes[c] : ""; }
 
+unsigned coding_site_offered(const rt_site_t *s)
+{
+    return ((s->flags & RT_SF_GZIP) ? CODING_BIT(CODING_GZIP) : 0) | ((s->flags & RT_SF_ZSTD) ? CODING_BIT(CODING_ZSTD) : 0) |
+           ((s->flags & RT_SF_BROTLI) ? CODING_BIT(CODING_BR) : 0);
+}
+
 void coding_accept_init(coding_accept_t *a)
 {
     for (unsigned i = 0; i < CODING_COUNT; i++)

@@ -25,6 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ruletable.h"
+
 /* In the server's order of preference, best last. */
 enum coding { CODING_IDENTITY, CODING_GZIP, CODING_ZSTD, CODING_BR, CODING_COUNT };
 #define CODING_BIT(c) (1u << (c))
@@ -46,6 +48,9 @@ unsigned coding_weight(const coding_accept_t *a, enum coding c);
 /* The coding to send among `offered` (CODING_BIT mask; identity is always
  * possible), by the rules above. */
 enum coding coding_choose(const coding_accept_t *a, unsigned offered);
+
+/* The codings a site sends (its RT_SF_GZIP/BROTLI/ZSTD flags), as CODING_BITs. */
+unsigned coding_site_offered(const rt_site_t *s);
 
 /* "gzip", "zstd", "br", "identity": the Content-Encoding token. */
 const char *coding_name(enum coding c);

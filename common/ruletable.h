@@ -20,7 +20,7 @@
 #include <stdint.h>
 
 #define RT_MAGIC "PXRTABLE"
-#define RT_VERSION 1
+#define RT_VERSION 2
 #define RT_NONE UINT32_MAX /* "no index" in any u32 reference */
 #define RT_ALIGN 8
 
@@ -170,14 +170,17 @@ typedef struct {
     rt_span_t exact_paths;    /* RT_SEC_PATHS, open-addressed, power-of-two count or 0 */
     rt_span_t prefix_paths;   /* RT_SEC_PATHS, sorted by bytes, parent links */
     rt_span_t scan;           /* RT_SEC_REFS: routes the index cannot place (regex, any) */
-    rt_span_t compress_types; /* RT_SEC_STRLIST */
+    rt_span_t compress_types; /* RT_SEC_STRLIST: lower case type/subtype, or type/ followed by a star */
     uint32_t flags;           /* RT_SF_* */
     uint32_t hsts_max_age;
     uint8_t cert_mode;        /* rt_cert_mode */
     uint8_t security_headers; /* rt_sechdr */
     uint8_t access_log;       /* rt_logfmt */
-    uint8_t gzip_level;
-    uint32_t gzip_min_length;
+    uint8_t gzip_level;       /* 1..9 */
+    uint32_t compress_min_length; /* bytes; a known Content-Length below it is sent as it is */
+    uint8_t brotli_level;     /* 0..11 */
+    uint8_t zstd_level;       /* 1..19 */
+    uint8_t pad[6];
 } rt_site_t;
 
 #define RT_SF_DEFAULT (1u << 0)
@@ -185,7 +188,10 @@ typedef struct {
 #define RT_SF_HSTS (1u << 2)
 #define RT_SF_HSTS_SUBDOMAINS (1u << 3)
 #define RT_SF_HSTS_PRELOAD (1u << 4)
-#define RT_SF_GZIP (1u << 5)
+#define RT_SF_GZIP (1u << 5)   /* compression: the codings the site sends */
+#define RT_SF_BROTLI (1u << 6)
+#define RT_SF_ZSTD (1u << 7)
+#define RT_SF_COMPRESS (RT_SF_GZIP | RT_SF_BROTLI | RT_SF_ZSTD)
 
 /* Path index entry.  In an exact table, hash/path/refs; empty buckets have
  * refs.count == 0.  In a prefix array, parent is the index (within the

@@ -10,6 +10,7 @@
 
 #include <pcre2.h>
 
+#include "../common/coding.h"
 #include "../common/route.h"
 #include "cli.h"
 #include "dump.h"
@@ -21,6 +22,7 @@ typedef struct {
     const char *path;
     size_t pathlen;
     const char *scheme;
+    coding_accept_t accept; /* the -H Accept-Encoding values */
 } request_t;
 
 /* The regex callback's state: route-test matches as proxyd does (JIT where
@@ -100,6 +102,7 @@ static int parse_args(int argc, char **argv, request_t *rq)
     const char *url = NULL;
     rq->method = "GET";
     rq->scheme = "http";
+    coding_accept_init(&rq->accept);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             continue;
@@ -112,6 +115,8 @@ static int parse_args(int argc, char **argv, request_t *rq)
                     ;
                 rq->host = h;
                 rq->hostlen = strlen(h);
+            } else if (strncasecmp(h, "accept-encoding:", 16) == 0) {
+                coding_accept_parse(&rq->accept, h + 16, strlen(h + 16));
             } else if (strchr(h, ':') == NULL) {
                 return -1;
             }
@@ -137,7 +142,8 @@ static void strip_show(const rt_route_t *r, const request_t *rq, FILE *out)
     fprintf(out, "  rewrite: %.*s -> %s%.*s\n", (int)rq->pathlen, rq->path, rl && rest[0] == '/' ? "" : "/", (int)rl, rest);
 }
 
-static void json_route(const rt_table_t *t, uint32_t site, const route_result_t *res, const regex_ctx_t *rx)
+static void json_route(const rt_table_t *t, uint32_t site, const route_result_t *res, const request_t *rq,
+                       const regex_ctx_t *rx)
 {
     const rt_site_t *s = &t->sites[site];
     printf("{\"site\":");
@@ -162,6 +168,8 @@ static void json_route(const rt_table_t *t, uint32_t site, const route_result_t 
             cli_json_str(stdout, rt_cstr(t, t->upstreams[r->upstream].name));
         }
     }
+    if (s->flags & RT_SF_COMPRESS)
+        printf(",\"encoding\":\"%s\"", coding_name(coding_choose(&rq->accept, coding_site_offered(s))));
     printf("}\n");
 }
 
@@ -180,6 +188,24 @@ static void explain_failed(const rt_table_t *t, const route_result_t *res, const
            res->status == 500             ? "proxyd fails closed with 500 and tries no later route"
            : r->action == RT_ACT_RETURN ? "proxyd counts it as a match of this return route"
                                         : "the route does not take this method");
+}
+
+/* The site's compression and the coding the request's Accept-Encoding
+ * gets (proxyd also looks at the response: its type, length, status and
+ * fields, docs/compression.md). */
+static void explain_compression(const rt_table_t *t, const rt_site_t *s, const request_t *rq)
+{
+    if (!(s->flags & RT_SF_COMPRESS))
+        return;
+    dump_compression(t, s, "", stdout);
+    enum coding c = coding_choose(&rq->accept, coding_site_offered(s));
+    if (rq->accept.fields == 0)
+        printf("  encoding: identity (the request has no Accept-Encoding)\n");
+    else if (c == CODING_IDENTITY)
+        printf("  encoding: identity (Accept-Encoding takes none of the site's codings)\n");
+    else
+        printf("  encoding: %s for a response of a listed type, of min_length bytes or of unknown length\n",
+               coding_name(c));
 }
 
 static void explain(const rt_table_t *t, uint32_t site, const route_result_t *res, const request_t *rq,
@@ -209,6 +235,7 @@ static void explain(const rt_table_t *t, uint32_t site, const route_result_t *re
     strip_show(r, rq, stdout);
     if (r->action == RT_ACT_UPSTREAM)
         dump_upstream(t, r->upstream, "  ", stdout);
+    explain_compression(t, s, rq);
 }
 
 int cmd_route_test(cli_t *cli, int argc, char **argv)
@@ -248,7 +275,7 @@ int cmd_route_test(cli_t *cli, int argc, char **argv)
     regex_ctx_init(&rx, &t);
     route_match(&t, site, rq.method, strlen(rq.method), rq.path, rq.pathlen, regex_match, &rx, &res);
     if (cli->json)
-        json_route(&t, site, &res, &rx);
+        json_route(&t, site, &res, &rq, &rx);
     else
         explain(&t, site, &res, &rq, &rx);
     regex_ctx_free(&rx);

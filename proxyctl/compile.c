@@ -332,20 +332,23 @@ static void emit_site(comp_t *c, const cfg_site_t *s, uint32_t idx)
         rtw_add(c->w, RT_SEC_STRLIST, &h, 1);
     }
     rec.compress_types.first = rtw_count(c->w, RT_SEC_STRLIST);
-    rec.compress_types.count = (uint32_t)s->ntypes;
-    for (size_t i = 0; i < s->ntypes; i++) {
+    rec.compress_types.count = s->compression ? (uint32_t)s->ntypes : 0;
+    for (size_t i = 0; i < rec.compress_types.count; i++) {
         rt_str_t t = rtw_cstr(c->w, s->types[i]);
         rtw_add(c->w, RT_SEC_STRLIST, &t, 1);
     }
     rec.flags = (s->is_default ? RT_SF_DEFAULT : 0) | (s->redirect_http ? RT_SF_REDIRECT_HTTP : 0) |
                 (s->hsts ? RT_SF_HSTS : 0) | (s->hsts_subdomains ? RT_SF_HSTS_SUBDOMAINS : 0) |
-                (s->hsts_preload ? RT_SF_HSTS_PRELOAD : 0) | (s->gzip ? RT_SF_GZIP : 0);
+                (s->hsts_preload ? RT_SF_HSTS_PRELOAD : 0) | (s->gzip ? RT_SF_GZIP : 0) |
+                (s->brotli ? RT_SF_BROTLI : 0) | (s->zstd ? RT_SF_ZSTD : 0);
     rec.hsts_max_age = ms32(s->hsts_max_age);
     rec.cert_mode = (uint8_t)s->cert_mode;
     rec.security_headers = (uint8_t)s->security_headers;
     rec.access_log = (uint8_t)s->access_log;
     rec.gzip_level = (uint8_t)s->gzip_level;
-    rec.gzip_min_length = ms32(s->gzip_min_length);
+    rec.brotli_level = (uint8_t)s->brotli_level;
+    rec.zstd_level = (uint8_t)s->zstd_level;
+    rec.compress_min_length = ms32(s->min_length);
     emit_upstreams(c, s, idx, &rec);
     emit_routes(c, s, idx, &rec);
     path_ref_t *tmp = malloc((s->nroutes + 1) * sizeof(*tmp));

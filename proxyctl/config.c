@@ -11,13 +11,17 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "config.h"
 
+#include <ctype.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <pcre2.h>
+
+#include "../common/str.h"
 
 typedef struct {
     arena_t *a;
@@ -178,7 +182,6 @@ static int scalar(ctx_t *c, const opt_t *o, ynode_t *v, void *obj)
 static const char *const unsupported_keys[] = {
     "cache",            /* route */
     "cache_zones",      /* proxy.yaml */
-    "compression",      /* site */
 };
 
 static bool unsupported(const char *key)
@@ -925,16 +928,104 @@ static const opt_t tls_opts[] = {FN("certificate", tls_cert), BOOL("redirect_htt
 
 static int site_tls(ctx_t *c, const char *key, ynode_t *v, void *obj) { return walk(c, key, v, tls_opts, obj); }
 
+/* RFC 6838 §4.2 restricted-name: what a registered type or subtype is made of. */
+static bool restricted_name(const char *p, size_t n)
+{
+    if (n == 0 || n > 127 || !isalnum((unsigned char)p[0]))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)p[i]) && strchr("!#$&^_.+-", p[i]) == NULL)
+            return false;
+    return true;
+}
+
+/* A media range as types: lists it: "type/subtype", or the type, a slash
+ * and a star for every subtype; no parameters: a response's Content-Type
+ * matches on its type and subtype only.  NULL, or what is wrong. */
+static const char *media_type_error(const char *s)
+{
+    const char *slash = strchr(s, '/');
+    if (slash == NULL)
+        return "write it as type/subtype, e.g. text/html";
+    if (strchr(s, ';'))
+        return "write type/subtype without parameters; it matches whatever parameters a response has";
+    if (slash - s == 1 && s[0] == '*')
+        return "the type cannot be '*': list the types worth compressing (images and archives are compressed already)";
+    const char *sub = slash + 1;
+    if (strcmp(sub, "*") == 0 && restricted_name(s, (size_t)(slash - s)))
+        return NULL;
+    if (strchr(sub, '*') && restricted_name(s, (size_t)(slash - s)))
+        return "'*' stands for a whole subtype only (type/*)";
+    if (!restricted_name(s, (size_t)(slash - s)) || !restricted_name(sub, strlen(sub)))
+        return "a type and a subtype start with a letter or digit and are made of letters, digits and !#$&^_.+-";
+    return NULL;
+}
+
 static int comp_types(ctx_t *c, const char *key, ynode_t *v, void *obj)
 {
     cfg_site_t *s = obj;
-    return strings(c, key, v, &s->types, &s->ntypes);
+    cstr_t *items;
+    size_t n;
+    if (seq_of_scalars(c, key, v, &items, &n) < 0)
+        return -1;
+    int rc = 0;
+    s->types = arena_alloc(c->a, (n ? n : 1) * sizeof(*s->types));
+    s->ntypes = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *why = media_type_error(items[i].s);
+        if (why) {
+            rc = errp(c, items[i].pos, "invalid media type '%s' in 'types': %s", items[i].s, why);
+            continue;
+        }
+        char *t = arena_strdup(c->a, items[i].s);
+        str_lower(t, strlen(t));
+        size_t k = 0;
+        while (k < i && strcasecmp(items[k].s, t) != 0)
+            k++;
+        if (k < i) {
+            rc = errp(c, items[i].pos, "media type '%s' is listed twice in 'types' (first at %d:%d)", items[i].s,
+                      items[k].pos.line, items[k].pos.col);
+            continue;
+        }
+        s->types[s->ntypes++] = t;
+    }
+    return rc;
 }
 
-static const opt_t comp_opts[] = {BOOL("gzip", cfg_site_t, gzip), U32("level", cfg_site_t, gzip_level, 1, 9),
-                                  SIZE("min_length", cfg_site_t, gzip_min_length), FN("types", comp_types), END};
+/* Compressed when types: is not given (nginx's gzip_types is text/html
+ * alone; these are the text formats sites send most). */
+static const char *const default_types[] = {
+    "text/html", "text/css", "text/plain", "text/xml", "text/javascript", "application/javascript",
+    "application/json", "application/xml", "image/svg+xml",
+};
 
-static int site_compression(ctx_t *c, const char *key, ynode_t *v, void *obj) { return walk(c, key, v, comp_opts, obj); }
+static const opt_t comp_opts[] = {
+    BOOL("gzip", cfg_site_t, gzip),
+    BOOL("brotli", cfg_site_t, brotli),
+    BOOL("zstd", cfg_site_t, zstd),
+    U32("level", cfg_site_t, gzip_level, 1, 9),
+    U32("brotli_level", cfg_site_t, brotli_level, 0, 11),
+    U32("zstd_level", cfg_site_t, zstd_level, 1, 19),
+    SIZE("min_length", cfg_site_t, min_length),
+    FN("types", comp_types),
+    END,
+};
+
+static int site_compression(ctx_t *c, const char *key, ynode_t *v, void *obj)
+{
+    cfg_site_t *s = obj;
+    s->compression = true;
+    s->compression_pos = v->pos;
+    if (walk(c, key, v, comp_opts, obj) < 0)
+        return -1;
+    if (!s->gzip && !s->brotli && !s->zstd)
+        diag_warning(c->d, v->pos, "compression enables no coding: nothing is compressed (set gzip, brotli or zstd to true)");
+    if (s->types == NULL) {
+        s->types = (char **)default_types;
+        s->ntypes = ARRAY_LEN(default_types);
+    }
+    return 0;
+}
 
 static const char *const logfmt_names[] = {"json", "combined", "off", NULL};
 static const opt_t alog_opts[] = {ENUM("format", cfg_site_t, access_log, logfmt_names), END};
@@ -1002,7 +1093,9 @@ cfg_site_t *config_site(arena_t *a, const char *file, const char *text, diag_t *
     s->pos = root->pos;
     s->security_headers = RT_SECHDR_BASIC;
     s->gzip_level = 4;
-    s->gzip_min_length = 256;
+    s->brotli_level = 4;
+    s->zstd_level = 3;
+    s->min_length = 256;
     if (walk(&c, "site file", root, site_opts, s) == 0) {
         require(&c, root, "site", "site file");
         if (!s->is_default)

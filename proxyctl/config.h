@@ -110,10 +110,13 @@ typedef struct {
     size_t nups;
     cfg_route_t *routes;
     size_t nroutes;
-    bool gzip;
-    uint32_t gzip_level;
-    uint64_t gzip_min_length;
-    char **types;
+    /* compression: (docs/compression.md); each coding off unless named */
+    bool compression;       /* the key is present */
+    pos_t compression_pos;
+    bool gzip, brotli, zstd;
+    uint32_t gzip_level, brotli_level, zstd_level;
+    uint64_t min_length;
+    char **types;           /* lower case type/subtype, or type/ and a star */
     size_t ntypes;
     int security_headers;   /* rt_sechdr */
     int access_log;         /* rt_logfmt */

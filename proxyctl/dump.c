@@ -193,6 +193,28 @@ static void dump_global(const rt_table_t *t, FILE *out)
                 rt_cstr(t, t->cache_zones[i].path), t->cache_zones[i].max_size);
 }
 
+void dump_compression(const rt_table_t *t, const rt_site_t *s, const char *ind, FILE *out)
+{
+    if (!(s->flags & RT_SF_COMPRESS))
+        return;
+    fprintf(out, "%scompression:", ind);
+    const char *sep = " ";
+    if (s->flags & RT_SF_BROTLI) {
+        fprintf(out, "%sbr level %u", sep, s->brotli_level);
+        sep = ", ";
+    }
+    if (s->flags & RT_SF_ZSTD) {
+        fprintf(out, "%szstd level %u", sep, s->zstd_level);
+        sep = ", ";
+    }
+    if (s->flags & RT_SF_GZIP)
+        fprintf(out, "%sgzip level %u", sep, s->gzip_level);
+    fprintf(out, "; min_length %u; types", s->compress_min_length);
+    for (uint32_t k = 0; k < s->compress_types.count; k++)
+        fprintf(out, " %s", rt_cstr(t, t->strlist[s->compress_types.first + k]));
+    fputc('\n', out);
+}
+
 void dump_table(const rt_table_t *t, FILE *out)
 {
     dump_global(t, out);
@@ -209,9 +231,8 @@ void dump_table(const rt_table_t *t, FILE *out)
                     s->flags & RT_SF_HSTS_PRELOAD ? " preload" : "");
         fprintf(out, "\n  security_headers %s, access_log %s", rt_enum_name("sechdr", s->security_headers),
                 rt_enum_name("logfmt", s->access_log));
-        if (s->flags & RT_SF_GZIP)
-            fprintf(out, ", gzip level %u min_length %u", s->gzip_level, s->gzip_min_length);
         fputc('\n', out);
+        dump_compression(t, s, "  ", out);
         for (uint32_t k = 0; k < s->upstreams.count; k++)
             dump_upstream(t, s->upstreams.first + k, "  ", out);
         for (uint32_t k = 0; k < s->routes.count; k++)

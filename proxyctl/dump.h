@@ -12,6 +12,8 @@
 void dump_table(const rt_table_t *t, FILE *out);
 void dump_route(const rt_table_t *t, uint32_t r, const char *indent, FILE *out);
 void dump_upstream(const rt_table_t *t, uint32_t u, const char *indent, FILE *out);
+/* The site's compression line (nothing when it compresses nothing). */
+void dump_compression(const rt_table_t *t, const rt_site_t *s, const char *indent, FILE *out);
 void dump_policy(const rt_table_t *t, uint32_t p, const char *indent, FILE *out);
 /* "30s", "5m", "250ms" */
 const char *dump_duration(uint32_t ms, char buf[32]);

@@ -198,8 +198,22 @@ CASES = [
          ["site.yaml:8:24: error: unknown rate-limit zone 'api' (define it under rate_limit_zones in the global settings)"]),
     Case("unsupported-cache", up("    upstream: app\n    cache: {zone: app_cache}\n"),
          ["site.yaml:8:5: error: 'cache' is not supported yet"]),
-    Case("unsupported-compression", up("    upstream: app\ncompression: {gzip: true}\n"),
-         ["site.yaml:8:1: error: 'compression' is not supported yet"]),
+    # --- compression
+    Case("compression-bad-bool", up("    upstream: app\ncompression: {gzip: true, zstd: on}\n"),
+         ["site.yaml:8:33: error: 'zstd' must be true or false, not 'on'"]),
+    Case("compression-level-range", up("    upstream: app\ncompression:\n  gzip: true\n  level: 0\n  zstd_level: 20\n"),
+         ["site.yaml:10:10: error: 'level' must be a whole number from 1 to 9, not '0'",
+          "site.yaml:11:15: error: 'zstd_level' must be a whole number from 1 to 19, not '20'"]),
+    Case("compression-types", up("    upstream: app\ncompression:\n  brotli: true\n  types: [text/html, html, "
+                                 "\"application/json; charset=utf-8\", image/*, TEXT/html]\n"),
+         ["site.yaml:10:22: error: invalid media type 'html' in 'types': write it as type/subtype, e.g. text/html",
+          "site.yaml:10:28: error: invalid media type 'application/json; charset=utf-8' in 'types': write "
+          "type/subtype without parameters; it matches whatever parameters a response has",
+          "site.yaml:10:72: error: media type 'TEXT/html' is listed twice in 'types' (first at 10:11)"]),
+    Case("compression-types-not-a-list", up("    upstream: app\ncompression: {gzip: true, types: text/html}\n"),
+         ["site.yaml:8:34: error: 'types' must be a list, not a scalar"]),
+    Case("compression-unknown-key", up("    upstream: app\ncompression: {gzip: true, brotli_levl: 5}\n"),
+         ["site.yaml:8:27: error: unknown key 'brotli_levl' (did you mean 'brotli_level'?)"]),
     # --- sites against each other
     Case("host-conflict", y("""
         site: two
@@ -253,7 +267,7 @@ CASES = [
           "site.yaml:10:46: error: invalid method 'FETCH' (expected one of: GET, HEAD, POST, PUT, DELETE, PATCH, "
           "OPTIONS, CONNECT, TRACE; did you mean 'PATCH'?)",
           "site.yaml:11:15: error: undefined upstream 'nope'",
-          "site.yaml:12:1: error: 'compression' is not supported yet"]),
+          "site.yaml:12:21: error: 'gzip' must be true or false, not 'maybe'"]),
     Case("several-semantic-errors-sorted", y("""
         site: two
         default: true

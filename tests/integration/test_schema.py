@@ -171,7 +171,6 @@ def test_examples_consistent():
                 m = re.fullmatch(r"127\.0\.0\.1:(\d+)", s["address"])
                 assert m and 9001 <= int(m.group(1)) <= 9009, f"{path.name}: {s['address']}"
         # proxyctl refuses these until proxyd executes them (test_unsupported_keys.py).
-        assert "compression" not in doc, path.name
         for route in doc.get("routes") or []:
             assert "cache" not in route, path.name
     assert defaults == ["basic-proxy.yaml"]

@@ -1,7 +1,7 @@
 """Keys proxyd does not execute yet are refused (SPEC §9, issue 12 item 7).
 
-The schemas describe `cache` (route), `compression` (site) and `cache_zones`
-(proxy.yaml), but proxyd ignores them, so
+The schemas describe `cache` (route) and `cache_zones` (proxy.yaml), but proxyd
+ignores them, so
 proxyctl refuses each one at the key, exactly as
 `FILE:LINE:COL: error: 'KEY' is not supported yet`, together with every other
 error of the run, exit 1, and nothing stored.  The issue that builds a feature
@@ -20,7 +20,7 @@ from conftest import GLOBAL_YAML, init_store, site_yaml, sql, state, write
 
 ROOT = Path(__file__).resolve().parents[2]
 
-UNSUPPORTED = ["cache", "compression", "cache_zones"]
+UNSUPPORTED = ["cache", "cache_zones"]
 
 SITE_HEAD = (
     "site: a\n"
@@ -34,7 +34,6 @@ SITE_HEAD = (
 # key -> (site text, line, column of the key)
 SITE_KEYS = {
     "cache": (SITE_HEAD + "    cache: {zone: app_cache, valid: {\"200\": 10m}}\n", 8, 5),
-    "compression": (SITE_HEAD + "compression:\n  gzip: true\n  level: 5\n", 8, 1),
 }
 
 # key -> (proxy.yaml text, line, column of the key)
@@ -77,7 +76,6 @@ def test_list_matches_schema_descriptions():
     route = site["$defs"]["route"]["properties"]
     described = {
         "cache": route["cache"]["description"],
-        "compression": site["properties"]["compression"]["description"],
         "cache_zones": proxy["properties"]["cache_zones"]["description"],
     }
     assert sorted(described) == sorted(UNSUPPORTED)
@@ -116,12 +114,10 @@ def test_flow_style_key_position(stored, proxyctl, db, tmp_path):
 
 def test_value_is_not_looked_at(stored, proxyctl, tmp_path):
     """Only the refusal: no zone lookup, no type or range errors inside the value."""
-    write(tmp_path, "a.yaml", SITE_HEAD + "    cache: 42\n"
-          "compression: {gzip: maybe, level: 99}\n", dedent=False)
+    write(tmp_path, "a.yaml", SITE_HEAD + "    cache: 42\n", dedent=False)
     rc, out, err = proxyctl("validate", "a.yaml")
     assert rc == 1
-    assert err.splitlines() == [refused("a.yaml", "cache", 8, 5),
-                                refused("a.yaml", "compression", 9, 1), "2 errors, 0 warnings"]
+    assert err.splitlines() == [refused("a.yaml", "cache", 8, 5), "1 error, 0 warnings"]
 
 
 def test_same_name_elsewhere_is_an_unknown_key(stored, proxyctl, tmp_path):
@@ -182,7 +178,7 @@ def test_all_reported_in_one_run(stored, proxyctl, db, tmp_path):
     """Every refusal and every other error of the run, sorted by file and position."""
     write(tmp_path, "proxy.yaml", GLOBAL_YAML + "cache_zones: {c: {path: /tmp/c}}\nworker: 2\n", dedent=False)
     write(tmp_path, "a.yaml", SITE_HEAD + "    cache: {zone: c}\n"
-          "    timeouts: {read: 5x}\ncompression: {gzip: true}\n", dedent=False)
+          "    timeouts: {read: 5x}\ncompression: {gzip: maybe}\n", dedent=False)
     before = snapshot(proxyctl, db)
     rc, out, err = proxyctl("validate", "--global", "proxy.yaml", "a.yaml")
     assert err.splitlines() == [
@@ -190,14 +186,14 @@ def test_all_reported_in_one_run(stored, proxyctl, db, tmp_path):
         "proxy.yaml:3:1: error: unknown key 'worker' (did you mean 'workers'?)",
         "a.yaml:8:5: error: 'cache' is not supported yet",
         "a.yaml:9:22: error: invalid duration '5x' for 'read': unknown unit (use ms, s, m, h or d)",
-        "a.yaml:10:1: error: 'compression' is not supported yet",
+        "a.yaml:10:21: error: 'gzip' must be true or false, not 'maybe'",
         "5 errors, 0 warnings"]
     assert (rc, out) == (1, "")
     rc, out, err = proxyctl("add-site", "a.yaml")
     assert err.splitlines() == [
         "a.yaml:8:5: error: 'cache' is not supported yet",
         "a.yaml:9:22: error: invalid duration '5x' for 'read': unknown unit (use ms, s, m, h or d)",
-        "a.yaml:10:1: error: 'compression' is not supported yet",
+        "a.yaml:10:21: error: 'gzip' must be true or false, not 'maybe'",
         "3 errors, 0 warnings"]
     assert (rc, out) == (1, "")
     assert snapshot(proxyctl, db) == before

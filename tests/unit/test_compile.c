@@ -119,14 +119,55 @@ static void test_unsupported_keys(void **state)
     (void)state;
     expect_diag("site: a\nhosts: [a.example.com]\nroutes:\n  - return: {status: 200}\n    cache: 1\n",
                 "site0.yaml:5:5: error: 'cache' is not supported yet");
-    expect_diag("site: a\nhosts: [a.example.com]\ncompression: {gzip: maybe}\n",
-                "site0.yaml:3:1: error: 'compression' is not supported yet");
     fixture_t f = {0};
     assert_int_equal(compile_texts(&f, "workers: 2\ncache_zones: {c: {path: /c}}\nrate_limit_zones: {api: {rate: x}}\n",
                                    NULL, 0),
                      -1);
     assert_string_equal(diag_text(&f.d), "proxy.yaml:2:1: error: 'cache_zones' is not supported yet\n"
                                          "proxy.yaml:3:32: error: invalid rate 'x': expected a rate like 10r/s or 600r/m\n");
+    fixture_free(&f);
+}
+
+/* compression: every key checked where it is written; a clean one compiles
+ * into the site record (flags, levels, min_length, lower-cased types). */
+static void test_compression(void **state)
+{
+    (void)state;
+    expect_diag("site: a\nhosts: [a.example.com]\ncompression: {gzip: maybe}\n",
+                "site0.yaml:3:21: error: 'gzip' must be true or false, not 'maybe'");
+    expect_diag("site: a\nhosts: [a.example.com]\ncompression: {brotli: true, brotli_level: 12}\n",
+                "site0.yaml:3:43: error: 'brotli_level' must be a whole number from 0 to 11, not '12'");
+    expect_diag("site: a\nhosts: [a.example.com]\ncompression: {zstd: true, types: [text/html, text/HTML]}\n",
+                "site0.yaml:3:46: error: media type 'text/HTML' is listed twice in 'types' (first at 3:35)");
+    expect_diag("site: a\nhosts: [a.example.com]\ncompression: {gzip: true, types: [\"text/html;q=1\"]}\n",
+                "site0.yaml:3:35: error: invalid media type 'text/html;q=1' in 'types': write type/subtype without "
+                "parameters; it matches whatever parameters a response has");
+    expect_diag("site: a\nhosts: [a.example.com]\ncompression: {gzip: true, levle: 3}\n",
+                "site0.yaml:3:27: error: unknown key 'levle' (did you mean 'level'?)");
+    fixture_t f = {0};
+    const char *site = "site: a\nhosts: [a.example.com]\nroutes:\n  - match: {path_prefix: /}\n    return: {status: 200}\n"
+                       "compression: {gzip: true, zstd: true, level: 6, zstd_level: 9, min_length: 1k, types: [Text/*]}\n";
+    assert_int_equal(compile_texts(&f, NULL, &site, 1), 0);
+    const rt_site_t *s = &f.t.sites[0];
+    assert_int_equal(s->flags & RT_SF_COMPRESS, RT_SF_GZIP | RT_SF_ZSTD);
+    assert_int_equal(s->gzip_level, 6);
+    assert_int_equal(s->zstd_level, 9);
+    assert_int_equal(s->brotli_level, 4);
+    assert_int_equal(s->compress_min_length, 1024);
+    assert_int_equal(s->compress_types.count, 1);
+    assert_string_equal(rt_cstr(&f.t, f.t.strlist[s->compress_types.first]), "text/*");
+    fixture_free(&f);
+    /* no types: the default list; no compression: no types at all */
+    site = "site: a\nhosts: [a.example.com]\nroutes:\n  - match: {path_prefix: /}\n    return: {status: 200}\n"
+           "compression: {brotli: true}\n";
+    assert_int_equal(compile_texts(&f, NULL, &site, 1), 0);
+    assert_int_equal(f.t.sites[0].compress_types.count, 9);
+    assert_int_equal(f.t.sites[0].compress_min_length, 256);
+    fixture_free(&f);
+    site = "site: a\nhosts: [a.example.com]\nroutes:\n  - match: {path_prefix: /}\n    return: {status: 200}\n";
+    assert_int_equal(compile_texts(&f, NULL, &site, 1), 0);
+    assert_int_equal(f.t.sites[0].flags & RT_SF_COMPRESS, 0);
+    assert_int_equal(f.t.sites[0].compress_types.count, 0);
     fixture_free(&f);
 }
 
@@ -294,6 +335,7 @@ int main(void)
         cmocka_unit_test(test_routing),          cmocka_unit_test(test_method_not_allowed),
         cmocka_unit_test(test_index_matches_walk), cmocka_unit_test(test_warning_shadowed),
         cmocka_unit_test(test_unsupported_keys),
+        cmocka_unit_test(test_compression),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
