@@ -62,6 +62,7 @@ typedef struct {
     char *replay;               /* saved upstream head (and body start) for a retry */
     size_t replay_len;
     int64_t resp_remain;        /* response body bytes left (length-delimited) */
+    bool upstream_idle;         /* the last read took all the upstream had: nothing more for now */
 } proxy_ctx_t;
 
 static void up_event(upconn_t *u, uint32_t revents);
@@ -825,6 +826,10 @@ static void relay_response(upconn_t *u)
             response_end(u);
             return;
         }
+        /* The origin's pace: all it sent is out and it has nothing more now,
+         * so a filter holding bytes back (compression) lets them go. */
+        if (iobuf_len(u->in) == 0 && ctx_of(r)->upstream_idle)
+            http_send_flush(r);
         if ((pending = r->sess->flush(r)) < 0 || u->closed)
             return;
         if (pending || iobuf_len(u->in) == 0)
@@ -899,7 +904,8 @@ static void up_read(upconn_t *u)
             up_failed(u, RT_ON_ERROR, 502, "response head larger than %d bytes", IOBUF_SIZE);
         return;
     }
-    ssize_t n = upconn_io(u, false, iobuf_wr(u->in), iobuf_space(u->in));
+    size_t asked = iobuf_space(u->in);
+    ssize_t n = upconn_io(u, false, iobuf_wr(u->in), asked);
     if (n == -1)
         return;
     if (n <= 0) {
@@ -910,6 +916,7 @@ static void up_read(upconn_t *u)
     }
     u->got_bytes = true;
     u->in->end += (uint32_t)n;
+    ctx_of(u->req)->upstream_idle = (size_t)n < asked && !(u->ssl && SSL_pending(u->ssl) > 0);
     relay_response(u);
     /* Decrypted bytes the TLS layer still holds raise no epoll event. */
     if (!u->closed && u->req && u->ssl && !u->read_paused && SSL_pending(u->ssl) > 0)

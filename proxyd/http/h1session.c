@@ -518,8 +518,8 @@ static void on_writable(conn_t *c)
         return;
     if (r->response_done && !r->tunnel)
         finish(c);
-    else if (r->on_drain)
-        r->on_drain(r);
+    else
+        http_drained(r);
 }
 
 static void on_timeout(conn_t *c)

@@ -27,6 +27,7 @@ static unsigned nreq_free;
 
 http_header_filter_t http_top_header_filter;
 http_body_filter_t http_top_body_filter;
+http_space_filter_t http_top_space_filter;
 void (*http_log)(const request_t *r);
 bool http_log_agents;
 
@@ -165,10 +166,20 @@ static void count_status(uint32_t site, int status)
         W->stats->other_site[cls]++;
 }
 
+void request_cleanup_add(request_t *r, void (*fn)(request_t *r))
+{
+    request_cleanup_t *c = arena_alloc_raw(&r->arena, sizeof(*c));
+    c->fn = fn;
+    c->next = r->cleanups;
+    r->cleanups = c;
+}
+
 void request_finish(request_t *r)
 {
     if (r->on_abort)
         r->on_abort(r);
+    for (request_cleanup_t *c = r->cleanups; c; c = c->next)
+        c->fn(r);
     if (r->status && !r->response_done && !r->response_started)
         r->status = 499; /* the client went away before an answer */
     if (r->response_done)
@@ -234,6 +245,28 @@ void http_resp_remove(request_t *r, const char *name, size_t nlen)
     s->nfields = k;
 }
 
+h1_header_t *http_resp_field(request_t *r, const char *name, size_t nlen)
+{
+    http_resp_t *s = &r->resp;
+    if (!(s->name_lens & HTTP_NAME_LEN_BIT(nlen)))
+        return NULL;
+    for (uint32_t i = 0; i < s->nfields; i++)
+        if (s->fields[i].name.n == nlen && strncasecmp(s->fields[i].name.p, name, nlen) == 0)
+            return &s->fields[i];
+    return NULL;
+}
+
+const h1_header_t *http_req_field(const request_t *r, const char *name, size_t nlen, size_t *at)
+{
+    for (size_t i = *at; i < r->nheaders; i++)
+        if (r->headers[i].name.n == nlen && strncasecmp(r->headers[i].name.p, name, nlen) == 0) {
+            *at = i + 1;
+            return &r->headers[i];
+        }
+    *at = r->nheaders;
+    return NULL;
+}
+
 void http_send_head(request_t *r)
 {
     r->status = r->resp.status;
@@ -241,24 +274,32 @@ void http_send_head(request_t *r)
     http_top_header_filter(r);
 }
 
-size_t http_send_space(request_t *r) { return r->sess->send_space(r); }
+size_t http_send_space(request_t *r) { return http_top_space_filter(r); }
 
-void http_send_data(request_t *r, const char *p, size_t n) { http_top_body_filter(r, p, n, false); }
+void http_send_data(request_t *r, const char *p, size_t n) { http_top_body_filter(r, p, n, 0); }
+
+void http_send_flush(request_t *r) { http_top_body_filter(r, NULL, 0, HTTP_BODY_FLUSH); }
 
 void http_send_file(request_t *r, int fd, uint64_t off, uint64_t len) { r->sess->send_file(r, fd, off, len); }
 
-void http_send_end(request_t *r) { http_top_body_filter(r, NULL, 0, true); }
+void http_send_end(request_t *r) { http_top_body_filter(r, NULL, 0, HTTP_BODY_LAST); }
+
+void http_drained(request_t *r) { http_top_body_filter(r, NULL, 0, HTTP_BODY_RESUME); }
 
 /* The bottoms of the chains: the session. */
 static void session_header_filter(request_t *r) { r->sess->send_head(r); }
 
-static void session_body_filter(request_t *r, const char *p, size_t n, bool last)
+static void session_body_filter(request_t *r, const char *p, size_t n, unsigned flags)
 {
     if (n)
         r->sess->send_data(r, p, n);
-    if (last)
+    if (flags & HTTP_BODY_LAST)
         r->sess->send_end(r);
+    else if ((flags & HTTP_BODY_RESUME) && r->on_drain)
+        r->on_drain(r);
 }
+
+static size_t session_space_filter(request_t *r) { return r->sess->send_space(r); }
 
 /* The chains start at the session; filter modules listed after this one
  * in core/modules.c put themselves on top. */
@@ -266,6 +307,7 @@ static int request_worker_init(void)
 {
     http_top_header_filter = session_header_filter;
     http_top_body_filter = session_body_filter;
+    http_top_space_filter = session_space_filter;
     return 0;
 }
 

@@ -86,6 +86,7 @@ struct request {
     void (*on_drain)(request_t *r);
     void (*on_abort)(request_t *r);
     void *ctx[MODULE_CTX_MAX];   /* per-request state of the modules that want one */
+    struct request_cleanup *cleanups; /* run when the request ends (request_cleanup_add) */
     tref_t *table;
     uint32_t site, route;        /* RT_NONE when unmatched */
     uint64_t id;                 /* 0 once finished: callers that may outlive it compare ids */
@@ -101,6 +102,7 @@ struct request {
     bool peer_trusted;           /* the connection's peer is in trusted_proxies (route phase) */
     bool head, http10, keep_alive, expect_continue, upgrade, websocket_ok, upstream_answered;
     bool response_started, response_done, body_done, tunnel;
+    bool body_filtered;          /* a body filter changes the bytes: send data, not a file */
     /* the request head: slices into `raw`, the arena copy of the head */
     slice_t method, host, target, path, query, upgrade_proto;
     slice_t path_raw;            /* the path as received (path is normalized by the route phase) */
@@ -128,6 +130,18 @@ int request_set_head(request_t *r, const h1_request_t *h, size_t head_len);
 void request_run(request_t *r);
 /* The request ends (response complete, or torn down): log, count, free. */
 void request_finish(request_t *r);
+/* The session can take response bytes again: what filters hold goes first,
+ * then the handler hears of it (r->on_drain). */
+void http_drained(request_t *r);
+
+/* Something to release when the request ends, whatever way it ends (state
+ * a module keeps outside the arena: compressor contexts).  Run in reverse
+ * order of adding, after the handler's on_abort. */
+typedef struct request_cleanup {
+    void (*fn)(request_t *r);
+    struct request_cleanup *next;
+} request_cleanup_t;
+void request_cleanup_add(request_t *r, void (*fn)(request_t *r));
 
 /* ---- for handlers: answering ------------------------------------------------ */
 
@@ -138,12 +152,28 @@ void http_resp_add(request_t *r, const char *name, size_t nlen, const char *valu
 void http_resp_add_str(request_t *r, const char *name, const char *value);
 /* Remove every field named name (case-insensitively). */
 void http_resp_remove(request_t *r, const char *name, size_t nlen);
+/* The response's first field named name (case-insensitively), or NULL. */
+h1_header_t *http_resp_field(request_t *r, const char *name, size_t nlen);
+/* The request's next field named name (case-insensitively) at index *at or
+ * after; *at moves past it.  NULL when there is none left. */
+const h1_header_t *http_req_field(const request_t *r, const char *name, size_t nlen, size_t *at);
 /* Send r->resp through the header filters to the session. */
 void http_send_head(request_t *r);
+/* Body bytes the filters and the session take now; 0: flush, and when
+ * output is still pending wait for r->on_drain. */
 size_t http_send_space(request_t *r);
-/* Body bytes through the body filters; n <= http_send_space(r). */
+/* Body bytes through the body filters; n <= http_send_space(r).  After
+ * sending, a handler flushes (r->sess->flush) and, when output is still
+ * pending, waits for r->on_drain. */
 void http_send_data(request_t *r, const char *p, size_t n);
+/* The producer has nothing more for now (an upstream that has sent all it
+ * had): a filter that holds bytes back (a compressor) lets them go, so a
+ * slow stream reaches the client at the origin's pace. */
+void http_send_flush(request_t *r);
+/* A file segment, sent by the session as it is (sendfile); only when no
+ * body filter changes the bytes (!r->body_filtered). */
 void http_send_file(request_t *r, int fd, uint64_t off, uint64_t len);
+/* The end of the body.  The request may be over when this returns. */
 void http_send_end(request_t *r);
 /* A complete small answer: status, Content-Type, body (not sent to HEAD). */
 void http_respond(request_t *r, int status, const char *ctype, const char *body, size_t blen);
@@ -160,13 +190,29 @@ const char *http_status_reason(int status);
 /*
  * The filter chains, nginx style: each filter module keeps the filter that
  * was on top when it registered as its `next`, and puts itself on top.  The
- * bottom of both chains is the session.  Filters register at worker start
- * (http_filters_init), so the order is fixed and known.
+ * bottom of every chain is the session.  Filters register at worker start
+ * (modules' worker_init), so the order is fixed and known.
+ *
+ * A body filter gets bytes (n may be 0) and flags:
+ *   HTTP_BODY_FLUSH   the producer has nothing more for now: pass on what
+ *                     is held back;
+ *   HTTP_BODY_LAST    the end of the body;
+ *   HTTP_BODY_RESUME  the session can take bytes again (http_drained): push
+ *                     what is held; the session, at the bottom, then calls
+ *                     the handler's on_drain.
+ * A filter that holds bytes the session could not take (its output is not
+ * a copy of its input) passes RESUME on only once it holds none, answers 0
+ * from its space filter until then, and after LAST or RESUME flushes the
+ * session itself so that the next drain calls it again.  The space chain
+ * says how many bytes the filters and the session take now.
  */
+enum { HTTP_BODY_FLUSH = 1u, HTTP_BODY_LAST = 2u, HTTP_BODY_RESUME = 4u };
 typedef void (*http_header_filter_t)(request_t *r);
-typedef void (*http_body_filter_t)(request_t *r, const char *p, size_t n, bool last);
+typedef void (*http_body_filter_t)(request_t *r, const char *p, size_t n, unsigned flags);
+typedef size_t (*http_space_filter_t)(request_t *r);
 extern http_header_filter_t http_top_header_filter;
 extern http_body_filter_t http_top_body_filter;
+extern http_space_filter_t http_top_space_filter;
 /* The log phase: called for every request that ends (the access log sets it). */
 extern void (*http_log)(const request_t *r);
 extern bool http_log_agents; /* the log reads user_agent and referer */
