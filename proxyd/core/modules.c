@@ -10,6 +10,7 @@
 
 #include "conn/conn.h"
 #include "conn/tls.h"
+#include "filters/compress.h"
 #include "filters/headers.h"
 #include "handlers/static_handler.h"
 #include "http/accesslog.h"
@@ -33,6 +34,7 @@ const module_t *const proxyd_modules[] = {
     &tls_module,
     &health_module,
     &pool_module,
+    &compress_filter_module, /* below headers: it sees the route's and the preset's fields */
     &headers_filter_module,
     NULL,
 };

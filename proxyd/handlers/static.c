@@ -677,11 +677,44 @@ static void fill_metadata(const struct stat *st, const rel_path_t *rp, static_re
     o->content_type = static_content_type(rp->buf + rp->name_off, rp->len - rp->name_off);
 }
 
+/* Is a not older than b (nanoseconds count)? */
+static bool not_older(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec > b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec >= b->tv_nsec);
+}
+
+/* The first precompressed copy of rp's file that is a regular file not
+ * older than it (*st the file's stat): its fd, with *st its stat, and
+ * o->variant set; -1 when none.  rp->buf is left as it was. */
+static int open_variant(int root_fd, const static_req_t *r, rel_path_t *rp, struct stat *st, static_result_t *o)
+{
+    for (size_t i = 0; i < r->nvariants; i++) {
+        size_t sl = strlen(r->variants[i]);
+        struct stat vst;
+        if (rp->len + sl + 1 > sizeof rp->buf)
+            continue;
+        memcpy(rp->buf + rp->len, r->variants[i], sl + 1);
+        int fd = open_beneath(root_fd, rp->buf, O_RDONLY | O_NONBLOCK | O_NOCTTY);
+        rp->buf[rp->len] = '\0';
+        if (fd < 0)
+            continue;
+        if (fstat(fd, &vst) == 0 && S_ISREG(vst.st_mode) && not_older(&vst.st_mtim, &st->st_mtim)) {
+            *st = vst;
+            o->variant = (int)i;
+            return fd;
+        }
+        close(fd);
+    }
+    return -1;
+}
+
 /*
  * Open the file the request names and set o->fd and metadata; returns a
  * final status (without an open fd) or 0 when a regular file is open.
  * O_NONBLOCK keeps open(2) of a FIFO from waiting for a writer; it has no
- * effect on reads or sendfile(2) of a regular file.
+ * effect on reads or sendfile(2) of a regular file.  A precompressed copy
+ * the request asks for (r->variants) replaces the file, its content type
+ * aside.
  */
 static int open_file(int root_fd, const static_req_t *r, static_result_t *o)
 {
@@ -710,6 +743,11 @@ static int open_file(int root_fd, const static_req_t *r, static_result_t *o)
         }
         return 404;
     }
+    int vfd = rp.len && r->nvariants ? open_variant(root_fd, r, &rp, &st, o) : -1;
+    if (vfd >= 0) {
+        close(fd);
+        fd = vfd;
+    }
     o->fd = fd;
     fill_metadata(&st, &rp, o);
     return 0;
@@ -719,6 +757,7 @@ static void result_init(static_result_t *o, uint32_t expires_s)
 {
     memset(o, 0, sizeof *o);
     o->fd = -1;
+    o->variant = -1;
     o->expires_s = expires_s;
 }
 

@@ -40,6 +40,12 @@ typedef struct {
                                    If-Modified-Since, If-Unmodified-Since */
     size_t nheaders;
     uint32_t expires_s; /* the route's expires, echoed into the result */
+    /* Precompressed copies to look for beside the file, best first: FILE
+     * plus each suffix (".br"), taken when it is a regular file not older
+     * than FILE.  The caller lists only codings the client accepts, and
+     * none for a request with Range (ranges are of the file itself). */
+    const char *const *variants;
+    size_t nvariants;
 } static_req_t;
 
 typedef struct {
@@ -65,6 +71,9 @@ typedef struct {
     char content_range[80];  /* 206: "bytes a-b/size"; 416: "bytes *\/size"; else "" */
     char location_suffix[2]; /* 301: "/" to append to the request path; else "" */
     uint32_t expires_s;      /* echo of static_req_t.expires_s (Cache-Control max-age) */
+    int variant;             /* index in static_req_t.variants of the copy served, -1 the file
+                                itself; with a copy, fd, size, validators and length are the
+                                copy's, content_type the file's */
 } static_result_t;
 
 /*

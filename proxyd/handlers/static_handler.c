@@ -1,5 +1,15 @@
 /*
  * static_handler.c - static routes (see static_handler.h).
+ *
+ * The body goes as a file segment (sendfile, or staged through the TLS
+ * layer by the connection), unless a body filter changes the bytes
+ * (compression, r->body_filtered): then it is read in pieces of what the
+ * filters take, driven by on_drain, one 16 KiB buffer on the stack.
+ *
+ * A site that compresses serves FILE.br, FILE.zst or FILE.gz in place of
+ * FILE when the client accepts that coding, the site has it on, and the
+ * copy is not older than FILE (docs/compression.md); never for a request
+ * with Range, which is answered from FILE itself.
  */
 #include "handlers/static_handler.h"
 
@@ -12,6 +22,7 @@
 
 #include "../common/log.h"
 #include "../common/str.h"
+#include "filters/compress.h"
 #include "handlers/static.h"
 
 /* Per table: each route's root directory as an O_PATH fd, or -1. */
@@ -56,12 +67,89 @@ static void answer_status(request_t *r, const static_result_t *sr)
     http_send_status_body(r);
 }
 
-static void answer_file(request_t *r, const rt_route_t *rt, const static_result_t *sr)
+/* A body a filter changes: the file read piece by piece (r->ctx[MODULE_CTX_STATIC]). */
+typedef struct {
+    int fd;
+    uint64_t off, left;
+} static_body_t;
+
+#define READ_PIECE 16384
+
+static void body_close(request_t *r)
+{
+    static_body_t *b = r->ctx[MODULE_CTX_STATIC];
+    if (b->fd >= 0)
+        close(b->fd);
+    b->fd = -1;
+    r->on_drain = NULL;
+    r->on_abort = NULL;
+}
+
+/* Read and send until the file ends or the client is behind (on_drain
+ * calls again); every pass either sends bytes or flushes. */
+static void body_pump(request_t *r)
+{
+    static_body_t *b = r->ctx[MODULE_CTX_STATIC];
+    char buf[READ_PIECE];
+    for (bool flushed = false;;) {
+        size_t space = http_send_space(r);
+        if (space == 0) {
+            if (flushed) /* the session wrote everything and the filters still take nothing: never */
+                return;
+            int pending = r->sess->flush(r);
+            if (pending != 0)
+                return; /* on_drain resumes, or the connection is gone */
+            flushed = true;
+            continue;
+        }
+        flushed = false;
+        size_t k = space < sizeof(buf) ? space : sizeof(buf);
+        if (k > b->left)
+            k = (size_t)b->left;
+        ssize_t n = pread(b->fd, buf, k, (off_t)b->off);
+        if (n <= 0) {
+            log_err("static file read failed: %s", n == 0 ? "file shrank while sending" : strerror(errno));
+            body_close(r);
+            r->sess->abort(r, CLOSE_FILE_ERROR);
+            return;
+        }
+        b->off += (uint64_t)n;
+        b->left -= (uint64_t)n;
+        http_send_data(r, buf, (size_t)n);
+        if (b->left == 0) {
+            body_close(r);
+            http_send_end(r);
+            return;
+        }
+    }
+}
+
+static void send_body(request_t *r, const static_result_t *sr)
+{
+    if (!r->body_filtered || sr->length == 0) {
+        http_send_file(r, sr->fd, sr->offset, sr->length);
+        http_send_end(r);
+        return;
+    }
+    static_body_t *b = arena_alloc(&r->arena, sizeof(*b));
+    *b = (static_body_t){sr->fd, sr->offset, sr->length};
+    r->ctx[MODULE_CTX_STATIC] = b;
+    r->on_drain = body_pump;
+    r->on_abort = body_close;
+    body_pump(r);
+}
+
+static void answer_file(request_t *r, const rt_route_t *rt, const static_result_t *sr, const enum coding *variants)
 {
     http_resp_init(r, sr->status);
     http_resp_add_str(r, "Last-Modified", arena_strdup(&r->arena, sr->last_modified));
     http_resp_add_str(r, "ETag", arena_strdup(&r->arena, sr->etag));
-    HTTP_RESP_LIT(r, "Accept-Ranges", "bytes");
+    if (sr->variant >= 0) {
+        http_resp_add_str(r, "Content-Encoding", coding_name(variants[sr->variant]));
+        compress_vary(r);
+    } else {
+        HTTP_RESP_LIT(r, "Accept-Ranges", "bytes");
+    }
     if (rt->expires_s) {
         str_buf_t v = str_buf_fixed(arena_alloc_raw(&r->arena, 32), 32);
         STR_APPEND_LIT(&v, "max-age=");
@@ -76,11 +164,32 @@ static void answer_file(request_t *r, const rt_route_t *rt, const static_result_
         r->resp.body = r->head ? HTTP_BODY_NONE : HTTP_BODY_LENGTH;
     }
     http_send_head(r);
-    if (sr->status != 304 && !r->head)
-        http_send_file(r, sr->fd, sr->offset, sr->length);
-    else if (sr->fd >= 0)
+    if (sr->status != 304 && !r->head) {
+        send_body(r, sr);
+        return;
+    }
+    if (sr->fd >= 0)
         close(sr->fd);
     http_send_end(r);
+}
+
+/* The precompressed copies to look for, best first (static.h): the site's
+ * codings the client takes, none for a request with Range.  Returns how
+ * many; suffixes[i] is the file suffix of codings[i]. */
+static size_t variants_for(const request_t *r, const rt_site_t *s, enum coding *codings, const char **suffixes)
+{
+    unsigned offered = coding_site_offered(s);
+    size_t at = 0, n = 0;
+    if (offered == 0 || http_req_field(r, "Range", 5, &at))
+        return 0;
+    coding_accept_t a;
+    compress_accept(r, &a);
+    for (enum coding c; n < CODING_COUNT && (c = coding_choose(&a, offered)) != CODING_IDENTITY; n++) {
+        codings[n] = c;
+        suffixes[n] = coding_suffix(c);
+        offered &= ~CODING_BIT(c);
+    }
+    return n;
 }
 
 static void static_start(request_t *r)
@@ -90,7 +199,12 @@ static void static_start(request_t *r)
     size_t skip = (rt->flags & RT_RF_STRIP_PREFIX) && rt->match == RT_MATCH_PREFIX ? rt->path.len : 0;
     if (skip && rt_cstr(t, rt->path)[skip - 1] == '/')
         skip--; /* keep the leading slash of the remainder */
+    enum coding codings[CODING_COUNT];
+    const char *suffixes[CODING_COUNT];
+    size_t nvariants = variants_for(r, &t->sites[r->site], codings, suffixes);
     static_req_t sq = {
+        .variants = suffixes,
+        .nvariants = nvariants,
         .path = r->path,
         .strip = skip,
         .index = rt->extra.len ? rt_cstr(t, rt->extra) : NULL,
@@ -122,7 +236,7 @@ static void static_start(request_t *r)
         answer_status(r, &sr);
         return;
     }
-    answer_file(r, rt, &sr);
+    answer_file(r, rt, &sr, codings);
 }
 
 const http_handler_t static_handler = {"static", static_start};
