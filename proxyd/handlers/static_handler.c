@@ -86,23 +86,23 @@ static void body_close(request_t *r)
 }
 
 /* Read and send until the file ends or the client is behind (on_drain
- * calls again); every pass either sends bytes or flushes. */
+ * calls again).  The filters may take nothing while they hand on what they
+ * hold, a session's worth at a time: each pass sends bytes or flushes. */
 static void body_pump(request_t *r)
 {
     static_body_t *b = r->ctx[MODULE_CTX_STATIC];
     char buf[READ_PIECE];
-    for (bool flushed = false;;) {
+    for (;;) {
         size_t space = http_send_space(r);
         if (space == 0) {
-            if (flushed) /* the session wrote everything and the filters still take nothing: never */
-                return;
+            uint64_t before = r->conn->bytes_out;
             int pending = r->sess->flush(r);
             if (pending != 0)
                 return; /* on_drain resumes, or the connection is gone */
-            flushed = true;
+            if (r->conn->bytes_out == before)
+                return; /* nothing to write and the filters take nothing: never, but no spin */
             continue;
         }
-        flushed = false;
         size_t k = space < sizeof(buf) ? space : sizeof(buf);
         if (k > b->left)
             k = (size_t)b->left;
