@@ -52,6 +52,7 @@ Try:
   curl -s http://127.0.0.1:8080/api/users?x=1 -H 'Host: routing.example.com'  # path routing, /api/ stripped
   curl -si http://127.0.0.1:8080/backup.sql -H 'Host: blog.example.com'      # exploit path blocked: 404
   curl -si http://127.0.0.1:8080/ -H 'Host: secure.example.com'             # redirect_http: 301 to https
+  curl -si --compressed http://127.0.0.1:8080/ -H 'Host: compressed.example.com'  # compression (br, zstd, gzip)
   curl -s --unix-socket var/demo/run/admin.sock http://x/status               # admin: status JSON
   curl -s --unix-socket var/demo/run/admin.sock http://x/metrics | head -20  # admin: Prometheus metrics
   $P --db $DB route-test http://routing.example.com/api/users

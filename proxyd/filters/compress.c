@@ -57,6 +57,7 @@ struct compress_ctx {
     bool to_spill;      /* where the last out_room pointed */
     bool dirty;         /* input since the last flush */
     bool ending;        /* finished: the rest of the output, then the end */
+    bool broken;        /* the library failed: input is dropped until the stream can be cut */
 };
 
 static http_header_filter_t next_header;
@@ -339,9 +340,19 @@ static int code(request_t *r, compress_ctx_t *cx, const char *p, size_t n, enum 
 
 static const char *site_name(const request_t *r) { return rt_cstr(&r->table->t, r->table->t.sites[r->site].name); }
 
-static void failed(request_t *r, compress_ctx_t *cx)
+/* The library failed (out of memory; a body shorter than its Content-Length
+ * at the finish).  The stream is cut where a filter may end the request (at
+ * LAST or RESUME: nobody touches the request after those); until then the
+ * producer's bytes are dropped, so it neither stalls nor spins. */
+static void broken(request_t *r, compress_ctx_t *cx, unsigned flags)
 {
-    log_err("site %s: %s compression failed", site_name(r), coding_name((enum coding)(cx->coder - coders)));
+    if (!cx->broken) {
+        log_err("site %s: %s compression failed: the response is cut", site_name(r),
+                coding_name((enum coding)(cx->coder - coders)));
+        cx->broken = true;
+    }
+    if (!(flags & (HTTP_BODY_LAST | HTTP_BODY_RESUME)))
+        return;
     ctx_release(r);
     http_error(r, 500, NULL); /* a 500 if nothing has left yet, else the stream is cut */
 }
@@ -353,12 +364,16 @@ static void compress_body(request_t *r, const char *p, size_t n, unsigned flags)
         next_body(r, p, n, flags);
         return;
     }
+    if (cx->broken) {
+        broken(r, cx, flags);
+        return;
+    }
     if (!cx->ending) {
         enum op op = (flags & HTTP_BODY_LAST)                         ? OP_FINISH
                    : (flags & HTTP_BODY_FLUSH) && (cx->dirty || n) ? OP_FLUSH
                                                                      : OP_PROCESS;
         if ((n || op != OP_PROCESS) && code(r, cx, p, n, op) < 0) {
-            failed(r, cx);
+            broken(r, cx, flags);
             return;
         }
         if (op == OP_FINISH) {
@@ -383,6 +398,8 @@ static size_t compress_space(request_t *r)
     compress_ctx_t *cx = ctx_of(r);
     if (cx == NULL)
         return next_space(r);
+    if (cx->broken)
+        return TAKE; /* dropped: see broken() */
     if (cx->ending)
         return 0;
     if (held(cx)) {

@@ -170,6 +170,9 @@ class Origin:
             ev.wait(30)
             conn.send(chunk(STREAM_REST) + b"0\r\n\r\n")
             return True
+        if kind == "badchunk":      # a head, then a chunk size that is not one
+            conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+            return False
         if kind == "cut":           # promises 100000 bytes, sends half and closes
             conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 100000\r\n\r\n" + TEXT[:50000])
             return False
@@ -624,6 +627,15 @@ def test_upstream_cut_mid_body_closes(env):
         s.close()
     r = parse_response(data, eof=True)
     assert r is not None and r.status == 200 and not r.complete
+    assert_compressed(get(env, "/html/5000", ae="gzip"), "gzip", TEXT[:5000])
+
+
+def test_bad_body_right_after_the_head_is_a_502(env):
+    """The compressed head was queued but nothing left: the answer is taken back (with its
+    compressor) and a 502 goes instead."""
+    r = get(env, "/badchunk", ae="gzip")
+    assert r.status == 502
+    assert coding_of(r) is None
     assert_compressed(get(env, "/html/5000", ae="gzip"), "gzip", TEXT[:5000])
 
 
