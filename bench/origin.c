@@ -1,9 +1,11 @@
 /*
  * origin.c - a small, fast HTTP/1.1 origin server for benchmarks and tests.
  *
- *   origin PORT [--host ADDR] [--body N] [--echo] [--pid-file F]
+ *   origin PORT [--host ADDR] [--body N | --body-file F] [--type T] [--echo] [--pid-file F]
  *
  * Every request gets 200 with an N-byte body of 'x' (default 100, text/plain),
+ * or the bytes of file F read once at start (--body-file, for a realistic
+ * body such as bench/compress_bench.sh's HTML), with Content-Type T (--type),
  * or, with --echo, a JSON object describing the request line and header fields
  * it received, in order, and the connection's TCP peer, so a test can see what
  * a proxy forwarded and which proxy connected:
@@ -120,6 +122,8 @@ static struct {
     int epfd, lfd, spare_fd;
     uint64_t body_len;
     bool echo;
+    const char *ctype;          /* Content-Type of the default response */
+    char *file_body;            /* --body-file: the default response's body, else NULL */
     struct conn *free_list;
     struct conn *lingering;     /* list of CONN_LINGER connections */
     struct buf fixed_ka;        /* the whole default response, HTTP/1.1 keep-alive */
@@ -479,6 +483,16 @@ static void put_fill(struct conn *c, uint64_t n)
         c->stream_left = n;
 }
 
+/* The default response's head and body. */
+static void put_default(struct conn *c)
+{
+    put_head(c, 200, g.ctype, g.body_len);
+    if (g.file_body)
+        put_body(c, g.file_body, g.body_len);
+    else
+        put_fill(c, g.body_len);
+}
+
 /* Answers with an empty error response and closes once it is sent. */
 static void conn_fail(struct conn *c, int status)
 {
@@ -525,8 +539,7 @@ static void respond(struct conn *c)
             buf_put(&c->out, g.fixed_ka.p, g.fixed_ka.len);
             break;
         }
-        put_head(c, 200, "text/plain", g.body_len);
-        put_fill(c, g.body_len);
+        put_default(c);
         break;
     case RESP_BYTES:
         put_head(c, 200, "application/octet-stream", c->bytes_n);
@@ -902,6 +915,30 @@ static void on_signal(int sig)
     g_stop = 1;
 }
 
+/* --body-file: the whole file, once. */
+static int read_body_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    struct buf b = {0};
+    char piece[65536];
+    size_t n;
+    if (f == NULL) {
+        fprintf(stderr, "origin: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    while ((n = fread(piece, 1, sizeof piece, f)) > 0)
+        buf_put(&b, piece, n);
+    fclose(f);
+    if (b.failed || b.len > INLINE_MAX * 64) {
+        fprintf(stderr, "origin: %s: too large or out of memory\n", path);
+        free(b.p);
+        return -1;
+    }
+    g.file_body = b.p ? b.p : strdup("");
+    g.body_len = b.len;
+    return 0;
+}
+
 static int setup(const char *host, int port)
 {
     struct rlimit rl;
@@ -917,8 +954,7 @@ static int setup(const char *host, int port)
 
     memset(g.fill, 'x', sizeof g.fill);
     struct conn tmpl = {.keep_alive = true};
-    put_head(&tmpl, 200, "text/plain", g.body_len);
-    put_fill(&tmpl, g.body_len);
+    put_default(&tmpl);
     if (tmpl.out.failed)
         return -1;
     if (tmpl.stream_left == 0)
@@ -967,8 +1003,9 @@ static int write_pid_file(const char *path)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: origin PORT [--host ADDR] [--body N] [--echo] [--pid-file F]\n"
-                    "  answers 200 with N bytes of 'x' (default 100), or with --echo a JSON\n"
+    fprintf(stderr, "usage: origin PORT [--host ADDR] [--body N | --body-file F] [--type T] [--echo] [--pid-file F]\n"
+                    "  answers 200 with N bytes of 'x' (default 100) or file F's bytes, as\n"
+                    "  Content-Type T (default text/plain), or with --echo a JSON\n"
                     "  description of the request and its TCP peer; GET /bytes/N streams N\n"
                     "  bytes; POST /sink counts the request body.  Listens on 127.0.0.1\n"
                     "  unless --host.\n");
@@ -976,9 +1013,10 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
-    const char *host = "127.0.0.1", *pid_file = NULL;
+    const char *host = "127.0.0.1", *pid_file = NULL, *body_file = NULL;
     long port = -1;
     g.body_len = 100;
+    g.ctype = "text/plain";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has_value = i + 1 < argc;
@@ -989,6 +1027,10 @@ int main(int argc, char **argv)
             struct slice s = {argv[i], strlen(argv[i])};
             if (parse_u64(s, &g.body_len) < 0 || g.body_len > BYTES_MAX)
                 return usage(), 2;
+        } else if (strcmp(a, "--body-file") == 0 && has_value) {
+            body_file = argv[++i];
+        } else if (strcmp(a, "--type") == 0 && has_value) {
+            g.ctype = argv[++i];
         } else if (strcmp(a, "--pid-file") == 0 && has_value) {
             pid_file = argv[++i];
         } else if (strcmp(a, "--host") == 0 && has_value) {
@@ -1004,6 +1046,8 @@ int main(int argc, char **argv)
     }
     if (port < 0)
         return usage(), 2;
+    if (body_file != NULL && read_body_file(body_file) < 0)
+        return 1;
     if (setup(host, (int)port) < 0)
         return 1;
     if (pid_file != NULL && write_pid_file(pid_file) < 0)

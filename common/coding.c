@@ -18,12 +18,19 @@
 static const char *const names[CODING_COUNT] = {"identity", "gzip", "zstd", "br"};
 static const char *const suffixes[CODING_COUNT] = {"", ".gz", ".zst", ".br"};
 
-const char *coding_name(enum coding c) { return (unsigned)c < CODING_COUNT ? names[c] : "identity"; }
-const char *coding_suffix(enum coding c) { return (unsigned)c < CODING_COUNT ? suffixes[c] : ""; }
+const char *coding_name(enum coding c)
+{
+    return (unsigned)c < CODING_COUNT ? names[c] : "identity";
+}
+const char *coding_suffix(enum coding c)
+{
+    return (unsigned)c < CODING_COUNT ? suffixes[c] : "";
+}
 
 unsigned coding_site_offered(const rt_site_t *s)
 {
-    return ((s->flags & RT_SF_GZIP) ? CODING_BIT(CODING_GZIP) : 0) | ((s->flags & RT_SF_ZSTD) ? CODING_BIT(CODING_ZSTD) : 0) |
+    return ((s->flags & RT_SF_GZIP) ? CODING_BIT(CODING_GZIP) : 0) |
+           ((s->flags & RT_SF_ZSTD) ? CODING_BIT(CODING_ZSTD) : 0) |
            ((s->flags & RT_SF_BROTLI) ? CODING_BIT(CODING_BR) : 0);
 }
 
@@ -39,7 +46,10 @@ typedef struct {
     const char *p, *end;
 } cur_t;
 
-static bool is_ows(char c) { return c == ' ' || c == '\t'; }
+static bool is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
 
 static void skip_ows(cur_t *c)
 {

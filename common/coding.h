@@ -29,7 +29,7 @@
 
 /* In the server's order of preference, best last. */
 enum coding { CODING_IDENTITY, CODING_GZIP, CODING_ZSTD, CODING_BR, CODING_COUNT };
-#define CODING_BIT(c) (1u << (c))
+#define CODING_BIT(c)     (1u << (c))
 #define CODING_WEIGHT_MAX 1000
 
 /* What a request accepts: explicit weights (-1 not listed) and the weight

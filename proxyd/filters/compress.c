@@ -28,11 +28,11 @@
 #include "../common/log.h"
 #include "../common/str.h"
 
-#define TAKE IOBUF_SIZE      /* input taken per call when nothing is held */
-#define MIN_ROOM 64          /* less room than this in out: hand it on or spill */
-#define SPILL_STEP IOBUF_SIZE
-#define POOL_MAX 8           /* idle zlib and zstd contexts a worker keeps */
-#define BROTLI_WINDOW 20     /* 1 MiB: brotli's default 4 MiB costs memory per response for little gain */
+#define TAKE          IOBUF_SIZE /* input taken per call when nothing is held */
+#define MIN_ROOM      64         /* less room than this in out: hand it on or spill */
+#define SPILL_STEP    IOBUF_SIZE
+#define POOL_MAX      8  /* idle zlib and zstd contexts a worker keeps */
+#define BROTLI_WINDOW 20 /* 1 MiB: brotli's default 4 MiB costs memory per response for little gain */
 
 enum op { OP_PROCESS, OP_FLUSH, OP_FINISH };
 
@@ -50,21 +50,24 @@ typedef struct {
 
 struct compress_ctx {
     const coder_t *coder;
-    void *state;        /* the library's context; NULL once released */
-    iobuf_t *out;       /* output the session has not taken (NULL when none) */
-    str_buf_t spill;    /* output after out, while out is full */
-    size_t spill_off;   /* bytes of spill taken */
-    bool to_spill;      /* where the last out_room pointed */
-    bool dirty;         /* input since the last flush */
-    bool ending;        /* finished: the rest of the output, then the end */
-    bool broken;        /* the library failed: input is dropped until the stream can be cut */
+    void *state;      /* the library's context; NULL once released */
+    iobuf_t *out;     /* output the session has not taken (NULL when none) */
+    str_buf_t spill;  /* output after out, while out is full */
+    size_t spill_off; /* bytes of spill taken */
+    bool to_spill;    /* where the last out_room pointed */
+    bool dirty;       /* input since the last flush */
+    bool ending;      /* finished: the rest of the output, then the end */
+    bool broken;      /* the library failed: input is dropped until the stream can be cut */
 };
 
 static http_header_filter_t next_header;
 static http_body_filter_t next_body;
 static http_space_filter_t next_space;
 
-static compress_ctx_t *ctx_of(const request_t *r) { return r->ctx[MODULE_CTX_COMPRESS]; }
+static compress_ctx_t *ctx_of(const request_t *r)
+{
+    return r->ctx[MODULE_CTX_COMPRESS];
+}
 
 /* ---- gzip (zlib) ------------------------------------------------------------------- */
 
@@ -153,9 +156,9 @@ static int br_run(compress_ctx_t *cx, const char *in, size_t *in_n, char *out, s
     size_t avail_in = *in_n, avail_out = *out_n;
     const uint8_t *next_in = (const uint8_t *)in;
     uint8_t *next_out = (uint8_t *)out;
-    BrotliEncoderOperation o = op == OP_FINISH ? BROTLI_OPERATION_FINISH
-                             : op == OP_FLUSH  ? BROTLI_OPERATION_FLUSH
-                                               : BROTLI_OPERATION_PROCESS;
+    BrotliEncoderOperation o = op == OP_FINISH  ? BROTLI_OPERATION_FINISH
+                               : op == OP_FLUSH ? BROTLI_OPERATION_FLUSH
+                                                : BROTLI_OPERATION_PROCESS;
     if (!BrotliEncoderCompressStream(b, o, &avail_in, &next_in, &avail_out, &next_out, NULL))
         return -1;
     *in_n -= avail_in;
@@ -165,7 +168,10 @@ static int br_run(compress_ctx_t *cx, const char *in, size_t *in_n, char *out, s
     return avail_in == 0 && (op == OP_PROCESS || !BrotliEncoderHasMoreOutput(b));
 }
 
-static void br_release(compress_ctx_t *cx) { BrotliEncoderDestroyInstance(cx->state); }
+static void br_release(compress_ctx_t *cx)
+{
+    BrotliEncoderDestroyInstance(cx->state);
+}
 
 /* ---- zstd -------------------------------------------------------------------------- */
 
@@ -195,7 +201,9 @@ static int zs_run(compress_ctx_t *cx, const char *in, size_t *in_n, char *out, s
     ZSTD_inBuffer ib = {in, *in_n, 0};
     ZSTD_outBuffer ob = {out, *out_n, 0};
     size_t left = ZSTD_compressStream2(cx->state, &ob, &ib,
-                                       op == OP_FINISH ? ZSTD_e_end : op == OP_FLUSH ? ZSTD_e_flush : ZSTD_e_continue);
+                                       op == OP_FINISH  ? ZSTD_e_end
+                                       : op == OP_FLUSH ? ZSTD_e_flush
+                                                        : ZSTD_e_continue);
     if (ZSTD_isError(left))
         return -1;
     *in_n = ib.pos;
@@ -234,7 +242,10 @@ static void ctx_release(request_t *r)
     r->body_filtered = false;
 }
 
-static size_t held(const compress_ctx_t *cx) { return iobuf_len(cx->out) + cx->spill.len - cx->spill_off; }
+static size_t held(const compress_ctx_t *cx)
+{
+    return iobuf_len(cx->out) + cx->spill.len - cx->spill_off;
+}
 
 /* Hand the session as much of what cx holds as it takes now (out first,
  * then spill: that is their order). */
@@ -338,7 +349,10 @@ static int code(request_t *r, compress_ctx_t *cx, const char *p, size_t n, enum 
 
 /* ---- the filters ----------------------------------------------------------------------- */
 
-static const char *site_name(const request_t *r) { return rt_cstr(&r->table->t, r->table->t.sites[r->site].name); }
+static const char *site_name(const request_t *r)
+{
+    return rt_cstr(&r->table->t, r->table->t.sites[r->site].name);
+}
 
 /* The library failed (out of memory; a body shorter than its Content-Length
  * at the finish).  The stream is cut where a filter may end the request (at
@@ -369,8 +383,8 @@ static void compress_body(request_t *r, const char *p, size_t n, unsigned flags)
         return;
     }
     if (!cx->ending) {
-        enum op op = (flags & HTTP_BODY_LAST)                         ? OP_FINISH
-                   : (flags & HTTP_BODY_FLUSH) && (cx->dirty || n) ? OP_FLUSH
+        enum op op = (flags & HTTP_BODY_LAST)                        ? OP_FINISH
+                     : (flags & HTTP_BODY_FLUSH) && (cx->dirty || n) ? OP_FLUSH
                                                                      : OP_PROCESS;
         if ((n || op != OP_PROCESS) && code(r, cx, p, n, op) < 0) {
             broken(r, cx, flags);
@@ -412,7 +426,10 @@ static size_t compress_space(request_t *r)
 
 /* ---- the decision ----------------------------------------------------------------------- */
 
-static bool is_ows(char c) { return c == ' ' || c == '\t'; }
+static bool is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
 
 /* Does a list field value (RFC 9110 §5.6.1) have the element tok, by its
  * name before any "=" or ";" (Cache-Control directives, Vary names)? */
@@ -469,8 +486,7 @@ static bool type_listed(const rt_table_t *t, const rt_site_t *s, slice_t ct)
         rt_str_t e = t->strlist[s->compress_types.first + i];
         const char *es = rt_cstr(t, e);
         bool any = e.len >= 2 && es[e.len - 1] == '*';
-        if (any ? e.len - 1 == type_len && strncasecmp(p, es, type_len) == 0
-                : e.len == n && strncasecmp(p, es, n) == 0)
+        if (any ? e.len - 1 == type_len && strncasecmp(p, es, type_len) == 0 : e.len == n && strncasecmp(p, es, n) == 0)
             return true;
     }
     return false;
@@ -545,7 +561,8 @@ static void start(request_t *r, const rt_site_t *s, enum coding c, bool had_ctx)
     compress_ctx_t *cx = arena_alloc(&r->arena, sizeof(*cx));
     cx->coder = &coders[c];
     if (cx->coder->start(cx, s, r->resp.length) < 0) {
-        log_err("site %s: no %s context (out of memory): the response is sent uncompressed", site_name(r), coding_name(c));
+        log_err("site %s: no %s context (out of memory): the response is sent uncompressed", site_name(r),
+                coding_name(c));
         return;
     }
     if (!had_ctx) /* a retracted response's context had it added already */
@@ -601,4 +618,5 @@ static void compress_exit(void)
         ZSTD_freeCCtx(zs_pool[--nzs_pool]);
 }
 
-const module_t compress_filter_module = {.name = "compress", .worker_init = compress_init, .worker_exit = compress_exit};
+const module_t compress_filter_module = {
+    .name = "compress", .worker_init = compress_init, .worker_exit = compress_exit};

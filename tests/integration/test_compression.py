@@ -729,6 +729,25 @@ def test_static_small_file_below_min_length(env):
     assert r.body == b"tiny\n"
 
 
+# ---- proxyctl shows it ------------------------------------------------------------------------------------------
+
+def test_dump_and_route_test(env):
+    rc, out, err = env.p.proxyctl("dump")
+    assert rc == 0, err
+    assert ("  compression: br level 4, zstd level 3, gzip level 4; min_length 256; types text/html text/plain "
+            "application/json text/event-stream text/javascript text/css") in out.splitlines()
+    assert "  compression: gzip level 9; min_length 256; types" in out
+    rc, out, err = env.p.proxyctl("route-test", "http://all.test/x", "-H", "Accept-Encoding: gzip, br;q=0.5")
+    assert rc == 0, err
+    assert "  encoding: gzip for a response of a listed type, of min_length bytes or of unknown length" in out
+    rc, out, err = env.p.proxyctl("route-test", "http://gz.test/x", "-H", "Accept-Encoding: br", "--json")
+    assert rc == 0, err
+    assert '"encoding":"identity"' in out
+    rc, out, err = env.p.proxyctl("route-test", "http://off.test/x", "-H", "Accept-Encoding: br")
+    assert rc == 0, err
+    assert "compression" not in out and "encoding" not in out
+
+
 def test_no_sanitizer_report(env):
     env.check()
 

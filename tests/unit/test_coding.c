@@ -15,7 +15,7 @@
 #include <cmocka.h>
 
 #define ALL (CODING_BIT(CODING_GZIP) | CODING_BIT(CODING_ZSTD) | CODING_BIT(CODING_BR))
-#define GZ CODING_BIT(CODING_GZIP)
+#define GZ  CODING_BIT(CODING_GZIP)
 
 static enum coding pick(const char *field, unsigned offered)
 {
@@ -40,7 +40,7 @@ static void test_preference_at_equal_weight(void **state)
     assert_int_equal(pick("gzip, deflate, br, zstd", ALL), CODING_BR);
     assert_int_equal(pick("gzip, zstd", ALL), CODING_ZSTD);
     assert_int_equal(pick("gzip", ALL), CODING_GZIP);
-    assert_int_equal(pick("br, gzip", GZ), CODING_GZIP);                  /* only what is offered */
+    assert_int_equal(pick("br, gzip", GZ), CODING_GZIP); /* only what is offered */
     assert_int_equal(pick("br", GZ), CODING_IDENTITY);
     assert_int_equal(pick("gzip;q=0.5, br;q=0.5", ALL), CODING_BR);
 }
@@ -72,7 +72,7 @@ static void test_star_and_identity(void **state)
     assert_int_equal(pick("*", ALL), CODING_BR);
     assert_int_equal(pick("*", GZ), CODING_GZIP);
     assert_int_equal(weight("*;q=0", CODING_IDENTITY), 0);
-    assert_int_equal(weight("gzip", CODING_IDENTITY), 1000);           /* not listed: acceptable */
+    assert_int_equal(weight("gzip", CODING_IDENTITY), 1000); /* not listed: acceptable */
     assert_int_equal(weight("identity;q=0.2, *", CODING_IDENTITY), 200);
     /* identity is chosen over a coding only with a higher weight */
     assert_int_equal(pick("gzip;q=0.5, identity", ALL), CODING_IDENTITY);
@@ -126,21 +126,21 @@ static void test_several_fields(void **state)
 static void test_bad_elements_skipped(void **state)
 {
     (void)state;
-    assert_int_equal(pick("br;q=2, gzip", ALL), CODING_GZIP);          /* weight above 1 */
-    assert_int_equal(pick("br;q=0.0001, gzip", ALL), CODING_GZIP);     /* four decimals */
+    assert_int_equal(pick("br;q=2, gzip", ALL), CODING_GZIP);      /* weight above 1 */
+    assert_int_equal(pick("br;q=0.0001, gzip", ALL), CODING_GZIP); /* four decimals */
     assert_int_equal(pick("br;q=1.5, gzip", ALL), CODING_GZIP);
     assert_int_equal(pick("br;q=, gzip", ALL), CODING_GZIP);
     assert_int_equal(pick("br;q=abc, gzip", ALL), CODING_GZIP);
-    assert_int_equal(pick("br;q = 1, gzip", ALL), CODING_GZIP);        /* no space around '=' */
+    assert_int_equal(pick("br;q = 1, gzip", ALL), CODING_GZIP); /* no space around '=' */
     assert_int_equal(pick("br junk, gzip", ALL), CODING_GZIP);
     assert_int_equal(pick("\"br\", gzip", ALL), CODING_GZIP);
     assert_int_equal(pick("br;x=\"a,b\";q=0, gzip", ALL), CODING_GZIP); /* comma inside quotes */
     assert_int_equal(pick("br;x=\"a,b\", gzip;q=0.5", ALL), CODING_BR);
     assert_int_equal(pick("br;x=\"unterminated, gzip", ALL), CODING_IDENTITY);
-    assert_int_equal(pick("br;;q=0.5, gzip;q=0.4", ALL), CODING_BR);  /* an empty parameter */
-    assert_int_equal(pick("br;level=5", ALL), CODING_BR);              /* other parameters ignored */
+    assert_int_equal(pick("br;;q=0.5, gzip;q=0.4", ALL), CODING_BR); /* an empty parameter */
+    assert_int_equal(pick("br;level=5", ALL), CODING_BR);            /* other parameters ignored */
     assert_int_equal(pick("\tgzip\t;\tq=0.5\t", ALL), CODING_GZIP);
-    assert_int_equal(pick("gzip;q=0.5;q=0", ALL), CODING_IDENTITY);    /* the last q given */
+    assert_int_equal(pick("gzip;q=0.5;q=0", ALL), CODING_IDENTITY); /* the last q given */
 }
 
 int main(void)
