@@ -74,7 +74,7 @@ NOTES=$TMP/notes.txt
 STARTED=""
 
 # log, note, record, start_bg, stop_pid, cleanup (and the traps), port_taken,
-# wait_http, measure_wrk, parse_wrk, median, fmt_*: bench/lib.sh
+# wait_http, measure_wrk, parse_wrk, median, fmt_*, nginx_head: bench/lib.sh
 . "$ROOT/bench/lib.sh"
 
 port_of() {
@@ -128,21 +128,8 @@ EOF
 
 write_nginx_conf() {            # DIR
     mkdir -p "$1"
-    cat >"$1/nginx.conf" <<EOF
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 10240; }
-http {
-    access_log off;
-    keepalive_timeout 120s;
-    keepalive_requests 1000000;
-    client_body_temp_path $1/body;
-    proxy_temp_path $1/proxy;
-    fastcgi_temp_path $1/fastcgi;
-    uwsgi_temp_path $1/uwsgi;
-    scgi_temp_path $1/scgi;
+    nginx_head "$1" 1 >"$1/nginx.conf"
+    cat >>"$1/nginx.conf" <<EOF
     gzip on;
     gzip_comp_level $GZ_LEVEL;
     gzip_min_length 256;

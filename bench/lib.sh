@@ -100,6 +100,28 @@ children_s() {
     awk 'NR == 2 { s = 0; for (i = 1; i <= NF; i++) { split($i, p, "m"); s += p[1] * 60 + p[2] } print s }' "$1"
 }
 
+# nginx_head DIR WORKERS: the top of the nginx.conf the benches write (pid, log
+# and temp paths inside DIR, no access log, long keep-alive), up to and in the
+# http block; the caller writes the rest of the block and closes it.
+nginx_head() {
+    cat <<EOF
+worker_processes $2;
+worker_rlimit_nofile 20000;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 10240; }
+http {
+    access_log off;
+    keepalive_timeout 120s;
+    keepalive_requests 1000000;
+    client_body_temp_path $1/body;
+    proxy_temp_path $1/proxy;
+    fastcgi_temp_path $1/fastcgi;
+    uwsgi_temp_path $1/uwsgi;
+    scgi_temp_path $1/scgi;
+EOF
+}
+
 # ---- wrk ---------------------------------------------------------------------
 
 # parse_wrk FILE: wrk's output -> "rps p50_us p99_us socket_errors non2xx";
