@@ -29,7 +29,7 @@ import brotli
 import pytest
 import zstandard
 
-from proxyd_fixtures import (ModuleEnv, connect, http, keepalive_socket, origin_factory,  # noqa: F401
+from proxyd_fixtures import (ModuleEnv, backend_factory, connect, http, keepalive_socket, origin_factory,  # noqa: F401
                              parse_response, proxyd_factory, read_response, request_bytes, vm_rss_kib)
 
 CODINGS = ["gzip", "br", "zstd"]
@@ -804,3 +804,31 @@ def test_download_1gib_compressed_bounded_memory(proxyd_factory, origin_factory,
         s.close()
     print(f"1 GiB {coding} through proxyd: worker RSS peak {peak[0] / 1024:.1f} MiB")
     assert 0 < peak[0] < RSS_LIMIT_KIB
+
+
+# ---- over TLS -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("coding", CODINGS)
+def test_over_tls(proxyd_factory, backend_factory, tmp_path, coding):
+    """The filter is the same whatever the transport: proxied, static compressed on the fly,
+    and a precompressed copy (sent through the TLS layer's file staging), over HTTPS."""
+    from tls_fixtures import https_request, tls_proxyd
+    root = tmp_path / "www"
+    root.mkdir()
+    files, variants = write_static(root)
+    backend = backend_factory(Origin())
+    text = (f"site: sec\ndefault: true\nhosts: [sec.test]\ntls: {{certificate: self-signed}}\n"
+            f"upstreams:\n  app: {{servers: [{{address: \"{backend.address}\"}}]}}\n"
+            f"routes:\n  - match: {{path_prefix: /static/}}\n    static: {{root: \"{root}\"}}\n    strip_prefix: true\n"
+            f"  - match: {{path_prefix: /}}\n    upstream: app\n"
+            f"compression: {{gzip: true, brotli: true, zstd: true, types: {TYPES}}}\n")
+    p = tls_proxyd(proxyd_factory, sites=[text])
+    r = https_request(p.https_port, "GET", "/noise/300000", "sec.test", headers=[("Accept-Encoding", coding)])
+    assert_compressed(r, coding, NOISE[:300000])
+    r = https_request(p.https_port, "GET", "/static/big.txt", "sec.test", headers=[("Accept-Encoding", coding)])
+    assert_compressed(r, coding, files["big.txt"])
+    if coding != "zstd":
+        name = "app.js.br" if coding == "br" else "app.js.gz"
+        r = https_request(p.https_port, "GET", "/static/app.js", "sec.test", headers=[("Accept-Encoding", coding)])
+        assert coding_of(r) == coding
+        assert r.body == variants[name]
