@@ -316,8 +316,9 @@ static int verify_sites(vctx_t *v)
         CHECK_SPAN(v, s->scan, t->nrefs, "site", i);
         CHECK_SPAN(v, s->compress_types, t->nstrlist, "site", i);
         if (s->cert_mode >= RT_CERT_MAX || s->security_headers >= RT_SECHDR_MAX || s->access_log >= RT_LOG_MAX ||
-            s->gzip_level > 9 || s->brotli_level > 11 || s->zstd_level > 19 ||
-            ((s->flags & RT_SF_GZIP) && s->gzip_level < 1) || ((s->flags & RT_SF_ZSTD) && s->zstd_level < 1))
+            s->gzip_level > 9 || rt_site_brotli_level(s) > 11 || rt_site_zstd_level(s) > 19 ||
+            (s->flags & ~RT_SF_KNOWN) || ((s->flags & RT_SF_GZIP) && s->gzip_level < 1) ||
+            ((s->flags & RT_SF_ZSTD) && rt_site_zstd_level(s) < 1))
             FAIL(v, "site %u: unknown enum value", i);
         if (verify_paths(v, s, i) < 0)
             return -1;

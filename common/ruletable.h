@@ -20,7 +20,7 @@
 #include <stdint.h>
 
 #define RT_MAGIC "PXRTABLE"
-#define RT_VERSION 2
+#define RT_VERSION 1
 #define RT_NONE UINT32_MAX /* "no index" in any u32 reference */
 #define RT_ALIGN 8
 
@@ -178,9 +178,6 @@ typedef struct {
     uint8_t access_log;       /* rt_logfmt */
     uint8_t gzip_level;       /* 1..9 */
     uint32_t compress_min_length; /* bytes; a known Content-Length below it is sent as it is */
-    uint8_t brotli_level;     /* 0..11 */
-    uint8_t zstd_level;       /* 1..19 */
-    uint8_t pad[6];
 } rt_site_t;
 
 #define RT_SF_DEFAULT (1u << 0)
@@ -192,6 +189,13 @@ typedef struct {
 #define RT_SF_BROTLI (1u << 6)
 #define RT_SF_ZSTD (1u << 7)
 #define RT_SF_COMPRESS (RT_SF_GZIP | RT_SF_BROTLI | RT_SF_ZSTD)
+/* The brotli (0..11) and zstd (1..19) levels live in flags bits 8-11 and
+ * 12-16, so a site record keeps the size every stored table has. */
+#define RT_SF_BROTLI_LEVEL_SHIFT 8
+#define RT_SF_ZSTD_LEVEL_SHIFT 12
+#define RT_SF_KNOWN 0x1ffffu
+static inline unsigned rt_site_brotli_level(const rt_site_t *s) { return (s->flags >> RT_SF_BROTLI_LEVEL_SHIFT) & 15u; }
+static inline unsigned rt_site_zstd_level(const rt_site_t *s) { return (s->flags >> RT_SF_ZSTD_LEVEL_SHIFT) & 31u; }
 
 /* Path index entry.  In an exact table, hash/path/refs; empty buckets have
  * refs.count == 0.  In a prefix array, parent is the index (within the

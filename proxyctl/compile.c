@@ -346,8 +346,7 @@ static void emit_site(comp_t *c, const cfg_site_t *s, uint32_t idx)
     rec.security_headers = (uint8_t)s->security_headers;
     rec.access_log = (uint8_t)s->access_log;
     rec.gzip_level = (uint8_t)s->gzip_level;
-    rec.brotli_level = (uint8_t)s->brotli_level;
-    rec.zstd_level = (uint8_t)s->zstd_level;
+    rec.flags |= (uint32_t)s->brotli_level << RT_SF_BROTLI_LEVEL_SHIFT | (uint32_t)s->zstd_level << RT_SF_ZSTD_LEVEL_SHIFT;
     rec.compress_min_length = ms32(s->min_length);
     emit_upstreams(c, s, idx, &rec);
     emit_routes(c, s, idx, &rec);

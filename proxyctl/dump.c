@@ -200,11 +200,11 @@ void dump_compression(const rt_table_t *t, const rt_site_t *s, const char *ind, 
     fprintf(out, "%scompression:", ind);
     const char *sep = " ";
     if (s->flags & RT_SF_BROTLI) {
-        fprintf(out, "%sbr level %u", sep, s->brotli_level);
+        fprintf(out, "%sbr level %u", sep, rt_site_brotli_level(s));
         sep = ", ";
     }
     if (s->flags & RT_SF_ZSTD) {
-        fprintf(out, "%szstd level %u", sep, s->zstd_level);
+        fprintf(out, "%szstd level %u", sep, rt_site_zstd_level(s));
         sep = ", ";
     }
     if (s->flags & RT_SF_GZIP)

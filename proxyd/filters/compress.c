@@ -142,7 +142,7 @@ static int br_start(compress_ctx_t *cx, const rt_site_t *s, int64_t length)
     BrotliEncoderState *b = BrotliEncoderCreateInstance(NULL, NULL, NULL);
     if (b == NULL)
         return -1;
-    BrotliEncoderSetParameter(b, BROTLI_PARAM_QUALITY, s->brotli_level);
+    BrotliEncoderSetParameter(b, BROTLI_PARAM_QUALITY, (int)rt_site_brotli_level(s));
     BrotliEncoderSetParameter(b, BROTLI_PARAM_LGWIN, BROTLI_WINDOW);
     if (length >= 0)
         BrotliEncoderSetParameter(b, BROTLI_PARAM_SIZE_HINT, length > (1 << 30) ? 1u << 30 : (uint32_t)length);
@@ -187,7 +187,7 @@ static int zs_start(compress_ctx_t *cx, const rt_site_t *s, int64_t length)
      * small tables); the window stays within RFC 9659's 8 MiB at every
      * level we accept (1-19). */
     if (ZSTD_isError(ZSTD_CCtx_reset(z, ZSTD_reset_session_and_parameters)) ||
-        ZSTD_isError(ZSTD_CCtx_setParameter(z, ZSTD_c_compressionLevel, s->zstd_level)) ||
+        ZSTD_isError(ZSTD_CCtx_setParameter(z, ZSTD_c_compressionLevel, (int)rt_site_zstd_level(s))) ||
         (length >= 0 && ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(z, (unsigned long long)length)))) {
         ZSTD_freeCCtx(z);
         return -1;

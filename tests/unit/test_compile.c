@@ -151,8 +151,8 @@ static void test_compression(void **state)
     const rt_site_t *s = &f.t.sites[0];
     assert_int_equal(s->flags & RT_SF_COMPRESS, RT_SF_GZIP | RT_SF_ZSTD);
     assert_int_equal(s->gzip_level, 6);
-    assert_int_equal(s->zstd_level, 9);
-    assert_int_equal(s->brotli_level, 4);
+    assert_int_equal(rt_site_zstd_level(s), 9);
+    assert_int_equal(rt_site_brotli_level(s), 4);
     assert_int_equal(s->compress_min_length, 1024);
     assert_int_equal(s->compress_types.count, 1);
     assert_string_equal(rt_cstr(&f.t, f.t.strlist[s->compress_types.first]), "text/*");
