@@ -648,6 +648,9 @@ def test_static_on_the_fly(env):
         assert r.header("etag").startswith('W/"')
         assert r.header("accept-ranges") is None
         assert r.header("content-type") == "text/html; charset=utf-8"
+    # the weak tag a client keeps from a compressed answer revalidates it
+    r304 = get(env, "/static/page.html", ae="gzip", headers=[("If-None-Match", r.header("etag"))])
+    assert r304.status == 304
 
 
 @pytest.mark.parametrize("coding, name", [("br", "app.js.br"), ("gzip", "app.js.gz")])
