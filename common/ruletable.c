@@ -256,7 +256,7 @@ static int verify_global(vctx_t *v)
     CHECK_STR(v, g->access_log_path, "global", 0);
     CHECK_STR(v, g->error_log_path, "global", 0);
     if (g->max_headers > RT_MAX_HEADERS_CAP)
-        FAIL(v, "global: max_headers beyond %u", RT_MAX_HEADERS_CAP);
+        FAIL(v, "global: max_headers beyond %d", RT_MAX_HEADERS_CAP);
     CHECK_SPAN(v, g->listens, t->nlistens, "global", 0);
     CHECK_SPAN(v, g->trusted_proxies, t->ncidrs, "global", 0);
     if (!opt_idx_ok(g->default_site.first, t->nsites))
