@@ -127,7 +127,8 @@ def shared_settings(http_port):
             "admin: {socket: admin.sock}\n"
             "logs: {access: access.log, error: error.log}\n"
             "workers: 1\n"
-            "limits: {drain_timeout: 2s}\n")
+            + ("user: root\n" if os.geteuid() == 0 else "")  # proxyd runs its workers as root only when told
+            + "limits: {drain_timeout: 2s}\n")
 
 
 def ha_block(node, peer, listen=None, **extra):
