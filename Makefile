@@ -12,8 +12,8 @@ LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # Only proxyctl talks to an ACME CA: proxyd never links libcurl or jansson.
 CTL_PKGS := libcurl jansson
 CTL_LIBS := $(shell pkg-config --libs $(CTL_PKGS) 2>/dev/null)
-# Only proxyd compresses responses (filters/compress.c).
-PXD_PKGS := zlib libbrotlienc libzstd
+# Only proxyd compresses responses (filters/compress.c) and speaks HTTP/2 to clients (http/h2session.c).
+PXD_PKGS := zlib libbrotlienc libzstd libnghttp2
 PXD_CFLAGS := $(shell pkg-config --cflags $(PXD_PKGS) 2>/dev/null)
 PXD_LIBS := $(shell pkg-config --libs $(PXD_PKGS) 2>/dev/null)
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
