@@ -235,7 +235,8 @@ static void head_refuse(h2_stream_t *st, int status, h2_refusal_t why)
     if (st->refuse)
         return;
     st->refuse = (uint16_t)status;
-    refused(why);
+    if (why != H2_REFUSED_HPACK_BOMB)
+        refused(why);
     free(st->hb);
     free(st->ck);
     st->hb = st->ck = NULL;
@@ -284,6 +285,8 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
         return 0; /* trailers: validated by nghttp2, not forwarded */
     st->decoded += nlen + vlen + 32;
     if (st->decoded > H2_HPACK_FACTOR * limit) {
+        if (st->h->close_reason != CLOSE_H2_ABUSE)
+            refused(H2_REFUSED_HPACK_BOMB); /* once, also when the head was already too large */
         head_refuse(st, 431, H2_REFUSED_HPACK_BOMB);
         st->h->close_reason = CLOSE_H2_ABUSE;
         nghttp2_session_terminate_session(ng, NGHTTP2_ENHANCE_YOUR_CALM);
@@ -513,13 +516,10 @@ static int on_invalid_frame(nghttp2_session *ng, const nghttp2_frame *frame, int
     (void)ng;
     (void)frame;
     (void)user;
-    switch (error) {
-    case NGHTTP2_ERR_HTTP_HEADER:
-    case NGHTTP2_ERR_HTTP_MESSAGING: refused(H2_REFUSED_INVALID_HEADERS); break;
-    case NGHTTP2_ERR_TOO_MANY_SETTINGS: refused(H2_REFUSED_SETTINGS_FLOOD); break;
-    case NGHTTP2_ERR_FLOODED: refused(H2_REFUSED_CONTROL_FLOOD); break;
-    default: refused(H2_REFUSED_PROTOCOL); break;
-    }
+    /* A malformed request resets its stream; errors that end the connection
+     * are counted with the GOAWAY nghttp2 sends (on_frame_send). */
+    if (error == NGHTTP2_ERR_HTTP_HEADER || error == NGHTTP2_ERR_HTTP_MESSAGING)
+        refused(H2_REFUSED_INVALID_HEADERS);
     return 0;
 }
 
@@ -537,7 +537,11 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
             nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
     } else if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR &&
                h->close_reason == CLOSE_DONE) {
-        h->close_reason = frame->goaway.error_code == NGHTTP2_ENHANCE_YOUR_CALM ? CLOSE_H2_ABUSE : CLOSE_H2_ERROR;
+        /* nghttp2 ended the session itself (our own refusals set close_reason first) */
+        const nghttp2_goaway *g = &frame->goaway;
+        bool settings = g->opaque_data_len >= 8 && memcmp(g->opaque_data, "SETTINGS", 8) == 0;
+        refused(settings ? H2_REFUSED_SETTINGS_FLOOD : H2_REFUSED_PROTOCOL);
+        h->close_reason = g->error_code == NGHTTP2_ENHANCE_YOUR_CALM ? CLOSE_H2_ABUSE : CLOSE_H2_ERROR;
     }
     return 0;
 }
@@ -903,12 +907,16 @@ static void settle(h2_t *h)
 {
     conn_t *c = h->c;
     bool ww = nghttp2_session_want_write(h->ng);
+    if (c->state != CONN_OPEN)
+        return;
+    /* Over: linger, so that what the client still sends does not turn our
+     * GOAWAY into a reset it never reads. */
     if (!nghttp2_session_want_read(h->ng) && !ww && !conn_pending(c)) {
-        conn_close(c, h->close_reason);
+        conn_linger_for(c, h->close_reason);
         return;
     }
     if (h->goaway && h->nstreams == 0 && !ww && !conn_pending(c)) {
-        conn_close(c, CLOSE_DRAIN);
+        conn_linger_for(c, CLOSE_DRAIN);
         return;
     }
     if (h->nstreams || conn_pending(c)) {
@@ -932,7 +940,7 @@ static void run(h2_t *h)
         return;
     }
     h->running = true;
-    for (int i = 0; i < H2_RUN_GUARD && !c->closed; i++) {
+    for (int i = 0; i < H2_RUN_GUARD && !c->closed && c->state == CONN_OPEN; i++) {
         h->again = false;
         run_todo(h);
         if (c->closed || send_all(h) < 0)
@@ -1061,9 +1069,13 @@ static void on_timeout(conn_t *c)
     h2_t *h = sess_of(c);
     if (h->nstreams == 0 && !conn_pending(c)) {
         nghttp2_session_terminate_session(h->ng, NGHTTP2_NO_ERROR);
-        send_all(h);
-        if (!c->closed)
-            conn_close(c, W->draining ? CLOSE_DRAIN : h->got_frame ? CLOSE_KEEPALIVE_TIMEOUT : CLOSE_HEADER_TIMEOUT);
+        conn_close_reason_t why = W->draining ? CLOSE_DRAIN : h->got_frame ? CLOSE_KEEPALIVE_TIMEOUT : CLOSE_HEADER_TIMEOUT;
+        if (send_all(h) < 0)
+            return;
+        if (conn_pending(c))
+            conn_close(c, why); /* a client that does not read gets no grace */
+        else
+            conn_linger_for(c, why);
         return;
     }
     h->ticking = false;
