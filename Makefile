@@ -138,6 +138,19 @@ build/fuzz/fuzz_proxyproto: tests/fuzz/fuzz_proxyproto.c proxyd/conn/proxyproto.
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined -o $@ $< proxyd/conn/proxyproto.c
 
+# The HTTP/2 session runs inside a real worker (the unit tests' fixture):
+# proxyd's objects, instrumented for coverage, main.c left out.
+FUZZ_PROXYD_OBJ := $(patsubst build/unit/obj/%,build/fuzz/obj/%,$(UNIT_PROXYD_OBJ))
+build/fuzz/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer-no-link,address,undefined $(shell pkg-config --cflags $(PKGS)) -c -o $@ $<
+
+build/fuzz/fuzz_h2: tests/fuzz/fuzz_h2.c tests/unit/proxyd_fixture.h tests/unit/proxyctl_all.h $(FUZZ_PROXYD_OBJ) \
+                    $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS)
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined $(shell pkg-config --cflags $(PKGS)) -o $@ $< \
+	    $(FUZZ_PROXYD_OBJ) $(GEN_SRC) $(LDLIBS) $(D_LIBS) -lcmocka
+
 # Replay every checked-in corpus once (part of make test).
 fuzz-replay: $(FUZZERS)
 	@set -e; for f in $(FUZZERS); do n=$${f##*/fuzz_}; echo "== $$f corpus $$n"; \

@@ -281,9 +281,9 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
     uint64_t limit = global()->max_header_size;
     (void)flags;
     (void)user;
-    if (st == NULL || st->head_ready)
-        return 0; /* trailers: validated by nghttp2, not forwarded */
-    st->decoded += nlen + vlen + 32;
+    if (st == NULL)
+        return 0;
+    st->decoded += nlen + vlen + 32; /* trailers count too */
     if (st->decoded > H2_HPACK_FACTOR * limit) {
         if (st->h->close_reason != CLOSE_H2_ABUSE)
             refused(H2_REFUSED_HPACK_BOMB); /* once, also when the head was already too large */
@@ -292,8 +292,8 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
         nghttp2_session_terminate_session(ng, NGHTTP2_ENHANCE_YOUR_CALM);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
-    if (st->refuse)
-        return 0;
+    if (st->refuse || st->head_ready)
+        return 0; /* trailers: validated by nghttp2, not forwarded */
     int rc = name[0] == ':' ? head_pseudo(st, name, nlen, value, vlen) : head_field(st, name, nlen, value, vlen);
     if (rc < 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
