@@ -390,7 +390,8 @@ static void stream_start(h2_t *h, h2_stream_t *st)
     st->progress_ms = ev_now(W->loop);
     char *text = NULL;
     size_t len = st->refuse ? 0 : head_text(st, r, &text);
-    h1_limits_t lim = {global()->max_header_size + 64, global()->max_uri_size, H1_MAX_HEADERS};
+    const rt_global_t *g = global();
+    h1_limits_t lim = {g->max_header_size + 64, g->max_uri_size, g->max_headers ? g->max_headers : H1_MAX_HEADERS};
     int n = st->refuse ? -1 : h1_parse_request(text, len, W->hreq, &lim);
     free(st->hb);
     free(st->ck);
