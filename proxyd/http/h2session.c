@@ -912,12 +912,12 @@ static void settle(h2_t *h)
         return;
     /* Over: linger, so that what the client still sends does not turn our
      * GOAWAY into a reset it never reads. */
-    if (!nghttp2_session_want_read(h->ng) && !ww && !conn_pending(c)) {
-        conn_linger_for(c, h->close_reason);
-        return;
-    }
     if (h->goaway && h->nstreams == 0 && !ww && !conn_pending(c)) {
         conn_linger_for(c, CLOSE_DRAIN);
+        return;
+    }
+    if (!nghttp2_session_want_read(h->ng) && !ww && !conn_pending(c)) {
+        conn_linger_for(c, h->close_reason);
         return;
     }
     if (h->nstreams || conn_pending(c)) {
