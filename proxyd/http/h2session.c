@@ -930,7 +930,10 @@ static void settle(h2_t *h)
         return;
     }
     h->ticking = false;
-    conn_timer(c, h->got_frame ? global()->keepalive_timeout_ms : global()->header_timeout_ms);
+    if (h->got_frame)
+        conn_timer(c, global()->keepalive_timeout_ms);
+    else if (!ev_timer_armed(&c->timer)) /* the preface's deadline does not move with its bytes */
+        conn_timer(c, global()->header_timeout_ms);
 }
 
 static void run(h2_t *h)
@@ -1050,6 +1053,10 @@ static void tick(h2_t *h)
     }
     for (h2_stream_t *st = h->streams; st; st = st->next) {
         request_t *r = st->r;
+        if (!st->head_ready && !st->closed && now - st->progress_ms > global()->header_timeout_ms) {
+            conn_close(c, CLOSE_HEADER_TIMEOUT); /* a head block that never ends holds the connection */
+            return;
+        }
         if (r == NULL || st->closed || st->aborted || now - st->progress_ms <= limit)
             continue;
         bool out = st->submitted && !st->out_done && (iobuf_len(st->out) || st->fleft || st->end);

@@ -760,8 +760,20 @@ def test_silent_h2_connection_hits_the_header_timeout(proxyd_factory):
         assert 1.5 < time.monotonic() - t0 < 5
     finally:
         c.close()
+    # a head block that never ends (HEADERS without END_HEADERS, no CONTINUATION) holds nothing for long
+    c = RawH2(q.https_port)
+    try:
+        c.read(2, until=lambda f: isinstance(f, hf.SettingsFrame) and "ACK" not in f.flags)  # acked now, not mid-block
+        blk = c.enc.encode([(":method", "GET"), (":scheme", "https"), (":authority", HOST), (":path", "/")])
+        c.send(hf.HeadersFrame(1, data=blk, flags=["END_STREAM"]))
+        t0 = time.monotonic()
+        c.read(6)
+        assert c.closed and time.monotonic() - t0 < 4
+    finally:
+        c.close()
     assert metric(q, "proxyd_connections_closed_total", reason="keepalive_timeout") >= 1
-    assert metric(q, "proxyd_connections_closed_total", reason="header_timeout") >= 1
+    st, _, body = q.admin("GET", "/metrics")
+    assert metric(q, "proxyd_connections_closed_total", reason="header_timeout") >= 2, [l for l in body.decode().splitlines() if "closed_total{" in l and not l.endswith(" 0")]
 
 
 def test_goaway_on_graceful_stop_finishes_the_stream_in_flight(proxyd_factory, backend_factory):
