@@ -28,6 +28,10 @@
  *  - rapid reset (CVE-2023-44487): a token bucket of RST_STREAMs per
  *    connection; CONTINUATION, SETTINGS and PING floods: nghttp2 options.
  *
+ * WebSocket (RFC 8441): an extended CONNECT is handed over as the HTTP/1.1
+ * GET with Upgrade it stands for; the upstream's 101 is the client's 200 and
+ * the stream's DATA both ways is the tunnel.
+ *
  * nghttp2 is never re-entered: requests run from the todo list after
  * mem_recv or session_send returned, and what handlers queue from outside
  * a run (an upstream's event) is sent after the batch of events (the dirty
@@ -93,11 +97,12 @@ struct h2_stream {
     uint16_t refuse;              /* a status to answer instead of running the head (431) */
     bool in_todo, closed, aborted, head_ready, no_body, eos_in;
     bool submitted, end, deferred, drain_wanted, out_done;
+    bool swallow;                 /* an extended CONNECT answered without a tunnel: its body is dropped */
     uint8_t body_kind;            /* http_body_kind of the response */
     /* the head while it arrives: pseudo-header values, then field lines */
     char *hb, *ck;
     uint32_t hlen, hcap, cklen, ckcap;
-    h2_span_t method, path, authority;
+    h2_span_t method, path, authority, protocol; /* protocol: RFC 8441 extended CONNECT */
     uint64_t decoded;
     /* the response */
     nghttp2_nv *nv;
@@ -252,7 +257,9 @@ static int head_pseudo(h2_stream_t *st, const uint8_t *name, size_t nlen, const 
         to = &st->path;
     else if (nlen == 10 && memcmp(name, ":authority", 10) == 0)
         to = &st->authority;
-    if (to == NULL) /* :scheme (nghttp2 checked it), or :protocol we never enabled */
+    else if (nlen == 9 && memcmp(name, ":protocol", 9) == 0)
+        to = &st->protocol;
+    if (to == NULL) /* :scheme: nghttp2 checked it */
         return 0;
     to->off = st->hlen;
     to->len = (uint32_t)vlen;
@@ -323,17 +330,49 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
     return 0;
 }
 
+/* Connection, Upgrade and a Sec-WebSocket-Key (RFC 6455 §4.1: 16 bytes in
+ * base64; an HTTP/2 client sends none, RFC 8441 §5) for the upstream. */
+static char *upgrade_fields(const h2_stream_t *st, const char *hb, char *p)
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    uint8_t key[18] = {0};
+    uint64_t a = hash_mix64(W->seq ^ ((uint64_t)W->pid_hash << 32)), b = hash_mix64(a ^ ev_now(W->loop));
+    memcpy(key, &a, 8);
+    memcpy(key + 8, &b, 8);
+    memcpy(p, "connection: upgrade\r\nupgrade: ", 30);
+    p += 30;
+    memcpy(p, hb + st->protocol.off, st->protocol.len);
+    p += st->protocol.len;
+    memcpy(p, "\r\nsec-websocket-key: ", 21);
+    p += 21;
+    for (int i = 0; i < 18; i += 3) { /* 16 bytes: 22 characters and "==" */
+        uint32_t v = (uint32_t)key[i] << 16 | (uint32_t)key[i + 1] << 8 | key[i + 2];
+        *p++ = b64[v >> 18 & 63];
+        *p++ = b64[v >> 12 & 63];
+        *p++ = i + 1 < 16 ? b64[v >> 6 & 63] : '=';
+        *p++ = i + 2 < 16 ? b64[v & 63] : '=';
+    }
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
 /* The HTTP/1.1 head this stream's head stands for, in r's arena. */
 static size_t head_text(h2_stream_t *st, request_t *r, char **out)
 {
     const char *hb = st->hb ? st->hb : "";
     bool connect = st->path.len == 0;
     h2_span_t target = connect ? st->authority : st->path;
-    size_t fields = st->hlen - (st->method.len + st->path.len + st->authority.len);
-    size_t need = st->method.len + target.len + st->authority.len + fields + st->cklen + 48;
+    size_t fields = st->hlen - (st->method.len + st->path.len + st->authority.len + st->protocol.len);
+    size_t need = st->method.len + target.len + st->authority.len + fields + st->cklen + st->protocol.len + 160;
     char *o = arena_alloc_raw(&r->arena, need), *p = o;
-    memcpy(p, hb + st->method.off, st->method.len);
-    p += st->method.len;
+    if (st->protocol.len) { /* RFC 8441 §5: the HTTP/1.1 Upgrade it stands for */
+        memcpy(p, "GET", 3);
+        p += 3;
+    } else {
+        memcpy(p, hb + st->method.off, st->method.len);
+        p += st->method.len;
+    }
     *p++ = ' ';
     memcpy(p, hb + target.off, target.len);
     p += target.len;
@@ -346,6 +385,8 @@ static size_t head_text(h2_stream_t *st, request_t *r, char **out)
         *p++ = '\r';
         *p++ = '\n';
     }
+    if (st->protocol.len)
+        p = upgrade_fields(st, hb, p);
     /* the field lines follow the pseudo-header values (nghttp2 keeps pseudo-headers first) */
     size_t first = st->hlen - fields;
     memcpy(p, hb + first, fields);
@@ -407,14 +448,14 @@ static void stream_start(h2_t *h, h2_stream_t *st)
     }
     request_set_head(r, W->hreq, (size_t)n);
     r->keep_alive = true;
-    r->upgrade = false;
+    r->upgrade = st->protocol.len > 0;
     r->http10 = false;
-    if (st->no_body) {
+    if (st->no_body || st->protocol.len) { /* a tunnel's bytes are not a request body */
         r->body_length = 0;
     } else {
         r->body_length = r->content_length >= 0 ? r->content_length : -1;
     }
-    r->body_done = r->body_length == 0 && st->eos_in;
+    r->body_done = r->body_length == 0 && (st->eos_in || st->protocol.len);
     request_run(r);
 }
 
@@ -479,7 +520,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     (void)flags;
     (void)user;
     nghttp2_session_consume_connection(ng, len);
-    if (st == NULL || st->closed || st->aborted || st->refuse || (st->r && st->r->body_done)) {
+    if (st == NULL || st->closed || st->aborted || st->refuse || (st->r && st->r->body_done && !st->r->tunnel)) {
         nghttp2_session_consume_stream(ng, id, len); /* nobody reads it */
         return 0;
     }
@@ -639,17 +680,32 @@ static void send_head(request_t *r)
     const http_resp_t *p = &r->resp;
     nghttp2_nv *nv = arena_alloc_raw(&r->arena, (p->nfields + 3) * sizeof(*nv));
     size_t n = 0;
+    int code = p->status;
+    uint8_t kind = p->body;
+    if (kind == HTTP_BODY_TUNNEL) { /* RFC 8441 §5: the 101 of HTTP/1.1 is a 200 */
+        code = 200;
+        kind = HTTP_BODY_STREAM;
+        r->tunnel = true;
+    } else if (st->protocol.len && code >= 200 && code < 300) {
+        /* a 2xx would tell the client its tunnel is open: the route took no Upgrade */
+        log_warn("HTTP/2 stream %d: extended CONNECT on a route that takes no Upgrade (websocket: false): 501",
+                 st->id);
+        code = 501;
+        kind = HTTP_BODY_NONE;
+        st->swallow = true;
+    }
     char *status = arena_alloc_raw(&r->arena, 3);
-    status[0] = (char)('0' + p->status / 100 % 10);
-    status[1] = (char)('0' + p->status / 10 % 10);
-    status[2] = (char)('0' + p->status % 10);
+    status[0] = (char)('0' + code / 100 % 10);
+    status[1] = (char)('0' + code / 10 % 10);
+    status[2] = (char)('0' + code % 10);
     nv[n++] = nv_of(":status", 7, status, 3);
     const char *date = worker_date(); /* "Date: ...\r\n" */
     size_t dlen = strlen(date);
     nv[n++] = nv_of("date", 4, arena_strndup(&r->arena, date + 6, dlen - 8), dlen - 8);
     for (uint32_t i = 0; i < p->nfields; i++) {
         const h1_header_t *f = &p->fields[i];
-        if (conn_specific(f->name.p, f->name.n))
+        if (conn_specific(f->name.p, f->name.n) || (r->tunnel && f->name.n == 20 &&
+                                                    strncasecmp(f->name.p, "sec-websocket-accept", 20) == 0))
             continue;
         char *name = arena_alloc_raw(&r->arena, f->name.n + f->value.n + 1);
         for (size_t k = 0; k < f->name.n; k++)
@@ -657,13 +713,15 @@ static void send_head(request_t *r)
         memcpy(name + f->name.n, f->value.p, f->value.n);
         nv[n++] = nv_of(name, f->name.n, name + f->name.n, f->value.n);
     }
-    if (p->length >= 0 && (p->body == HTTP_BODY_LENGTH || p->body == HTTP_BODY_NONE)) {
+    if (st->swallow) {
+        nv[n++] = nv_of("content-length", 14, "0", 1);
+    } else if (p->length >= 0 && (kind == HTTP_BODY_LENGTH || kind == HTTP_BODY_NONE)) {
         char *len = arena_alloc_raw(&r->arena, 24);
         nv[n++] = nv_of("content-length", 14, len, fmt_u64(len, (uint64_t)p->length));
     }
     st->nv = nv;
     st->nnv = n;
-    st->body_kind = p->body;
+    st->body_kind = kind;
 }
 
 static void submit_head(h2_stream_t *st)
@@ -692,6 +750,8 @@ static bool gone(const h2_stream_t *st) { return st->closed || st->aborted || st
 static size_t send_space(request_t *r)
 {
     h2_stream_t *st = r->stream;
+    if (st->swallow && !gone(st))
+        return IOBUF_SIZE;
     if (gone(st) || st->fleft)
         return 0;
     if (st->out == NULL && (st->out = iobuf_get()) == NULL)
@@ -707,7 +767,7 @@ static size_t send_space(request_t *r)
 static void send_data(request_t *r, const char *p, size_t n)
 {
     h2_stream_t *st = r->stream;
-    if (gone(st))
+    if (gone(st) || st->swallow)
         return;
     size_t space = send_space(r);
     if (n > space) { /* the contract is n <= send_space: never drop bytes silently */
@@ -723,7 +783,7 @@ static void send_data(request_t *r, const char *p, size_t n)
 static void send_file(request_t *r, int fd, uint64_t off, uint64_t len)
 {
     h2_stream_t *st = r->stream;
-    if (gone(st) || len == 0 || st->fd >= 0) {
+    if (gone(st) || len == 0 || st->fd >= 0 || st->swallow) {
         close(fd);
         return;
     }
@@ -781,6 +841,15 @@ static int body_next(request_t *r, size_t max, slice_t *data)
         r->body_done = true;
         return 2;
     }
+    if (r->tunnel) { /* tunnel bytes are not the request body */
+        *data = (slice_t){st->ib + st->ibstart, k};
+        st->ibstart += (uint32_t)k;
+        if (st->ibstart == st->ibend)
+            st->ibstart = st->ibend = 0;
+        nghttp2_session_consume_stream(st->h->ng, st->id, k);
+        mark(st->h);
+        return 1;
+    }
     *data = (slice_t){st->ib + st->ibstart, k};
     st->ibstart += (uint32_t)k;
     if (st->ibstart == st->ibend)
@@ -801,6 +870,10 @@ static void abort_stream(request_t *r, conn_close_reason_t why)
     (void)why;
     if (gone(st))
         return;
+    if (r->tunnel) { /* the upstream closed or went quiet: the tunnel ends (END_STREAM, RFC 8441 §4) */
+        send_end(r);
+        return;
+    }
     st->aborted = true;
     nghttp2_submit_rst_stream(st->h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
     mark(st->h);
@@ -985,6 +1058,7 @@ static void submit_settings(h2_t *h)
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, g->max_header_size},
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+        {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1}, /* RFC 8441: WebSocket on websocket: true routes */
     };
     nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
     nghttp2_session_set_local_window_size(h->ng, NGHTTP2_FLAG_NONE, 0, H2_CONN_WINDOW);

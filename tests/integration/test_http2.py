@@ -245,7 +245,7 @@ class RawH2:
 
 # ---- the shared proxyd -------------------------------------------------------------------------
 
-def site(backend, slow, www):
+def site(backend, slow, www, ws):
     return f"""\
 site: h2
 default: true
@@ -255,6 +255,7 @@ tls: {{certificate: self-signed}}
 upstreams:
   app: {{servers: [{{address: "{backend.address}"}}]}}
   slow: {{servers: [{{address: "{slow.address}"}}]}}
+  ws: {{servers: [{{address: "{ws.address}"}}]}}
 routes:
   - match: {{path_prefix: /static/}}
     static: {{root: "{www}"}}
@@ -275,6 +276,9 @@ routes:
       response: {{set: {{X-Route: r1}}}}
   - match: {{path_prefix: /slow/}}
     upstream: slow
+  - match: {{path_prefix: /ws/}}
+    upstream: ws
+    websocket: true
   - match: {{path_prefix: /}}
     upstream: app
 """
@@ -294,6 +298,24 @@ def app_handler(req, conn):
     body = (f"{req.method} {req.target} len={len(req.body)} host={req.header('Host')} "
             f"cookie={req.header_all('Cookie')} te={req.header('Transfer-Encoding')}").encode()
     return conn.respond(200, body, headers=[("X-Upstream", "1")])
+
+
+def ws_handler(req, conn):
+    """A WebSocket upstream over HTTP/1.1: 101, then every byte echoed (no framing needed for the test)."""
+    if (req.header("Upgrade") or "").lower() != "websocket":
+        return conn.respond(400, b"no upgrade")
+    conn.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+    conn.sock.settimeout(10)
+    try:
+        while True:
+            d = conn.sock.recv(65536)
+            if not d or d == b"bye":
+                break
+            conn.sock.sendall(d)
+    except OSError:
+        pass
+    return False
 
 
 def slow_handler(req, conn):
@@ -318,7 +340,8 @@ def env(tmp_path_factory):
             p = Proxyd(e.tmp, g, sites, workers=workers, check_stderr=check_stderr, name=name or "h2")
             e.proxyds.append(p)
             return p
-        e.p = tls_proxyd(factory, [site(e.app, e.slowb, www)], SETTINGS, workers=1)
+        e.wsb = e.backend(ws_handler)
+        e.p = tls_proxyd(factory, [site(e.app, e.slowb, www, e.wsb)], SETTINGS, workers=1)
         yield e
     finally:
         e.stop()
@@ -731,6 +754,57 @@ def test_te_trailers_is_accepted(p):
     c = H2Client(p.https_port)
     try:
         assert c.get("/ret", headers=[("te", "trailers")]).status == 200
+    finally:
+        c.close()
+
+
+# ---- WebSocket over HTTP/2 (RFC 8441) --------------------------------------------------------------
+
+WS_HEAD = [(":protocol", "websocket"), ("sec-websocket-version", "13")]
+
+
+def ws_connect(c, path):
+    sid = c.conn.get_next_available_stream_id()
+    c.resp[sid] = Resp()
+    c.conn.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                              (":authority", HOST), (":path", path), ("sec-websocket-version", "13")])
+    c.flush()
+    return sid
+
+
+def test_websocket_over_h2_tunnels_to_an_http11_upgrade(p, env):
+    c = H2Client(p.https_port)
+    try:
+        assert c.get("/ret").status == 200  # the server's SETTINGS are in
+        assert c.conn.remote_settings.enable_connect_protocol == 1
+        sid = ws_connect(c, "/ws/chat")
+        assert c.wait_until(lambda: c.resp[sid].status is not None, 5), c.resp[sid]
+        r = c.resp[sid]
+        assert r.status == 200 and r.header("sec-websocket-accept") is None, r
+        c.conn.send_data(sid, b"hello over h2")
+        c.flush()
+        assert c.wait_until(lambda: bytes(r.body) == b"hello over h2", 5), r
+        up = [q for q in env.wsb.requests if q.target == "/ws/chat"][-1]
+        assert up.method == "GET" and up.header("Upgrade") == "websocket", up.raw_head
+        assert up.header("Connection").lower() == "upgrade" and up.header("Sec-WebSocket-Version") == "13"
+        assert len(up.header("Sec-WebSocket-Key")) == 24 and up.header("Sec-WebSocket-Key").endswith("==")
+        # another stream on the same connection is served meanwhile
+        assert c.get("/ret").status == 200
+        # the upstream ends the tunnel: the stream ends
+        c.conn.send_data(sid, b"bye")
+        c.flush()
+        assert c.wait_until(lambda: r.ended or r.reset is not None, 5), r
+    finally:
+        c.close()
+
+
+def test_extended_connect_on_a_route_without_websocket_is_refused(p):
+    c = H2Client(p.https_port)
+    try:
+        assert c.get("/ret").status == 200
+        sid = ws_connect(c, "/ret")
+        r = c.wait(sid)
+        assert r.status == 501, r
     finally:
         c.close()
 
