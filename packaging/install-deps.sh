@@ -9,7 +9,7 @@ PKGS="build-essential pkg-config clang libclang-rt-14-dev
       libbrotli-dev libzstd-dev
       libcurl4-openssl-dev libjansson-dev pebble
       libcmocka-dev python3-pytest python3-requests python3-jsonschema python3-yaml python3-brotli python3-zstandard zstd
-      python3-h2 nghttp2-client
+      python3-h2 nghttp2-client chromium
       testssl.sh sqlite3 curl openssl cppcheck bc keepalived iproute2 strace"
 if [ "${PROXYD_DEPS_EXTRA:-}" != "" ]; then PKGS="$PKGS $PROXYD_DEPS_EXTRA"; fi
 

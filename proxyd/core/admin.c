@@ -332,12 +332,13 @@ static void metrics_limits(str_buf_t *b)
 static void metrics_http2(str_buf_t *b)
 {
     uint64_t req = sum_field(offsetof(worker_stats_t, requests_total)), h2 = sum_field(offsetof(worker_stats_t, requests_h2));
-    uint64_t conns = sum_field(offsetof(worker_stats_t, conns_total)), h2c = sum_field(offsetof(worker_stats_t, conns_h2));
+    uint64_t h1c = sum_field(offsetof(worker_stats_t, conns_h1)), h2c = sum_field(offsetof(worker_stats_t, conns_h2));
     metric_header(b, "proxyd_requests_by_protocol_total", "counter", "Client requests by protocol.");
     str_printf(b, "proxyd_requests_by_protocol_total{protocol=\"HTTP/1.1\"} %llu\n", (unsigned long long)(req - h2));
     str_printf(b, "proxyd_requests_by_protocol_total{protocol=\"HTTP/2.0\"} %llu\n", (unsigned long long)h2);
-    metric_header(b, "proxyd_connections_by_protocol_total", "counter", "Client connections by the protocol they spoke.");
-    str_printf(b, "proxyd_connections_by_protocol_total{protocol=\"HTTP/1.1\"} %llu\n", (unsigned long long)(conns - h2c));
+    metric_header(b, "proxyd_connections_by_protocol_total", "counter",
+                  "Client connections by the protocol they spoke (those that got as far as a protocol).");
+    str_printf(b, "proxyd_connections_by_protocol_total{protocol=\"HTTP/1.1\"} %llu\n", (unsigned long long)h1c);
     str_printf(b, "proxyd_connections_by_protocol_total{protocol=\"HTTP/2.0\"} %llu\n", (unsigned long long)h2c);
     metric_header(b, "proxyd_http2_refused_total", "counter",
                   "HTTP/2 streams or connections refused, by reason (attacks and malformed requests).");

@@ -53,7 +53,8 @@ typedef struct {
     volatile uint64_t upstream_hist[STATS_LAT_BUCKETS]; /* non-cumulative */
     volatile uint64_t other_site[STATS_CLASSES];
     volatile uint64_t closed[STATS_CLOSE_COUNT];        /* connections, by conn_close_reason_t */
-    volatile uint64_t requests_h2, conns_h2;            /* of requests_total and conns_total */
+    volatile uint64_t requests_h2;                      /* of requests_total */
+    volatile uint64_t conns_h1, conns_h2;               /* connections whose session started, by protocol */
     volatile uint64_t h2_refused[STATS_H2_REFUSED_COUNT]; /* by h2_refusal_t */
     volatile uint64_t site[STATS_MAX_SITES][STATS_CLASSES]; /* by site index of `generation` */
 } worker_stats_t;

@@ -476,6 +476,7 @@ static void on_open(conn_t *c)
 {
     h1_session_t *s = sess_of(c);
     memset(s, 0, sizeof(*s));
+    W->stats->conns_h1++;
     c->want_read = true;
     conn_read(c);
 }

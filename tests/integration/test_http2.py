@@ -10,6 +10,7 @@ invalid pseudo-headers and connection-specific fields.
 Clients: curl --http2 / --http2-prior-knowledge, nghttp (nghttp2-client), and python3-h2
 (h2, hyperframe, hpack) for raw frames.  Every process started is stopped by PID.
 """
+import json
 import os
 import shutil
 import signal
@@ -34,6 +35,8 @@ from proxyd_fixtures import ModuleEnv, http, proxyd_factory, backend_factory, vm
 from tls_fixtures import tls_proxyd, wait_tls  # noqa: E402
 
 CURL = shutil.which("curl")
+CHROMIUM = shutil.which("chromium")
+PAGE_RESOURCES = 50
 NGHTTP = shutil.which("nghttp")
 HOST = "h2.test"
 BIG = 4 * 1024 * 1024
@@ -332,6 +335,16 @@ def env(tmp_path_factory):
         e.big = os.urandom(BIG)
         (www / "static" / "big.bin").write_bytes(e.big)
         (www / "static" / "small.txt").write_text("small file\n")
+        page = www / "static" / "page"
+        page.mkdir()
+        (page / "index.html").write_text(
+            "<!doctype html><html><head><title>h2 page</title>"
+            "<link rel=\"icon\" href=\"data:,\"></head><body>\n"  # no favicon fetch (Chromium makes it apart)
+            + "".join(f'<script src="s{i}.js"></script>\n' for i in range(PAGE_RESOURCES))
+            + '<p id="n">none</p><script>document.getElementById("n").textContent = "loaded " + window.n;</script>'
+            + "</body></html>\n")
+        for i in range(PAGE_RESOURCES):
+            (page / f"s{i}.js").write_text(f"window.n = (window.n || 0) + 1; /* {i} */\n")
         e.app = e.backend(app_handler)
         e.slowb = e.backend(slow_handler)
 
@@ -756,6 +769,40 @@ def test_te_trailers_is_accepted(p):
         assert c.get("/ret", headers=[("te", "trailers")]).status == 200
     finally:
         c.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_headless_chromium_loads_a_page_of_50_resources_over_one_h2_connection(p, tmp_path):
+    before_h1 = metric(p, "proxyd_requests_by_protocol_total", protocol="HTTP/1.1")
+    netlog = tmp_path / "netlog.json"
+    cmd = [CHROMIUM, f"--log-net-log={netlog}", "--headless=new", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors",
+           "--no-first-run", "--disable-extensions", "--disable-background-networking", "--disable-sync",
+           "--disable-component-update", "--disable-default-apps", f"--user-data-dir={tmp_path / 'chromium'}",
+           "--virtual-time-budget=10000", "--dump-dom", f"https://localhost:{p.https_port}/static/page/index.html"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert f'<p id="n">loaded {PAGE_RESOURCES}</p>'.encode() in out, (out[-500:], err[-2000:])
+
+    def page_lines():
+        return [l for l in p.access_log_lines() if "/static/page/" in l]
+    assert wait_for(lambda: len(page_lines()) >= PAGE_RESOURCES + 1, 5), page_lines()
+    assert all('"protocol":"HTTP/2.0"' in l and '"status":200' in l for l in page_lines()), page_lines()
+    assert metric(p, "proxyd_requests_by_protocol_total", protocol="HTTP/1.1") == before_h1
+    # Chromium's own record: one HTTP/2 session carried every request of the page (it may open
+    # a spare connection while racing ::1 and 127.0.0.1, which carries nothing)
+    log = json.loads(netlog.read_text())
+    names = {v: k for k, v in log["constants"]["logEventTypes"].items()}
+    per_session = {}
+    for ev in log["events"]:
+        if names.get(ev["type"]) == "HTTP2_SESSION_SEND_HEADERS":
+            per_session[ev["source"]["id"]] = per_session.get(ev["source"]["id"], 0) + 1
+    assert list(per_session.values()) == [PAGE_RESOURCES + 1], per_session
 
 
 # ---- WebSocket over HTTP/2 (RFC 8441) --------------------------------------------------------------
