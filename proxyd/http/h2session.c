@@ -79,6 +79,8 @@ typedef struct h2 {
     uint64_t reset_ms;            /* when the reset bucket was last refilled */
     uint64_t out_seen, out_ms;    /* c->bytes_out at the last tick, and when it last moved */
     conn_close_reason_t close_reason; /* why nghttp2 ends the session (GOAWAY sent) */
+    struct h2 *all_prev, *all_next;   /* the worker's open sessions (a reload looks at them) */
+    uint32_t opened_streams;          /* the SETTINGS_MAX_CONCURRENT_STREAMS the session announced */
     bool running, again, dirty, dead, goaway, got_frame, ticking;
 } h2_t;
 
@@ -119,6 +121,7 @@ struct h2_stream {
 static nghttp2_session_callbacks *callbacks;
 static nghttp2_option *options;
 static h2_t *dirty_head;
+static h2_t *all_sessions;
 static ev_timer_t kick;
 
 static const http_session_ops_t h2_http_ops;
@@ -206,8 +209,20 @@ static void stream_finish(h2_stream_t *st)
     request_finish(r);
 }
 
+static void h2_unlink(h2_t *h)
+{
+    if (h->all_prev)
+        h->all_prev->all_next = h->all_next;
+    else if (all_sessions == h)
+        all_sessions = h->all_next;
+    if (h->all_next)
+        h->all_next->all_prev = h->all_prev;
+    h->all_prev = h->all_next = NULL;
+}
+
 static void h2_free(h2_t *h)
 {
+    h2_unlink(h);
     while (h->streams) {
         stream_finish(h->streams);
         stream_free(h, h->streams);
@@ -1082,6 +1097,11 @@ static void on_open(conn_t *c)
     h->reset_ms = ev_now(W->loop);
     h->close_reason = CLOSE_DONE;
     W->stats->conns_h2++;
+    h->opened_streams = global()->h2_max_streams;
+    h->all_next = all_sessions;
+    if (all_sessions)
+        all_sessions->all_prev = h;
+    all_sessions = h;
     submit_settings(h);
     c->want_read = true;
     conn_read(c); /* the preface may be here already */
@@ -1174,6 +1194,7 @@ static void on_close(conn_t *c, conn_close_reason_t reason)
         return;
     for (h2_stream_t *st = h->streams; st; st = st->next)
         stream_finish(st);
+    h2_unlink(h);
     if (h->running || h->dirty)
         h->dead = true;
     else
@@ -1191,6 +1212,21 @@ static void on_drain(conn_t *c)
     nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ng), NGHTTP2_NO_ERROR,
                           NULL, 0);
     run(h);
+}
+
+/* A reload is in place: open connections go on with the new table.  Only a
+ * session whose announced settings the new table changes (HTTP/2 turned
+ * off, another h2_max_streams) is told GOAWAY, so that its client comes
+ * back on a connection that has them; its streams in flight finish. */
+static void h2_worker_switch(tref_t *t)
+{
+    const rt_global_t *g = t->t.global;
+    for (h2_t *h = all_sessions, *next; h; h = next) {
+        next = h->all_next;
+        bool off = !(g->flags & (h->c->ssl ? RT_GF_HTTP2 : RT_GF_HTTP2_CLEARTEXT));
+        if (!h->dead && !h->c->closed && h->c->state == CONN_OPEN && (off || g->h2_max_streams != h->opened_streams))
+            on_drain(h->c);
+    }
 }
 
 const conn_session_ops_t h2_session_ops = {
@@ -1294,5 +1330,8 @@ static void h2_worker_exit(void)
     options = NULL;
 }
 
-const module_t h2_session_module = {
-    .name = "h2", .worker_init = h2_worker_init, .worker_idle = run_dirty, .worker_exit = h2_worker_exit};
+const module_t h2_session_module = {.name = "h2",
+                                    .worker_init = h2_worker_init,
+                                    .worker_idle = run_dirty,
+                                    .worker_switch = h2_worker_switch,
+                                    .worker_exit = h2_worker_exit};

@@ -921,3 +921,38 @@ def test_goaway_on_graceful_stop_finishes_the_stream_in_flight(proxyd_factory, b
         c.close()
     q.proc.wait(timeout=15)
     q.assert_no_sanitizer()
+
+
+def test_reload_that_changes_the_h2_settings_sends_goaway(proxyd_factory, backend_factory):
+    """A reload is in place; a session whose announced settings change is told GOAWAY, and its
+    stream in flight finishes (a reload that leaves them alone leaves the session alone)."""
+    slowb = backend_factory(slow_handler)
+    q = tls_proxyd(proxyd_factory, [f"site: g\ndefault: true\nhosts: [{HOST}]\ntls: {{certificate: self-signed}}\n"
+                                    f"upstreams: {{s: {{servers: [{{address: \"{slowb.address}\"}}]}}}}\n"
+                                    "routes:\n  - match: {path_prefix: /}\n    upstream: s\n"],
+                   {"limits": {"h2_max_streams": 50, "drain_timeout": "10s"}})
+    c = RawH2(q.https_port)
+    try:
+        c.send(c.head(1, "/slow"))
+        assert wait_for(lambda: len(slowb.requests) == 1, 5)
+        rc, out, err = q.proxyctl("reload")  # the same generation again: nothing changes
+        assert rc == 0, err
+        assert c.goaway(1) is None
+        yaml_path = q.dir / "proxy.yaml"
+        yaml_path.write_text(yaml_path.read_text().replace("h2_max_streams: 50", "h2_max_streams: 60"))
+        rc, out, err = q.proxyctl("init", "--global", str(yaml_path))
+        assert rc == 0, err
+        rc, out, err = q.proxyctl("reload")
+        assert rc == 0, err
+        g = c.goaway(5)
+        assert g is not None and g.error_code == 0 and g.last_stream_id == 1, c.frames
+        end = c.read(10, until=lambda f: isinstance(f, hf.DataFrame) and "END_STREAM" in f.flags)
+        assert end is not None and end.stream_id == 1, c.frames
+    finally:
+        c.close()
+    c = H2Client(q.https_port)
+    try:
+        assert c.get("/x").status == 200
+        assert c.conn.remote_settings.max_concurrent_streams == 60
+    finally:
+        c.close()
