@@ -48,6 +48,11 @@ def seeds():
                                 hf.HeadersFrame(1, data=e.encode([("x-trailer", "1")]),
                                                 flags=["END_HEADERS", "END_STREAM"])]
     e = hpack.Encoder()
+    blk = e.encode([(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+                    (":authority", "f.test"), (":path", "/r"), ("sec-websocket-version", "13")])
+    yield "extended_connect", [s, hf.HeadersFrame(1, data=blk, flags=["END_HEADERS"]), hf.DataFrame(1, data=b"ws"),
+                               hf.RstStreamFrame(1, error_code=8)]
+    e = hpack.Encoder()
     yield "head_and_big_headers", [s, head(e, 1, "/r", "HEAD", [("x-a", "v" * 3000), ("te", "trailers")])]
 
 
