@@ -143,13 +143,13 @@ build/fuzz/fuzz_proxyproto: tests/fuzz/fuzz_proxyproto.c proxyd/conn/proxyproto.
 FUZZ_PROXYD_OBJ := $(patsubst build/unit/obj/%,build/fuzz/obj/%,$(UNIT_PROXYD_OBJ))
 build/fuzz/obj/%.o: %.c $(HEADERS)
 	@mkdir -p $(@D)
-	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer-no-link,address,undefined $(shell pkg-config --cflags $(PKGS)) -c -o $@ $<
+	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer-no-link,address,undefined $(shell pkg-config --cflags $(PKGS)) $(PXD_CFLAGS) -c -o $@ $<
 
 build/fuzz/fuzz_h2: tests/fuzz/fuzz_h2.c tests/unit/proxyd_fixture.h tests/unit/proxyctl_all.h $(FUZZ_PROXYD_OBJ) \
                     $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS)
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined $(shell pkg-config --cflags $(PKGS)) -o $@ $< \
-	    $(FUZZ_PROXYD_OBJ) $(GEN_SRC) $(LDLIBS) $(D_LIBS) -lcmocka
+	    $(FUZZ_PROXYD_OBJ) $(GEN_SRC) $(LDLIBS) $(PXD_LIBS) -lcmocka
 
 # Replay every checked-in corpus once (part of make test).
 fuzz-replay: $(FUZZERS)

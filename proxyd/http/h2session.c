@@ -11,7 +11,7 @@
  * set of rules and the HTTP/1.1 path stays untouched.
  *
  *   client bytes --mem_recv--> callbacks: streams, heads, DATA --> todo list
- *   todo list --> request_run / on_body / on_drain (never inside nghttp2)
+ *   todo list --> request_run / on_body / http_drained (never inside nghttp2)
  *   handlers --> per-stream buffers --> data provider --> session_send --> c->out
  *
  * Bounds (nothing grows with what a client sends):
@@ -968,8 +968,8 @@ static void run_todo(h2_t *h)
             continue;
         if ((what & TODO_BODY) && st->r->on_body)
             st->r->on_body(st->r);
-        if (!c->closed && !st->closed && st->r && (what & TODO_DRAIN) && st->r->on_drain)
-            st->r->on_drain(st->r);
+        if (!c->closed && !st->closed && st->r && (what & TODO_DRAIN))
+            http_drained(st->r); /* through the body filters (a compressor may hold bytes) to on_drain */
     }
 }
 
