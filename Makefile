@@ -12,8 +12,8 @@ LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # Only proxyctl talks to an ACME CA: proxyd never links libcurl or jansson.
 CTL_PKGS := libcurl jansson
 CTL_LIBS := $(shell pkg-config --libs $(CTL_PKGS) 2>/dev/null)
-# Only proxyd compresses responses (filters/compress.c).
-PXD_PKGS := zlib libbrotlienc libzstd
+# Only proxyd compresses responses (filters/compress.c) and speaks HTTP/2 to clients (http/h2session.c).
+PXD_PKGS := zlib libbrotlienc libzstd libnghttp2
 PXD_CFLAGS := $(shell pkg-config --cflags $(PXD_PKGS) 2>/dev/null)
 PXD_LIBS := $(shell pkg-config --libs $(PXD_PKGS) 2>/dev/null)
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -108,7 +108,7 @@ build/unit/test_balance: tests/unit/test_balance.c proxyd/upstream/balance.c pro
 UNIT_INCLUDED := $(shell sed -n 's|.*"\.\./\.\./\(common/[a-z_]*\.c\)".*|\1|p' tests/unit/proxyctl_all.h)
 UNIT_PROXYD_OBJ := $(patsubst %.c,build/unit/obj/%.o,$(filter-out proxyd/core/main.c,$(PROXYD_SRC)) \
                      $(filter-out $(UNIT_INCLUDED),$(PROXYD_COMMON)))
-UNIT_WORKER_TESTS := build/unit/test_conn build/unit/test_h1session build/unit/test_proxy build/unit/test_health
+UNIT_WORKER_TESTS := build/unit/test_conn build/unit/test_h1session build/unit/test_h2session build/unit/test_proxy build/unit/test_health
 
 build/unit/obj/%.o: %.c $(HEADERS)
 	@mkdir -p $(@D)
@@ -137,6 +137,19 @@ build/fuzz/fuzz_http1: tests/fuzz/fuzz_http1.c proxyd/http/http1.c proxyd/http/h
 build/fuzz/fuzz_proxyproto: tests/fuzz/fuzz_proxyproto.c proxyd/conn/proxyproto.c proxyd/conn/proxyproto.h
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined -o $@ $< proxyd/conn/proxyproto.c
+
+# The HTTP/2 session runs inside a real worker (the unit tests' fixture):
+# proxyd's objects, instrumented for coverage, main.c left out.
+FUZZ_PROXYD_OBJ := $(patsubst build/unit/obj/%,build/fuzz/obj/%,$(UNIT_PROXYD_OBJ))
+build/fuzz/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer-no-link,address,undefined $(shell pkg-config --cflags $(PKGS)) $(PXD_CFLAGS) -c -o $@ $<
+
+build/fuzz/fuzz_h2: tests/fuzz/fuzz_h2.c tests/unit/proxyd_fixture.h tests/unit/proxyctl_all.h $(FUZZ_PROXYD_OBJ) \
+                    $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS)
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined $(shell pkg-config --cflags $(PKGS)) -o $@ $< \
+	    $(FUZZ_PROXYD_OBJ) $(GEN_SRC) $(LDLIBS) $(PXD_LIBS) -lcmocka
 
 # Replay every checked-in corpus once (part of make test).
 fuzz-replay: $(FUZZERS)

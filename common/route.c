@@ -61,7 +61,7 @@ uint32_t route_site_named(const rt_table_t *t, const char *host, size_t n)
 uint32_t route_site(const rt_table_t *t, const char *host, size_t n)
 {
     uint32_t s = route_site_named(t, host, n);
-    return s != RT_NONE ? s : t->global->default_site.first;
+    return s != RT_NONE ? s : t->global->default_site;
 }
 
 typedef struct {

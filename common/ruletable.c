@@ -257,9 +257,14 @@ static int verify_global(vctx_t *v)
     CHECK_STR(v, g->error_log_path, "global", 0);
     if (g->max_headers > RT_MAX_HEADERS_CAP)
         FAIL(v, "global: max_headers beyond %d", RT_MAX_HEADERS_CAP);
+    if (g->flags & ~(RT_GF_SESSION_TICKETS | RT_GF_UNKNOWN_SNI_REJECT | RT_GF_HTTP2 | RT_GF_HTTP2_CLEARTEXT))
+        FAIL(v, "global: unknown flags 0x%x", g->flags);
+    int h2 = (g->flags & (RT_GF_HTTP2 | RT_GF_HTTP2_CLEARTEXT)) != 0;
+    if (h2 ? g->h2_max_streams == 0 || g->h2_max_streams > RT_H2_MAX_STREAMS_LIMIT : g->h2_max_streams != 0)
+        FAIL(v, "global: h2_max_streams %u out of range", g->h2_max_streams);
     CHECK_SPAN(v, g->listens, t->nlistens, "global", 0);
     CHECK_SPAN(v, g->trusted_proxies, t->ncidrs, "global", 0);
-    if (!opt_idx_ok(g->default_site.first, t->nsites))
+    if (!opt_idx_ok(g->default_site, t->nsites))
         FAIL(v, "global: default site out of range");
     for (uint32_t i = 0; i < t->nlistens; i++) {
         if (t->listens[i].kind >= RT_LISTEN_MAX)

@@ -146,13 +146,17 @@ typedef struct {
     rt_span_t trusted_proxies;   /* RT_SEC_CIDRS */
     uint32_t body_min_rate;      /* bytes/s a request body keeps up once body_timeout has passed; 0 off */
     uint32_t max_headers;        /* header fields per request head; 0 (older tables): the parser's default */
-    rt_span_t default_site;      /* first = site index or RT_NONE; count unused */
+    uint32_t default_site;       /* site index or RT_NONE */
+    uint32_t h2_max_streams;     /* SETTINGS_MAX_CONCURRENT_STREAMS; 0 only with neither RT_GF_HTTP2* (older tables) */
 } rt_global_t;
 
 #define RT_MAX_HEADERS_CAP 128 /* the HTTP/1.1 parser's field capacity (H1_HEADERS_CAP) */
 
 #define RT_GF_SESSION_TICKETS (1u << 0)
 #define RT_GF_UNKNOWN_SNI_REJECT (1u << 1)
+#define RT_GF_HTTP2 (1u << 2)           /* ALPN offers "h2" before "http/1.1" on TLS listeners */
+#define RT_GF_HTTP2_CLEARTEXT (1u << 3) /* plain listeners take the HTTP/2 preface (prior knowledge) */
+#define RT_H2_MAX_STREAMS_LIMIT 65536
 
 /* Hash bucket, used by both host tables.  Empty buckets have site RT_NONE. */
 typedef struct {

@@ -5,10 +5,11 @@
 set -eu
 
 PKGS="build-essential pkg-config clang libclang-rt-14-dev
-      libyaml-dev libsqlite3-dev libssl-dev libsystemd-dev libpcre2-dev zlib1g-dev libseccomp-dev
+      libyaml-dev libsqlite3-dev libssl-dev libsystemd-dev libpcre2-dev zlib1g-dev libseccomp-dev libnghttp2-dev
       libbrotli-dev libzstd-dev
       libcurl4-openssl-dev libjansson-dev pebble
       libcmocka-dev python3-pytest python3-requests python3-jsonschema python3-yaml python3-brotli python3-zstandard zstd
+      python3-h2 nghttp2-client chromium
       testssl.sh sqlite3 curl openssl cppcheck bc keepalived iproute2 strace"
 if [ "${PROXYD_DEPS_EXTRA:-}" != "" ]; then PKGS="$PKGS $PROXYD_DEPS_EXTRA"; fi
 

@@ -414,7 +414,9 @@ static void emit_global(comp_t *c, cfg_site_t **sites, size_t n)
     r.max_headers = g->max_headers;
     r.ticket_key_rotation_s = ms32(g->ticket_key_rotation_ms / 1000);
     r.tls_protocols = g->tls_protocols;
-    r.flags = (g->session_tickets ? RT_GF_SESSION_TICKETS : 0) | (g->unknown_sni_reject ? RT_GF_UNKNOWN_SNI_REJECT : 0);
+    r.flags = (g->session_tickets ? RT_GF_SESSION_TICKETS : 0) | (g->unknown_sni_reject ? RT_GF_UNKNOWN_SNI_REJECT : 0) |
+              (g->http2 ? RT_GF_HTTP2 : 0) | (g->http2_cleartext ? RT_GF_HTTP2_CLEARTEXT : 0);
+    r.h2_max_streams = g->http2 || g->http2_cleartext ? g->h2_max_streams : 0;
     r.user = rtw_cstr(c->w, g->user);
     r.admin_socket = rtw_cstr(c->w, g->admin_socket);
     r.access_log_path = rtw_cstr(c->w, g->access_log_path);
@@ -432,10 +434,10 @@ static void emit_global(comp_t *c, cfg_site_t **sites, size_t n)
     }
     r.trusted_proxies.first = g->ntrusted ? rtw_add(c->w, RT_SEC_CIDRS, g->trusted, (uint32_t)g->ntrusted) : 0;
     r.trusted_proxies.count = (uint32_t)g->ntrusted;
-    r.default_site.first = RT_NONE;
+    r.default_site = RT_NONE;
     for (size_t i = 0; i < n; i++)
         if (sites[i]->is_default)
-            r.default_site.first = (uint32_t)i;
+            r.default_site = (uint32_t)i;
     rtw_add(c->w, RT_SEC_GLOBAL, &r, 1);
     for (size_t i = 0; i < g->nrate_zones; i++) {
         rt_rate_zone_t z;

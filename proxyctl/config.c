@@ -1355,6 +1355,7 @@ static const opt_t limits_opts[] = {
     SIZE("max_uri_size", cfg_global_t, max_uri_size),
     U32("max_headers", cfg_global_t, max_headers, 1, RT_MAX_HEADERS_CAP),
     SIZE("body_min_rate", cfg_global_t, body_min_rate),
+    U32("h2_max_streams", cfg_global_t, h2_max_streams, 1, RT_H2_MAX_STREAMS_LIMIT),
     END,
 };
 static int g_limits(ctx_t *c, const char *key, ynode_t *v, void *obj)
@@ -1508,6 +1509,8 @@ static const opt_t global_opts[] = {
     FN("limits", g_limits),
     FN("logs", g_logs),
     FN("ha", g_ha),
+    BOOL("http2", cfg_global_t, http2),
+    BOOL("http2_cleartext", cfg_global_t, http2_cleartext),
     END,
 };
 
@@ -1546,6 +1549,8 @@ static void global_defaults(arena_t *a, cfg_global_t *g)
     g->max_uri_size = 8192;
     g->max_headers = 100;
     g->body_min_rate = 1024;
+    g->http2 = true;
+    g->h2_max_streams = 128;
     g->access_log_path = g->error_log_path = "";
     g->ha_priority = 100;
     g->ha_router_id = 51;
@@ -1569,5 +1574,10 @@ cfg_global_t *config_global(arena_t *a, const char *file, const char *text, diag
         return NULL;
     if (walk(&c, "global settings", root, global_opts, g) < 0 || d->errors > before)
         return NULL;
+    ynode_t *limits = yaml_get(root, "limits"), *streams = limits ? yaml_get(limits, "h2_max_streams") : NULL;
+    if (streams && !g->http2 && !g->http2_cleartext) {
+        err(&c, streams, "h2_max_streams has no effect with http2 and http2_cleartext both false; remove it or enable HTTP/2");
+        return NULL;
+    }
     return g;
 }

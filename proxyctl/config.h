@@ -160,6 +160,8 @@ typedef struct {
     size_t ntrusted;
     uint32_t tls_protocols;
     bool session_tickets, unknown_sni_reject;
+    bool http2, http2_cleartext;  /* ALPN h2 on TLS listeners; prior knowledge on plain ones */
+    uint32_t h2_max_streams;
     uint64_t ticket_key_rotation_ms;
     char *acme_directory, *acme_email, *acme_ca_file;
     uint64_t acme_renew_before_ms;

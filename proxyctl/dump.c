@@ -178,6 +178,12 @@ static void dump_global(const rt_table_t *t, FILE *out)
     if (g->max_headers)
         fprintf(out, ", max_headers %u", g->max_headers);
     fprintf(out, ", body_min_rate %u/s\n", g->body_min_rate);
+    if (g->flags & (RT_GF_HTTP2 | RT_GF_HTTP2_CLEARTEXT))
+        fprintf(out, "  http2: %s%s, max %u streams per connection\n",
+                g->flags & RT_GF_HTTP2 ? "ALPN h2 on TLS listeners" : "not on TLS listeners",
+                g->flags & RT_GF_HTTP2_CLEARTEXT ? ", prior knowledge on plain listeners" : "", g->h2_max_streams);
+    else
+        fputs("  http2: off (HTTP/1.1 only)\n", out);
     fputs("  trusted_proxies:", out);
     for (uint32_t i = 0; i < g->trusted_proxies.count; i++) {
         fputc(' ', out);

@@ -728,14 +728,17 @@ void conn_run_deferred_reads(void)
 #define LINGER_MS 2000
 #define LINGER_BYTES (256 * 1024)
 
-void conn_linger(conn_t *c)
+void conn_linger(conn_t *c) { conn_linger_for(c, CLOSE_DONE); }
+
+void conn_linger_for(conn_t *c, conn_close_reason_t why)
 {
+    c->linger_why = (uint8_t)why;
     if (c->ssl) {
         SSL_shutdown(c->ssl); /* close_notify before our half of the TCP close */
         tls_error();
     }
     if (shutdown(c->io.fd, SHUT_WR) < 0) {
-        conn_close(c, CLOSE_DONE);
+        conn_close(c, why);
         return;
     }
     c->state = CONN_LINGER;
@@ -756,7 +759,7 @@ static void linger_read(conn_t *c)
         }
         if (n < 0 && errno == EAGAIN)
             return;
-        conn_close(c, CLOSE_DONE);
+        conn_close(c, c->linger_why);
         return;
     }
 }
@@ -811,7 +814,7 @@ static void on_timer(ev_loop_t *loop, ev_timer_t *t)
         conn_close(c, CLOSE_TLS_TIMEOUT);
         return;
     case CONN_LINGER:
-        conn_close(c, CLOSE_DONE);
+        conn_close(c, c->linger_why);
         return;
     default:
         c->ops->on_timeout(c);

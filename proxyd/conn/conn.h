@@ -80,6 +80,7 @@ struct conn {
     uint16_t peer_port, local_port;
     uint8_t peer_ip[16];
     uint32_t linger_left;     /* CONN_LINGER: bytes we still drain */
+    uint8_t linger_why;       /* CONN_LINGER: the reason the close is counted under */
     struct ssl_st *ssl;       /* TLS connections only */
     uint64_t bytes_out;       /* written to the client, all requests */
     conn_file_t *file;        /* while a file segment is queued, else NULL */
@@ -128,6 +129,8 @@ void conn_timer(conn_t *c, uint64_t ms);
 void conn_timer_stop(conn_t *c);
 /* Close after a final response, politely (see LINGER above). */
 void conn_linger(conn_t *c);
+/* The same, the close then counted under why (an HTTP/2 GOAWAY with an error). */
+void conn_linger_for(conn_t *c, conn_close_reason_t why);
 /* Worker housekeeping: free closed connections, run reads TLS deferred,
  * tell every session the worker drains. */
 void conn_free_deferred(void);

@@ -174,14 +174,19 @@ static int apply_protocols(SSL_CTX *ctx, uint32_t protocols)
     return SSL_CTX_set_min_proto_version(ctx, min) == 1 && SSL_CTX_set_max_proto_version(ctx, max) == 1 ? 0 : -1;
 }
 
+/* What we offer, in our order of preference: the first of ours the client
+ * also lists is chosen (RFC 7301).  arg is one of these lists. */
+static const unsigned char alpn_h2[] = "\x02h2\x08http/1.1";
+static const unsigned char alpn_h1[] = "\x08http/1.1";
+
 static int alpn_cb(SSL *s, const unsigned char **out, unsigned char *outlen, const unsigned char *in, unsigned inlen,
                    void *arg)
 {
-    static const unsigned char ours[] = "\x08http/1.1";
+    const unsigned char *ours = arg;
+    unsigned n = ours == alpn_h2 ? sizeof(alpn_h2) - 1 : sizeof(alpn_h1) - 1;
     (void)s;
-    (void)arg;
-    if (SSL_select_next_proto((unsigned char **)out, outlen, ours, sizeof(ours) - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
-        return SSL_TLSEXT_ERR_ALERT_FATAL; /* a client that offers ALPN but not http/1.1 */
+    if (SSL_select_next_proto((unsigned char **)out, outlen, ours, n, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_ALERT_FATAL; /* a client that offers ALPN but nothing of ours */
     return SSL_TLSEXT_ERR_OK;
 }
 
@@ -210,7 +215,7 @@ static SSL_CTX *server_ctx(const rt_table_t *t)
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF); /* stateless tickets only: shared by every worker */
     SSL_CTX_set_num_tickets(ctx, 1);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
-    SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, (void *)((g->flags & RT_GF_HTTP2) ? alpn_h2 : alpn_h1));
     return ctx;
 }
 
@@ -315,7 +320,7 @@ static int prepare_server(tref_t *tr, store_t *st, char *err, size_t errlen)
         snprintf(err, errlen, "TLS context: %s", tls_error());
         return -1;
     }
-    uint32_t def = t->global->default_site.first;
+    uint32_t def = t->global->default_site;
     if (def != RT_NONE && r->site_ctx[def]) {
         if (site_certificate(st, rt_cstr(t, t->sites[def].name), r->base_ctx, err, errlen) < 0)
             return -1;

@@ -328,6 +328,27 @@ static void metrics_limits(str_buf_t *b)
     }
 }
 
+/* Requests and connections by protocol, and what the HTTP/2 session refused. */
+static void metrics_http2(str_buf_t *b)
+{
+    uint64_t req = sum_field(offsetof(worker_stats_t, requests_total)), h2 = sum_field(offsetof(worker_stats_t, requests_h2));
+    uint64_t h1c = sum_field(offsetof(worker_stats_t, conns_h1)), h2c = sum_field(offsetof(worker_stats_t, conns_h2));
+    metric_header(b, "proxyd_requests_by_protocol_total", "counter", "Client requests by protocol.");
+    str_printf(b, "proxyd_requests_by_protocol_total{protocol=\"HTTP/1.1\"} %llu\n", (unsigned long long)(req - h2));
+    str_printf(b, "proxyd_requests_by_protocol_total{protocol=\"HTTP/2.0\"} %llu\n", (unsigned long long)h2);
+    metric_header(b, "proxyd_connections_by_protocol_total", "counter",
+                  "Client connections by the protocol they spoke (those that got as far as a protocol).");
+    str_printf(b, "proxyd_connections_by_protocol_total{protocol=\"HTTP/1.1\"} %llu\n", (unsigned long long)h1c);
+    str_printf(b, "proxyd_connections_by_protocol_total{protocol=\"HTTP/2.0\"} %llu\n", (unsigned long long)h2c);
+    metric_header(b, "proxyd_http2_refused_total", "counter",
+                  "HTTP/2 streams or connections refused, by reason (attacks and malformed requests).");
+#define H2_METRIC(e, label)                                                                                 \
+    str_printf(b, "proxyd_http2_refused_total{reason=\"%s\"} %llu\n", label,                                \
+               (unsigned long long)sum_field(offsetof(worker_stats_t, h2_refused) + e * sizeof(uint64_t)));
+    STATS_H2_REFUSALS(H2_METRIC)
+#undef H2_METRIC
+}
+
 static void metrics_text(str_buf_t *b)
 {
     metrics_requests(b);
@@ -344,6 +365,7 @@ static void metrics_text(str_buf_t *b)
                (unsigned long long)sum_field(offsetof(worker_stats_t, closed) + e * sizeof(uint64_t)));
     STATS_CLOSE_REASONS(CLOSE_METRIC)
 #undef CLOSE_METRIC
+    metrics_http2(b);
     metric_header(b, "proxyd_bytes_received_total", "counter", "Bytes read from clients.");
     str_printf(b, "proxyd_bytes_received_total %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, bytes_in)));
     metric_header(b, "proxyd_bytes_sent_total", "counter", "Bytes written to clients.");

@@ -15,6 +15,7 @@
 #include "handlers/static_handler.h"
 #include "http/accesslog.h"
 #include "http/h1session.h"
+#include "http/h2session.h"
 #include "http/limit.h"
 #include "http/request.h"
 #include "http/route_regex.h"
@@ -25,6 +26,7 @@
 const module_t *const proxyd_modules[] = {
     &conn_module,
     &h1_session_module,
+    &h2_session_module,
     &request_module,
     &accesslog_module,
     &route_regex_module,

@@ -27,9 +27,20 @@
     X(CLOSE_ABORTED, "response_aborted") X(CLOSE_DRAIN, "drain") X(CLOSE_NO_MEMORY, "out_of_memory")    \
     X(CLOSE_FILE_ERROR, "file_error") X(CLOSE_TUNNEL_IDLE, "tunnel_idle_timeout")                       \
     X(CLOSE_REFUSED, "refused_at_accept") X(CLOSE_PER_IP, "over_max_connections_per_ip")                \
-    X(CLOSE_PROXY_PROTOCOL, "proxy_protocol_error")
+    X(CLOSE_PROXY_PROTOCOL, "proxy_protocol_error") X(CLOSE_H2_ERROR, "http2_protocol_error")            \
+    X(CLOSE_H2_ABUSE, "http2_abuse")
 #define STATS_CLOSE_ENUM(e, label) e,
 typedef enum { STATS_CLOSE_REASONS(STATS_CLOSE_ENUM) STATS_CLOSE_COUNT } conn_close_reason_t;
+
+/* What the HTTP/2 session refused (a stream or the whole connection), counted
+ * per worker: X(enum, metric label). */
+#define STATS_H2_REFUSALS(X)                                                                             \
+    X(H2_REFUSED_RAPID_RESET, "rapid_reset") X(H2_REFUSED_CONTINUATION, "continuation_flood")           \
+    X(H2_REFUSED_HPACK_BOMB, "hpack_bomb") X(H2_REFUSED_CONTROL_FLOOD, "control_frame_flood")           \
+    X(H2_REFUSED_SETTINGS_FLOOD, "settings_flood") X(H2_REFUSED_ZERO_WINDOW, "zero_window_stall")       \
+    X(H2_REFUSED_HEADERS_TOO_LARGE, "oversize_headers") X(H2_REFUSED_INVALID_HEADERS, "invalid_headers") \
+    X(H2_REFUSED_PROTOCOL, "protocol_error")
+typedef enum { STATS_H2_REFUSALS(STATS_CLOSE_ENUM) STATS_H2_REFUSED_COUNT } h2_refusal_t;
 
 typedef struct {
     volatile int64_t pid;         /* 0: slot unused */
@@ -42,6 +53,9 @@ typedef struct {
     volatile uint64_t upstream_hist[STATS_LAT_BUCKETS]; /* non-cumulative */
     volatile uint64_t other_site[STATS_CLASSES];
     volatile uint64_t closed[STATS_CLOSE_COUNT];        /* connections, by conn_close_reason_t */
+    volatile uint64_t requests_h2;                      /* of requests_total */
+    volatile uint64_t conns_h1, conns_h2;               /* connections whose session started, by protocol */
+    volatile uint64_t h2_refused[STATS_H2_REFUSED_COUNT]; /* by h2_refusal_t */
     volatile uint64_t site[STATS_MAX_SITES][STATS_CLASSES]; /* by site index of `generation` */
 } worker_stats_t;
 

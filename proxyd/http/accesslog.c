@@ -114,6 +114,8 @@ void accesslog_request(const request_t *r)
         str_json_escape(&l, method.p, method.n, 255);
         STR_APPEND_LIT(&l, "\",\"uri\":\"");
         str_json_escape(&l, r->target.p, r->target.n, 2047);
+        STR_APPEND_LIT(&l, "\",\"protocol\":\"");
+        str_append_str(&l, r->sess->proto);
         STR_APPEND_LIT(&l, "\",\"status\":");
         str_append_u64(&l, (uint64_t)r->status);
         STR_APPEND_LIT(&l, ",\"bytes_sent\":");

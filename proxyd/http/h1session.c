@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "../common/log.h"
+#include "http/h2session.h"
 #include "http/vars.h"
 
 enum h1_state { H1_IDLE, H1_HEAD, H1_BUSY };
@@ -475,6 +476,7 @@ static void on_open(conn_t *c)
 {
     h1_session_t *s = sess_of(c);
     memset(s, 0, sizeof(*s));
+    W->stats->conns_h1++;
     c->want_read = true;
     conn_read(c);
 }
@@ -582,10 +584,12 @@ const conn_session_ops_t h1_session_ops = {
     .on_drain = on_drain,
 };
 
+/* Once per connection: ALPN "h2", or a plain listener taking prior
+ * knowledge, goes to HTTP/2; everything else is HTTP/1.1. */
 const conn_session_ops_t *http_select_session(conn_t *c)
 {
-    (void)c; /* HTTP/2 (ALPN "h2", or prior knowledge) will be chosen here */
-    return &h1_session_ops;
+    const conn_session_ops_t *h2 = h2_select_session(c);
+    return h2 ? h2 : &h1_session_ops;
 }
 
 static int h1_worker_init(void)

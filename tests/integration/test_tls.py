@@ -284,21 +284,24 @@ def test_weak_tls12_suites_refused_by_s_client(mp, sni, cipher):
 
 
 @pytest.mark.parametrize("offer, expect", [
-    (["h2", "http/1.1"], "http/1.1"),
+    (["h2", "http/1.1"], "h2"),  # http2 is on by default: HTTP/2 itself is tested in test_http2.py
     (["http/1.1"], "http/1.1"),
     (None, None),
 ])
 def test_alpn(mp, offer, expect):
     h = tls_probe(mp.https_port, "main.test", alpn=offer)
     assert h.alpn == expect, h
+    if expect == "h2":
+        return
     r = https_request(mp.https_port, host="main.test", alpn=offer)
     assert r.status == 200 and r.version == "HTTP/1.1"
 
 
-def test_alpn_without_http11_gets_no_application_protocol(mp):
-    """RFC 7301 §3.2: no protocol in common is a fatal no_application_protocol alert."""
+def test_alpn_without_a_protocol_of_ours_gets_no_application_protocol(mp):
+    """RFC 7301 §3.2: no protocol in common is a fatal no_application_protocol alert (h2 alone is
+    ours now: test_http2.py)."""
     with pytest.raises(ssl.SSLError) as ei:
-        tls_probe(mp.https_port, "main.test", alpn=["h2"])
+        tls_probe(mp.https_port, "main.test", alpn=["spdy/3.1"])
     assert said(ei.value, "no application protocol"), ei.value
 
 
