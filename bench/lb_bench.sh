@@ -81,21 +81,9 @@ write_nginx_conf() {            # DIR ALGO
     for p in $ORIGIN_PORTS; do servers="$servers        server 127.0.0.1:$p;
 "; done
     mkdir -p "$1"
-    cat >"$1/nginx.conf" <<EOF
-worker_processes $WORKERS;
-worker_rlimit_nofile 20000;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 10240; }
-http {
-    access_log off;
-    keepalive_timeout 120s;
-    keepalive_requests 1000000;
-    client_body_temp_path $1/body;
-    proxy_temp_path $1/proxy;
-    fastcgi_temp_path $1/fastcgi;
-    uwsgi_temp_path $1/uwsgi;
-    scgi_temp_path $1/scgi;
+    {
+        nginx_head "$1" $WORKERS
+        cat <<EOF
     upstream pool {
         $(nginx_balance "$2")
 ${servers}        keepalive 64;
@@ -111,6 +99,7 @@ ${servers}        keepalive 64;
     }
 }
 EOF
+    } >"$1/nginx.conf"
 }
 
 prepare_proxyd() {              # DIR ALGO

@@ -102,21 +102,9 @@ set_na() { if [ "$1" = proxyd-base ]; then PROXYD_BASE_NA=$2; else PROXYD_NA=$2;
 
 write_nginx_conf() {            # DIR WORKERS
     mkdir -p "$1"
-    cat >"$1/nginx.conf" <<EOF
-worker_processes $2;
-worker_rlimit_nofile 20000;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 10240; }
-http {
-    access_log off;
-    keepalive_timeout 120s;
-    keepalive_requests 1000000;
-    client_body_temp_path $1/body;
-    proxy_temp_path $1/proxy;
-    fastcgi_temp_path $1/fastcgi;
-    uwsgi_temp_path $1/uwsgi;
-    scgi_temp_path $1/scgi;
+    {
+        nginx_head "$1" $2
+        cat <<EOF
     upstream origin {
         server 127.0.0.1:$ORIGIN_PORT;
         keepalive 64;
@@ -132,6 +120,7 @@ http {
     }
 }
 EOF
+    } >"$1/nginx.conf"
 }
 
 write_haproxy_cfg() {           # DIR WORKERS

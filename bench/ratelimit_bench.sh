@@ -64,21 +64,9 @@ STARTED=""
 
 write_nginx_conf() {            # DIR WORKERS
     mkdir -p "$1"
-    cat >"$1/nginx.conf" <<EOF
-worker_processes $2;
-worker_rlimit_nofile 20000;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 10240; }
-http {
-    access_log off;
-    keepalive_timeout 120s;
-    keepalive_requests 1000000;
-    client_body_temp_path $1/body;
-    proxy_temp_path $1/proxy;
-    fastcgi_temp_path $1/fastcgi;
-    uwsgi_temp_path $1/uwsgi;
-    scgi_temp_path $1/scgi;
+    {
+        nginx_head "$1" $2
+        cat <<EOF
     limit_req_zone \$binary_remote_addr zone=api:10m rate=1000000r/s;
     limit_req_zone \$binary_remote_addr zone=slow:10m rate=1r/s;
     limit_req_status 429;
@@ -99,6 +87,7 @@ http {
     }
 }
 EOF
+    } >"$1/nginx.conf"
 }
 
 prepare_proxyd() {              # DIR WORKERS

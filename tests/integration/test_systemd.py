@@ -34,8 +34,12 @@ routes:
 
 
 def _get(port, timeout=5):
+    return _get_path(port, "/", timeout)
+
+
+def _get_path(port, path, timeout=5):
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
     data = b""
     while True:
         d = s.recv(65536)
@@ -323,19 +327,6 @@ routes:
     root_only = {"fchown"} if os.geteuid() == 0 else set()
     missing = sorted(c for c in used - allowed - root_only if c not in ("execve",))
     assert missing == [], f"proxyd calls what proxyd.service would refuse: {missing}"
-
-
-def _get_path(port, path, timeout=5):
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-    data = b""
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        data += d
-    s.close()
-    return data
 
 
 def _get_ok(port):
