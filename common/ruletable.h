@@ -318,14 +318,32 @@ typedef struct {
     uint8_t pad[7];
 } rt_rate_zone_t;
 
+#define RT_CACHE_ZONES_MAX 16                /* proxyd keeps their indexes in a fixed shared region */
+#define RT_CACHE_MEMORY_MIN (256ull << 10)
+#define RT_CACHE_MEMORY_MAX (1ull << 30)
+
 typedef struct {
     rt_str_t name;
     rt_str_t path;
     uint64_t max_size;
-    uint64_t memory;
+    uint64_t memory;         /* the index: RT_CACHE_MEMORY_MIN..MAX */
     uint32_t inactive_s;
     uint32_t pad;
 } rt_cache_zone_t;
+
+/* A policy's rate_flags: bit 0 nodelay; bits 16-31 the cache lock timeout
+ * in 100 ms units (0: the default, 5 s). */
+#define RT_RATE_NODELAY 1u
+#define RT_CACHE_LOCK_SHIFT 16
+#define RT_CACHE_LOCK_DEFAULT_MS 5000u
+static inline uint32_t rt_cache_lock_ms(uint32_t rate_flags)
+{
+    uint32_t u = rate_flags >> RT_CACHE_LOCK_SHIFT;
+    return u ? u * 100u : RT_CACHE_LOCK_DEFAULT_MS;
+}
+/* In a policy's cache_bypass span, entries that start with this prefix are
+ * cache.key_headers (the header's name follows), not bypass conditions. */
+#define RT_CACHE_KEY_HEADER "key_header:"
 
 /* ---- the verified view ------------------------------------------------- */
 

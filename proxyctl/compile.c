@@ -85,7 +85,11 @@ static uint32_t route_policy(comp_t *c, const cfg_route_t *r)
     p.retry_tries = r->retry_tries;
     p.rate_zone = zone_index(r->rate_zone.s, c->g->rate_zones, c->g->nrate_zones, sizeof(cfg_rate_zone_t));
     p.rate_burst = r->rate_burst;
-    p.rate_flags = r->rate_nodelay ? 1 : 0;
+    p.rate_flags = r->rate_nodelay ? RT_RATE_NODELAY : 0;
+    if (r->lock_timeout_ms) {
+        uint64_t u = (r->lock_timeout_ms + 99) / 100;
+        p.rate_flags |= (uint32_t)(u > 0xffff ? 0xffff : u) << RT_CACHE_LOCK_SHIFT;
+    }
     p.cache_zone = zone_index(r->cache_zone.s, c->g->cache_zones, c->g->ncache_zones, sizeof(cfg_cache_zone_t));
     p.cache_use_stale = r->use_stale;
     p.max_body = r->max_body;
@@ -97,11 +101,17 @@ static uint32_t route_policy(comp_t *c, const cfg_route_t *r)
             rtw_add(c->w, RT_SEC_STATUS_TTLS, &t, 1);
         }
     }
-    if (r->nbypass) {
+    if (r->nbypass + r->nkey_headers) {
         p.cache_bypass.first = rtw_count(c->w, RT_SEC_STRLIST);
-        p.cache_bypass.count = (uint32_t)r->nbypass;
+        p.cache_bypass.count = (uint32_t)(r->nbypass + r->nkey_headers);
         for (size_t i = 0; i < r->nbypass; i++) {
             rt_str_t s = rtw_cstr(c->w, r->bypass[i]);
+            rtw_add(c->w, RT_SEC_STRLIST, &s, 1);
+        }
+        for (size_t i = 0; i < r->nkey_headers; i++) {
+            char name[300];
+            snprintf(name, sizeof(name), RT_CACHE_KEY_HEADER "%s", r->key_headers[i]);
+            rt_str_t s = rtw_cstr(c->w, name);
             rtw_add(c->w, RT_SEC_STRLIST, &s, 1);
         }
     }

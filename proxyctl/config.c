@@ -173,25 +173,6 @@ static int scalar(ctx_t *c, const opt_t *o, ynode_t *v, void *obj)
     return -1;
 }
 
-/* Keys the option tables parse but proxyd does not execute yet.  SPEC §9: a
- * key that is accepted is a behaviour proxyd executes, so until a feature is
- * built its keys are refused at the key, with the other errors of the run,
- * and their values are not looked at.  The parsers stay in the tables below:
- * the issue that builds a feature re-enables its keys by deleting their lines
- * here.  Each name is a key of one option table only. */
-static const char *const unsupported_keys[] = {
-    "cache",            /* route */
-    "cache_zones",      /* proxy.yaml */
-};
-
-static bool unsupported(const char *key)
-{
-    for (size_t i = 0; i < ARRAY_LEN(unsupported_keys); i++)
-        if (strcmp(unsupported_keys[i], key) == 0)
-            return true;
-    return false;
-}
-
 /* Walk a mapping with its option table; returns -1 if anything in it failed. */
 static int walk(ctx_t *c, const char *what, ynode_t *map, const opt_t *opts, void *obj)
 {
@@ -205,8 +186,6 @@ static int walk(ctx_t *c, const char *what, ynode_t *map, const opt_t *opts, voi
             o++;
         if (o->key == NULL)
             rc |= unknown_key(c, k, opts);
-        else if (unsupported(o->key))
-            rc |= err(c, k, "'%s' is not supported yet", o->key);
         else if (o->type == T_FN)
             rc |= o->fn(c, o->key, v, obj);
         else
@@ -669,8 +648,22 @@ static int cache_stale(ctx_t *c, const char *key, ynode_t *v, void *obj)
     return cond_mask(c, key, v, &((cfg_route_t *)obj)->use_stale, true);
 }
 
+static bool is_token(const char *s);
+
+static int cache_key_headers(ctx_t *c, const char *key, ynode_t *v, void *obj)
+{
+    cfg_route_t *r = obj;
+    if (strings(c, key, v, &r->key_headers, &r->nkey_headers) < 0)
+        return -1;
+    for (size_t i = 0; i < r->nkey_headers; i++)
+        if (!is_token(r->key_headers[i]))
+            return err(c, v->vals[i], "invalid header name '%s' in cache.key_headers", r->key_headers[i]);
+    return 0;
+}
+
 static const opt_t cache_opts[] = {FN("zone", cache_zone), FN("valid", cache_valid), FN("bypass_on", cache_bypass),
-                                   FN("use_stale", cache_stale), END};
+                                   FN("use_stale", cache_stale), FN("key_headers", cache_key_headers),
+                                   DUR("lock_timeout", cfg_route_t, lock_timeout_ms), END};
 
 static int route_cache(ctx_t *c, const char *key, ynode_t *v, void *obj)
 {
@@ -1279,9 +1272,18 @@ static int g_cache_zones(ctx_t *c, const char *key, ynode_t *v, void *obj)
         *z = (cfg_cache_zone_t){v->keys[i]->pos, v->keys[i]->s, NULL, 1ull << 30, 64ull << 20, 3600000};
         if (!valid_name(z->name, 1))
             rc = err(c, v->keys[i], "invalid zone name '%s'", z->name);
-        rc |= walk(c, "cache zone", v->vals[i], czone_opts, z);
-        rc |= require(c, v->vals[i], "path", "cache zone");
+        int zrc = walk(c, "cache zone", v->vals[i], czone_opts, z);
+        zrc |= require(c, v->vals[i], "path", "cache zone");
+        if (zrc == 0 && z->path[0] != '/')
+            zrc = err(c, v->vals[i], "cache zone '%s': path must be absolute", z->name);
+        if (zrc == 0 && (z->memory < RT_CACHE_MEMORY_MIN || z->memory > RT_CACHE_MEMORY_MAX))
+            zrc = err(c, v->vals[i], "cache zone '%s': memory must be between 256k and 1g", z->name);
+        if (zrc == 0 && z->inactive_ms < 1000)
+            zrc = err(c, v->vals[i], "cache zone '%s': inactive must be at least 1s", z->name);
+        rc |= zrc;
     }
+    if (v->n > RT_CACHE_ZONES_MAX)
+        rc = err(c, v, "at most %d cache zones (proxyd keeps their indexes in a fixed shared region)", RT_CACHE_ZONES_MAX);
     return rc;
 }
 

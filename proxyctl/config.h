@@ -84,6 +84,9 @@ typedef struct {
     char **bypass;
     size_t nbypass;
     uint32_t use_stale;
+    char **key_headers;     /* cache.key_headers */
+    size_t nkey_headers;
+    uint64_t lock_timeout_ms; /* cache.lock_timeout; 0: the default */
     uint64_t max_body;
     rt_cidr_t *allow;
     size_t nallow;

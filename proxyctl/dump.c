@@ -66,7 +66,7 @@ void dump_policy(const rt_table_t *t, uint32_t pi, const char *in, FILE *out)
     }
     if (p->rate_zone != RT_NONE)
         fprintf(out, "%srate_limit: zone %s, burst %u%s\n", in, rt_cstr(t, t->rate_zones[p->rate_zone].name),
-                p->rate_burst, p->rate_flags & 1 ? ", nodelay" : "");
+                p->rate_burst, p->rate_flags & RT_RATE_NODELAY ? ", nodelay" : "");
     if (p->cache_zone != RT_NONE) {
         fprintf(out, "%scache: zone %s", in, rt_cstr(t, t->cache_zones[p->cache_zone].name));
         for (uint32_t i = 0; i < p->cache_valid.count; i++) {
@@ -76,8 +76,15 @@ void dump_policy(const rt_table_t *t, uint32_t pi, const char *in, FILE *out)
             else
                 fprintf(out, ", any for %s", dump_duration(v->ttl_s * 1000, a));
         }
-        for (uint32_t i = 0; i < p->cache_bypass.count; i++)
-            fprintf(out, ", bypass on %s", rt_cstr(t, t->strlist[p->cache_bypass.first + i]));
+        for (uint32_t i = 0; i < p->cache_bypass.count; i++) {
+            const char *bp = rt_cstr(t, t->strlist[p->cache_bypass.first + i]);
+            size_t kn = sizeof(RT_CACHE_KEY_HEADER) - 1;
+            if (strncmp(bp, RT_CACHE_KEY_HEADER, kn) == 0)
+                fprintf(out, ", key header %s", bp + kn);
+            else
+                fprintf(out, ", bypass on %s", bp);
+        }
+        fprintf(out, ", lock timeout %s", dump_duration(rt_cache_lock_ms(p->rate_flags), a));
         if (p->cache_use_stale) {
             fputs(", stale on ", out);
             conds(p->cache_use_stale, out);

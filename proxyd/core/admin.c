@@ -25,6 +25,7 @@
 #include "../common/store.h"
 #include "../common/str.h"
 #include "../common/util.h"
+#include "cache/cache.h"
 #include "http/limit.h"
 #include "upstream/health.h"
 #include "http/http1.h"
@@ -328,6 +329,33 @@ static void metrics_limits(str_buf_t *b)
     }
 }
 
+/* The cache zones: answers by X-Cache-Status, size, entries, evictions. */
+static void metrics_cache(str_buf_t *b)
+{
+    const rt_table_t *t = &V.table->t;
+    static const char *const labels[CC_COUNT] = {"hit", "miss", "expired", "stale", "updating", "revalidated", "bypass"};
+    if (t->ncache_zones == 0)
+        return;
+    metric_header(b, "proxyd_cache_requests_total", "counter", "Answers of cached routes, by their X-Cache-Status.");
+    for (uint32_t i = 0; i < t->ncache_zones; i++) {
+        cache_zone_stats_t s = cache_zone_stats(rt_cstr(t, t->cache_zones[i].name));
+        for (int c = 0; c < CC_COUNT; c++)
+            str_printf(b, "proxyd_cache_requests_total{zone=\"%s\",status=\"%s\"} %llu\n", rt_cstr(t, t->cache_zones[i].name),
+                       labels[c], (unsigned long long)s.counts[c]);
+    }
+#define CACHE_METRIC(metric, type, help, field)                                                                   \
+    metric_header(b, metric, type, help);                                                                         \
+    for (uint32_t i = 0; i < t->ncache_zones; i++) {                                                            \
+        cache_zone_stats_t s = cache_zone_stats(rt_cstr(t, t->cache_zones[i].name));                           \
+        str_printf(b, metric "{zone=\"%s\"} %llu\n", rt_cstr(t, t->cache_zones[i].name), (unsigned long long)s.field); \
+    }
+    CACHE_METRIC("proxyd_cache_bytes", "gauge", "Bytes the zone's entries take on disk.", size)
+    CACHE_METRIC("proxyd_cache_entries", "gauge", "Entries in the zone's index.", entries)
+    CACHE_METRIC("proxyd_cache_evictions_total", "counter",
+                 "Entries evicted to stay within max_size or the index's memory.", evictions)
+#undef CACHE_METRIC
+}
+
 /* Requests and connections by protocol, and what the HTTP/2 session refused. */
 static void metrics_http2(str_buf_t *b)
 {
@@ -355,6 +383,7 @@ static void metrics_text(str_buf_t *b)
     metrics_latency(b);
     metrics_servers(b);
     metrics_limits(b);
+    metrics_cache(b);
     metric_header(b, "proxyd_connections_active", "gauge", "Open client connections.");
     str_printf(b, "proxyd_connections_active %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, conns_active)));
     metric_header(b, "proxyd_connections_total", "counter", "Client connections accepted.");
@@ -378,11 +407,58 @@ static void metrics_text(str_buf_t *b)
 
 /* ---- requests ------------------------------------------------------------------------ */
 
+/* One query argument, percent-decoded into out (NUL-terminated); false when absent. */
+static bool query_arg(const h1_request_t *h, const char *name, char *out, size_t n)
+{
+    size_t nn = strlen(name);
+    const char *q = h->query.p, *end = q ? q + h->query.n : NULL;
+    for (const char *p = q; p && p < end;) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *e = amp ? amp : end;
+        if ((size_t)(e - p) > nn && memcmp(p, name, nn) == 0 && p[nn] == '=') {
+            size_t k = 0;
+            for (const char *s = p + nn + 1; s < e && k + 1 < n; s++) {
+                int hi, lo;
+                if (*s == '%' && e - s > 2 && (hi = str_hexval(s[1])) >= 0 && (lo = str_hexval(s[2])) >= 0) {
+                    out[k++] = (char)(hi * 16 + lo);
+                    s += 2;
+                } else {
+                    out[k++] = *s == '+' ? ' ' : *s;
+                }
+            }
+            out[k] = '\0';
+            return true;
+        }
+        p = amp ? amp + 1 : end;
+    }
+    return false;
+}
+
+/* POST /cache/purge?site=NAME[&prefix=/path] */
+static int cache_purge_request(const h1_request_t *h, str_buf_t *body)
+{
+    char site[256], prefix[1024];
+    if (!query_arg(h, "site", site, sizeof(site)) || site[0] == '\0') {
+        str_printf(body, "{\"error\":\"name the site: /cache/purge?site=NAME[&prefix=/path]\"}\n");
+        return 400;
+    }
+    bool has_prefix = query_arg(h, "prefix", prefix, sizeof(prefix)) && prefix[0];
+    long n = cache_purge(&V.table->t, site, has_prefix ? prefix : NULL);
+    if (n < 0) {
+        STR_APPEND_LIT(body, "{\"error\":\"no site named ");
+        str_json_escape(body, site, strlen(site), SIZE_MAX);
+        STR_APPEND_LIT(body, "\"}\n");
+        return 404;
+    }
+    str_printf(body, "{\"purged\":%ld}\n", n);
+    return 200;
+}
+
 static void reply(admin_conn_t *a, int status, const char *ctype, str_buf_t *body)
 {
     str_printf(&a->out, "HTTP/1.1 %d %s\r\nServer: proxyd\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                         "Connection: close\r\n\r\n",
-               status, status == 200 ? "OK" : status == 404 ? "Not Found" : status == 405 ? "Method Not Allowed"
+               status, status == 200 ? "OK" : status == 404 ? "Not Found" : status == 400 ? "Bad Request" : status == 405 ? "Method Not Allowed"
                                                                           : status == 503 ? "Service Unavailable"
                                                                                           : "Error",
                ctype, body->len);
@@ -420,7 +496,12 @@ static void route(admin_conn_t *a, const h1_request_t *h)
             str_json_escape(&body, err, strlen(err), SIZE_MAX);
             STR_APPEND_LIT(&body, "\"}\n");
         }
-    } else if (PATH_IS("/status") || PATH_IS("/metrics") || PATH_IS("/health") || PATH_IS("/reload")) {
+    } else if (PATH_IS("/cache/stats") && get) {
+        cache_stats_json(&V.table->t, &body);
+    } else if (PATH_IS("/cache/purge") && post) {
+        status = cache_purge_request(h, &body);
+    } else if (PATH_IS("/status") || PATH_IS("/metrics") || PATH_IS("/health") || PATH_IS("/reload") ||
+               PATH_IS("/cache/stats") || PATH_IS("/cache/purge")) {
         status = 405;
         str_printf(&body, "{\"error\":\"method not allowed\"}\n");
     } else {

@@ -31,6 +31,7 @@
 #include "core/admin.h"
 #include "core/net.h"
 #include "http/limit.h"
+#include "cache/cache.h"
 #include "upstream/health.h"
 #include "core/replica.h"
 #include "conn/peers.h"
@@ -321,6 +322,7 @@ static void reap(void)
             M.pids[i] = 0;
             M.shm->workers[i].conns_active = 0;
             peers_reset(i); /* its connections are gone with it */
+            cache_worker_died(pid); /* and its half-written cache files */
             if (M.stopping)
                 break;
             if (WIFSIGNALED(status))
@@ -483,6 +485,7 @@ static void upgrade_env(int pipe_w)
     snprintf(n, sizeof(n), "%d", pipe_w);
     setenv("PROXYD_UPGRADE_FD", n, 1);
     limit_shm_export();
+    cache_shm_export();
 }
 
 static void upgrade_start(void)
@@ -626,6 +629,10 @@ int master_main(const char *db, tref_t *table, int workers, char **argv)
     M.shm->generation = table->generation;
     if (limit_shm_init() < 0 || limit_bind(table) < 0) {
         log_err("cannot map rate-limit state: %s", strerror(errno));
+        return 1;
+    }
+    if (cache_shm_init() < 0 || cache_bind(table) < 0) {
+        log_err("cannot map the cache indexes: %s", strerror(errno));
         return 1;
     }
     if (peers_init() < 0) {

@@ -14,7 +14,7 @@ struct tref;
 struct store;
 
 /* Per-request context slots (request_t.ctx), one per module that wants one. */
-enum module_ctx { MODULE_CTX_PROXY, MODULE_CTX_STATIC, MODULE_CTX_LIMIT, MODULE_CTX_COMPRESS, MODULE_CTX_MAX };
+enum module_ctx { MODULE_CTX_PROXY, MODULE_CTX_STATIC, MODULE_CTX_LIMIT, MODULE_CTX_COMPRESS, MODULE_CTX_CACHE, MODULE_CTX_MAX };
 
 /* Per-generation state slots (tref_t.mod), in hook order. */
 enum module_id {
@@ -26,6 +26,7 @@ enum module_id {
     MOD_TLS,      /* conn/tls.c: server and upstream TLS contexts */
     MOD_HEALTH,   /* upstream/health.c: each server's shared health slot */
     MOD_POOL,     /* upstream/pool.c: each server's keep-alive pool */
+    MOD_CACHE,    /* cache/index.c: the table's cache zones in the shared region */
     MOD_COUNT
 };
 

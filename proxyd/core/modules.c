@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 
+#include "cache/cache.h"
 #include "conn/conn.h"
 #include "conn/tls.h"
 #include "filters/compress.h"
@@ -36,6 +37,7 @@ const module_t *const proxyd_modules[] = {
     &tls_module,
     &health_module,
     &pool_module,
+    &cache_module,           /* below compression: it stores the compressed bytes, one entry per coding */
     &compress_filter_module, /* below headers: it sees the route's and the preset's fields */
     &headers_filter_module,
     NULL,

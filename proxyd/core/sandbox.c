@@ -29,7 +29,7 @@ static const char *const allowed[] = {
     "read", "write", "readv", "writev", "pread64", "pwrite64", "close", "lseek", "fstat", "newfstatat", "statx",
     "open", "openat", "openat2", "stat", "lstat", "getcwd", "fcntl", "flock", "fsync", "fdatasync", "ftruncate", "ioctl", "getdents64",
     "faccessat", "faccessat2", "access", "readlink", "readlinkat", "unlink", "unlinkat", "fchown", "dup", "dup3",
-    "sendfile",
+    "sendfile", "rename", "renameat", "renameat2", "mkdir", "mkdirat",
     /* network */
     "socket", "connect", "accept4", "bind", "getsockname", "getpeername", "setsockopt", "getsockopt", "shutdown",
     "sendto", "recvfrom", "sendmsg", "recvmsg", "sendmmsg", "recvmmsg",

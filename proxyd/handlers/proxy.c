@@ -32,6 +32,7 @@
  * fresh connection to the same server, which counts neither as a try nor
  * as a failure (RFC 9110 §9.2.2; non-idempotent only when bodiless).
  */
+#include "cache/cache.h"
 #include "handlers/proxy.h"
 
 #include <errno.h>
@@ -93,6 +94,8 @@ static void fail(request_t *r, int status, const char *fmt, ...)
     uint32_t server = ctx_of(r)->server;
     const char *addr = server != RT_NONE ? rt_cstr(&r->table->t, r->table->t.servers[server].sa.addr) : "-";
     log_err("upstream %s (site %s): %s", addr, site_name(r), msg);
+    if (!r->response_started && r->ctx[MODULE_CTX_CACHE] && cache_upstream_answer(r, status, NULL))
+        return; /* a stale entry answers instead */
     http_error(r, status, NULL);
 }
 
@@ -180,6 +183,17 @@ static bool is_forwarded(const h1_header_t *x)
     return x->name.n == 9 && strncasecmp(x->name.p, "Forwarded", 9) == 0;
 }
 
+/* Range and the preconditions: the client's, not passed on by a cache fill. */
+static bool conditional(const h1_header_t *x)
+{
+    static const char *const names[] = {"range", "if-range", "if-none-match", "if-modified-since", "if-match",
+                                        "if-unmodified-since"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (x->name.n == strlen(names[i]) && strncasecmp(x->name.p, names[i], x->name.n) == 0)
+            return true;
+    return false;
+}
+
 /* The normalized path, percent-encoded for the wire in pieces (no length
  * limit of its own: the head buffer's is the one that answers). */
 #define ENCODE_PIECE 1024
@@ -231,9 +245,13 @@ static int build_head(request_t *r, iobuf_t *out)
     if (!route_names(t, rt, "Host", 4)) /* headers: {request: {set: {Host: ...}}} replaces it */
         HB_HEADER_LIT(&b, "Host", r->host.p, r->host.n);
     bool trusted = r->peer_trusted;
+    /* A fill for the cache asks for the whole representation, with the
+     * cache's own validators when it revalidates. */
+    bool fill = r->ctx[MODULE_CTX_CACHE] && cache_upstream_fields(r, &b);
     for (size_t i = 0; i < r->nheaders; i++) {
         const h1_header_t *x = &r->headers[i];
-        if (skip_request_header(x) || (!trusted && is_forwarded(x)) || route_names(t, rt, x->name.p, x->name.n))
+        if (skip_request_header(x) || (!trusted && is_forwarded(x)) || route_names(t, rt, x->name.p, x->name.n) ||
+            (fill && conditional(x)))
             continue;
         hb_header(&b, x->name.p, x->name.n, x->value.p, x->value.n);
     }
@@ -745,6 +763,8 @@ static int response_head(upconn_t *u)
         }
         if (failed_status(u, res->status))
             return -1;
+        if (r->ctx[MODULE_CTX_CACHE] && cache_upstream_answer(r, res->status, res))
+            return -1; /* the cache answers: a stale entry, or the one a 304 revalidated */
         if (!res->keep_alive || body == H1_BODY_CLOSE)
             u->keepalive = 0;
         observe_latency(ev_now(W->loop) - r->upstream_ms);

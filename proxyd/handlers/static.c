@@ -800,6 +800,18 @@ int static_serve(int root_fd, const static_req_t *req, static_result_t *out)
     return 0;
 }
 
+void static_conditions(const static_req_t *req, static_result_t *out)
+{
+    out->status = 200;
+    out->offset = 0;
+    out->length = out->size;
+    int st = preconditions(req, out);
+    if (st != 0)
+        out->status = st;
+    else
+        apply_range(req, out);
+}
+
 int static_open_root(const char *root)
 {
     return open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);

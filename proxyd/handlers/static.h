@@ -67,7 +67,7 @@ typedef struct {
     const char *content_type; /* static string */
     time_t mtime;
     char last_modified[32];  /* IMF-fixdate, e.g. "Sun, 06 Nov 1994 08:49:37 GMT" */
-    char etag[48];           /* strong: "<size hex>-<mtime ns hex>" with the quotes */
+    char etag[128];          /* strong: "<size hex>-<mtime ns hex>" with the quotes */
     char content_range[80];  /* 206: "bytes a-b/size"; 416: "bytes *\/size"; else "" */
     char location_suffix[2]; /* 301: "/" to append to the request path; else "" */
     uint32_t expires_s;      /* echo of static_req_t.expires_s (Cache-Control max-age) */
@@ -83,6 +83,11 @@ typedef struct {
  * ENOSYS when openat2 is missing: there is no unsafe fallback).
  */
 int static_serve(int root_fd, const static_req_t *req, static_result_t *out);
+
+/* For a representation found elsewhere (the cache): out->size, etag and
+ * mtime set and out->status 200; decides 304/412 by the request's
+ * preconditions, else 206/416 by its Range, as for a file. */
+void static_conditions(const static_req_t *req, static_result_t *out);
 
 /* O_PATH|O_DIRECTORY|O_CLOEXEC fd for root, cached by the caller per rule
    table; -1 with errno set. */

@@ -124,15 +124,15 @@ static void body_pump(request_t *r)
     }
 }
 
-static void send_body(request_t *r, const static_result_t *sr)
+void static_send_body(request_t *r, int fd, uint64_t off, uint64_t len)
 {
-    if (!r->body_filtered || sr->length == 0) {
-        http_send_file(r, sr->fd, sr->offset, sr->length);
+    if (!r->body_filtered || len == 0) {
+        http_send_file(r, fd, off, len);
         http_send_end(r);
         return;
     }
     static_body_t *b = arena_alloc(&r->arena, sizeof(*b));
-    *b = (static_body_t){sr->fd, sr->offset, sr->length};
+    *b = (static_body_t){fd, off, len};
     r->ctx[MODULE_CTX_STATIC] = b;
     r->on_drain = body_pump;
     r->on_abort = body_close;
@@ -165,7 +165,7 @@ static void answer_file(request_t *r, const rt_route_t *rt, const static_result_
     }
     http_send_head(r);
     if (sr->status != 304 && !r->head) {
-        send_body(r, sr);
+        static_send_body(r, sr->fd, sr->offset, sr->length);
         return;
     }
     if (sr->fd >= 0)

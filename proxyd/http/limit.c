@@ -339,7 +339,7 @@ int limit_phase(request_t *r)
     enum rl_verdict v;
     uint64_t tat = atomic_load_explicit(&s->tat, memory_order_relaxed);
     do
-        v = rl_gcra(tat, now, rz->interval_ns, p->rate_burst, p->rate_flags & 1, &next, &wait);
+        v = rl_gcra(tat, now, rz->interval_ns, p->rate_burst, p->rate_flags & RT_RATE_NODELAY, &next, &wait);
     while (v != RL_REFUSE && !atomic_compare_exchange_weak(&s->tat, &tat, next));
     if (v == RL_REFUSE) {
         atomic_fetch_add_explicit(&zh->refused, 1, memory_order_relaxed);

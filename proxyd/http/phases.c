@@ -8,6 +8,7 @@
 
 #include "../common/route.h"
 #include "../common/str.h"
+#include "cache/cache.h"
 #include "conn/tls.h"
 #include "handlers/proxy.h"
 #include "handlers/return.h"
@@ -199,7 +200,7 @@ static int phase_access(request_t *r)
     return HTTP_PHASE_NEXT;
 }
 
-const http_phase_t http_phases[] = {phase_route, phase_access, limit_phase, NULL};
+const http_phase_t http_phases[] = {phase_route, phase_access, limit_phase, cache_phase, NULL};
 
 void request_run(request_t *r)
 {
