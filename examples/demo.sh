@@ -1,7 +1,7 @@
 #!/bin/sh
 # demo.sh - `make demo`: compile examples/ into a store under ./var/demo,
 # start demo backends (bench/origin --echo, which answers with what it
-# received) on the example upstream ports 9001-9009 and proxyd on
+# received) on the example upstream ports 9001-9010 and proxyd on
 # 127.0.0.1:8080, print things to try, and stop everything it started on
 # Ctrl-C.  DEMO_SECONDS=N stops it after N seconds (used by the tests).
 set -eu
@@ -32,7 +32,7 @@ if [ "$(id -u)" = 0 ] && ! getent passwd proxyd >/dev/null; then
 else
     "$P" --db "$DB" apply "$ROOT/examples"
 fi
-for port in 9001 9002 9003 9004 9005 9006 9007 9008 9009; do
+for port in 9001 9002 9003 9004 9005 9006 9007 9008 9009 9010; do
     "$ROOT/build/bench/origin" "$port" --echo >/dev/null 2>&1 &
     PIDS="$PIDS $!"
 done
@@ -53,6 +53,8 @@ Try:
   curl -si http://127.0.0.1:8080/backup.sql -H 'Host: blog.example.com'      # exploit path blocked: 404
   curl -si http://127.0.0.1:8080/ -H 'Host: secure.example.com'             # redirect_http: 301 to https
   curl -si --compressed http://127.0.0.1:8080/ -H 'Host: compressed.example.com'  # compression (br, zstd, gzip)
+  curl -si http://127.0.0.1:8080/articles/1 -H 'Host: news.example.com'     # cache: X-Cache-Status MISS, then HIT
+  $P --db $DB cache stats                                                   # cache zones: entries, size, hit ratio
   curl -s --unix-socket var/demo/run/admin.sock http://x/status               # admin: status JSON
   curl -s --unix-socket var/demo/run/admin.sock http://x/metrics | head -20  # admin: Prometheus metrics
   $P --db $DB route-test http://routing.example.com/api/users

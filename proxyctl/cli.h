@@ -82,6 +82,7 @@ int cmd_ha(cli_t *, int, char **);
 /* In an HA pair and not MASTER (keepalived's last report): no renewals here. */
 bool ha_is_backup(store_t *st);
 int cmd_health(cli_t *, int, char **);
+int cmd_cache(cli_t *, int, char **);
 
 extern const command_t commands[];
 const command_t *find_command(const char *name);

@@ -17,6 +17,8 @@
 #include "../common/util.h"
 #include "cli.h"
 
+#include <jansson.h>
+
 static char *admin_path(cli_t *cli)
 {
     store_t st;
@@ -81,7 +83,10 @@ static int admin_request(const char *path, const char *method, const char *targe
     return atoi((const char *)out->p + 9);
 }
 
-static int call(cli_t *cli, const char *method, const char *target, int print_body)
+/* One admin request; a 200's body into *out (malloc'd, NUL-terminated)
+ * when out is given, else printed when print_body.  Anything else is
+ * reported on stderr and EXIT_RUNTIME. */
+static int call_into(cli_t *cli, const char *method, const char *target, int print_body, char **out)
 {
     char *path = admin_path(cli);
     if (path == NULL)
@@ -96,12 +101,19 @@ static int call(cli_t *cli, const char *method, const char *target, int print_bo
     } else if (status != 200) {
         fprintf(stderr, "proxyctl: proxyd answered %d: %s\n", status, body ? body + 4 : "");
         rc = EXIT_RUNTIME;
+    } else if (out) {
+        *out = strdup(body ? body + 4 : "");
     } else if (print_body) {
         fputs(body ? body + 4 : "", stdout);
     }
     str_buf_free(&resp);
     free(path);
     return rc;
+}
+
+static int call(cli_t *cli, const char *method, const char *target, int print_body)
+{
+    return call_into(cli, method, target, print_body, NULL);
 }
 
 int cmd_reload(cli_t *cli, int argc, char **argv)
@@ -129,4 +141,119 @@ int cmd_health(cli_t *cli, int argc, char **argv)
     if (argc != 1)
         return cli_usage(find_command("health"));
     return call(cli, "GET", "/health", 0);
+}
+
+/* ---- cache ------------------------------------------------------------------------ */
+
+/* 1536 -> "1.5K", as a column of 10. */
+static void print_size(uint64_t n)
+{
+    static const char units[] = "BKMGT";
+    double v = (double)n;
+    int u = 0;
+    while (v >= 1024 && u < 4) {
+        v /= 1024;
+        u++;
+    }
+    char buf[32];
+    if (u == 0)
+        snprintf(buf, sizeof(buf), "%llu", (unsigned long long)n);
+    else
+        snprintf(buf, sizeof(buf), "%.1f%c", v, units[u]);
+    printf("%-10s", buf);
+}
+
+static uint64_t jnum(const json_t *o, const char *k) { return (uint64_t)json_integer_value(json_object_get(o, k)); }
+
+static int cache_stats(cli_t *cli)
+{
+    char *body = NULL;
+    int rc = call_into(cli, "GET", "/cache/stats", 0, cli->json ? NULL : &body);
+    if (rc != EXIT_OK || cli->json)
+        return rc == EXIT_OK ? call(cli, "GET", "/cache/stats", 1) : rc;
+    json_error_t je;
+    json_t *j = json_loads(body, 0, &je);
+    free(body);
+    json_t *zones = json_object_get(j, "zones");
+    if (!json_is_array(zones)) {
+        fprintf(stderr, "proxyctl: proxyd's /cache/stats is not what this proxyctl reads\n");
+        json_decref(j);
+        return EXIT_RUNTIME;
+    }
+    if (json_array_size(zones) == 0)
+        printf("no cache zones (proxy.yaml cache_zones)\n");
+    else
+        printf("%-16s %10s %-10s %-10s %9s %10s %10s %8s %9s  %s\n", "ZONE", "ENTRIES", "SIZE", "MAX_SIZE", "HIT_RATIO",
+               "HITS", "MISSES", "STALE", "EVICTED", "PATH");
+    size_t i;
+    json_t *z;
+    json_array_foreach(zones, i, z) {
+        printf("%-16s %10llu ", json_string_value(json_object_get(z, "name")), (unsigned long long)jnum(z, "entries"));
+        print_size(jnum(z, "size"));
+        putchar(' ');
+        print_size(jnum(z, "max_size"));
+        printf(" %8.1f%% %10llu %10llu %8llu %9llu  %s%s\n", 100 * json_number_value(json_object_get(z, "hit_ratio")),
+               (unsigned long long)jnum(z, "hits"), (unsigned long long)jnum(z, "misses"),
+               (unsigned long long)jnum(z, "stale"), (unsigned long long)jnum(z, "evictions"),
+               json_string_value(json_object_get(z, "path")),
+               json_is_true(json_object_get(z, "loading")) ? " (index being rebuilt from disk)" : "");
+    }
+    json_decref(j);
+    return EXIT_OK;
+}
+
+/* Percent-encode a query value. */
+static void query_value(str_buf_t *b, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("-._~/", c))
+            str_append(b, (const char *)&c, 1);
+        else
+            str_printf(b, "%%%02X", c);
+    }
+}
+
+static int cache_purge_cmd(cli_t *cli, const char *site, const char *prefix)
+{
+    str_buf_t t = {0};
+    STR_APPEND_LIT(&t, "/cache/purge?site=");
+    query_value(&t, site);
+    if (prefix) {
+        STR_APPEND_LIT(&t, "&prefix=");
+        query_value(&t, prefix);
+    }
+    char *body = NULL;
+    int rc = call_into(cli, "POST", (const char *)t.p, 0, &body);
+    str_buf_free(&t);
+    if (rc != EXIT_OK)
+        return rc;
+    json_error_t je;
+    json_t *j = json_loads(body, 0, &je);
+    if (cli->json)
+        fputs(body, stdout);
+    else
+    {
+        unsigned long long n = (unsigned long long)json_integer_value(json_object_get(j, "purged"));
+        printf("purged %llu %s of site %s%s%s\n", n, n == 1 ? "entry" : "entries", site, prefix ? " under " : "",
+               prefix ? prefix : "");
+    }
+    json_decref(j);
+    free(body);
+    return EXIT_OK;
+}
+
+int cmd_cache(cli_t *cli, int argc, char **argv)
+{
+    int n = argc - (cli->json ? 1 : 0); /* --json stays in argv */
+    const char *args[4] = {0};
+    int k = 0;
+    for (int i = 1; i < argc && k < 4; i++)
+        if (strcmp(argv[i], "--json") != 0)
+            args[k++] = argv[i];
+    if (k >= 1 && strcmp(args[0], "stats") == 0 && n == 2)
+        return cache_stats(cli);
+    if (k >= 2 && strcmp(args[0], "purge") == 0 && (n == 3 || n == 4))
+        return cache_purge_cmd(cli, args[1], n == 4 ? args[2] : NULL);
+    return cli_usage(find_command("cache"));
 }

@@ -1274,8 +1274,6 @@ static int g_cache_zones(ctx_t *c, const char *key, ynode_t *v, void *obj)
             rc = err(c, v->keys[i], "invalid zone name '%s'", z->name);
         int zrc = walk(c, "cache zone", v->vals[i], czone_opts, z);
         zrc |= require(c, v->vals[i], "path", "cache zone");
-        if (zrc == 0 && z->path[0] != '/')
-            zrc = err(c, v->vals[i], "cache zone '%s': path must be absolute", z->name);
         if (zrc == 0 && (z->memory < RT_CACHE_MEMORY_MIN || z->memory > RT_CACHE_MEMORY_MAX))
             zrc = err(c, v->vals[i], "cache zone '%s': memory must be between 256k and 1g", z->name);
         if (zrc == 0 && z->inactive_ms < 1000)

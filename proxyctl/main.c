@@ -32,6 +32,8 @@ const command_t commands[] = {
     {"certs", cmd_certs, "certs [--json]", "hosts, source, issuer, not-after and days left per certificate"},
     {"reload", cmd_reload, "reload", "ask the running proxyd to reload the active generation"},
     {"status", cmd_status, "status [--json]", "show proxyd's generation, workers and upstream health"},
+    {"cache", cmd_cache, "cache stats [--json] | cache purge SITE [PATH-PREFIX]",
+     "the running proxyd's cache zones: size, entries, hit ratio; remove a site's entries"},
     {"health", cmd_health, "health", "exit 0 when the local proxyd is serving (keepalived's track script)"},
     {"ha", cmd_ha,
      "ha init [--issue NODE --out FILE | --join FILE] | ha render [--out FILE] [--proxyd PATH] [--template FILE] | "

@@ -787,6 +787,7 @@ static unsigned status_cond(int status)
     case 502: return RT_ON_502;
     case 503: return RT_ON_503;
     case 504: return RT_ON_504;
+    case 429: return RT_ON_429;
     default: return 0;
     }
 }

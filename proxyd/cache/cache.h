@@ -70,8 +70,9 @@ enum cache_begin {
 int cache_shm_init(void);
 void cache_shm_export(void);
 /* Find (master: also claim, creating the zone's directory) the region's
- * zone of each of tr's cache zones. */
-int cache_bind(tref_t *tr);
+ * zone of each of tr's cache zones; a relative path is the store's (db)
+ * directory's. */
+int cache_bind(tref_t *tr, const char *db);
 /* The region's zone of tr's cache zone i, NULL when it has none. */
 cache_zone_t *cache_zone_of(const tref_t *tr, uint32_t i);
 uint32_t cache_zone_incarnation(const cache_zone_t *z);

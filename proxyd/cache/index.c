@@ -279,7 +279,7 @@ static void cache_table_free(tref_t *tr)
     tr->mod[MOD_CACHE] = NULL;
 }
 
-int cache_bind(tref_t *tr)
+int cache_bind(tref_t *tr, const char *db)
 {
     const rt_table_t *t = &tr->t;
     cache_table_free(tr);
@@ -302,10 +302,13 @@ int cache_bind(tref_t *tr)
     }
     for (uint32_t i = 0; i < t->ncache_zones; i++) {
         const rt_cache_zone_t *cz = &t->cache_zones[i];
-        const char *name = rt_cstr(t, cz->name), *path = rt_cstr(t, cz->path);
-        if (cz->name.len >= CZ_NAME_MAX || cz->path.len >= CZ_PATH_MAX || cz->memory < RT_CACHE_MEMORY_MIN ||
-            cz->memory > RT_CACHE_MEMORY_MAX)
+        const char *name = rt_cstr(t, cz->name);
+        char *path = path_beside(db, rt_cstr(t, cz->path));
+        if (path == NULL || cz->name.len >= CZ_NAME_MAX || strlen(path) >= CZ_PATH_MAX ||
+            cz->memory < RT_CACHE_MEMORY_MIN || cz->memory > RT_CACHE_MEMORY_MAX) {
+            free(path);
             continue;
+        }
         int w = find_dir(name, path, cz->memory);
         if (w < 0 && master) {
             if (make_dirs(path, uid, gid) < 0)
@@ -313,6 +316,7 @@ int cache_bind(tref_t *tr)
                         strerror(errno));
             w = claim(name, path, cz->memory);
         }
+        free(path);
         if (w < 0)
             continue;
         if (master) {
@@ -331,8 +335,7 @@ int cache_bind(tref_t *tr)
 
 static int cache_table_init(tref_t *tr, const module_load_t *ld, char *err, size_t errlen)
 {
-    (void)ld;
-    if (cache_bind(tr) == 0)
+    if (cache_bind(tr, ld->db) == 0)
         return 0;
     snprintf(err, errlen, "out of memory");
     return -1;

@@ -631,7 +631,7 @@ int master_main(const char *db, tref_t *table, int workers, char **argv)
         log_err("cannot map rate-limit state: %s", strerror(errno));
         return 1;
     }
-    if (cache_shm_init() < 0 || cache_bind(table) < 0) {
+    if (cache_shm_init() < 0 || cache_bind(table, M.db) < 0) {
         log_err("cannot map the cache indexes: %s", strerror(errno));
         return 1;
     }
