@@ -381,6 +381,8 @@ static bool hop_or_conditional(const h1_header_t *x)
     return false;
 }
 
+static void cache_cleanup(request_t *r);
+
 static h1_request_t *bg_parse; /* the parse scratch of background heads */
 
 /* A GET of r's target with r's fields, run through the phases to the
@@ -439,6 +441,7 @@ static bool start_refresh(request_t *r, cache_ctx_t *cx)
     bx->key = (str_buf_t){0};
     str_append(&bx->key, cx->key.p, cx->key.len); /* heap: freed by the cleanup */
     b->ctx[MODULE_CTX_CACHE] = bx;
+    request_cleanup_add(b, cache_cleanup); /* whatever way it ends, even before the cache phase */
     cx->locked = false; /* the lock is the refresh's now */
     request_run(b);
     return true;
@@ -599,10 +602,8 @@ int cache_phase(request_t *r)
     if (p->cache_zone == RT_NONE || r->handler == NULL || strcmp(r->handler->name, "proxy") != 0)
         return HTTP_PHASE_NEXT;
     cache_ctx_t *cx = ctx_of(r);
-    if (cx && cx->refresh) { /* a background refresh: it holds the lock already */
-        request_cleanup_add(r, cache_cleanup);
+    if (cx && cx->refresh) /* a background refresh: it holds the lock already */
         return HTTP_PHASE_NEXT;
-    }
     cx = arena_alloc(&r->arena, sizeof(*cx));
     cx->r = r;
     cx->fd = -1;
