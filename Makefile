@@ -108,7 +108,8 @@ build/unit/test_balance: tests/unit/test_balance.c proxyd/upstream/balance.c pro
 UNIT_INCLUDED := $(shell sed -n 's|.*"\.\./\.\./\(common/[a-z_]*\.c\)".*|\1|p' tests/unit/proxyctl_all.h)
 UNIT_PROXYD_OBJ := $(patsubst %.c,build/unit/obj/%.o,$(filter-out proxyd/core/main.c,$(PROXYD_SRC)) \
                      $(filter-out $(UNIT_INCLUDED),$(PROXYD_COMMON)))
-UNIT_WORKER_TESTS := build/unit/test_conn build/unit/test_h1session build/unit/test_h2session build/unit/test_proxy build/unit/test_health
+UNIT_WORKER_TESTS := build/unit/test_conn build/unit/test_h1session build/unit/test_h2session build/unit/test_proxy build/unit/test_health \
+                     build/unit/test_cache
 
 build/unit/obj/%.o: %.c $(HEADERS)
 	@mkdir -p $(@D)

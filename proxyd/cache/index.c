@@ -356,6 +356,8 @@ const char *cache_zone_path(const cache_zone_t *z) { return z->path; }
 
 static uint32_t bucket_of(const cache_zone_t *z, uint64_t h1) { return (uint32_t)(h1 & (z->nbuckets - 1)); }
 
+static uint32_t idx(cache_zone_t *z, const cz_slot_t *s) { return (uint32_t)(s - slots(z)); }
+
 static cz_slot_t *find(cache_zone_t *z, uint64_t h1, uint64_t h2)
 {
     cz_slot_t *s = slots(z);
@@ -365,11 +367,11 @@ static cz_slot_t *find(cache_zone_t *z, uint64_t h1, uint64_t h2)
     return NULL;
 }
 
-static uint32_t idx(cache_zone_t *z, const cz_slot_t *s) { return (uint32_t)(s - slots(z)); }
-
 static void lru_unlink(cache_zone_t *z, cz_slot_t *s)
 {
     cz_slot_t *all = slots(z);
+    if (s->prev == CZ_NONE && z->lru_head != idx(z, s))
+        return; /* not on the list (a slot just taken) */
     if (s->prev != CZ_NONE)
         all[s->prev].next = s->next;
     else
