@@ -206,6 +206,8 @@ typedef struct {
 } entry_t;
 
 /* Open (h1, h2)'s file and check it is the entry of `key`. */
+#define ENTRY_FIRST_READ 4096 /* a typical entry's head and text in one pread */
+
 static int entry_open(request_t *r, cache_ctx_t *cx, uint64_t h1, uint64_t h2, const char *key, size_t klen, entry_t *e)
 {
     char path[400];
@@ -215,14 +217,21 @@ static int entry_open(request_t *r, cache_ctx_t *cx, uint64_t h1, uint64_t h2, c
         return -1;
     struct stat st;
     cache_file_head_t *h = &e->h;
-    if (fstat(e->fd, &st) == 0 && pread(e->fd, h, sizeof(*h), 0) == (ssize_t)sizeof(*h) &&
-        memcmp(h->magic, CACHE_FILE_MAGIC, 8) == 0 && h->h1 == h1 && h->h2 == h2 && h->head_len >= sizeof(*h) &&
-        h->head_len <= sizeof(*h) + FIELDS_MAX + 65536 &&
+    char buf[ENTRY_FIRST_READ];
+    ssize_t got = pread(e->fd, buf, ENTRY_FIRST_READ, 0);
+    if (got >= (ssize_t)sizeof(*h))
+        memcpy(h, buf, sizeof(*h));
+    if (got >= (ssize_t)sizeof(*h) && memcmp(h->magic, CACHE_FILE_MAGIC, 8) == 0 && h->h1 == h1 && h->h2 == h2 &&
+        h->head_len >= sizeof(*h) && h->head_len <= sizeof(*h) + FIELDS_MAX + 65536 &&
         (uint64_t)h->key_len + h->site_len + h->path_len + h->vary_len + h->fields_len <= h->head_len - sizeof(*h) &&
-        (uint64_t)st.st_size == h->head_len + h->body_len && h->key_len == klen) {
+        h->key_len == klen && fstat(e->fd, &st) == 0 && (uint64_t)st.st_size == h->head_len + h->body_len) {
         size_t n = h->head_len - sizeof(*h);
         e->text = arena_alloc_raw(&r->arena, n + 1);
-        if (pread(e->fd, e->text, n, sizeof(*h)) == (ssize_t)n && memcmp(e->text, key, klen) == 0)
+        if (h->head_len <= (size_t)got)
+            memcpy(e->text, buf + sizeof(*h), n);
+        else if (pread(e->fd, e->text, n, sizeof(*h)) != (ssize_t)n)
+            e->text = NULL;
+        if (e->text && memcmp(e->text, key, klen) == 0)
             return 0;
     }
     close(e->fd);
@@ -516,7 +525,7 @@ static str_buf_t entry_key(request_t *r, cache_ctx_t *cx)
     variant_key(r, cx, cx->vary, cx->vary_len, &vk);
     char *a = arena_alloc_raw(&r->arena, vk.len + 1);
     memcpy(a, vk.p, vk.len);
-    str_buf_t out = {.p = a, .len = vk.len, .cap = vk.len + 1};
+    str_buf_t out = {.p = a, .len = vk.len, .cap = vk.len + 1, .fixed = true};
     str_buf_free(&vk);
     return out;
 }
@@ -620,13 +629,16 @@ int cache_phase(request_t *r)
     if (cx->z == NULL)
         return HTTP_PHASE_NEXT;
     cx->inc = cache_zone_incarnation(cx->z);
-    char *kb = arena_alloc_raw(&r->arena, 4096);
-    cx->key = str_buf_fixed(kb, 4096);
-    build_key(r, p, &cx->key);
-    if (cx->key.overflow) { /* an 4 KiB key: not cached */
+    char kb[4096];
+    str_buf_t k = str_buf_fixed(kb, sizeof(kb));
+    build_key(r, p, &k);
+    if (k.overflow) { /* a key beyond 4 KiB: not cached */
         cx->z = NULL;
         return HTTP_PHASE_NEXT;
     }
+    char *kp = arena_alloc_raw(&r->arena, k.len + 1);
+    memcpy(kp, k.p, k.len);
+    cx->key = (str_buf_t){.p = kp, .len = k.len, .cap = k.len + 1, .fixed = true};
     hash128(cx->key.p, cx->key.len, &cx->h1, &cx->h2);
     return decide(r, cx);
 }
@@ -888,7 +900,7 @@ static void fill_begin(request_t *r, cache_ctx_t *cx)
         variant_key(r, cx, cx->vary, cx->vary_len, &vk);
         char *a = arena_alloc_raw(&r->arena, vk.len + 1);
         memcpy(a, vk.p, vk.len);
-        key = (str_buf_t){.p = a, .len = vk.len, .cap = vk.len + 1};
+        key = (str_buf_t){.p = a, .len = vk.len, .cap = vk.len + 1, .fixed = true};
         str_buf_free(&vk);
         hash128(key.p, key.len, &h1, &h2);
         if (!cx->vary_resolved) {
