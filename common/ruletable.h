@@ -105,6 +105,19 @@ enum rt_cond {
 };
 #define RT_COND_COUNT 8
 
+/* The rt_cond bit a response status stands for (retry.on, cache.use_stale), 0 none. */
+static inline unsigned rt_status_cond(int status)
+{
+    switch (status) {
+    case 500: return RT_ON_500;
+    case 502: return RT_ON_502;
+    case 503: return RT_ON_503;
+    case 504: return RT_ON_504;
+    case 429: return RT_ON_429;
+    default: return 0;
+    }
+}
+
 /* ---- records ----------------------------------------------------------- */
 
 typedef struct {

@@ -772,6 +772,21 @@ static void let_go(request_t *r)
     r->on_body = NULL;
 }
 
+/* The entry answers instead of the upstream (a background refresh just ends). */
+static void answer_instead(request_t *r, cache_ctx_t *cx, entry_t *e, enum cache_count label)
+{
+    let_go(r);
+    if (cx->locked)
+        cache_unlock(cx->z, cx->inc, cx->lh1, cx->lh2);
+    cx->locked = false;
+    if (cx->refresh) {
+        close(e->fd);
+        bg_done(r);
+        return;
+    }
+    entry_send(r, cx, e, label);
+}
+
 static bool stale_instead(request_t *r, cache_ctx_t *cx, unsigned cond)
 {
     entry_t e;
@@ -780,29 +795,8 @@ static bool stale_instead(request_t *r, cache_ctx_t *cx, unsigned cond)
     str_buf_t k = entry_key(r, cx);
     if (entry_open(r, cx, cx->h1, cx->h2, k.p, k.len, &e) < 0)
         return false;
-    let_go(r);
-    if (cx->locked)
-        cache_unlock(cx->z, cx->inc, cx->lh1, cx->lh2);
-    cx->locked = false;
-    if (cx->refresh) {
-        close(e.fd);
-        bg_done(r);
-        return true;
-    }
-    entry_send(r, cx, &e, CC_STALE);
+    answer_instead(r, cx, &e, CC_STALE);
     return true;
-}
-
-static unsigned status_cond(int status)
-{
-    switch (status) {
-    case 500: return RT_ON_500;
-    case 502: return RT_ON_502;
-    case 503: return RT_ON_503;
-    case 504: return RT_ON_504;
-    case 429: return RT_ON_429;
-    default: return 0;
-    }
 }
 
 bool cache_upstream_answer(request_t *r, int status, const h1_response_t *res)
@@ -829,19 +823,10 @@ bool cache_upstream_answer(request_t *r, int status, const h1_response_t *res)
                 cache_commit(cx->z, cx->inc, cx->h1, cx->h2, e.h.head_len + e.h.body_len, e.h.expires_ms, e.h.flags);
             close(wfd);
         }
-        let_go(r);
-        if (cx->locked)
-            cache_unlock(cx->z, cx->inc, cx->lh1, cx->lh2);
-        cx->locked = false;
-        if (cx->refresh) {
-            close(e.fd);
-            bg_done(r);
-            return true;
-        }
-        entry_send(r, cx, &e, CC_REVALIDATED);
+        answer_instead(r, cx, &e, CC_REVALIDATED);
         return true;
     }
-    unsigned cond = status_cond(status);
+    unsigned cond = rt_status_cond(status);
     if (cond && stale_instead(r, cx, cond))
         return true;
     cx->ttl_ms = (r->method_id == H1_METHOD_GET && !r->head) ? ttl_of(r, cx, status, res) : 0;

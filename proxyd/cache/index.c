@@ -440,6 +440,18 @@ static void evict_one(cache_zone_t *z, uint64_t now_ms, victims_t *v)
     }
 }
 
+/* Evict from the cold end until the zone is within max_size (keep: the
+ * entry just stored, which is never evicted for its own sake). */
+static void evict_to_size(cache_zone_t *z, const cz_slot_t *keep, uint64_t now_ms, victims_t *v)
+{
+    while (z->size > z->max_size && z->lru_tail != idx(z, keep) && v->n < CZ_VICTIMS) {
+        int before = v->n;
+        evict_one(z, now_ms, v);
+        if (v->n == before)
+            break;
+    }
+}
+
 static cz_slot_t *take_slot(cache_zone_t *z, uint64_t h1, uint64_t h2, uint64_t now_ms, victims_t *v)
 {
     uint32_t i;
@@ -532,12 +544,7 @@ void cache_commit(cache_zone_t *z, uint32_t incarnation, uint64_t h1, uint64_t h
         z->size += size;
         z->entries++;
         lru_front(z, s);
-        while (z->size > z->max_size && z->lru_tail != idx(z, s) && v.n < CZ_VICTIMS) {
-            int before = v.n;
-            evict_one(z, now, &v);
-            if (v.n == before)
-                break;
-        }
+        evict_to_size(z, s, now, &v);
     }
     zunlock(z);
     unlink_victims(z, &v);
@@ -579,12 +586,7 @@ static void insert_loaded(cache_zone_t *z, uint64_t h1, uint64_t h2, uint64_t si
             s->access_s = (uint32_t)(now / 1000);
             z->size += size;
             z->entries++;
-            while (z->size > z->max_size && v.n < CZ_VICTIMS) {
-                int before = v.n;
-                evict_one(z, now, &v);
-                if (v.n == before)
-                    break;
-            }
+            evict_to_size(z, s, now, &v);
         }
     }
     zunlock(z);

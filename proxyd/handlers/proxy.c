@@ -72,7 +72,6 @@ static void relay_response(upconn_t *u);
 static int up_flush(upconn_t *u);
 static void up_read(upconn_t *u);
 static void up_failed(upconn_t *u, unsigned cond, int status, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static unsigned status_cond(int status);
 
 static proxy_ctx_t *ctx_of(const request_t *r) { return r->ctx[MODULE_CTX_PROXY]; }
 
@@ -601,19 +600,6 @@ static void up_failed(upconn_t *u, unsigned cond, int status, const char *fmt, .
         fail(r, status, "%s", msg);
 }
 
-/* A response status retry.on may name. */
-static unsigned status_cond(int status)
-{
-    switch (status) {
-    case 500: return RT_ON_500;
-    case 502: return RT_ON_502;
-    case 503: return RT_ON_503;
-    case 504: return RT_ON_504;
-    case 429: return RT_ON_429;
-    default: return 0;
-    }
-}
-
 /* Copy the request head (and, when the route may retry, the start of the
  * body as it is sent) for a replay. */
 static void replay_begin(request_t *r, const iobuf_t *out)
@@ -729,7 +715,7 @@ static void client_head(request_t *r, const h1_response_t *res, h1_body_t body)
 static bool failed_status(upconn_t *u, int status)
 {
     request_t *r = u->req;
-    unsigned cond = status_cond(status);
+    unsigned cond = rt_status_cond(status);
     if (cond == 0 || !(policy_of(r)->retry_on & cond))
         return false;
     char msg[48];
