@@ -57,7 +57,7 @@ typedef struct {
     uint32_t hnext;         /* bucket chain, or the free list */
     uint16_t flags;
     uint16_t used;
-    uint32_t pad;
+    uint32_t lock_pid;      /* the process holding the fill lock */
 } cz_slot_t;
 
 _Static_assert(sizeof(cz_slot_t) == 64, "an index entry is one cache line");
@@ -509,6 +509,7 @@ enum cache_begin cache_begin(cache_zone_t *z, uint64_t h1, uint64_t h2, uint64_t
             s = take_slot(z, h1, h2, now_ms, &v);
         if (s) {
             s->lock_until_ms = now_ms + lock_ms;
+            s->lock_pid = (uint32_t)getpid();
             s->access_s = (uint32_t)(now_ms / 1000);
         }
         rc = s ? CACHE_LOCKED : CACHE_NONE;
@@ -804,10 +805,30 @@ bool cache_worker_tick(void)
     return loading;
 }
 
+/* A dead process's fill locks are let go at once (its waiters fill the
+ * keys themselves instead of waiting out the lock). */
+static void unlock_dead(cache_zone_t *z, uint32_t pid)
+{
+    zlock(z);
+    cz_slot_t *all = slots(z);
+    for (uint32_t i = 0; i < z->nused_ever && i < z->nslots; i++) {
+        cz_slot_t *s = &all[i];
+        if (!s->used || s->lock_until_ms == 0 || s->lock_pid != pid)
+            continue;
+        s->lock_until_ms = 0;
+        if (s->expires_ms == 0)
+            drop(z, s, NULL);
+    }
+    zunlock(z);
+}
+
 void cache_worker_died(int pid)
 {
     if (region == NULL)
         return;
+    for (int i = 0; i < RT_CACHE_ZONES_MAX; i++)
+        if (region->dir[i].used)
+            unlock_dead(window(i), (uint32_t)pid);
     char prefix[24];
     int pn = snprintf(prefix, sizeof(prefix), "%d.", pid);
     for (int i = 0; i < RT_CACHE_ZONES_MAX; i++) {

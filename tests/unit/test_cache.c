@@ -85,6 +85,11 @@ static void test_lock_commit_expire(void **state)
     assert_int_equal(cache_zone_stats("z").entries, 1);
     cache_forget(z, 1, 2);
     assert_int_equal(cache_zone_stats("z").entries, 0);
+    /* the locks of a dead worker go at once (the master calls this) */
+    assert_int_equal(cache_begin(z, 7, 8, now, 5000, &e), CACHE_LOCKED);
+    assert_int_equal(cache_begin(z, 7, 8, now, 5000, &e), CACHE_BUSY);
+    cache_worker_died(getpid());
+    assert_int_equal(cache_begin(z, 7, 8, now, 5000, &e), CACHE_LOCKED);
     tref_put(t);
 }
 
