@@ -694,6 +694,7 @@ static uint64_t ttl_of(request_t *r, cache_ctx_t *cx, int status, const h1_respo
     if (valid < 0)
         return 0;
     int64_t maxage = -1, smaxage = -1, expires = -1;
+    bool shared_ok = false; /* public, s-maxage or must-revalidate: storable for an authorized request */
     for (size_t i = 0; i < res->nheaders; i++) {
         const h1_header_t *h = &res->headers[i];
 #define NAME_IS(lit) (h->name.n == sizeof(lit) - 1 && strncasecmp(h->name.p, lit, sizeof(lit) - 1) == 0)
@@ -714,10 +715,14 @@ static uint64_t ttl_of(request_t *r, cache_ctx_t *cx, int status, const h1_respo
                 if ((DIR_IS("no-store") && n == 8) || (DIR_IS("private") && (n == 7 || d[7] == '=')) ||
                     (DIR_IS("no-cache") && (n == 8 || d[8] == '=')))
                     return 0;
-                if (DIR_IS("s-maxage="))
+                if ((DIR_IS("public") && n == 6) || (DIR_IS("must-revalidate") && n == 15))
+                    shared_ok = true;
+                if (DIR_IS("s-maxage=")) {
                     smaxage = strtol(d + 9, NULL, 10);
-                else if (DIR_IS("max-age="))
+                    shared_ok = true;
+                } else if (DIR_IS("max-age=")) {
                     maxage = strtol(d + 8, NULL, 10);
+                }
 #undef DIR_IS
             }
         } else if (NAME_IS("Expires")) {
@@ -750,6 +755,10 @@ static uint64_t ttl_of(request_t *r, cache_ctx_t *cx, int status, const h1_respo
         }
 #undef NAME_IS
     }
+    /* RFC 9111 §3.5: a shared cache stores the answer to a request with
+     * Authorization only when the origin says it may. */
+    if (!shared_ok && req_field(r, "Authorization", 13))
+        return 0;
     if (smaxage >= 0)
         return (uint64_t)smaxage * 1000;
     if (maxage >= 0)
