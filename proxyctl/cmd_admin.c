@@ -223,6 +223,7 @@ static int cache_purge_cmd(cli_t *cli, const char *site, const char *prefix)
         STR_APPEND_LIT(&t, "&prefix=");
         query_value(&t, prefix);
     }
+    str_append(&t, "", 1); /* the target is a C string */
     char *body = NULL;
     int rc = call_into(cli, "POST", (const char *)t.p, 0, &body);
     str_buf_free(&t);

@@ -693,7 +693,9 @@ static uint64_t ttl_of(request_t *r, cache_ctx_t *cx, int status, const h1_respo
     }
     if (valid < 0)
         return 0;
-    int64_t maxage = -1, smaxage = -1, expires = -1;
+    int64_t maxage = -1, smaxage = -1, expires = -1, date = -1;
+    cx->vary = NULL; /* the answer's own Vary says what it varies on */
+    cx->vary_len = 0;
     bool shared_ok = false; /* public, s-maxage or must-revalidate: storable for an authorized request */
     for (size_t i = 0; i < res->nheaders; i++) {
         const h1_header_t *h = &res->headers[i];
@@ -728,6 +730,10 @@ static uint64_t ttl_of(request_t *r, cache_ctx_t *cx, int status, const h1_respo
         } else if (NAME_IS("Expires")) {
             time_t x;
             expires = static_parse_http_date(h->value.p, h->value.n, &x) == 0 ? (int64_t)x : 0;
+        } else if (NAME_IS("Date")) {
+            time_t x;
+            if (static_parse_http_date(h->value.p, h->value.n, &x) == 0)
+                date = (int64_t)x;
         } else if (NAME_IS("Vary")) {
             for (size_t k = 0; k < h->value.n; k++)
                 if (h->value.p[k] == '*')
@@ -763,8 +769,8 @@ static uint64_t ttl_of(request_t *r, cache_ctx_t *cx, int status, const h1_respo
         return (uint64_t)smaxage * 1000;
     if (maxage >= 0)
         return (uint64_t)maxage * 1000;
-    if (expires >= 0) {
-        int64_t left = expires - (int64_t)(wall_ms() / 1000);
+    if (expires >= 0) { /* counted from the origin's Date when it sent one (its clock, not ours) */
+        int64_t left = expires - (date >= 0 ? date : (int64_t)(wall_ms() / 1000));
         return left > 0 ? (uint64_t)left * 1000 : 0;
     }
     return (uint64_t)valid * 1000;
@@ -902,6 +908,10 @@ static void fill_begin(request_t *r, cache_ctx_t *cx)
             cx->ph2 = cx->h2;
         }
         cx->vary_resolved = true;
+    } else if (cx->vary_resolved) { /* found through a marker, no longer varies: the entry replaces the marker */
+        h1 = cx->ph1;
+        h2 = cx->ph2;
+        cx->vary_resolved = false;
     }
     cx->h1 = h1;
     cx->h2 = h2;
