@@ -102,10 +102,12 @@ static void build_key(request_t *r, const rt_policy_t *p, str_buf_t *b)
 {
     const rt_table_t *t = &r->table->t;
     str_append_str(b, r->conn->tls ? "https://" : "http://");
-    for (size_t i = 0; i < r->host.n; i++) {
-        char c = r->host.p[i];
-        str_append(b, &(char){(char)(c >= 'A' && c <= 'Z' ? c + 32 : c)}, 1);
-    }
+    size_t at = b->len;
+    str_append(b, r->host.p, r->host.n);
+    if (!b->overflow)
+        for (size_t i = at; i < b->len; i++)
+            if (b->p[i] >= 'A' && b->p[i] <= 'Z')
+                b->p[i] = (char)(b->p[i] + 32);
     str_append(b, r->path.p, r->path.n);
     if (r->query.p) {
         STR_APPEND_LIT(b, "?");
