@@ -753,25 +753,36 @@ static void load_step(int w)
     }
 }
 
+#define SWEEP_BATCHES 64 /* at most 4,096 inactive entries a second per zone, 64 per hold of the lock */
+
 /* Inactive entries go, from the cold end; once a second per zone per node. */
 static void sweep(cache_zone_t *z, uint64_t now_ms)
 {
     uint64_t now_s = now_ms / 1000, last = atomic_load(&z->last_sweep_s);
     if (last >= now_s || !atomic_compare_exchange_strong(&z->last_sweep_s, &last, now_s))
         return;
-    victims_t v = {.n = 0};
-    zlock(z);
-    cz_slot_t *all = slots(z);
-    for (uint32_t i = z->lru_tail; i != CZ_NONE && v.n < CZ_VICTIMS;) {
-        cz_slot_t *s = &all[i];
-        i = s->prev;
-        if ((uint64_t)s->access_s + z->inactive_s > now_s)
-            break;
-        if (s->lock_until_ms <= now_ms)
-            drop(z, s, &v);
+    for (int batch = 0; batch < SWEEP_BATCHES; batch++) {
+        victims_t v = {.n = 0};
+        bool more = false;
+        zlock(z);
+        cz_slot_t *all = slots(z);
+        for (uint32_t i = z->lru_tail; i != CZ_NONE;) {
+            cz_slot_t *s = &all[i];
+            i = s->prev;
+            if ((uint64_t)s->access_s + z->inactive_s > now_s)
+                break;
+            if (v.n == CZ_VICTIMS) {
+                more = true;
+                break;
+            }
+            if (s->lock_until_ms <= now_ms)
+                drop(z, s, &v);
+        }
+        zunlock(z);
+        unlink_victims(z, &v);
+        if (!more)
+            return;
     }
-    zunlock(z);
-    unlink_victims(z, &v);
 }
 
 bool cache_worker_tick(void)
