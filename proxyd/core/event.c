@@ -27,6 +27,8 @@ struct ev_loop {
     uint32_t nheap, capheap;
     void (*idle)(void *);
     void *idle_arg;
+    ev_io_t **changes; /* ev_set since the last wait (NULL: withdrawn by ev_del/ev_close) */
+    uint32_t nchanges, capchanges;
 };
 
 static uint64_t clock_ms(void)
@@ -56,6 +58,7 @@ void ev_free(ev_loop_t *l)
         return;
     close(l->epfd);
     free(l->heap);
+    free(l->changes);
     free(l);
 }
 
@@ -77,7 +80,8 @@ static int ctl(ev_loop_t *l, int op, ev_io_t *io, uint32_t events)
 int ev_add(ev_loop_t *l, ev_io_t *io, int fd, uint32_t events, ev_io_cb cb)
 {
     io->fd = fd;
-    io->events = events;
+    io->events = io->kernel = events;
+    io->pending = 0;
     io->cb = cb;
     return ctl(l, EPOLL_CTL_ADD, io, events);
 }
@@ -85,7 +89,8 @@ int ev_add(ev_loop_t *l, ev_io_t *io, int fd, uint32_t events, ev_io_cb cb)
 int ev_add_exclusive(ev_loop_t *l, ev_io_t *io, int fd, ev_io_cb cb)
 {
     io->fd = fd;
-    io->events = EV_READ;
+    io->events = io->kernel = EV_READ;
+    io->pending = 0;
     io->cb = cb;
     return ctl(l, EPOLL_CTL_ADD, io, EPOLLIN | EPOLLEXCLUSIVE);
 }
@@ -95,21 +100,55 @@ int ev_set(ev_loop_t *l, ev_io_t *io, uint32_t events)
     if (io->events == events)
         return 0;
     io->events = events;
-    return ctl(l, EPOLL_CTL_MOD, io, events);
+    if (io->pending)
+        return 0;
+    if (l->nchanges == l->capchanges) {
+        uint32_t cap = l->capchanges ? l->capchanges * 2 : 256;
+        ev_io_t **c = realloc(l->changes, cap * sizeof(*c));
+        if (c == NULL) { /* no room to defer it: now */
+            io->kernel = events;
+            return ctl(l, EPOLL_CTL_MOD, io, events);
+        }
+        l->changes = c;
+        l->capchanges = cap;
+    }
+    l->changes[l->nchanges++] = io;
+    io->pending = l->nchanges;
+    return 0;
+}
+
+/* Hand epoll the interest changed since the last wait. */
+static void apply_changes(ev_loop_t *l)
+{
+    for (uint32_t i = 0; i < l->nchanges; i++) {
+        ev_io_t *io = l->changes[i];
+        if (io == NULL)
+            continue;
+        io->pending = 0;
+        if (io->kernel != io->events) {
+            io->kernel = io->events;
+            ctl(l, EPOLL_CTL_MOD, io, io->events);
+        }
+    }
+    l->nchanges = 0;
+}
+
+static void withdraw(ev_loop_t *l, ev_io_t *io)
+{
+    if (io->pending && io->pending <= l->nchanges && l->changes[io->pending - 1] == io)
+        l->changes[io->pending - 1] = NULL;
+    io->pending = 0;
+    io->events = io->kernel = 0;
 }
 
 void ev_del(ev_loop_t *l, ev_io_t *io)
 {
     if (io->fd >= 0)
         epoll_ctl(l->epfd, EPOLL_CTL_DEL, io->fd, NULL);
-    io->events = 0;
+    withdraw(l, io);
 }
 
-void ev_close(ev_loop_t *l, ev_io_t *io)
-{
-    (void)l;
-    io->events = 0;
-}
+void ev_close(ev_loop_t *l, ev_io_t *io) { withdraw(l, io); }
 
 /* ---- timer heap ----------------------------------------------------------- */
 
@@ -216,6 +255,7 @@ void ev_run(ev_loop_t *l)
             l->idle(l->idle_arg);
         if (l->stop)
             break;
+        apply_changes(l);
         int n = epoll_wait(l->epfd, evs, EV_BATCH, next_timeout(l));
         l->now = clock_ms();
         if (n < 0 && errno != EINTR)

@@ -26,7 +26,9 @@ enum { EV_READ = 1u, EV_WRITE = 4u, EV_ERROR = 8u, EV_HUP = 16u }; /* EPOLLIN, E
 
 struct ev_io {
     int fd;
-    uint32_t events; /* currently registered EV_READ|EV_WRITE */
+    uint32_t events;  /* the interest asked for: EV_READ|EV_WRITE */
+    uint32_t kernel;  /* the interest epoll has (ev_set changes reach it before the next wait) */
+    uint32_t pending; /* 1 + its place in the loop's change list, 0 none */
     ev_io_cb cb;
 };
 
@@ -39,7 +41,10 @@ struct ev_timer {
 
 ev_loop_t *ev_new(void);
 void ev_free(ev_loop_t *loop);
-/* Register, change or remove interest; events 0 keeps the fd registered but silent. */
+/* Register, change or remove interest; events 0 keeps the fd registered but silent.
+ * ev_set is deferred: epoll hears of the last interest set before it waits
+ * again, so a change and its undoing within one turn (a response written at
+ * once, reading resumed) cost no system call. */
 int ev_add(ev_loop_t *loop, ev_io_t *io, int fd, uint32_t events, ev_io_cb cb);
 int ev_set(ev_loop_t *loop, ev_io_t *io, uint32_t events);
 int ev_add_exclusive(ev_loop_t *loop, ev_io_t *io, int fd, ev_io_cb cb); /* EPOLLEXCLUSIVE accept sockets */

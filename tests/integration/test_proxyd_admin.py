@@ -54,9 +54,16 @@ def env(proxyd_factory, origin_factory):
 
 
 def test_status_json(env):
-    code, body = curl_unix(env.admin_socket, "/status")
-    assert code == 200
-    st = json.loads(body)
+    # The fixture waits for the workers to exist; a worker counts as alive
+    # once it has started serving (its pid in the shared stats), a moment later.
+    deadline = time.monotonic() + 5
+    while True:
+        code, body = curl_unix(env.admin_socket, "/status")
+        assert code == 200
+        st = json.loads(body)
+        if all(w["alive"] for w in st["workers"]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert st["generation"] >= 1
     assert len(st["workers"]) == 2
     assert all(w["alive"] for w in st["workers"]), st
