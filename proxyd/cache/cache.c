@@ -201,15 +201,17 @@ static bool bypassed(const request_t *r, const rt_policy_t *p)
 
 /* ---- entries: reading and serving ------------------------------------------------------------ */
 
+#define ENTRY_FIRST_READ 8192 /* a typical entry's head and text, and a small body, in one pread */
+
 typedef struct {
     int fd;
     cache_file_head_t h;
     char *text;              /* key, site, path, vary, fields (arena) */
+    const char *body;        /* the whole body when the first read took it (in buf), else NULL */
+    char buf[ENTRY_FIRST_READ];
 } entry_t;
 
 /* Open (h1, h2)'s file and check it is the entry of `key`. */
-#define ENTRY_FIRST_READ 4096 /* a typical entry's head and text in one pread */
-
 static int entry_open(request_t *r, cache_ctx_t *cx, uint64_t h1, uint64_t h2, const char *key, size_t klen, entry_t *e)
 {
     char path[400];
@@ -219,7 +221,8 @@ static int entry_open(request_t *r, cache_ctx_t *cx, uint64_t h1, uint64_t h2, c
         return -1;
     struct stat st;
     cache_file_head_t *h = &e->h;
-    char buf[ENTRY_FIRST_READ];
+    char *buf = e->buf;
+    e->body = NULL;
     ssize_t got = pread(e->fd, buf, ENTRY_FIRST_READ, 0);
     if (got >= (ssize_t)sizeof(*h))
         memcpy(h, buf, sizeof(*h));
@@ -233,8 +236,11 @@ static int entry_open(request_t *r, cache_ctx_t *cx, uint64_t h1, uint64_t h2, c
             memcpy(e->text, buf + sizeof(*h), n);
         else if (pread(e->fd, e->text, n, sizeof(*h)) != (ssize_t)n)
             e->text = NULL;
-        if (e->text && memcmp(e->text, key, klen) == 0)
+        if (e->text && memcmp(e->text, key, klen) == 0) {
+            if ((uint64_t)h->head_len + h->body_len <= (uint64_t)got)
+                e->body = buf + h->head_len;
             return 0;
+        }
     }
     close(e->fd);
     e->fd = -1;
@@ -327,6 +333,12 @@ static void entry_send(request_t *r, cache_ctx_t *cx, entry_t *e, enum cache_cou
     http_send_head(r);
     if (r->head || len == 0 || so.status == 304) {
         close(e->fd);
+        http_send_end(r);
+        return;
+    }
+    if (e->body && http_send_space(r) >= len) { /* read already: it goes out with the head, one write */
+        close(e->fd);
+        http_send_data(r, e->body + off, len);
         http_send_end(r);
         return;
     }
@@ -540,11 +552,12 @@ static int decide(request_t *r, cache_ctx_t *cx)
         uint64_t now = wall_ms();
         cache_entry_t e;
         enum cache_begin b = cache_begin(cx->z, cx->h1, cx->h2, now, lock_ms, &e);
-        if (b == CACHE_FRESH && (e.flags & CACHE_F_VARY)) {
-            if (cx->vary_resolved || follow_marker(r, cx) < 0) {
+        if (e.expires_ms && (e.flags & CACHE_F_VARY)) {
+            /* A Vary marker, fresh or not (its names hold): on to this request's variant. */
+            if (b == CACHE_LOCKED)
+                cache_unlock(cx->z, cx->inc, cx->h1, cx->h2);
+            if (cx->vary_resolved || follow_marker(r, cx) < 0)
                 cache_forget(cx->z, cx->h1, cx->h2);
-                continue;
-            }
             continue;
         }
         if (b == CACHE_FRESH) {
