@@ -380,7 +380,7 @@ round_ratios() {                # WORKERS SIZE: proxyd/nginx CPU of each round
 }
 
 origin_reqs() {                 # WORKERS NAME SIZE: the origin's requests over the measured runs
-    awk -v w="$1" -v n="$2" -v s="$3" '$1 == w && $2 == n && $3 == s && $15 != "-" { t += $15; k++ }
+    awk -v w="$1" -v n="$2" -v s="$3" '$1 == w && $2 == n && $3 == s && $14 != "-" { t += $14; k++ }
         END { print k ? t : "n/a" }' "$RESULTS"
 }
 
@@ -450,8 +450,8 @@ report() {
     echo
     awk '$5 != "-" && ($8 > 0 || $9 > 0) {
         printf "- round %s, %s %s workers /obj/%s: %d socket errors, %d non-2xx\n", $4, $2, $1, $3, $8, $9 }' "$RESULTS" >>"$NOTES"
-    awk '$5 != "-" && $15 != "-" && $15 > 0 {
-        printf "- round %s, %s %s workers /obj/%s: the origin got %d requests during the measured run (not all hits)\n", $4, $2, $1, $3, $15 }' "$RESULTS" >>"$NOTES"
+    awk '$5 != "-" && $14 != "-" && $14 > 0 {
+        printf "- round %s, %s %s workers /obj/%s: the origin got %d requests during the measured run (not all hits)\n", $4, $2, $1, $3, $14 }' "$RESULTS" >>"$NOTES"
     notes_block
     commands_block "ulimit -n $(ulimit -n)"
     echo
