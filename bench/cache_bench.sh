@@ -72,7 +72,7 @@ TMP=$(mktemp -d /tmp/cache-bench-XXXXXX)
 chmod 755 "$TMP"                # nginx workers run as nobody when started as root
 RESULTS=$TMP/results.txt        # workers proxy size round rps p50 p99 err non2xx cpu user sys rest origin_reqs
 STAMPEDES=$TMP/stampede.txt     # workers proxy round origin_reqs answered_200 slowest_ms statuses
-STATS=$TMP/stats.txt            # workers round entries memory index_bytes_per_entry hits misses
+STATS=$TMP/stats.txt            # workers round entries max_entries index_bytes_per_entry hits misses size
 COMMANDS=$TMP/commands.txt
 NOTES=$TMP/notes.txt
 : >"$RESULTS"
@@ -271,14 +271,14 @@ start_proxy() {                 # NAME WORKERS TAG: TARGET_PID, TARGET_PORT, TAR
     fi
 }
 
-cache_stats() {                 # DIR: "entries memory index_bytes_per_entry hits misses" of zone z
+cache_stats() {                 # DIR: "entries max_entries index_bytes_per_entry hits misses size" of zone z
     curl -s --max-time 5 --unix-socket "$1/admin.sock" http://proxyd/cache/stats >"$1/cache-stats.json" 2>/dev/null || true
-    python3 - "$1/cache-stats.json" <<'EOF' 2>/dev/null || echo "- - - - -"
+    python3 - "$1/cache-stats.json" <<'EOF' 2>/dev/null || echo "- - - - - -"
 import json, sys
 d = json.load(open(sys.argv[1]))
 zs = d.get("zones", d)
 z = zs.get("z") if isinstance(zs, dict) else next(x for x in zs if x.get("name") == "z")
-print(*(z.get(k, "-") for k in ("entries", "memory", "index_bytes_per_entry", "hits", "misses")))
+print(*(z.get(k, "-") for k in ("entries", "max_entries", "index_bytes_per_entry", "hits", "misses", "size")))
 EOF
 }
 
@@ -359,7 +359,7 @@ fill() {
     FILL_RESULT="$(minus "$after" "$before") $(cache_stats "$TARGET_DIR")"
     FILL_CODES=$(sort "$TMP/fill.codes" | uniq -c | awk '{ printf "%s%s x %s", (NR > 1 ? ", " : ""), $1, $2 }')
     FILL_DU=$(du -sk "$TARGET_DIR/cache" 2>/dev/null | awk '{ print $1 }')
-    log "  origin requests, entries memory index_bytes hits misses: $FILL_RESULT; answers: $FILL_CODES"
+    log "  origin requests, entries max_entries index_bytes hits misses size: $FILL_RESULT; answers: $FILL_CODES"
     stop_pid "$TARGET_PID"
 }
 
@@ -422,8 +422,8 @@ memory_table() {
         set -- $FILL_RESULT
         echo
         echo "Fill: $FILL distinct 1 KiB keys into proxyd (1 worker, zone memory 64m): origin requests $1;"
-        echo "/cache/stats then: entries $2, memory $3, index_bytes_per_entry $4, hits $5, misses $6;"
-        echo "$(awk -v m="$3" -v e="$2" 'BEGIN { if (e > 0 && m ~ /^[0-9]+$/) printf "memory / entries = %.1f bytes", m / e; else print "memory / entries: n/a" }'); cache folder ${FILL_DU:-?} KiB on disk; answers: ${FILL_CODES:-none}."
+        echo "/cache/stats then: entries $2 (of max_entries $3 in 64m), index_bytes_per_entry $4, hits $5, misses $6,"
+        echo "size $7 bytes; cache folder ${FILL_DU:-?} KiB on disk (du); curl's answers (count x status): ${FILL_CODES:-none}."
     fi
 }
 
