@@ -289,6 +289,7 @@ EOF
 warm_hit() {
     local url="http://127.0.0.1:$TARGET_PORT/obj/$2" i got="" size=0 head=""
     for i in $(seq 1 20); do
+        : >"$TMP/hdr"
         size=$(curl -s --max-time 5 -D "$TMP/hdr" -o /dev/null -w '%{size_download}' "$url" || echo 0)
         got=$(awk -F': *' 'tolower($1) == "x-cache-status" { sub(/\r$/, "", $2); print $2 }' "$TMP/hdr")
         [ "$got" = HIT ] && break
@@ -332,7 +333,7 @@ run_cell() {                    # NAME WORKERS ROUND
 }
 
 stampede() {                    # NAME WORKERS ROUND
-    local path="/slow/$1-$2w-r$3" before after res
+    local path="/slow/$1-$2w-r$3/k" before after res
     before=$(origin_count "$path")
     record python3 "$TMP/stampede.py" "$TARGET_PORT" "/slow/KEY" "$STAMPEDE"
     res=$(timeout 60 python3 "$TMP/stampede.py" "$TARGET_PORT" "$path" "$STAMPEDE" 2>"$TMP/stampede.err" || echo "- - failed")
