@@ -36,7 +36,7 @@
 # Stampede, in the same cell after the hits: 100 Python threads connect, wait
 # on a barrier and send GET /slow/KEY (a new key) at once; the origin's count
 # for that key is the figure (nginx: proxy_cache_lock, 5 s lock timeout).
-# Index memory: proxyd's admin GET /cache/stats (zones: entries, memory,
+# Index memory: proxyd's admin GET /cache/stats (zones: entries, max_entries,
 # index_bytes_per_entry); nginx's figure is its documentation's, not measured.
 #
 # Ports: proxyd 18581, nginx 18582, origin 18591 (127.0.0.1; the script stops
