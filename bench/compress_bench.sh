@@ -179,11 +179,8 @@ compression:
   min_length: 256
   types: [text/html, application/json]
 EOF
-    record "$PROXYCTL" --db "$1/store.db" init --global "$1/proxy.yaml"
-    record "$PROXYCTL" --db "$1/store.db" add-site "$1/bench.yaml"
     rm -f "$1/store.db"*
-    "$PROXYCTL" --db "$1/store.db" init --global "$1/proxy.yaml" >"$1/proxyctl.log" 2>&1 &&
-        "$PROXYCTL" --db "$1/store.db" add-site "$1/bench.yaml" >>"$1/proxyctl.log" 2>&1
+    proxyd_store "$1"
 }
 
 start_target() {                # NAME; TARGET_PID
@@ -327,11 +324,10 @@ ratio_table() {
 }
 
 report() {
-    local f
     echo "## Compression benchmark"
     echo
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)); Linux $(uname -r);"
-    echo "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }'), zlib $(pkg-config --modversion zlib), brotli $(pkg-config --modversion libbrotlienc), zstd $(pkg-config --modversion libzstd); proxyd at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
+    machine_line
+    echo "$(nginx_version), $(wrk_version), zlib $(pkg-config --modversion zlib), brotli $(pkg-config --modversion libbrotlienc), zstd $(pkg-config --modversion libzstd); $(proxyd_at)."
     echo "Median of $ROUNDS round(s); wrk -t1 -c$CONNS -d${DURATION}s --latency per cell, keep-alive; 1 worker each; 100 KiB bodies"
     echo "from bench/origin (html $(wc -c <"$TMP/body.html") bytes, json $(wc -c <"$TMP/body.json") bytes). wrk, the proxy and the origin share the CPUs."
     echo
@@ -339,26 +335,9 @@ report() {
     echo
     ratio_table
     echo
-    if [ -s "$NOTES" ]; then
-        echo "Notes:"
-        echo
-        cat "$NOTES"
-        echo
-    fi
-    echo "Commands (TMP = $TMP, removed on exit):"
-    echo
-    echo '```sh'
-    sed "s|$TMP|TMP|g" "$COMMANDS"
-    echo '```'
-    for f in nginx/nginx.conf proxyd/proxy.yaml proxyd/bench.yaml; do
-        [ -f "$TMP/$f" ] || continue
-        echo
-        echo "TMP/$f:"
-        echo
-        echo '```'
-        sed "s|$TMP|TMP|g" "$TMP/$f"
-        echo '```'
-    done
+    notes_block
+    commands_block
+    config_blocks nginx/nginx.conf proxyd/proxy.yaml proxyd/bench.yaml
 }
 
 main() {

@@ -138,10 +138,7 @@ routes:
   - match: {path_prefix: /}
     static: {root: "$TMP/www"}
 EOF
-    record "$PROXYCTL" --db "$d/store.db" init --global "$d/proxy.yaml"
-    record "$PROXYCTL" --db "$d/store.db" add-site "$d/bench.yaml"
-    "$PROXYCTL" --db "$d/store.db" init --global "$d/proxy.yaml" >"$d/proxyctl.log" 2>&1 &&
-        "$PROXYCTL" --db "$d/store.db" add-site "$d/bench.yaml" >>"$d/proxyctl.log" 2>&1
+    proxyd_store "$d"
 }
 
 wait_tls_port() {               # PORT PID
@@ -239,23 +236,16 @@ table() {
 report() {
     echo "## HTTP/2 benchmark"
     echo
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)); Linux $(uname -r);"
-    echo "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(h2o --version 2>&1 | head -n 1), $(h2load --version 2>&1 | head -n 1), proxyd at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
+    machine_line
+    echo "$(nginx_version), $(h2o --version 2>&1 | head -n 1), $(h2load --version 2>&1 | head -n 1), $(proxyd_at)."
     echo "Median of $ROUNDS round(s); h2load -c10 -mM -t1 -D $DURATION --warm-up-time=1 per cell; TLS 1.3, ECDSA P-256; a 3-byte static file; 1 worker each."
     echo "CPU µs/req: user + system of the server's processes per request (the warm-up second's share taken out)."
     echo
     table
     echo
     awk '$4 != "-" && $6 > 0 { printf "- round %s, %s -m%s: %d requests failed\n", $3, $1, $2, $6 }' "$RESULTS" >>"$NOTES"
-    echo "Notes:"
-    echo
-    [ -s "$NOTES" ] && cat "$NOTES" || echo "- none"
-    echo
-    echo "Commands (TMP = $TMP, removed on exit):"
-    echo
-    echo '```sh'
-    sed "s|$TMP|TMP|g" "$COMMANDS"
-    echo '```'
+    notes_block
+    commands_block
 }
 
 main() {

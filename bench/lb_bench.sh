@@ -127,10 +127,7 @@ EOF
         echo "  - match: {path_prefix: /}"
         echo "    upstream: pool"
     } >"$d/bench.yaml"
-    record "$PROXYCTL" --db "$d/store.db" init --global "$d/proxy.yaml"
-    record "$PROXYCTL" --db "$d/store.db" add-site "$d/bench.yaml"
-    "$PROXYCTL" --db "$d/store.db" init --global "$d/proxy.yaml" >"$d/proxyctl.log" 2>&1 &&
-        "$PROXYCTL" --db "$d/store.db" add-site "$d/bench.yaml" >>"$d/proxyctl.log" 2>&1
+    proxyd_store "$d"
 }
 
 # start_proxy NAME ALGO: TARGET_PID and TARGET_PORT; 1 when it did not come up.
@@ -230,11 +227,10 @@ wrk_notes() {
 }
 
 report() {
-    local f
     echo "## Load-balancing benchmark"
     echo
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)); Linux $(uname -r);"
-    echo "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }'), proxyd at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
+    machine_line
+    echo "$(nginx_version), $(wrk_version), $(proxyd_at)."
     echo "Median of $ROUNDS round(s); wrk -t1 -c$CONNS -d${DURATION}s --latency per cell, keep-alive; $WORKERS worker(s) per proxy;"
     echo "4 bench/origin servers (100-byte body) on 127.0.0.1:${ORIGIN_PORTS// /,}. wrk, the proxy and the origins share the CPUs."
     echo
@@ -242,27 +238,11 @@ report() {
     echo
     wrk_notes
     note "ip_hash: every wrk connection comes from 127.0.0.1, so all requests hash to one server (nginx hashes the first three octets of an IPv4 address, proxyd all of it); the row measures the per-request cost, not the spread."
-    echo "Notes:"
-    echo
-    cat "$NOTES"
-    echo
-    echo "Commands (TMP = $TMP, removed on exit):"
-    echo
-    echo '```sh'
-    echo "ulimit -n $(ulimit -n)"
-    sed "s|$TMP|TMP|g" "$COMMANDS"
-    echo '```'
+    notes_block
+    commands_block "ulimit -n $(ulimit -n)"
     echo
     echo "Configurations (the other algorithms differ only in the balance line):"
-    for f in nginx-least_conn/nginx.conf proxyd-least_conn/proxy.yaml proxyd-least_conn/bench.yaml; do
-        [ -f "$TMP/$f" ] || continue
-        echo
-        echo "TMP/$f:"
-        echo
-        echo '```'
-        sed "s|$TMP|TMP|g" "$TMP/$f"
-        echo '```'
-    done
+    config_blocks nginx-least_conn/nginx.conf proxyd-least_conn/proxy.yaml proxyd-least_conn/bench.yaml
 }
 
 # ---- main ----------------------------------------------------------------

@@ -122,6 +122,15 @@ http {
 EOF
 }
 
+# proxyd_store DIR: the store DIR/store.db from DIR/proxy.yaml and DIR/bench.yaml
+# ($PROXYCTL init --global, add-site; output in DIR/proxyctl.log).
+proxyd_store() {
+    record "$PROXYCTL" --db "$1/store.db" init --global "$1/proxy.yaml"
+    record "$PROXYCTL" --db "$1/store.db" add-site "$1/bench.yaml"
+    "$PROXYCTL" --db "$1/store.db" init --global "$1/proxy.yaml" >"$1/proxyctl.log" 2>&1 &&
+        "$PROXYCTL" --db "$1/store.db" add-site "$1/bench.yaml" >>"$1/proxyctl.log" 2>&1
+}
+
 # ---- wrk ---------------------------------------------------------------------
 
 # parse_wrk FILE: wrk's output -> "rps p50_us p99_us socket_errors non2xx";
@@ -183,3 +192,47 @@ median() {
 
 fmt_rps() { if [ "$1" = - ]; then echo n/a; else printf '%.0f' "$1"; fi; }
 fmt_ms() { if [ "$1" = - ]; then echo n/a; else awk -v v="$1" 'BEGIN { printf "%.2f ms", v / 1000 }'; fi; }
+
+# ---- report scaffolding ----------------------------------------------------------
+
+# machine_line: when and on what: date, CPUs, CPU model, kernel.
+machine_line() {
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)); Linux $(uname -r);"
+}
+
+# proxyd_at: "proxyd at COMMIT" of $ROOT.
+proxyd_at() { echo "proxyd at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"; }
+nginx_version() { nginx -v 2>&1 | sed 's/^nginx version: //'; }
+wrk_version() { wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }'; }
+
+# notes_block: "Notes:" and $NOTES, or "- none".
+notes_block() {
+    echo "Notes:"
+    echo
+    if [ -s "$NOTES" ]; then cat "$NOTES"; else echo "- none"; fi
+    echo
+}
+
+# commands_block [LINE...]: the commands the run recorded (TMP for $TMP), after LINEs.
+commands_block() {
+    echo "Commands (TMP = $TMP, removed on exit):"
+    echo
+    echo '```sh'
+    [ $# -eq 0 ] || printf '%s\n' "$@"
+    sed "s|$TMP|TMP|g" "$COMMANDS"
+    echo '```'
+}
+
+# config_blocks FILE...: each of $TMP/FILE that exists, fenced, TMP for $TMP.
+config_blocks() {
+    local f
+    for f in "$@"; do
+        [ -f "$TMP/$f" ] || continue
+        echo
+        echo "TMP/$f:"
+        echo
+        echo '```'
+        sed "s|$TMP|TMP|g" "$TMP/$f"
+        echo '```'
+    done
+}

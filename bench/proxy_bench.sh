@@ -173,10 +173,7 @@ routes:
   - match: {path_prefix: /}
     upstream: origin
 EOF
-    record "$PROXYCTL" --db "$d/store.db" init --global "$d/proxy.yaml"
-    record "$PROXYCTL" --db "$d/store.db" add-site "$d/bench.yaml"
-    "$PROXYCTL" --db "$d/store.db" init --global "$d/proxy.yaml" >"$d/proxyctl.log" 2>&1 &&
-        "$PROXYCTL" --db "$d/store.db" add-site "$d/bench.yaml" >>"$d/proxyctl.log" 2>&1
+    proxyd_store "$d"
 }
 
 # start_target NAME WORKERS: start a fresh proxy and wait until it serves the
@@ -459,11 +456,10 @@ wrk_notes() {
 }
 
 report() {
-    local f
     echo "## Proxy benchmark"
     echo
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)); Linux $(uname -r);"
-    echo "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | awk 'NR == 1 { print "haproxy " $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }'), proxyd at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
+    machine_line
+    echo "$(nginx_version), $(haproxy -v | awk 'NR == 1 { print "haproxy " $3 }'), $(wrk_version), $(proxyd_at)."
     echo "Median of $ROUNDS round(s); wrk -t1 -c$CONNS -d${DURATION}s per cell; 100-byte body from bench/origin on 127.0.0.1:$ORIGIN_PORT."
     echo "wrk, the proxy and the origin share the machine's CPUs."
     echo "\"Server CPU per request\": user+system time of the proxy's processes during the run, divided by the"
@@ -493,29 +489,11 @@ report() {
     wrk_notes
     [ -n "$PROXYD_NA" ] && note "proxyd: n/a: $PROXYD_NA"
     [ -n "$PROXYD_BASE_NA" ] && note "proxyd-base: n/a: $PROXYD_BASE_NA"
-    if [ -s "$NOTES" ]; then
-        echo "Notes:"
-        echo
-        cat "$NOTES"
-        echo
-    fi
-    echo "Commands (TMP = $TMP, removed on exit):"
-    echo
-    echo '```sh'
-    echo "ulimit -n $(ulimit -n)"
-    sed "s|$TMP|TMP|g" "$COMMANDS"
-    echo '```'
+    notes_block
+    commands_block "ulimit -n $(ulimit -n)"
     echo
     echo "Configurations (the 2-worker runs differ only in worker_processes / nbthread / workers):"
-    for f in nginx/nginx.conf haproxy/haproxy.cfg proxyd-w1/proxy.yaml proxyd-w1/bench.yaml proxyd-base-w1/proxy.yaml; do
-        [ -f "$TMP/$f" ] || continue
-        echo
-        echo "TMP/$f:"
-        echo
-        echo '```'
-        sed "s|$TMP|TMP|g" "$TMP/$f"
-        echo '```'
-    done
+    config_blocks nginx/nginx.conf haproxy/haproxy.cfg proxyd-w1/proxy.yaml proxyd-w1/bench.yaml proxyd-base-w1/proxy.yaml
 }
 
 # ---- main ----------------------------------------------------------------

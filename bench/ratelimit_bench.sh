@@ -122,10 +122,7 @@ routes:
   - match: {path_exact: /}
     return: {status: 200, body: "ok"}
 EOF
-    record "$PROXYCTL" --db "$d/store.db" init --global "$d/proxy.yaml"
-    record "$PROXYCTL" --db "$d/store.db" add-site "$d/bench.yaml"
-    "$PROXYCTL" --db "$d/store.db" init --global "$d/proxy.yaml" >"$d/proxyctl.log" 2>&1 &&
-        "$PROXYCTL" --db "$d/store.db" add-site "$d/bench.yaml" >>"$d/proxyctl.log" 2>&1
+    proxyd_store "$d"
 }
 
 start_proxy() {                 # NAME WORKERS ROUND: TARGET_PID, TARGET_PORT
@@ -195,8 +192,8 @@ table() {
 report() {
     echo "## Rate-limit benchmark"
     echo
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)); Linux $(uname -r);"
-    echo "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }'), proxyd at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
+    machine_line
+    echo "$(nginx_version), $(wrk_version), $(proxyd_at)."
     echo "Median of $ROUNDS round(s); wrk -t1 -c$CONNS -d${DURATION}s per cell, keep-alive; origin bench/origin (100-byte body)."
     echo "CPU µs/req: user + system of the proxy's processes per request; \"vs /free/\": that over the unlimited route's, same proxy and run."
     echo
@@ -204,15 +201,8 @@ report() {
     echo
     awk '$5 != "-" && $3 != "refused" && ($8 > 0 || $9 > 0) {
         printf "- round %s, %s %s workers /%s/: %d socket errors, %d non-2xx\n", $4, $2, $1, $3, $8, $9 }' "$RESULTS" >>"$NOTES"
-    echo "Notes:"
-    echo
-    [ -s "$NOTES" ] && cat "$NOTES" || echo "- none"
-    echo
-    echo "Commands (TMP = $TMP, removed on exit):"
-    echo
-    echo '```sh'
-    sed "s|$TMP|TMP|g" "$COMMANDS"
-    echo '```'
+    notes_block
+    commands_block
 }
 
 main() {

@@ -202,10 +202,7 @@ routes:
   - match: {path_prefix: /}
     upstream: origin
 EOF
-    record "$PROXYCTL" --db "$d/store.db" init --global "$d/proxy.yaml"
-    record "$PROXYCTL" --db "$d/store.db" add-site "$d/bench.yaml"
-    "$PROXYCTL" --db "$d/store.db" init --global "$d/proxy.yaml" >"$d/proxyctl.log" 2>&1 &&
-        "$PROXYCTL" --db "$d/store.db" add-site "$d/bench.yaml" >>"$d/proxyctl.log" 2>&1
+    proxyd_store "$d"
 }
 
 start_target() {                # NAME: TARGET_PID, or 1
@@ -382,11 +379,10 @@ notes_from_results() {
 }
 
 report() {
-    local f
     echo "## TLS benchmark"
     echo
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)); Linux $(uname -r);"
-    echo "$(openssl version | awk '{ print $1, $2 }'), $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | awk 'NR == 1 { print "haproxy " $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }'), proxyd at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
+    machine_line
+    echo "$(openssl version | awk '{ print $1, $2 }'), $(nginx_version), $(haproxy -v | awk 'NR == 1 { print "haproxy " $3 }'), $(wrk_version), $(proxyd_at)."
     echo "Median of $ROUNDS round(s), $DURATION s per cell; 1 worker each; ECDSA P-256 certificate; 100-byte body from bench/origin."
     echo "(a), (b): $CLIENTS parallel \`openssl s_time\` clients, TLS 1.3 $SUITE, one GET per connection; (b'): the same without the GET, TLS 1.2;"
     echo "(c): wrk -t1 -c$CONNS over https. Clients, servers and the origin share the CPUs, so the rates are bounded by"
@@ -402,27 +398,9 @@ report() {
     echo
     notes_from_results
     [ -n "$PROXYD_NA" ] && note "proxyd: n/a: $PROXYD_NA"
-    if [ -s "$NOTES" ]; then
-        echo "Notes:"
-        echo
-        cat "$NOTES"
-        echo
-    fi
-    echo "Commands (TMP = $TMP, removed on exit):"
-    echo
-    echo '```sh'
-    sed "s|$TMP|TMP|g" "$COMMANDS"
-    echo '```'
-    echo
-    for f in nginx/nginx.conf haproxy/haproxy.cfg proxyd/proxy.yaml proxyd/bench.yaml; do
-        [ -f "$TMP/$f" ] || continue
-        echo "TMP/$f:"
-        echo
-        echo '```'
-        sed "s|$TMP|TMP|g" "$TMP/$f"
-        echo '```'
-        echo
-    done
+    notes_block
+    commands_block
+    config_blocks nginx/nginx.conf haproxy/haproxy.cfg proxyd/proxy.yaml proxyd/bench.yaml
 }
 
 # ---- main ----------------------------------------------------------------
