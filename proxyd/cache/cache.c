@@ -252,6 +252,66 @@ static slice_t entry_vary(const entry_t *e)
     return (slice_t){e->text + e->h.key_len + e->h.site_len + e->h.path_len, e->h.vary_len};
 }
 
+/* ---- small entries kept in the worker's memory ---------------------------------------------- */
+
+/* A hit on a small entry (head and body in one first read) re-reads
+ * nothing: the worker keeps its bytes, valid while the index says the same
+ * expiry and size (a new fill, a revalidation, a purge, an eviction change
+ * or remove them). Direct-mapped by hash, at most MEM_SLOTS entries of at
+ * most ENTRY_FIRST_READ bytes per worker. */
+#define MEM_SLOTS 1024
+
+typedef struct {
+    uint64_t h1, h2, expires_ms, size;
+    uint32_t inc;
+    cache_file_head_t h;
+    char *data; /* the text, then the body */
+} mem_entry_t;
+
+static mem_entry_t *mem;
+
+static mem_entry_t *mem_slot(uint64_t h1) { return mem ? &mem[h1 & (MEM_SLOTS - 1)] : NULL; }
+
+static void mem_drop(uint64_t h1, uint64_t h2)
+{
+    mem_entry_t *m = mem_slot(h1);
+    if (m && m->data && m->h1 == h1 && m->h2 == h2) {
+        free(m->data);
+        m->data = NULL;
+    }
+}
+
+static void mem_keep(const cache_ctx_t *cx, const entry_t *e, const cache_entry_t *ix)
+{
+    if (e->body == NULL || (mem == NULL && (mem = calloc(MEM_SLOTS, sizeof(*mem))) == NULL))
+        return;
+    mem_entry_t *m = mem_slot(e->h.h1);
+    size_t n = e->h.head_len - sizeof(e->h) + e->h.body_len;
+    char *d = malloc(n);
+    if (d == NULL)
+        return;
+    memcpy(d, e->buf + sizeof(e->h), n);
+    free(m->data);
+    *m = (mem_entry_t){e->h.h1, e->h.h2, ix->expires_ms, ix->size, cx->inc, e->h, d};
+}
+
+/* The entry from the worker's memory, as entry_open gives it (no fd). */
+static bool mem_get(request_t *r, const cache_ctx_t *cx, const cache_entry_t *ix, const char *key, size_t klen,
+                    entry_t *e)
+{
+    mem_entry_t *m = mem_slot(cx->h1);
+    if (m == NULL || m->data == NULL || m->h1 != cx->h1 || m->h2 != cx->h2 || m->expires_ms != ix->expires_ms ||
+        m->size != ix->size || m->inc != cx->inc || m->h.key_len != klen || memcmp(m->data, key, klen) != 0)
+        return false;
+    size_t tn = m->h.head_len - sizeof(m->h);
+    e->fd = -1;
+    e->h = m->h;
+    e->text = arena_alloc_raw(&r->arena, tn + 1);
+    memcpy(e->text, m->data, tn);
+    e->body = m->data + tn;
+    return true;
+}
+
 /* The stored fields into r->resp (slices into the entry's text). */
 static void entry_fields(request_t *r, const entry_t *e)
 {
@@ -277,6 +337,55 @@ static void entry_fields(request_t *r, const entry_t *e)
 
 static const h1_header_t *resp_field(request_t *r, const char *name, size_t n) { return http_resp_field(r, name, n); }
 
+static void entry_close(entry_t *e)
+{
+    if (e->fd >= 0)
+        close(e->fd);
+    e->fd = -1;
+}
+
+/* A body held in memory, sent as the session takes it. */
+typedef struct {
+    const char *p;
+    size_t left;
+} mem_body_t;
+
+static void mem_pump(request_t *r)
+{
+    mem_body_t *m = r->ctx[MODULE_CTX_STATIC];
+    while (m->left) {
+        size_t k = http_send_space(r);
+        if (k == 0) {
+            if (r->sess->flush(r) != 0)
+                return; /* on_drain resumes, or the connection is gone */
+            if ((k = http_send_space(r)) == 0)
+                return;
+        }
+        k = k < m->left ? k : m->left;
+        http_send_data(r, m->p, k);
+        m->p += k;
+        m->left -= k;
+    }
+    r->on_drain = NULL;
+    http_send_end(r);
+}
+
+static void body_from_memory(request_t *r, const char *p, size_t n)
+{
+    if (http_send_space(r) >= n) {
+        http_send_data(r, p, n);
+        http_send_end(r);
+        return;
+    }
+    mem_body_t *m = arena_alloc(&r->arena, sizeof(*m));
+    char *copy = arena_alloc_raw(&r->arena, n);
+    memcpy(copy, p, n);
+    *m = (mem_body_t){copy, n};
+    r->ctx[MODULE_CTX_STATIC] = m;
+    r->on_drain = mem_pump;
+    mem_pump(r);
+}
+
 /* Answer from the entry: its fields, Age, and the client's conditionals and
  * Range decided as for a static file.  Takes e->fd. */
 static void entry_send(request_t *r, cache_ctx_t *cx, entry_t *e, enum cache_count label)
@@ -301,7 +410,7 @@ static void entry_send(request_t *r, cache_ctx_t *cx, entry_t *e, enum cache_cou
     if (so.status == 304 || so.status == 412) {
         if (so.status == 412) {
             http_resp_init(r, 412);
-            close(e->fd);
+            entry_close(e);
             http_send_status_body(r);
             return;
         }
@@ -313,7 +422,7 @@ static void entry_send(request_t *r, cache_ctx_t *cx, entry_t *e, enum cache_cou
     } else if (so.status == 416) {
         http_resp_init(r, 416);
         http_resp_add_str(r, "Content-Range", arena_strdup(&r->arena, so.content_range));
-        close(e->fd);
+        entry_close(e);
         http_send_status_body(r);
         return;
     } else {
@@ -332,14 +441,13 @@ static void entry_send(request_t *r, cache_ctx_t *cx, entry_t *e, enum cache_cou
     http_resp_add(r, "Age", 3, age, an);
     http_send_head(r);
     if (r->head || len == 0 || so.status == 304) {
-        close(e->fd);
+        entry_close(e);
         http_send_end(r);
         return;
     }
-    if (e->body && http_send_space(r) >= len) { /* read already: it goes out with the head, one write */
-        close(e->fd);
-        http_send_data(r, e->body + off, len);
-        http_send_end(r);
+    if (e->body) { /* read already: it goes out with the head, one write */
+        entry_close(e);
+        body_from_memory(r, e->body + off, len);
         return;
     }
     static_send_body(r, e->fd, e->h.head_len + off, len);
@@ -560,14 +668,18 @@ static int decide(request_t *r, cache_ctx_t *cx)
                 cache_forget(cx->z, cx->h1, cx->h2);
             continue;
         }
+        if (b != CACHE_FRESH)
+            mem_drop(cx->h1, cx->h2);
         if (b == CACHE_FRESH) {
             entry_t en;
             str_buf_t k = entry_key(r, cx);
-            if (entry_open(r, cx, cx->h1, cx->h2, k.p, k.len, &en) < 0 || (en.h.flags & CACHE_F_VARY)) {
-                if (en.fd >= 0)
-                    close(en.fd);
-                cache_forget(cx->z, cx->h1, cx->h2); /* purged, or not ours: a miss */
-                continue;
+            if (!mem_get(r, cx, &e, k.p, k.len, &en)) {
+                if (entry_open(r, cx, cx->h1, cx->h2, k.p, k.len, &en) < 0 || (en.h.flags & CACHE_F_VARY)) {
+                    entry_close(&en);
+                    cache_forget(cx->z, cx->h1, cx->h2); /* purged, or not ours: a miss */
+                    continue;
+                }
+                mem_keep(cx, &en, &e);
             }
             entry_send(r, cx, &en, CC_HIT);
             return HTTP_PHASE_DONE;
@@ -810,7 +922,7 @@ static void answer_instead(request_t *r, cache_ctx_t *cx, entry_t *e, enum cache
         cache_unlock(cx->z, cx->inc, cx->lh1, cx->lh2);
     cx->locked = false;
     if (cx->refresh) {
-        close(e->fd);
+        entry_close(e);
         bg_done(r);
         return;
     }
