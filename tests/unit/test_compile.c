@@ -114,16 +114,19 @@ static void test_diagnostics(void **state)
 
 /* Keys proxyd does not execute yet are refused at the key, values unread
  * (SPEC §9; config.c unsupported_keys). */
-static void test_unsupported_keys(void **state)
+/* cache: every key checked where it is written, with the zone's bounds. */
+static void test_cache_keys(void **state)
 {
     (void)state;
     expect_diag("site: a\nhosts: [a.example.com]\nroutes:\n  - return: {status: 200}\n    cache: 1\n",
-                "site0.yaml:5:5: error: 'cache' is not supported yet");
+                "site0.yaml:5:12: error: 'cache' must be a mapping, not a scalar");
+    expect_diag("site: a\nhosts: [a.example.com]\nroutes:\n  - return: {status: 200}\n    cache: {zone: c, key_headers: [\"a b\"]}\n",
+                "site0.yaml:5:36: error: invalid header name 'a b' in cache.key_headers");
     fixture_t f = {0};
-    assert_int_equal(compile_texts(&f, "workers: 2\ncache_zones: {c: {path: /c}}\nrate_limit_zones: {api: {rate: x}}\n",
+    assert_int_equal(compile_texts(&f, "workers: 2\ncache_zones: {c: {path: /c, memory: 2g}}\nrate_limit_zones: {api: {rate: x}}\n",
                                    NULL, 0),
                      -1);
-    assert_string_equal(diag_text(&f.d), "proxy.yaml:2:1: error: 'cache_zones' is not supported yet\n"
+    assert_string_equal(diag_text(&f.d), "proxy.yaml:2:18: error: cache zone 'c': memory must be between 256k and 1g\n"
                                          "proxy.yaml:3:32: error: invalid rate 'x': expected a rate like 10r/s or 600r/m\n");
     fixture_free(&f);
 }
@@ -334,7 +337,7 @@ int main(void)
         cmocka_unit_test(test_cross_site),       cmocka_unit_test(test_byte_identical),
         cmocka_unit_test(test_routing),          cmocka_unit_test(test_method_not_allowed),
         cmocka_unit_test(test_index_matches_walk), cmocka_unit_test(test_warning_shadowed),
-        cmocka_unit_test(test_unsupported_keys),
+        cmocka_unit_test(test_cache_keys),
         cmocka_unit_test(test_compression),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
