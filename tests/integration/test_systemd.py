@@ -230,9 +230,13 @@ def test_unit_exposure_at_most_2(name, tmp_path):
 
 
 def test_renew_unit_does_not_reown_the_state_directory():
-    """StateDirectory= would hand /var/lib/proxyd to the renew unit's user on every run."""
+    """StateDirectory= would re-own /var/lib/proxyd on every run.  Both units run as root (no
+    User=), who owns the store; the renew unit with no capability at all, proxyd's master with
+    setuid/setgid only, to run its workers as proxy.yaml's user."""
     assert _unit_values("proxyctl-renew.service", "StateDirectory") == []
-    assert _unit_values("proxyctl-renew.service", "User") == _unit_values("proxyd.service", "User") == ["proxyd"]
+    assert _unit_values("proxyctl-renew.service", "User") == _unit_values("proxyd.service", "User") == []
+    assert _unit_values("proxyctl-renew.service", "CapabilityBoundingSet") == [""]
+    assert _unit_values("proxyd.service", "CapabilityBoundingSet") == ["CAP_SETUID CAP_SETGID"]
     assert _unit_values("proxyctl-renew.service", "ReadWritePaths") == ["/var/lib/proxyd"]
 
 
