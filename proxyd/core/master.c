@@ -192,7 +192,9 @@ static void replica_exited(int status)
     replica_stop();
     if (M.stopping || M.replica_conf.node[0] == '\0')
         return;
-    if (!(asked && WIFEXITED(status) && WEXITSTATUS(status) == 0) && !(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM))
+    bool expected = (asked && WIFEXITED(status) && WEXITSTATUS(status) == 0) ||
+                    (WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM);
+    if (!expected)
         log_err("replication process exited (%s %d); restarting", WIFSIGNALED(status) ? "signal" : "status",
                 WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
     uint64_t young = ev_now(M.loop) - M.replica_spawned_ms < 1000;
