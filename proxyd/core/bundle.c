@@ -7,11 +7,14 @@
 #include <stdio.h>
 #include <string.h>
 
-#define MAGIC "PXDBNDL1"
-#define HEADER_LEN 32
+#define MAGIC       "PXDBNDL1"
+#define HEADER_LEN  32
 #define RECORD_HEAD 16
 
-static size_t pad8(size_t n) { return (n + 7) & ~(size_t)7; }
+static size_t pad8(size_t n)
+{
+    return (n + 7) & ~(size_t)7;
+}
 
 static size_t record_size(const bundle_cert_t *c)
 {

@@ -30,10 +30,10 @@ typedef struct {
 
 typedef struct bundle {
     int64_t generation;
-    const uint8_t *blob;   /* inside the buffer read: not aligned for rt_open */
+    const uint8_t *blob; /* inside the buffer read: not aligned for rt_open */
     size_t blob_len;
     uint32_t ncerts;
-    const uint8_t *certs;  /* the first certificate record */
+    const uint8_t *certs; /* the first certificate record */
     const uint8_t *end;
 } bundle_t;
 

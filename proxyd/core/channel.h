@@ -16,9 +16,9 @@
 enum chan_cmd { CHAN_RELOAD = 1, CHAN_DRAIN, CHAN_QUIT };
 
 typedef struct {
-    uint32_t cmd;        /* chan_cmd */
+    uint32_t cmd; /* chan_cmd */
     uint32_t pad;
-    int64_t generation;  /* CHAN_RELOAD: what the memfd holds */
+    int64_t generation; /* CHAN_RELOAD: what the memfd holds */
     uint64_t epoch;
 } chan_msg_t;
 

@@ -21,9 +21,9 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#define CHALLENGES_MAX 64
+#define CHALLENGES_MAX      64
 #define CHALLENGE_TOKEN_MAX 128
-#define CHALLENGE_KA_MAX 256
+#define CHALLENGE_KA_MAX    256
 
 /* Master, before forking: map the region.  0 or -1 with errno. */
 int challenges_init(void);

@@ -104,7 +104,10 @@ static void test_truncations_refused(void **state)
 }
 
 /* Offset of the first certificate record in the bundle make() writes. */
-static size_t first_record(void) { return 32 + pad8(sizeof(BLOB)); }
+static size_t first_record(void)
+{
+    return 32 + pad8(sizeof(BLOB));
+}
 
 static void test_lengths_past_the_end_refused(void **state)
 {
