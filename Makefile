@@ -93,6 +93,10 @@ build/unit/test_proxyproto: tests/unit/test_proxyproto.c proxyd/conn/proxyproto.
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g $(SAN) -o $@ $< proxyd/conn/proxyproto.c -lcmocka
 
+build/unit/test_bundle: tests/unit/test_bundle.c proxyd/core/bundle.c proxyd/core/bundle.h
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) -o $@ $< -lcmocka
+
 build/unit/test_static: tests/unit/test_static.c proxyd/handlers/static.c proxyd/handlers/static.h proxyd/http/http1.h
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g $(SAN) -o $@ $< proxyd/handlers/static.c -lcmocka

@@ -69,6 +69,7 @@ typedef struct {
 struct acme {
     store_t *st;
     char *directory, *email, *ca_file;
+    void (*published)(store_t *st);
     CURL *curl;
     struct curl_slist *hdr_jose, *hdr_pem;
     bool want_pem;
@@ -638,7 +639,9 @@ static int pick_http01(acme_t *a, const char *authz_url, const json_t *az, chal_
     return fail(a, "the CA offers no http-01 challenge for %s", name ? name : "?");
 }
 
-/* Key authorizations into acme_challenges, committed so proxyd serves them. */
+/* Key authorizations into acme_challenges, committed, and proxyd told: it
+ * serves them before the CA is asked to look (published returns once the
+ * master has them in the workers' map). */
 static int publish(acme_t *a, const chal_t *c, size_t n)
 {
     store_t *st = a->st;
@@ -665,6 +668,8 @@ static int publish(acme_t *a, const chal_t *c, size_t n)
         store_rollback(st);
         return fail(a, "%s", st->err);
     }
+    if (a->published)
+        a->published(st);
     return 0;
 }
 
@@ -969,6 +974,7 @@ acme_t *acme_new(store_t *st, const acme_config_t *cfg)
     a->directory = strdup(cfg->directory ? cfg->directory : "");
     a->email = strdup(cfg->email ? cfg->email : "");
     a->ca_file = cfg->ca_file && *cfg->ca_file ? strdup(cfg->ca_file) : NULL;
+    a->published = cfg->published;
     a->curl = curl_easy_init();
     a->hdr_jose = curl_slist_append(NULL, "Content-Type: application/jose+json");
     a->hdr_pem = curl_slist_append(curl_slist_append(NULL, "Content-Type: application/jose+json"),

@@ -4,8 +4,8 @@
  *
  * The client never runs inside proxyd: it publishes each challenge's key
  * authorization in the store's acme_challenges table (one committed
- * transaction, so the separate proxyd processes see it) and proxyd answers
- * /.well-known/acme-challenge/TOKEN from there.  The account key (ECDSA
+ * transaction), then calls cfg->published so that proxyd's master reads them
+ * into the map its workers answer /.well-known/acme-challenge/TOKEN from.  The account key (ECDSA
  * P-256) is made once per directory URL and kept in acme_accounts with the
  * account URL.  The store must not be inside a transaction when acme_issue
  * runs: it commits its own short ones around the network exchanges.
@@ -22,6 +22,7 @@ typedef struct {
     const char *directory; /* the CA's directory URL */
     const char *email;     /* account contact; "" or NULL for none */
     const char *ca_file;   /* CA bundle trusted for the directory; NULL: the system's */
+    void (*published)(store_t *st); /* challenges committed: tell proxyd (NULL: nobody) */
 } acme_config_t;
 
 /* An issued certificate: the leaf, the rest of the chain, the new key. */

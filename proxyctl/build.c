@@ -8,11 +8,11 @@
  * is stored: on any diagnostic the caller rolls back.
  */
 #include <errno.h>
-#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -132,23 +132,25 @@ static int put_site(store_t *st, const site_src_t *s)
     return 0;
 }
 
-/* As root, hand the store to the user proxyd's workers run as, so they can
- * open it read-only (mode stays 0600; sqlite gives its -wal and -shm files
- * the database's owner). */
-void cli_store_owner(const char *db, const char *user)
+/* As root, keep the store root's own, mode 0600: it holds every private key
+ * and only proxyd's master (root) reads it; the workers get what they need
+ * from the master.  A store an older proxyctl handed to proxyd's user is
+ * taken back here (sqlite's -wal and -shm files too). */
+void cli_store_private(const char *db)
 {
     if (geteuid() != 0)
         return;
-    struct passwd *pw = getpwnam(user && *user ? user : "proxyd"); /* proxyd's default, as in its worker.c */
-    if (pw == NULL)
-        return;
-    user = pw->pw_name;
     static const char *const ext[] = {"", "-wal", "-shm"};
     char path[4096];
     for (size_t i = 0; i < 3; i++) {
         snprintf(path, sizeof(path), "%s%s", db, ext[i]);
-        if (chown(path, pw->pw_uid, pw->pw_gid) < 0 && errno != ENOENT)
-            fprintf(stderr, "proxyctl: cannot give %s to user %s: %s\n", path, user, strerror(errno));
+        struct stat sb;
+        if (lstat(path, &sb) < 0 || !S_ISREG(sb.st_mode))
+            continue;
+        if ((sb.st_uid != 0 || sb.st_gid != 0) && chown(path, 0, 0) < 0)
+            fprintf(stderr, "proxyctl: cannot give %s back to root: %s\n", path, strerror(errno));
+        if ((sb.st_mode & 07777) != 0600 && chmod(path, 0600) < 0)
+            fprintf(stderr, "proxyctl: cannot make %s mode 0600: %s\n", path, strerror(errno));
     }
 }
 
@@ -248,7 +250,7 @@ int build_generation(store_t *st, const char *gyaml, const char *gsource, site_l
     }
     rc = compile_and_store(st, g, parsed, sites, comment, gyaml, gen, table_size);
     if (rc == EXIT_OK)
-        cli_store_owner(st->path, g->user);
+        cli_store_private(st->path);
 out:
     free(parsed);
     arena_free(&a);
@@ -269,29 +271,50 @@ static char *admin_socket_path(store_t *st)
     return path;
 }
 
-int cli_notify_reload(cli_t *cli, store_t *st)
+/* POST target on the admin socket of the running proxyd: its status, 0 when
+ * none runs (no socket, or nobody listening on it). */
+static int admin_post(store_t *st, const char *target, char **path)
 {
-    (void)cli;
-    char *path = admin_socket_path(st);
-    if (path == NULL)
+    *path = admin_socket_path(st);
+    if (*path == NULL)
         return 0;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", *path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int rc = 0;
+    int status = 0;
     if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-        static const char req[] = "POST /reload HTTP/1.1\r\nHost: proxyd\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-        char resp[512];
-        ssize_t n = write(fd, req, sizeof(req) - 1) == (ssize_t)(sizeof(req) - 1) ? read(fd, resp, sizeof(resp) - 1) : -1;
-        if (n < 12 || memcmp(resp + 9, "200", 3) != 0) {
-            fprintf(stderr, "proxyctl: proxyd refused to reload (admin socket %s)\n", path);
-            rc = -1;
-        }
+        char req[256], resp[512];
+        int len = snprintf(req, sizeof(req), "POST %s HTTP/1.1\r\nHost: proxyd\r\nContent-Length: 0\r\n"
+                                             "Connection: close\r\n\r\n", target);
+        ssize_t n = write(fd, req, (size_t)len) == len ? read(fd, resp, sizeof(resp) - 1) : -1;
+        status = n >= 12 ? atoi(resp + 9) : -1;
     }
     if (fd >= 0)
         close(fd);
+    return status;
+}
+
+int cli_notify_reload(cli_t *cli, store_t *st)
+{
+    (void)cli;
+    char *path;
+    int status = admin_post(st, "/reload", &path);
+    if (status != 0 && status != 200)
+        fprintf(stderr, "proxyctl: proxyd refused to reload (admin socket %s)\n", path);
     free(path);
-    return rc;
+    return status == 0 || status == 200 ? 0 : -1;
+}
+
+void cli_notify_challenges(store_t *st)
+{
+    char *path;
+    int status = admin_post(st, "/challenges", &path);
+    /* A proxyd that does not know the request (an older one) still finds
+     * them within a second by itself. */
+    if (status != 0 && status != 200 && status != 404)
+        fprintf(stderr, "proxyctl: proxyd did not take the new ACME challenges (admin socket %s, status %d)\n",
+                path, status);
+    free(path);
 }
 
 void cli_json_str(FILE *out, const char *s)

@@ -58,8 +58,10 @@ int build_generation(store_t *st, const char *gyaml, const char *gsource, site_l
 int store_put_sites(store_t *st, site_list_t *sites, const char *gyaml, const char *gsource);
 /* Ask a running proxyd to reload; returns 0 when it did or none runs. */
 int cli_notify_reload(cli_t *cli, store_t *st);
-/* As root: make the store (and its -wal/-shm) owned by user. */
-void cli_store_owner(const char *db, const char *user);
+/* Tell a running proxyd to publish the store's ACME challenges now. */
+void cli_notify_challenges(store_t *st);
+/* As root: make the store (and its -wal/-shm) root's, mode 0600. */
+void cli_store_private(const char *db);
 /* A JSON string literal of s (RFC 8259 escaping). */
 void cli_json_str(FILE *out, const char *s);
 

@@ -295,7 +295,7 @@ static int renew_acme(cli_t *cli, store_t *st, const cfg_global_t *g, acme_t **a
                 s->name.s);
         return EXIT_RUNTIME;
     }
-    acme_config_t cfg = {g->acme_directory, g->acme_email, g->acme_ca_file};
+    acme_config_t cfg = {g->acme_directory, g->acme_email, g->acme_ca_file, cli_notify_challenges};
     if (*acme == NULL && (*acme = acme_new(st, &cfg)) == NULL) {
         fprintf(stderr, "proxyctl: renew-cert %s: cannot set up the ACME client\n", s->name.s);
         return EXIT_RUNTIME;

@@ -389,7 +389,7 @@ static int ha_init(cli_t *cli, int argc, char **argv)
         store_rollback(&st);
     }
     if (rc == EXIT_OK)
-        cli_store_owner(cli->db, g->user);
+        cli_store_private(cli->db);
     arena_free(&a);
     store_close(&st);
     return rc;

@@ -201,6 +201,8 @@ int cmd_init(cli_t *cli, int argc, char **argv)
         snprintf(what, sizeof(what), "store initialised%s", gtext ? " with global settings" : "");
         rc = commit_change(cli, &st, &sites, gy, gs, what);
     }
+    if (rc == EXIT_OK)
+        cli_store_private(cli->db); /* also a store an older proxyctl gave to proxyd's user */
     end_change(&st, &sites, gyaml, gsource);
     free(gtext);
     return rc;

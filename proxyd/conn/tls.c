@@ -23,6 +23,7 @@
 
 #include "../common/log.h"
 #include "../common/route.h"
+#include "core/bundle.h"
 
 /* TLS 1.2 suites: ECDHE only (forward secrecy), AEAD only. TLS 1.3 suites are all AEAD. */
 #define TLS12_CIPHERS                                                                                 \
@@ -252,24 +253,18 @@ out:
     return rc;
 }
 
-static int site_certificate(store_t *st, const char *site, SSL_CTX *ctx, char *err, size_t errlen)
+static int site_certificate(const bundle_t *b, const char *site, SSL_CTX *ctx, char *err, size_t errlen)
 {
-    sqlite3_stmt *q = store_prepare(st, "SELECT cert_pem, chain_pem, key_pem FROM certificates WHERE site = ?");
-    int rc = -1;
-    if (q == NULL) {
-        snprintf(err, errlen, "%s", st->err);
+    bundle_cert_t c;
+    if (bundle_cert(b, site, &c) < 0) {
+        snprintf(err, errlen, "site %s: no certificate in the store (run 'proxyctl renew-cert %s')", site, site);
         return -1;
     }
-    sqlite3_bind_text(q, 1, site, -1, SQLITE_STATIC);
-    if (sqlite3_step(q) != SQLITE_ROW)
-        snprintf(err, errlen, "site %s: no certificate in the store (run 'proxyctl renew-cert %s')", site, site);
-    else if (load_pem(ctx, (const char *)sqlite3_column_text(q, 0), (const char *)sqlite3_column_text(q, 1),
-                      (const char *)sqlite3_column_text(q, 2)) < 0)
+    if (load_pem(ctx, c.cert, c.chain, c.key) < 0) {
         snprintf(err, errlen, "site %s: certificate does not load: %s", site, tls_error());
-    else
-        rc = 0;
-    sqlite3_finalize(q);
-    return rc;
+        return -1;
+    }
+    return 0;
 }
 
 /* A table's TLS contexts (tref_t.mod[MOD_TLS]). */
@@ -299,7 +294,7 @@ static int sni_cb(SSL *s, int *alert, void *arg)
     return SSL_TLSEXT_ERR_OK; /* the base context carries the default site's certificate */
 }
 
-static int prepare_server(tref_t *tr, store_t *st, char *err, size_t errlen)
+static int prepare_server(tref_t *tr, const bundle_t *b, char *err, size_t errlen)
 {
     const rt_table_t *t = &tr->t;
     tls_table_t *r = tls_of(tr);
@@ -313,7 +308,7 @@ static int prepare_server(tref_t *tr, store_t *st, char *err, size_t errlen)
             snprintf(err, errlen, "TLS context: %s", tls_error());
             return -1;
         }
-        if (site_certificate(st, rt_cstr(t, t->sites[i].name), r->site_ctx[i], err, errlen) < 0)
+        if (site_certificate(b, rt_cstr(t, t->sites[i].name), r->site_ctx[i], err, errlen) < 0)
             return -1;
     }
     if ((r->base_ctx = server_ctx(t)) == NULL) {
@@ -322,7 +317,7 @@ static int prepare_server(tref_t *tr, store_t *st, char *err, size_t errlen)
     }
     uint32_t def = t->global->default_site;
     if (def != RT_NONE && r->site_ctx[def]) {
-        if (site_certificate(st, rt_cstr(t, t->sites[def].name), r->base_ctx, err, errlen) < 0)
+        if (site_certificate(b, rt_cstr(t, t->sites[def].name), r->base_ctx, err, errlen) < 0)
             return -1;
         r->default_ctx = r->base_ctx;
     }
@@ -393,7 +388,7 @@ static int tls_table_init(tref_t *tr, const module_load_t *ld, char *err, size_t
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    if (prepare_server(tr, ld->st, err, errlen) < 0 || prepare_upstreams(tr, err, errlen) < 0) {
+    if (prepare_server(tr, ld->bundle, err, errlen) < 0 || prepare_upstreams(tr, err, errlen) < 0) {
         tls_release(tr);
         return -1;
     }

@@ -2,7 +2,8 @@
  * tls.h - TLS termination (OpenSSL 3) and TLS to upstreams.
  *
  * Per loaded table: one server SSL_CTX per site that has a certificate in
- * the store, chosen by SNI; a request for an unknown name gets the default
+ * the store (read by the master, handed over in the generation's bundle,
+ * core/bundle.h: a worker never opens the store), chosen by SNI; a request for an unknown name gets the default
  * site's certificate or a handshake alert (tls.unknown_sni).  TLS 1.2 and
  * 1.3 only (as configured), AEAD suites with forward secrecy, ALPN
  * http/1.1.  Session tickets are encrypted with keys the master keeps in
@@ -49,7 +50,7 @@ void tls_set_ticket_shm(tls_ticket_shm_t *shm);
  * publish the newest TLS_TICKET_KEYS into shm.  0 or -1 with err. */
 int tls_rotate_ticket_keys(store_t *st, uint32_t rotation_s, bool rotate, char *err, size_t errlen);
 
-/* The module: a table's server contexts from the store's certificates and
+/* The module: a table's server contexts from the bundle's certificates and
  * its upstream client contexts (init fails with a reason naming the site). */
 extern const module_t tls_module;
 /* Does upstream speak TLS (a client context exists)? */

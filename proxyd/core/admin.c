@@ -465,6 +465,15 @@ static void reply(admin_conn_t *a, int status, const char *ctype, str_buf_t *bod
     str_append(&a->out, body->p, body->len);
 }
 
+/* A failed POST: {"error": "..."}, status 500. */
+static int error_body(str_buf_t *b, const char *err)
+{
+    STR_APPEND_LIT(b, "{\"error\":\"");
+    str_json_escape(b, err, strlen(err), SIZE_MAX);
+    STR_APPEND_LIT(b, "\"}\n");
+    return 500;
+}
+
 static void route(admin_conn_t *a, const h1_request_t *h)
 {
     OPS->view(&V);
@@ -488,20 +497,23 @@ static void route(admin_conn_t *a, const h1_request_t *h)
                    OPS->live_workers(), (long long)V.shm->generation);
     } else if (PATH_IS("/reload") && post) {
         char err[256];
-        if (OPS->reload(err, sizeof(err)) == 0) {
+        if (OPS->reload(err, sizeof(err)) == 0)
             str_printf(&body, "{\"generation\":%lld}\n", (long long)V.shm->generation);
-        } else {
-            status = 500;
-            STR_APPEND_LIT(&body, "{\"error\":\"");
-            str_json_escape(&body, err, strlen(err), SIZE_MAX);
-            STR_APPEND_LIT(&body, "\"}\n");
-        }
+        else
+            status = error_body(&body, err);
+    } else if (PATH_IS("/challenges") && post) {
+        char err[256];
+        int n = OPS->challenges(err, sizeof(err));
+        if (n >= 0)
+            str_printf(&body, "{\"challenges\":%d}\n", n);
+        else
+            status = error_body(&body, err);
     } else if (PATH_IS("/cache/stats") && get) {
         cache_stats_json(&V.table->t, &body);
     } else if (PATH_IS("/cache/purge") && post) {
         status = cache_purge_request(h, &body);
     } else if (PATH_IS("/status") || PATH_IS("/metrics") || PATH_IS("/health") || PATH_IS("/reload") ||
-               PATH_IS("/cache/stats") || PATH_IS("/cache/purge")) {
+               PATH_IS("/challenges") || PATH_IS("/cache/stats") || PATH_IS("/cache/purge")) {
         status = 405;
         str_printf(&body, "{\"error\":\"method not allowed\"}\n");
     } else {

@@ -1,6 +1,7 @@
 /*
  * admin.h - the admin interface in the master: HTTP/1.1 over the admin unix
- * socket (GET /status, GET /metrics, GET /health, POST /reload) and, when
+ * socket (GET /status, GET /metrics, GET /health, POST /reload, POST
+ * /challenges: read the store's ACME challenges again) and, when
  * metrics_listen is set, GET /metrics on that TCP address.
  */
 #ifndef PROXYD_ADMIN_H
@@ -34,6 +35,8 @@ typedef struct {
     void (*view)(admin_view_t *out);
     int (*live_workers)(void);
     int (*reload)(char *err, size_t errlen);
+    /* Publish the store's ACME challenges to the workers: how many, or -1. */
+    int (*challenges)(char *err, size_t errlen);
 } admin_ops_t;
 
 /* Bind the admin socket (removing a stale one) and the metrics listener. */

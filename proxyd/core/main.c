@@ -72,7 +72,7 @@ int main(int argc, char **argv)
     }
     char err[512];
     tref_t *t = tref_load(db, 0, err, sizeof(err));
-    if (t == NULL || tref_prepare(t, db, err, sizeof(err)) < 0) {
+    if (t == NULL) {
         fprintf(stderr, "proxyd: %s\n", err);
         return 1;
     }

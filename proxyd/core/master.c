@@ -2,10 +2,12 @@
  * master.c - the master process (see master.h).
  *
  * The master binds every listener once, maps the shared stats region, and
- * forks the workers, which inherit both.  Its loop handles signals (through
- * a signalfd), worker exits (restarting them at once), and the admin socket.
- * A reload is verified here first, so a bad generation is refused before
- * any worker sees it.
+ * forks the workers, which inherit both and the master's prepared table.
+ * Its loop handles signals (through a signalfd), worker exits (restarting
+ * them at once), and the admin socket.  Only the master opens the store
+ * (root's, mode 0600): a reload is read and verified here first, so a bad
+ * generation is refused before any worker sees it, and then handed to each
+ * worker over its channel (core/channel.h) with the certificates it needs.
  */
 #include "core/master.h"
 
@@ -29,6 +31,7 @@
 #include "../common/ha.h"
 #include "../common/log.h"
 #include "core/admin.h"
+#include "core/channel.h"
 #include "core/net.h"
 #include "http/limit.h"
 #include "cache/cache.h"
@@ -36,11 +39,12 @@
 #include "core/replica.h"
 #include "conn/peers.h"
 #include "conn/tls.h"
+#include "handlers/challenges.h"
 
 master_t M;
 
-static ev_io_t sig_io, upgrade_io;
-static ev_timer_t stop_timer, ticket_timer, upgrade_timer, watchdog_timer;
+static ev_io_t sig_io, upgrade_io, replica_io;
+static ev_timer_t stop_timer, ticket_timer, upgrade_timer, watchdog_timer, challenge_timer;
 static uint64_t watchdog_ms;
 static pid_t upgrade_pid;
 
@@ -77,6 +81,14 @@ static void rotate_tickets(ev_loop_t *loop, ev_timer_t *t)
  * signal handling. */
 static void child_after_fork(void)
 {
+    for (int i = 0; i < STATS_MAX_WORKERS; i++)
+        if (M.chan[i] >= 0) {
+            close(M.chan[i]);
+            M.chan[i] = -1;
+        }
+    if (M.replica_chan >= 0)
+        close(M.replica_chan);
+    M.replica_chan = -1;
     admin_close_in_child();
     ev_free(M.loop);
     close(sig_io.fd);
@@ -89,19 +101,58 @@ static void child_after_fork(void)
 
 static ev_timer_t replica_timer;
 
+/* Closing the channel tells the replication process to stop (it runs as
+ * `user`: the master may have no right to signal it). */
+static void replica_stop(void)
+{
+    if (M.replica_chan < 0)
+        return;
+    ev_del(M.loop, &replica_io);
+    close(M.replica_chan);
+    M.replica_chan = -1;
+}
+
+/* The replication process pulled a new state: reload. */
+static void on_replica(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
+{
+    char b[16], err[256];
+    ssize_t n;
+    bool reload = false;
+    (void)loop;
+    (void)revents;
+    while ((n = recv(io->fd, b, sizeof(b), MSG_DONTWAIT)) > 0)
+        reload |= memchr(b, 'R', (size_t)n) != NULL;
+    if (n == 0)
+        replica_stop();
+    if (reload)
+        master_reload(err, sizeof(err));
+}
+
 static void replica_spawn(void)
 {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+        log_err("replication process: channel: %s", strerror(errno));
+        return;
+    }
     pid_t pid = fork();
     if (pid < 0) {
         log_err("fork replication process: %s", strerror(errno));
+        close(sv[0]);
+        close(sv[1]);
         return;
     }
     if (pid == 0) {
+        close(sv[0]);
         child_after_fork();
         for (int i = 0; i < M.nls; i++)
             close(M.ls[i].fd);
-        _exit(replica_main(M.db, rt_cstr(&M.table->t, M.table->t.global->user), M.replica));
+        _exit(replica_main(M.db, rt_cstr(&M.table->t, M.table->t.global->user), M.replica, sv[1]));
     }
+    close(sv[1]);
+    replica_stop();
+    M.replica_chan = sv[0];
+    ev_add(M.loop, &replica_io, sv[0], EV_READ, on_replica);
     M.replica_pid = pid;
     M.replica_spawned_ms = ev_now(M.loop);
 }
@@ -129,7 +180,7 @@ static void replica_sync(void)
     bool changed = memcmp(&c, &M.replica_conf, sizeof(c)) != 0;
     M.replica_conf = c;
     if (changed && M.replica_pid > 0)
-        kill(M.replica_pid, SIGTERM); /* reaped, then started again with the new settings */
+        replica_stop(); /* it exits, is reaped, then started again with the new settings */
     else if (have && M.replica_pid == 0)
         replica_spawn();
 }
@@ -137,9 +188,13 @@ static void replica_sync(void)
 static void replica_exited(int status)
 {
     M.replica_pid = 0;
+    bool asked = M.replica_chan < 0; /* we closed its channel */
+    replica_stop();
     if (M.stopping || M.replica_conf.node[0] == '\0')
         return;
-    if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM))
+    bool expected = (asked && WIFEXITED(status) && WEXITSTATUS(status) == 0) ||
+                    (WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM);
+    if (!expected)
         log_err("replication process exited (%s %d); restarting", WIFSIGNALED(status) ? "signal" : "status",
                 WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
     uint64_t young = ev_now(M.loop) - M.replica_spawned_ms < 1000;
@@ -251,22 +306,27 @@ static int bind_all(const rt_table_t *t)
 
 static int spawn(int id)
 {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+        log_err("worker %d: channel: %s", id, strerror(errno));
+        return -1;
+    }
     pid_t pid = fork();
     if (pid < 0) {
         log_err("fork worker %d: %s", id, strerror(errno));
+        close(sv[0]);
+        close(sv[1]);
         return -1;
     }
     if (pid == 0) {
+        close(sv[0]);
         child_after_fork();
-        /* Inherited table: the master's current generation. */
-        tref_t *t = tref_get(M.table);
-        char err[256];
-        if (!t->prepared && tref_prepare(t, M.db, err, sizeof(err)) < 0) {
-            log_err("worker %d: %s", id, err);
-            _exit(1);
-        }
-        _exit(worker_main(id, M.db, t, M.ls, M.nls, M.shm));
+        /* Inherited table: the master's current generation, prepared. */
+        _exit(worker_main(id, M.db, sv[1], tref_get(M.table), M.ls, M.nls, M.shm));
     }
+    close(sv[1]);
+    fcntl(sv[0], F_SETFL, O_NONBLOCK);
+    M.chan[id] = sv[0];
     M.pids[id] = pid;
     M.spawned_ms[id] = ev_now(M.loop);
     return 0;
@@ -320,6 +380,8 @@ static void reap(void)
             if (M.pids[i] != pid)
                 continue;
             M.pids[i] = 0;
+            close(M.chan[i]);
+            M.chan[i] = -1;
             M.shm->workers[i].conns_active = 0;
             peers_reset(i); /* its connections are gone with it */
             cache_worker_died(pid); /* and its half-written cache files */
@@ -336,13 +398,26 @@ static void reap(void)
         ev_stop(M.loop);
 }
 
-static void signal_workers(int sig)
+/* Tell every worker to drain or to quit, over its channel; and stop the
+ * replication process. */
+static void order_workers(uint32_t cmd)
+{
+    chan_msg_t m = {.cmd = cmd};
+    for (int i = 0; i < M.nworkers; i++)
+        if (M.pids[i] > 0 && (M.chan[i] < 0 || chan_send(M.chan[i], &m, -1) < 0))
+            kill(M.pids[i], cmd == CHAN_QUIT ? SIGQUIT : SIGTERM); /* its channel is full: as far as we may */
+    replica_stop();
+}
+
+/* The drain timeout passed: as far as we may (a master without CAP_KILL
+ * leaves them to PDEATHSIG when it exits). */
+static void kill_children(void)
 {
     for (int i = 0; i < M.nworkers; i++)
         if (M.pids[i] > 0)
-            kill(M.pids[i], sig);
-    if (M.replica_pid > 0 && sig != SIGHUP)
-        kill(M.replica_pid, sig);
+            kill(M.pids[i], SIGKILL);
+    if (M.replica_pid > 0)
+        kill(M.replica_pid, SIGKILL);
 }
 
 static void admin_view(admin_view_t *v)
@@ -362,15 +437,56 @@ static void admin_view(admin_view_t *v)
     };
 }
 
-static const admin_ops_t admin_ops = {admin_view, master_live_workers, master_reload};
+static int refresh_challenges(char *err, size_t errlen)
+{
+    int n = challenges_refresh(M.db, err, errlen);
+    if (n < 0)
+        log_err("acme challenges: %s", err);
+    return n;
+}
+
+/* Challenges written without telling us (an older proxyctl, a replicated
+ * store) are served within a second. */
+static void poll_challenges(ev_loop_t *loop, ev_timer_t *t)
+{
+    challenges_poll(M.db);
+    ev_timer_start(loop, t, 1000, poll_challenges);
+}
+
+static const admin_ops_t admin_ops = {admin_view, master_live_workers, master_reload, refresh_challenges};
+
+/* Hand the current generation (its bundle, p[0..n)) to every worker.  A
+ * worker whose channel is full (it has not read that many reloads) is told
+ * to drain: it is restarted on the current generation. */
+static void send_generation(const uint8_t *p, size_t n)
+{
+    int fd = chan_memfd(p, n);
+    if (fd < 0) {
+        log_err("reload: cannot hand generation %lld to the workers: memfd: %s", (long long)M.table->generation,
+                strerror(errno));
+        return;
+    }
+    chan_msg_t m = {.cmd = CHAN_RELOAD, .generation = M.table->generation, .epoch = M.shm->epoch};
+    for (int i = 0; i < M.nworkers; i++) {
+        if (M.pids[i] <= 0 || M.chan[i] < 0 || chan_send(M.chan[i], &m, fd) == 0)
+            continue;
+        log_err("reload: worker %d (pid %d) did not take generation %lld (%s); restarting it", i, (int)M.pids[i],
+                (long long)m.generation, strerror(errno));
+        kill(M.pids[i], SIGTERM); /* as far as we may: a worker that never reads its channel is stuck anyway */
+    }
+    close(fd);
+}
 
 int master_reload(char *err, size_t errlen)
 {
     publish_tickets(); /* replicated ticket keys arrive with a reload */
     replica_sync();
-    tref_t *t = tref_load(M.db, 0, err, errlen);
-    if (t == NULL || tref_prepare(t, M.db, err, errlen) < 0) {
-        tref_put(t);
+    challenges_poll(M.db);
+    uint8_t *p = NULL;
+    size_t n = 0;
+    tref_t *t = tref_bundle_load(M.db, 0, &p, &n, err, errlen) == 0 ? tref_open(M.db, p, n, err, errlen) : NULL;
+    if (t == NULL) {
+        tref_bundle_free(p, n);
         snprintf(M.last_reload_error, sizeof(M.last_reload_error), "%s", err);
         log_err("reload refused, keeping generation %lld: %s", (long long)M.table->generation, err);
         return -1;
@@ -379,6 +495,7 @@ int master_reload(char *err, size_t errlen)
     bool same = t->generation == M.table->generation;
     if (same && tref_same_addresses(t, M.table)) {
         tref_put(t);
+        tref_bundle_free(p, n);
         return 0;
     }
     tref_put(M.table);
@@ -389,7 +506,8 @@ int master_reload(char *err, size_t errlen)
     log_info("reload: generation %lld (%u sites)%s", (long long)t->generation, t->t.nsites,
              same ? ": host names of upstream servers resolve differently now" : "");
     sd_notifyf(0, "RELOADING=1\nSTATUS=reloading to generation %lld", (long long)t->generation);
-    signal_workers(SIGHUP);
+    send_generation(p, n);
+    tref_bundle_free(p, n);
     sd_notifyf(0, "READY=1\nSTATUS=serving generation %lld (%u sites)", (long long)t->generation, t->t.nsites);
     return 0;
 }
@@ -424,6 +542,8 @@ static void upgrade_abort(const char *why)
 static void retire(void)
 {
     log_info("binary upgrade: new master %d serves; draining %d workers", (int)upgrade_pid, master_live_workers());
+    /* Under systemd (NotifyAccess=main) only we may name the new main pid. */
+    sd_notifyf(0, "MAINPID=%d", (int)upgrade_pid);
     ev_del(M.loop, &upgrade_io);
     close(upgrade_io.fd);
     upgrade_io.fd = -1;
@@ -432,7 +552,7 @@ static void retire(void)
     admin_stop(true);
     for (int i = 0; i < M.nls; i++)
         close(M.ls[i].fd);
-    signal_workers(SIGTERM);
+    order_workers(CHAN_DRAIN);
     ev_timer_start(M.loop, &stop_timer, (uint64_t)M.table->t.global->drain_timeout_ms + 1000, stop_expired);
     if (master_live_workers() == 0)
         ev_stop(M.loop);
@@ -553,7 +673,7 @@ static void stop_expired(ev_loop_t *loop, ev_timer_t *t)
 {
     (void)t;
     log_warn("workers did not finish within the drain timeout; killing them");
-    signal_workers(SIGKILL);
+    kill_children();
     ev_stop(loop);
 }
 
@@ -567,7 +687,7 @@ static void begin_stop(int sig)
     for (int i = 0; i < M.nls; i++)
         close(M.ls[i].fd); /* the workers close theirs: new connections are refused, not left waiting */
     M.nls = 0;
-    signal_workers(sig == SIGQUIT ? SIGQUIT : SIGTERM);
+    order_workers(sig == SIGQUIT ? CHAN_QUIT : CHAN_DRAIN);
     ev_timer_start(M.loop, &stop_timer, (uint64_t)M.table->t.global->drain_timeout_ms + 1000, stop_expired);
     if (master_live_workers() == 0)
         ev_stop(M.loop);
@@ -608,6 +728,9 @@ static int setup_signals(void)
 int master_main(const char *db, tref_t *table, int workers, char **argv)
 {
     upgrade_io.fd = -1;
+    for (int i = 0; i < STATS_MAX_WORKERS; i++)
+        M.chan[i] = -1;
+    M.replica_chan = -1;
     M.argv = argv;
     M.exe = realpath(argv[0], NULL);
     if (M.exe == NULL)
@@ -649,6 +772,11 @@ int master_main(const char *db, tref_t *table, int workers, char **argv)
         return 1;
     }
     tls_set_ticket_shm(tickets);
+    if (challenges_init() < 0) {
+        log_err("cannot map acme challenges: %s", strerror(errno));
+        return 1;
+    }
+    poll_challenges(M.loop, &challenge_timer);
     M.replica = mmap(NULL, sizeof(*M.replica), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (M.replica == MAP_FAILED) {
         log_err("cannot map replication state: %s", strerror(errno));

@@ -23,6 +23,7 @@ typedef struct {
     int nls;
     int nworkers;
     pid_t pids[STATS_MAX_WORKERS];
+    int chan[STATS_MAX_WORKERS];            /* the master's end of each worker's channel, -1 when none */
     uint64_t spawned_ms[STATS_MAX_WORKERS]; /* loop clock at fork */
     uint64_t backoff_ms[STATS_MAX_WORKERS]; /* restart delay of a worker that keeps dying young */
     ev_loop_t *loop;
@@ -31,6 +32,7 @@ typedef struct {
     char last_reload_error[256];
     char *exe;                 /* the binary, resolved at start: SIGUSR2 executes it again */
     pid_t replica_pid;         /* the HA replication process, 0 when none runs */
+    int replica_chan;          /* the master's end of its channel, -1 when none */
     uint64_t replica_spawned_ms;
     ha_conf_t replica_conf;    /* the ha settings it runs with (node "" = none) */
     replica_shm_t *replica;    /* what it reports */

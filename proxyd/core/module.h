@@ -11,7 +11,7 @@
 #include <stddef.h>
 
 struct tref;
-struct store;
+struct bundle;
 
 /* Per-request context slots (request_t.ctx), one per module that wants one. */
 enum module_ctx { MODULE_CTX_PROXY, MODULE_CTX_STATIC, MODULE_CTX_LIMIT, MODULE_CTX_COMPRESS, MODULE_CTX_CACHE, MODULE_CTX_MAX };
@@ -31,8 +31,12 @@ enum module_id {
 };
 
 typedef struct {
-    const char *db;      /* the store the table came from */
-    struct store *st;    /* open read-only while the hooks run */
+    /* The store's path, to resolve relative paths against; only the master
+     * ever opens it. */
+    const char *db;
+    /* The generation as the master read it from the store: its certificates
+     * (bundle_cert). */
+    const struct bundle *bundle;
 } module_load_t;
 
 typedef struct module {

@@ -57,7 +57,7 @@ static peer_conn_t conns[MAX_PEERS];
 static store_t st;
 static ha_conf_t conf;
 static replica_shm_t *R;
-static pid_t master_pid; /* told to reload after a pull */
+static int master_fd = -1; /* the master's channel: 'R' asks it to reload; EOF means stop */
 
 static void on_term(int sig)
 {
@@ -277,8 +277,8 @@ static void pull(SSL_CTX *cctx, ha_client_t *client)
         R->serial = peer.serial;
         log_info("replication: pulled from %s (%s, serial %lld): generation %lld %.12s", peer.node, peer.role,
                  (long long)peer.serial, (long long)peer.generation, peer.digest);
-        if (reload)
-            kill(master_pid, SIGHUP);
+        if (reload && write(master_fd, "R", 1) != 1)
+            log_err("replication: cannot ask the master to reload: %s", strerror(errno));
     }
 }
 
@@ -286,19 +286,37 @@ static int pull_loop(void);
 static int serve_loop(int lfd);
 
 /* Each process its own connection (sqlite's must not cross a fork), opened
- * as the user that writes the store from now on. */
-static int open_store(const char *db)
+ * before it drops to user: the store is root's, mode 0600, and sqlite keeps
+ * the database, -wal and -shm files open for the connection's life. */
+static int open_store(const char *db, const char *user)
 {
-    if (store_open(&st, db, 0) == 0)
-        return 0;
-    log_err("replication: %s", st.err);
-    return -1;
+    if (store_open(&st, db, 0) < 0) {
+        log_err("replication: %s", st.err);
+        return -1;
+    }
+    if (drop_privileges(user, false) < 0)
+        return -1;
+    prctl(PR_SET_PDEATHSIG, SIGTERM); /* setuid clears it */
+    return 0;
 }
 
-int replica_main(const char *db, const char *user, replica_shm_t *shm)
+/* Wait up to ms for the master to close our channel (it wants us to stop,
+ * or it is gone): true when it did, and stop is set. */
+static bool master_says_stop(int ms)
+{
+    struct pollfd p = {master_fd, POLLIN, 0};
+    if (poll(&p, 1, ms) > 0) {
+        char b;
+        if (recv(master_fd, &b, 1, MSG_DONTWAIT) <= 0 || (p.revents & (POLLHUP | POLLERR)))
+            stop = 1;
+    }
+    return stop;
+}
+
+int replica_main(const char *db, const char *user, replica_shm_t *shm, int ctl)
 {
     R = shm;
-    master_pid = getppid();
+    master_fd = ctl;
     log_set_ident("ha");
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     struct sigaction sa = {.sa_handler = on_term};
@@ -320,9 +338,6 @@ int replica_main(const char *db, const char *user, replica_shm_t *shm)
     int lfd = listen_on(conf.listen);
     if (lfd < 0)
         return 1;
-    if (drop_privileges(user, false) < 0)
-        return 1;
-    prctl(PR_SET_PDEATHSIG, SIGTERM); /* setuid clears it */
     log_info("replication: node %s listening on %s, peer %s", conf.node, conf.listen, conf.peer);
     /* The pulling side blocks (boundedly) on the peer, whose own pull may be
      * waiting on us at that moment: it runs in a process of its own. */
@@ -334,9 +349,9 @@ int replica_main(const char *db, const char *user, replica_shm_t *shm)
     if (puller == 0) {
         close(lfd);
         prctl(PR_SET_PDEATHSIG, SIGTERM);
-        return open_store(db) < 0 ? 1 : pull_loop();
+        return open_store(db, user) < 0 ? 1 : pull_loop();
     }
-    int rc = open_store(db) < 0 ? 1 : serve_loop(lfd);
+    int rc = open_store(db, user) < 0 ? 1 : serve_loop(lfd);
     kill(puller, SIGTERM);
     waitpid(puller, NULL, 0);
     close(lfd);
@@ -354,7 +369,7 @@ static SSL_CTX *await_ctx(bool server)
         complain(err);
         snprintf(R->last_error, sizeof(R->last_error), "%s", err);
         for (int i = 0; i < 50 && !stop; i++)
-            usleep(100000);
+            master_says_stop(100);
     }
     return stop ? NULL : ctx;
 }
@@ -368,7 +383,7 @@ static int pull_loop(void)
         int64_t next = now_ms() + PULL_EVERY_MS;
         pull(cctx, &client);
         for (int64_t left; !stop && (left = next - now_ms()) > 0;)
-            poll(NULL, 0, (int)left);
+            master_says_stop((int)left);
     }
     ha_client_close(&client);
     SSL_CTX_free(cctx);
@@ -386,9 +401,11 @@ static int serve_loop(int lfd)
             return 1;
         }
         int64_t wake = now_ms() + 1000;
-        struct pollfd fds[MAX_PEERS + 1];
-        peer_conn_t *which[MAX_PEERS + 1];
+        struct pollfd fds[MAX_PEERS + 2];
+        peer_conn_t *which[MAX_PEERS + 2];
         int n = 0;
+        fds[n] = (struct pollfd){master_fd, POLLIN, 0};
+        which[n++] = NULL;
         fds[n] = (struct pollfd){lfd, POLLIN, 0};
         which[n++] = NULL;
         for (int i = 0; i < MAX_PEERS; i++) {
@@ -408,7 +425,9 @@ static int serve_loop(int lfd)
         for (int i = 0; k > 0 && i < n; i++) {
             if (fds[i].revents == 0)
                 continue;
-            if (which[i] == NULL)
+            if (fds[i].fd == master_fd)
+                master_says_stop(0);
+            else if (which[i] == NULL)
                 on_accept(lfd, sctx);
             else
                 serve(which[i]);

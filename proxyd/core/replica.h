@@ -30,7 +30,9 @@ typedef struct {
     char last_error[600];    /* "" while the link works */
 } replica_shm_t;
 
-/* Run the replication process; returns its exit status. */
-int replica_main(const char *db, const char *user, replica_shm_t *shm);
+/* Run the replication process; ctl is its end of the master's channel (it
+ * writes 'R' there to have the master reload after a pull, and stops when
+ * the master closes it).  Returns its exit status. */
+int replica_main(const char *db, const char *user, replica_shm_t *shm, int ctl);
 
 #endif

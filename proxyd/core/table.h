@@ -27,17 +27,23 @@ typedef struct tref {
     uint8_t *blob;
     size_t len;
     rt_table_t t;
-    bool prepared;         /* tref_prepare ran to the end */
     struct sockaddr_storage *resolved; /* per server: host-name servers resolved at load */
     void *mod[MOD_COUNT];  /* each module's per-generation state (module.h) */
 } tref_t;
 
-/* Load generation gen (0: the active one) from the store, read-only.  NULL
- * with a reason in err when it is missing, unreadable or fails verification. */
+/* Master: generation gen (0: the active one) of the store, with the
+ * certificates of its TLS sites, as a bundle (core/bundle.h) in *p, *n
+ * (free with tref_bundle_free, which wipes it).  0, or -1 with a reason in
+ * err when it is missing or unreadable. */
+int tref_bundle_load(const char *db, int64_t gen, uint8_t **p, size_t *n, char *err, size_t errlen);
+void tref_bundle_free(uint8_t *p, size_t n);
+/* A table from a bundle: verified (a table that fails is refused), host
+ * names resolved, and every module's table_init run with the bundle's
+ * certificates (db, the store's path, only to resolve relative paths
+ * against).  NULL with a reason in err.  p may be freed afterwards. */
+tref_t *tref_open(const char *db, const uint8_t *p, size_t n, char *err, size_t errlen);
+/* tref_bundle_load and tref_open: the master's way to a table. */
 tref_t *tref_load(const char *db, int64_t gen, char *err, size_t errlen);
-/* Resolve host names and run every module's table_init (with the store db
- * open read-only); 0 or -1 with err. */
-int tref_prepare(tref_t *r, const char *db, char *err, size_t errlen);
 static inline tref_t *tref_get(tref_t *r) { r->refs++; return r; }
 void tref_put(tref_t *r);
 /* The socket address of server (a host name as resolved at load): 0, or -1

@@ -2,33 +2,41 @@
  * worker.c - a worker process: accepts on the inherited listeners and runs
  * every connection to completion on its event loop.
  *
+ * A reload arrives on the worker's channel from the master: the new
+ * generation, verified by the master, as a bundle (core/bundle.h) in a
+ * sealed memfd; the worker never opens the store.  It swaps the new table in
+ * between requests (requests in flight keep the table they started with).
  * Signals arrive through a signalfd, so handlers are ordinary loop
- * callbacks: HUP swaps in the generation the master names in shared memory
- * (requests in flight keep the table they started with), TERM drains (stop
- * accepting, let requests finish, close idle connections), QUIT exits now.
+ * callbacks.  Drain (stop accepting, let requests finish, close idle
+ * connections) and quit (exit now) come as orders on the channel, or as
+ * TERM and QUIT from someone allowed to signal the worker.
  */
 #include "core/worker.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/signalfd.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "../common/log.h"
-#include "../common/store.h"
+#include "core/channel.h"
 #include "core/module.h"
 #include "core/sandbox.h"
 
 worker_t *W;
 
-static ev_io_t sig_io;
+static ev_io_t sig_io, chan_io;
 static ev_timer_t drain_timer;
 
 const char *worker_date(void)
@@ -77,25 +85,36 @@ static void remap_site_counters(const rt_table_t *from, const rt_table_t *to)
     free(old);
 }
 
-/* Load the generation the master announced and make it current. */
-static void reload(void)
+/* Make the generation in the bundle fd (a sealed memfd from the master)
+ * current. */
+static void reload(int fd, const chan_msg_t *m)
 {
-    int64_t want = W->shm->generation;
-    uint64_t epoch = W->shm->epoch;
-    if (want == W->table->generation && epoch == W->stats->epoch)
+    if (m->generation == W->table->generation && m->epoch == W->stats->epoch)
         return; /* (a new epoch of the same generation: host names resolve anew) */
     char err[512];
-    tref_t *t = tref_load(W->db, want, err, sizeof(err));
-    if (t == NULL || tref_prepare(t, W->db, err, sizeof(err)) < 0) {
+    struct stat sb;
+    tref_t *t = NULL;
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (fstat(fd, &sb) < 0 || sb.st_size <= 0 || seals < 0 || !(seals & F_SEAL_WRITE)) {
+        snprintf(err, sizeof(err), "the master's generation is not a sealed memfd");
+    } else {
+        void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED)
+            snprintf(err, sizeof(err), "cannot map the master's generation: %s", strerror(errno));
+        else {
+            t = tref_open(W->db, p, (size_t)sb.st_size, err, sizeof(err));
+            munmap(p, (size_t)sb.st_size);
+        }
+    }
+    if (t == NULL) {
         log_err("reload refused, keeping generation %lld: %s", (long long)W->table->generation, err);
-        tref_put(t);
         return;
     }
     remap_site_counters(&W->table->t, &t->t);
     tref_put(W->table);
     W->table = t;
     W->stats->generation = t->generation;
-    W->stats->epoch = epoch;
+    W->stats->epoch = m->epoch;
     modules_worker_switch(t);
 }
 
@@ -122,14 +141,46 @@ static void start_drain(void)
     ev_timer_start(W->loop, &drain_timer, W->table->t.global->drain_timeout_ms, drain_expired);
 }
 
+/* Orders from the master: the newest reload wins (older ones queued behind
+ * it are skipped); a drain or quit after it is obeyed once it is in. */
+static void on_channel(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
+{
+    chan_msg_t m, last = {0};
+    int fd, last_fd = -1;
+    bool drain = false, quit = false;
+    ssize_t n;
+    (void)revents;
+    while ((n = chan_recv(io->fd, &m, &fd)) > 0) {
+        drain |= m.cmd == CHAN_DRAIN;
+        quit |= m.cmd == CHAN_QUIT;
+        if (m.cmd != CHAN_RELOAD) {
+            if (fd >= 0)
+                close(fd);
+            continue;
+        }
+        if (last_fd >= 0)
+            close(last_fd);
+        last = m;
+        last_fd = fd;
+    }
+    if (last_fd >= 0) {
+        reload(last_fd, &last);
+        close(last_fd);
+    }
+    if (n == 0) /* the master is gone: PDEATHSIG follows */
+        ev_del(loop, io);
+    if (quit)
+        ev_stop(loop);
+    else if (drain)
+        start_drain();
+}
+
 static void on_signal(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
 {
     struct signalfd_siginfo si;
     (void)revents;
     while (read(io->fd, &si, sizeof(si)) == sizeof(si)) {
-        if (si.ssi_signo == SIGHUP)
-            reload();
-        else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
             start_drain();
         else if (si.ssi_signo == SIGQUIT)
             ev_stop(loop);
@@ -191,7 +242,7 @@ int drop_privileges(const char *user, bool warn)
     return 0;
 }
 
-int worker_main(int id, const char *db, tref_t *table, listener_t *ls, int nls, stats_shm_t *shm)
+int worker_main(int id, const char *db, int chan, tref_t *table, listener_t *ls, int nls, stats_shm_t *shm)
 {
     static worker_t w;
     char ident[32];
@@ -212,7 +263,8 @@ int worker_main(int id, const char *db, tref_t *table, listener_t *ls, int nls, 
     w.loop = ev_new();
     w.hreq = malloc(sizeof(*w.hreq));
     w.hres = malloc(sizeof(*w.hres));
-    if (w.loop == NULL || w.hreq == NULL || w.hres == NULL || setup_signals() < 0) {
+    if (w.loop == NULL || w.hreq == NULL || w.hres == NULL || setup_signals() < 0 ||
+        ev_add(w.loop, &chan_io, chan, EV_READ, on_channel) < 0) {
         log_err("cannot start: %s", strerror(errno));
         return 1;
     }

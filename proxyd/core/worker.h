@@ -12,7 +12,6 @@
 #include <stdint.h>
 
 #include "../common/ruletable.h"
-#include "../common/store.h"
 #include "../common/util.h"
 #include "core/event.h"
 #include "http/http1.h"
@@ -38,7 +37,7 @@ typedef struct {
 typedef struct {
     ev_loop_t *loop;
     int id;
-    const char *db;
+    const char *db;            /* the store's path, to resolve relative paths; never opened here */
     tref_t *table;             /* current; requests hold their own reference */
     stats_shm_t *shm;
     worker_stats_t *stats;     /* this worker's slot in shm */
@@ -54,13 +53,14 @@ typedef struct {
     bool draining;
     char date[40];             /* "Date: ..." line, refreshed once per second */
     uint64_t date_sec;
-    store_t challenges;        /* opened on the first ACME challenge request */
 } worker_t;
 
 extern worker_t *W;
 
-/* Run a worker on inherited listeners; returns the process exit status. */
-int worker_main(int id, const char *db, tref_t *table, listener_t *ls, int nls, stats_shm_t *shm);
+/* Run a worker on inherited listeners, table (prepared by the master) its
+ * first generation, chan its end of the master's channel; returns the
+ * process exit status. */
+int worker_main(int id, const char *db, int chan, tref_t *table, listener_t *ls, int nls, stats_shm_t *shm);
 /* Refresh and return the cached Date header line (with CRLF). */
 const char *worker_date(void);
 

@@ -5,8 +5,8 @@
 
 #include <string.h>
 
-#include "../common/log.h"
 #include "../common/str.h"
+#include "handlers/challenges.h"
 #include "http/vars.h"
 
 static void return_start(request_t *r)
@@ -40,7 +40,7 @@ static void redirect_start(request_t *r)
 
 const http_handler_t redirect_handler = {"redirect", redirect_start};
 
-#define ACME_TOKEN_MAX 128
+#define ACME_TOKEN_MAX CHALLENGE_TOKEN_MAX
 static const char token_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
 
 bool return_acme_challenge(request_t *r, size_t prefix_len)
@@ -52,23 +52,12 @@ bool return_acme_challenge(request_t *r, size_t prefix_len)
     for (size_t i = 0; i < n; i++)
         if (memchr(token_chars, token[i], sizeof(token_chars) - 1) == NULL)
             return false;
-    if (W->challenges.db == NULL && store_open(&W->challenges, W->db, STORE_RDONLY) < 0) {
-        log_err("acme challenge %.*s: %s", (int)n, token, W->challenges.err);
+    char *ka = arena_alloc(&r->arena, CHALLENGE_KA_MAX);
+    ssize_t kn = challenges_find(token, n, ka, CHALLENGE_KA_MAX);
+    if (kn < 0)
         return false;
-    }
-    sqlite3_stmt *q = store_prepare(&W->challenges, "SELECT key_authorization FROM acme_challenges "
-                                                    "WHERE token = ? AND expires > strftime('%s','now')");
-    if (q == NULL)
-        return false;
-    sqlite3_bind_text(q, 1, token, (int)n, SQLITE_STATIC);
-    bool found = sqlite3_step(q) == SQLITE_ROW;
-    if (found) {
-        const char *ka = (const char *)sqlite3_column_text(q, 0);
-        size_t kn = (size_t)sqlite3_column_bytes(q, 0);
-        http_respond(r, 200, "application/octet-stream", arena_strndup(&r->arena, ka, kn), kn);
-    }
-    sqlite3_finalize(q);
-    return found;
+    http_respond(r, 200, "application/octet-stream", ka, (size_t)kn);
+    return true;
 }
 
 /* The host without its port (an IPv6 literal keeps its brackets). */

@@ -7,7 +7,8 @@ variables and sockets, so the tests play systemd's part.
 - socket activation: LISTEN_FDS=1/LISTEN_PID with our listening socket as fd 3;
   proxyd serves on it without binding the port itself (we keep it bound).
 - privilege drop: started as root with `user: nobody`, the workers run as nobody,
-  serve, and reload from a store proxyctl handed to nobody.
+  serve, and reload from a store that stays root's (test_privsep.py checks they cannot
+  open it).
 - the unit templates pass `systemd-analyze verify`.
 """
 import os
@@ -129,12 +130,12 @@ def test_socket_activation(proxyd_factory, tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="privilege drop needs root")
 def test_workers_drop_to_user(proxyd_factory, tmp_path):
     nobody = pwd.getpwnam("nobody")
-    # nobody must reach its store: let it search (not list) the directories above it.
+    # nobody could reach the store's directory: only the store's own mode keeps it out.
     for d in (tmp_path, tmp_path.parent, tmp_path.parent.parent):
         os.chmod(d, os.stat(d).st_mode | 0o711)
     p = proxyd_factory(global_settings={"user": "nobody"}, sites=[SITE % "A"], start=False)
     os.chmod(p.dir, 0o755)
-    assert os.stat(p.db).st_uid == nobody.pw_uid, "proxyctl did not hand the store to the configured user"
+    assert os.stat(p.db).st_uid == 0, "the store is root's: only the master reads it"
     assert os.stat(p.db).st_mode & 0o777 == 0o600
     p.start()
     workers = p.worker_pids()
@@ -229,9 +230,13 @@ def test_unit_exposure_at_most_2(name, tmp_path):
 
 
 def test_renew_unit_does_not_reown_the_state_directory():
-    """StateDirectory= would hand /var/lib/proxyd to the renew unit's user on every run."""
+    """StateDirectory= would re-own /var/lib/proxyd on every run.  Both units run as root (no
+    User=), who owns the store; the renew unit with no capability at all, proxyd's master with
+    setuid/setgid only, to run its workers as proxy.yaml's user."""
     assert _unit_values("proxyctl-renew.service", "StateDirectory") == []
-    assert _unit_values("proxyctl-renew.service", "User") == _unit_values("proxyd.service", "User") == ["proxyd"]
+    assert _unit_values("proxyctl-renew.service", "User") == _unit_values("proxyd.service", "User") == []
+    assert _unit_values("proxyctl-renew.service", "CapabilityBoundingSet") == [""]
+    assert _unit_values("proxyd.service", "CapabilityBoundingSet") == ["CAP_SETUID CAP_SETGID"]
     assert _unit_values("proxyctl-renew.service", "ReadWritePaths") == ["/var/lib/proxyd"]
 
 
@@ -323,7 +328,8 @@ routes:
             calls |= _expand(item) if item.startswith("@") else {item}
         allowed = allowed - calls if deny else allowed | calls
     # execve of proxyd itself happens before the filter applies; SQLite fchown()s its -wal and -shm
-    # files to the database's owner only when it runs as root, which proxyd.service (User=proxyd) never is
+    # files to the database's owner when it runs as root (the master does): refused there with EPERM,
+    # which it ignores, the files being root's already
     root_only = {"fchown"} if os.geteuid() == 0 else set()
     missing = sorted(c for c in used - allowed - root_only if c not in ("execve",))
     assert missing == [], f"proxyd calls what proxyd.service would refuse: {missing}"

@@ -11,7 +11,8 @@
  *                    static roots
  *   fx_table         site YAML compiled in-process by proxyctl's compiler,
  *                    stored as a generation of that store and loaded the way
- *                    a worker loads one (tref_load, tref_prepare)
+ *                    the master loads one (tref_load: the bundle a worker
+ *                    is handed, verified and prepared)
  *   fx_client        one end of an AF_UNIX socketpair served as a client
  *                    connection (conn_adopt); the test holds the other end,
  *                    whose bytes the loop collects into cl->buf
@@ -92,7 +93,6 @@ static inline void fx_worker_init(void)
     assert_non_null(mkdtemp(fx_dir));
     snprintf(fx_db, sizeof(fx_db), "%s/store.db", fx_dir);
     snprintf(fx_log, sizeof(fx_log), "%s/error.log", fx_dir);
-    W->db = fx_db;
     if (getenv("PROXYD_UNIT_STDERR") == NULL) /* the error log on the terminal, to debug a failure */
         assert_int_equal(log_open(fx_log), 0);
     signal(SIGPIPE, SIG_IGN);
@@ -112,8 +112,6 @@ static inline int fx_rm(const char *path, const struct stat *st, int flag, struc
 
 static inline void fx_worker_free(void)
 {
-    if (W->challenges.db)
-        store_close(&W->challenges);
     ev_free(W->loop);
     free(W->stats);
     free(W->hreq);
@@ -242,10 +240,6 @@ static inline tref_t *fx_table(const char *global, const char *site)
     tref_t *t = tref_load(fx_db, id, err, sizeof(err));
     if (t == NULL)
         fail_msg("tref_load: %s", err);
-    if (tref_prepare(t, fx_db, err, sizeof(err)) < 0) {
-        tref_put(t);
-        fail_msg("tref_prepare: %s", err);
-    }
     return t;
 }
 
