@@ -200,7 +200,39 @@ static int find_dir(const char *name, const char *path, uint64_t memory)
     return -1;
 }
 
-/* mkdir -p, the last component owned by the workers' account. */
+/* A directory of the workers' account (uid, gid): made as that account
+ * when its parent lets it (the master under systemd has no CAP_CHOWN, only
+ * CAP_SETUID/SETGID), else made by root and given away; one that exists
+ * already is given away only when it is not the account's. */
+static int own_dir(const char *p, uid_t uid, gid_t gid)
+{
+    struct stat st;
+    if (stat(p, &st) == 0)
+        return S_ISDIR(st.st_mode) && (st.st_uid == uid || chown(p, uid, gid) == 0) ? 0 : -1;
+    int rc = -1, e = 0;
+    if (geteuid() == 0 && uid != 0 && setegid(gid) == 0) {
+        if (seteuid(uid) == 0) {
+            rc = mkdir(p, 0700);
+            e = errno;
+            if (seteuid(0) < 0)
+                abort(); /* cannot happen: the saved set-user-ID is root's */
+        }
+        if (setegid(0) < 0)
+            abort();
+    }
+    if (rc == 0)
+        return 0;
+    if (mkdir(p, 0700) < 0 && errno != EEXIST)
+        return -1;
+    if (geteuid() == 0 && chown(p, uid, gid) < 0) {
+        errno = e && e != EACCES ? e : errno;
+        return -1;
+    }
+    return 0;
+}
+
+/* mkdir -p: the parents root's (or the caller's), the zone and its tmp/ the
+ * workers' account's. */
 static int make_dirs(const char *path, uid_t uid, gid_t gid)
 {
     char p[CZ_PATH_MAX + 8];
@@ -213,17 +245,11 @@ static int make_dirs(const char *path, uid_t uid, gid_t gid)
             return -1;
         *s = '/';
     }
-    if (mkdir(p, 0700) < 0 && errno != EEXIST)
-        return -1;
-    if (geteuid() == 0 && chown(p, uid, gid) < 0)
+    if (own_dir(p, uid, gid) < 0)
         return -1;
     size_t n = strlen(p);
     snprintf(p + n, sizeof(p) - n, "/tmp");
-    if (mkdir(p, 0700) < 0 && errno != EEXIST)
-        return -1;
-    if (geteuid() == 0 && chown(p, uid, gid) < 0)
-        return -1;
-    return 0;
+    return own_dir(p, uid, gid);
 }
 
 static void zone_init(cache_zone_t *z, const char *name, const char *path, uint64_t memory)
@@ -312,8 +338,9 @@ int cache_bind(tref_t *tr, const char *db)
         int w = find_dir(name, path, cz->memory);
         if (w < 0 && master) {
             if (make_dirs(path, uid, gid) < 0)
-                log_err("cache zone %s: cannot make %s: %s (answers of its routes are not stored)", name, path,
-                        strerror(errno));
+                log_err("cache zone %s: cannot make %s for uid %u: %s (answers of its routes are served, not "
+                        "stored; give its parent directory to the `user` account)",
+                        name, path, (unsigned)uid, strerror(errno));
             w = claim(name, path, cz->memory);
         }
         free(path);

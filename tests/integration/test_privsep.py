@@ -13,15 +13,17 @@ their channel, and ACME answers from a map the master fills.
 import json
 import os
 import pwd
+import shutil
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from proxyd_fixtures import PROXYCTL, http, proxyd_factory, wait_for  # noqa: F401
+from proxyd_fixtures import PROXYCTL, http, origin_factory, proxyd_factory, wait_for  # noqa: F401
 from tls_fixtures import https_request, tls_probe, tls_proxyd
 
 SITE = """\
@@ -167,3 +169,36 @@ def test_acme_answers_come_from_the_master(proxyd_factory):
     assert wait_for(lambda: acme_get(p, "tok_A-1").body == b"generation-A", timeout=3)
     st, _, _ = p.admin("GET", "/challenges")
     assert st == 405
+
+
+@root_only
+def test_cache_zone_made_as_the_workers_account(proxyd_factory, origin_factory):
+    """The master makes a cache zone's directory as the workers' account when the parent is that
+    account's (the systemd unit's /var/cache/proxyd: no CAP_CHOWN there), and the workers store
+    and serve entries in it; a parent of root's gets a zone given away by chown."""
+    nobody = pwd.getpwnam("nobody")
+    top = Path(tempfile.mkdtemp(prefix="proxyd-cache-owner-", dir="/tmp"))
+    try:
+        top.chmod(0o711)                      # nobody may pass, not list
+        theirs = top / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, nobody.pw_uid, nobody.pw_gid)
+        ours = top / "ours"
+        ours.mkdir(mode=0o711)
+        o = origin_factory()
+        zones = {"a": {"path": str(theirs / "a")}, "b": {"path": str(ours / "b")}}
+        site = (f"site: c\ndefault: true\nhosts: [c.test]\nupstreams: {{app: {{servers: [{{address: \"{o.address}\"}}]}}}}\n"
+                "routes:\n"
+                "  - {match: {path_prefix: /b/}, upstream: app, cache: {zone: b, valid: {'200': 1m}}}\n"
+                "  - {match: {path_prefix: /}, upstream: app, cache: {zone: a, valid: {'200': 1m}}}\n")
+        p = proxyd_factory(global_settings={"user": "nobody", "cache_zones": zones}, sites=[site])
+        for zone in (theirs / "a", theirs / "a" / "tmp", ours / "b", ours / "b" / "tmp"):
+            assert owner_mode(zone)[:2] == (nobody.pw_uid, nobody.pw_gid), zone
+        for path in ("/x", "/b/x"):
+            got = [http(p.port, "GET", path, host="c.test").header("X-Cache-Status") for _ in range(2)]
+            assert got == ["MISS", "HIT"], (path, got)
+        entries = [f for f in (theirs / "a").rglob("*") if f.is_file()] + \
+                  [f for f in (ours / "b").rglob("*") if f.is_file()]
+        assert len(entries) == 2 and all(f.stat().st_uid == nobody.pw_uid for f in entries), entries
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
