@@ -796,7 +796,7 @@ static void sweep(cache_zone_t *z, uint64_t now_ms)
         for (uint32_t i = z->lru_tail; i != CZ_NONE;) {
             cz_slot_t *s = &all[i];
             i = s->prev;
-            if ((uint64_t)s->access_s + z->inactive_s > now_s)
+            if ((uint64_t)s->access_s + z->inactive_s >= now_s) /* access_s is truncated: never early */
                 break;
             if (v.n == CZ_VICTIMS) {
                 more = true;
