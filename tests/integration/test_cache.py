@@ -311,6 +311,20 @@ def test_origin_refusals_are_never_stored(env):
         assert env.origin.hits(path) == 3
 
 
+def test_answers_to_authorization_stored_only_when_the_origin_allows(env):
+    """RFC 9111 §3.5 on a route without bypass_on (/any/): public, s-maxage or must-revalidate."""
+    auth = [("Authorization", "Bearer t")]
+    scripts = {"/any/auth": [], "/any/auth-public": [("Cache-Control", "public")],
+               "/any/auth-smaxage": [("Cache-Control", "s-maxage=60")],
+               "/any/auth-mustrevalidate": [("Cache-Control", "max-age=60, must-revalidate")]}
+    for path, headers in scripts.items():
+        env.origin.script[path] = Answer(headers=headers)
+    assert env.statuses("/any/auth", 2, auth) == ["MISS", "MISS"]
+    for path in list(scripts)[1:]:
+        assert env.statuses(path, 2, auth) == ["MISS", "HIT"], path
+    assert [env.origin.hits(p) for p in scripts] == [2, 1, 1, 1]
+
+
 def test_vary_stores_one_variant_per_value(env):
     env.origin.script["/v"] = lambda req, n: Answer(body=f"foo={req.header('X-Foo')} #{n}\n".encode(),
                                                     headers=[("Vary", "X-Foo")])
@@ -706,7 +720,7 @@ def test_binary_upgrade_keeps_the_cache(env):
 
 
 def test_worker_killed_mid_fill_leaves_no_half_entry(env_factory):
-    e = env_factory(zone={"inactive": "10m"}, policy='{zone: z, valid: {"200": 10m}, lock_timeout: 2s}')
+    e = env_factory(zone={"inactive": "10m"}, policy='{zone: z, valid: {"200": 10m}, lock_timeout: 5s}')
     big = bytes(range(256)) * 800           # 204800 bytes
     stall = e.origin.event()
     e.origin.script["/big"] = lambda req, n: Answer(body=big, stall=stall if n == 1 else None)
@@ -728,8 +742,11 @@ def test_worker_killed_mid_fill_leaves_no_half_entry(env_factory):
     restarted = wait_for(lambda: (lambda st: st if all(w["alive"] and w["pid"] not in old for w in st["workers"])
                                   else None)(e.p.status()), 5)
     assert restarted, f"the master did not restart the worker: {e.p.status()}"
+    # the dead worker's fill lock is let go of: no wait for lock_timeout (5 s)
+    t0 = time.monotonic()
     st, r = e.xcs("/big", timeout=10)
     assert (st, r.status, len(r.body), r.body == big) == ("MISS", 200, len(big), True), (st, r.status, len(r.body))
+    assert time.monotonic() - t0 < 2.5, f"the next request waited {time.monotonic() - t0:.1f}s for the dead fill's lock"
     st, r = e.xcs("/big")
     assert (st, r.body == big) == ("HIT", True)
     assert e.origin.hits("/big") == 2
