@@ -41,8 +41,8 @@ from pathlib import Path
 import pytest
 
 from conftest import write
-from proxyd_fixtures import (backend_factory, connect, http, proxyd_factory,  # noqa: F401
-                             request_bytes, wait_for)
+from proxyd_fixtures import (backend_factory, connect, http, keepalive_socket, proxyd_factory,  # noqa: F401
+                             read_response, request_bytes, wait_for)
 
 HOST = "cache.test"
 ZONE = "z"
@@ -60,12 +60,13 @@ POLICY = ('{zone: z, valid: {"200": 10m, "404": 1m}, '
 class Answer:
     """What the origin sends for one request.  body None: '<target> #<n>' (n counts per
     target).  gate: wait for this Event before answering; delay: then sleep; close: close
-    without an answer; stall: send the head and half the body, wait for this Event, close."""
+    without an answer; stall: send the head and half the body, wait for this Event, close;
+    pause: send the head and half the body, wait for this Event, send the rest."""
 
     def __init__(self, status=200, body=None, headers=(), delay=0.0, gate=None, close=False, stall=None,
-                 reason="OK"):
+                 reason="OK", pause=None):
         self.status, self.body, self.headers, self.delay = status, body, list(headers), delay
-        self.gate, self.close, self.stall, self.reason = gate, close, stall, reason
+        self.gate, self.close, self.stall, self.reason, self.pause = gate, close, stall, reason, pause
 
 
 class ScriptedOrigin:
@@ -121,10 +122,13 @@ class ScriptedOrigin:
         if req.method == "HEAD" or a.status in (204, 304):
             conn.send(head.encode())
             return True
-        if a.stall is not None:
+        if a.stall is not None or a.pause is not None:
             conn.send(head.encode() + body[:len(body) // 2])
-            a.stall.wait(20)
-            return False
+            (a.stall or a.pause).wait(20)
+            if a.stall is not None:
+                return False
+            body = body[len(body) // 2:]
+            head = ""
         conn.send(head.encode() + body)
         return True
 
@@ -336,7 +340,47 @@ def test_vary_stores_one_variant_per_value(env):
     st, r = env.xcs("/v", two)
     assert (st, r.body) == ("HIT", b"foo=2 #2\n")
     assert r.header("Vary") == "X-Foo"
-    assert env.origin.hits("/v") == 2
+    assert env.statuses("/v", 2) == ["MISS", "HIT"]     # without X-Foo: a variant of its own
+    assert env.origin.hits("/v") == 3
+
+
+def test_an_answer_that_no_longer_varies_replaces_the_marker(env):
+    env.origin.script["/vn"] = lambda req, n: Answer(
+        headers=[("Cache-Control", "max-age=1")] + ([("Vary", "X-Foo")] if n == 1 else []))
+    one = [("X-Foo", "1")]
+    assert env.statuses("/vn", 2, one) == ["MISS", "HIT"]
+    r = env.until_not_hit("/vn", one)
+    # (EXPIRED or MISS: how an expired variant is labelled is test_vary_entries_expire_like_others')
+    assert r.header("X-Cache-Status") in ("EXPIRED", "MISS") and r.body == b"/vn #2\n", r
+    # no Vary any more: one entry, whatever X-Foo says
+    assert env.xcs("/vn", [("X-Foo", "2")])[1].body == b"/vn #2\n"
+    assert env.xcs("/vn")[1].body == b"/vn #2\n"
+    assert env.origin.hits("/vn") == 2
+
+
+def test_vary_entries_expire_like_others(env):
+    """An expired variant is revalidated (REVALIDATED on the origin's 304), served stale when
+    the origin fails (STALE), and replaced as EXPIRED, as entries without Vary are."""
+    def revalidating(req, n):
+        if n > 1 and req.header("If-None-Match") == '"e1"':
+            return Answer(304, headers=[("ETag", '"e1"'), ("Cache-Control", "max-age=60")], reason="Not Modified")
+        return Answer(headers=[("Cache-Control", "max-age=1"), ("Vary", "X-Foo"), ("ETag", f'"e{n}"')])
+    env.origin.script["/ve/reval"] = revalidating
+    env.origin.script["/ve/stale"] = lambda req, n: (
+        Answer(headers=[("Cache-Control", "max-age=1"), ("Vary", "X-Foo")]) if n == 1
+        else Answer(503, b"down\n", reason="Service Unavailable"))
+    env.origin.script["/ve/expired"] = lambda req, n: Answer(headers=[("Cache-Control", "max-age=1"), ("Vary", "X-Foo")])
+    one = [("X-Foo", "1")]
+    want = {"/ve/reval": ("REVALIDATED", 200, b"/ve/reval #1\n"), "/ve/stale": ("STALE", 200, b"/ve/stale #1\n"),
+            "/ve/expired": ("EXPIRED", 200, b"/ve/expired #2\n")}
+    for path in want:
+        assert env.statuses(path, 2, one) == ["MISS", "HIT"], path
+    got = {}
+    for path in want:
+        r = env.until_not_hit(path, one)
+        got[path] = (r.header("X-Cache-Status"), r.status, r.body)
+    conditionals = [q.header("If-None-Match") for q in env.origin.requests("/ve/reval")]
+    assert got == want, (got, f"If-None-Match sent to the origin: {conditionals}")
 
 
 def test_ttl_precedence_s_maxage_max_age_expires_valid(env):
@@ -522,6 +566,8 @@ def test_stale_on_listed_5xx_and_timeout_then_error(env):
     r = env.until_not_hit("/st/down")
     assert (r.header("X-Cache-Status"), r.status, r.body) == ("STALE", 200, b"/st/down #1\n"), r
     assert env.xcs("/st/down")[0] == "STALE"
+    z = cache_stats(env.p)[ZONE]
+    assert (z["stale"], z["expired"]) == (7, 1), z
 
 
 def test_proxyd_errors_on_a_cached_route_carry_miss(env):
@@ -553,6 +599,7 @@ def test_updating_serves_stale_at_once_and_refreshes_once_in_the_background(env)
     st, r = env.xcs("/upd/x")
     assert (st, r.body) == ("HIT", b"/upd/x #2\n")
     assert env.origin.hits("/upd/x") == 2
+    assert cache_stats(env.p)[ZONE]["updating"] >= 4
     assert time.monotonic() - t0 < 8
 
 
@@ -576,6 +623,7 @@ def test_revalidation_304_refreshes_the_entry(env, validator, conditional):
     st, r = env.xcs("/rv")
     assert (st, r.body) == ("HIT", b"/rv #1\n") and int(r.header("Age")) <= 1, r
     assert env.origin.hits("/rv") == 2
+    assert metric(env.p, "proxyd_cache_requests_total", zone=ZONE, status="revalidated") == 1
 
 
 def test_changed_validator_gets_a_new_body_as_expired(env):
@@ -778,6 +826,62 @@ def test_unwritable_path_serves_from_the_origin_and_logs_once(proxyd_factory, ba
     assert len(first) <= 2, "\n".join(first)
 
 
+def test_origin_cut_mid_body_is_not_stored(env):
+    body = bytes(range(256)) * 200
+    cut = env.origin.event()
+    cut.set()                        # half the body, then the origin closes
+    env.origin.script["/cut"] = lambda req, n: Answer(body=body, stall=cut if n == 1 else None)
+    st, r = env.xcs("/cut")
+    assert st == "MISS" and not r.complete and len(r.body) < len(body), r
+    st, r = env.xcs("/cut")
+    assert (st, r.body == body) == ("MISS", True), (st, len(r.body))
+    assert env.xcs("/cut")[1].body == body
+    assert env.origin.hits("/cut") == 2
+
+
+def test_client_gone_mid_fill_leaves_no_half_entry(env):
+    body = bytes(range(256)) * 800
+    pause = env.origin.event()
+    env.origin.script["/gone"] = lambda req, n: Answer(body=body, pause=pause if n == 1 else None)
+    s = connect(env.p.port)
+    try:
+        s.sendall(request_bytes("GET", "/gone", HOST))
+        assert s.recv(65536)
+    finally:
+        s.close()                    # the client leaves while the origin is half way
+    time.sleep(0.1)
+    pause.set()
+    got = []
+    for _ in range(3):
+        st, r = env.xcs("/gone")
+        got.append(st)
+        assert r.body == body, (st, len(r.body))
+    # the fill either went on without its client (HIT) or was dropped (one MISS refills it)
+    assert got in (["HIT"] * 3, ["MISS", "HIT", "HIT"]), got
+    assert env.origin.hits("/gone") == got.count("MISS") + 1
+
+
+def test_hits_on_one_keep_alive_connection(env):
+    """A 1 MiB entry sent (sendfile) three times on one connection, pipelined: GET, HEAD,
+    Range; the framing holds."""
+    body = os.urandom(1 << 20)
+    env.origin.script["/ka"] = Answer(body=body, headers=[("Content-Type", "application/octet-stream")])
+    assert env.xcs("/ka")[0] == "MISS"
+    s = keepalive_socket(env.p.port)
+    try:
+        s.sendall(request_bytes("GET", "/ka", HOST) + request_bytes("HEAD", "/ka", HOST)
+                  + request_bytes("GET", "/ka", HOST, [("Range", "bytes=1000-1999")]))
+        r1 = read_response(s, 10)
+        r2 = read_response(s, 10, head_request=True)
+        r3 = read_response(s, 10)
+    finally:
+        s.close()
+    assert (r1.status, r1.header("X-Cache-Status"), r1.body == body) == (200, "HIT", True), r1
+    assert (r2.status, r2.header("X-Cache-Status"), r2.header("Content-Length")) == (200, "HIT", str(1 << 20)), r2
+    assert (r3.status, r3.header("X-Cache-Status"), r3.body) == (206, "HIT", body[1000:2000]), r3
+    assert env.origin.hits("/ka") == 1
+
+
 # ---- eviction --------------------------------------------------------------------------------------
 
 def test_max_size_evicts_least_recently_used_first(env_factory):
@@ -880,6 +984,12 @@ def test_each_coding_is_its_own_entry(env_factory):
         assert (st, r.header("Content-Encoding"), r.body) == (want, None, text), r
     st, r = e.xcs("/z", gz)
     assert st == "HIT" and gzip.decompress(r.body) == text
+    # the key holds the coding chosen, not the Accept-Encoding text
+    for ae in ("gzip, deflate", "deflate;q=1, gzip;q=0.5", "br;q=0, gzip"):
+        st, r = e.xcs("/z", [("Accept-Encoding", ae)])
+        assert (st, r.header("Content-Encoding")) == ("HIT", "gzip"), (ae, r)
+    st, r = e.xcs("/z", [("Accept-Encoding", "deflate")])
+    assert (st, r.header("Content-Encoding"), r.body) == ("HIT", None, text), r
     assert e.origin.hits("/z") == 2
 
 
