@@ -664,20 +664,33 @@ def concurrent_gets(env, path, n, timeout=10.0):
     return results
 
 
+def requests_per_worker(p):
+    return [w["requests"] for w in p.status()["workers"]]
+
+
 def test_stampede_on_a_cold_key_reaches_the_origin_once(env_factory):
+    """60 clients at once on a cold key, the origin taking 1 s: one origin request.  The
+    kernel decides which worker takes which client; a round that one worker took whole is
+    repeated on another key (up to three) so that the lock is seen across workers."""
     e = env_factory(workers=2)
-    e.origin.script["/hot"] = Answer(body=b"hot object\n" * 100, delay=1.0)
-    t0 = time.monotonic()
-    results = concurrent_gets(e, "/hot", 60)
-    elapsed = time.monotonic() - t0
-    bad = [r for r in results if r.status != 200 or r.body != b"hot object\n" * 100]
-    assert not bad, bad[:3]
-    assert e.origin.hits("/hot") == 1
-    got = collections.Counter(r.header("X-Cache-Status") for r in results)
-    assert got == {"MISS": 1, "HIT": 59}, got
-    assert elapsed < 4, elapsed
-    served = [w["requests"] for w in e.p.status()["workers"]]
-    assert all(n > 0 for n in served), f"both workers should have taken clients: {served}"
+    hot = b"hot object\n" * 100
+    for k in range(3):
+        path = f"/hot{k}"
+        e.origin.script[path] = Answer(body=hot, delay=1.0)
+        before = requests_per_worker(e.p)
+        t0 = time.monotonic()
+        results = concurrent_gets(e, path, 60)
+        elapsed = time.monotonic() - t0
+        bad = [r for r in results if r.status != 200 or r.body != hot]
+        assert not bad, bad[:3]
+        assert e.origin.hits(path) == 1
+        got = collections.Counter(r.header("X-Cache-Status") for r in results)
+        assert got == {"MISS": 1, "HIT": 59}, got
+        assert elapsed < 4, elapsed
+        served = [n - b for n, b in zip(requests_per_worker(e.p), before)]
+        if all(n > 0 for n in served):
+            break
+    assert all(n > 0 for n in served), f"one worker took every client in three rounds: {served}"
 
 
 def test_after_lock_timeout_waiters_go_to_the_origin_and_do_not_store(env):
@@ -708,15 +721,19 @@ def test_entries_are_files_under_the_zone_path(env):
 
 def test_a_fill_in_one_worker_is_a_hit_in_the_other(env_factory):
     e = env_factory(workers=2)
-    before = [w["requests"] for w in e.p.status()["workers"]]
+    before = requests_per_worker(e.p)
     paths = [f"/w/{i}" for i in range(8)]
     for path in paths:
         assert e.xcs(path)[0] == "MISS"
-    # a new connection each time: either worker takes it
-    per_client = in_threads(6, lambda k: [e.xcs(path)[0] for path in paths])
-    results = [st for r in per_client for st in (r if isinstance(r, list) else [r])]
-    served = [w["requests"] - b for w, b in zip(e.p.status()["workers"], before)]
-    assert results == ["HIT"] * 48, collections.Counter(results)
+    # a new connection each time: either worker takes it (rounds until both have, at most 3)
+    results = []
+    for _ in range(3):
+        per_client = in_threads(6, lambda k: [e.xcs(path)[0] for path in paths])
+        results += [st for r in per_client for st in (r if isinstance(r, list) else [r])]
+        served = [n - b for n, b in zip(requests_per_worker(e.p), before)]
+        if all(n > 0 for n in served):
+            break
+    assert results == ["HIT"] * len(results), collections.Counter(results)
     assert all(n > 0 for n in served), f"both workers should have served: {served}"
     assert [e.origin.hits(p) for p in paths] == [1] * 8
 
