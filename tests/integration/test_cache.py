@@ -754,6 +754,32 @@ def test_reload_and_sighup_keep_the_cache(env):
     assert env.origin.hits("/rl") == 1
 
 
+def test_reload_with_changed_zone_settings(env):
+    """A zone keeps its entries across a reload that changes max_size or inactive; a zone
+    whose path changes starts from its new directory."""
+    import yaml
+    assert env.statuses("/zs", 2) == ["MISS", "HIT"]
+
+    def set_zone(**kw):
+        g = yaml.safe_load(env.p.global_text)
+        g["cache_zones"][ZONE].update(kw)
+        (env.p.dir / "proxy2.yaml").write_text(yaml.safe_dump(g))
+        for args in (["init", "--global", env.p.dir / "proxy2.yaml"], ["reload"]):
+            rc, out, err = env.p.proxyctl(*args)
+            assert rc == 0, (args, out, err)
+        return cache_stats(env.p)[ZONE]
+
+    z = set_zone(max_size="512m", inactive="30m")
+    assert z["max_size"] == 512 << 20, z
+    assert env.xcs("/zs")[0] == "HIT"
+    moved = env.zone_dir.parent / "moved"
+    z = set_zone(path=str(moved))
+    assert z["path"] == str(moved), z
+    assert env.statuses("/zs", 2) == ["MISS", "HIT"]
+    assert len([f for f in moved.glob("??/*") if f.is_file()]) == 1
+    assert env.origin.hits("/zs") == 2
+
+
 def test_restart_rebuilds_the_index_from_disk(env):
     paths = [f"/rs/{i}" for i in range(5)]
     for path in paths:
@@ -983,6 +1009,26 @@ def test_stats_and_metrics(env):
     assert metric(env.p, "proxyd_cache_entries", zone=ZONE) == 1
     assert metric(env.p, "proxyd_cache_bytes", zone=ZONE) == z["size"]
     assert metric(env.p, "proxyd_cache_evictions_total", zone=ZONE) == 0
+
+
+def test_two_zones_are_counted_apart(proxyd_factory, backend_factory, tmp_path):
+    origin = ScriptedOrigin(backend_factory)
+    g = {"cache_zones": {ZONE: {"path": str(tmp_path / "z")}, "y": {"path": str(tmp_path / "y"), "max_size": "10m"}}}
+    site = cache_site(origin).replace("routes:\n", "routes:\n  - match: {path_prefix: /y/}\n    upstream: app\n"
+                                      '    cache: {zone: y, valid: {"200": 1m}}\n', 1)
+    p = proxyd_factory(g, sites=[site], workers=1)
+    e = CacheEnv(p, origin, tmp_path / "z")
+    assert e.statuses("/y/a", 3) == ["MISS", "HIT", "HIT"]
+    assert e.statuses("/a", 2) == ["MISS", "HIT"]
+    zs = cache_stats(p)
+    assert {n: (z["entries"], z["hits"], z["misses"], z["max_size"]) for n, z in zs.items()} == \
+        {ZONE: (1, 1, 1, 1 << 30), "y": (1, 2, 1, 10 << 20)}, zs
+    rc, out, err = p.proxyctl("cache", "stats")
+    assert rc == 0, err
+    assert sorted(ln.split()[0] for ln in out.splitlines()[1:] if ln.strip()) == ["y", ZONE], out
+    assert metric(p, "proxyd_cache_requests_total", zone="y", status="hit") == 2
+    assert metric(p, "proxyd_cache_requests_total", zone=ZONE, status="hit") == 1
+    assert [f.parent.parent.name for f in (tmp_path / "y").glob("??/*")] == ["y"]
 
 
 # ---- compression and HTTP/2 --------------------------------------------------------------------------
