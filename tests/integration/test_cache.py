@@ -2,27 +2,32 @@
 
 Real proxyd processes on a store made by proxyctl, in front of a scripted Python origin
 that counts the requests it gets per target and answers what each test scripts (status,
-headers, body, delay, a gate to hold the answer, half a body then a stall), so every test
-asserts exactly how often the origin was asked.  Covered:
+headers, body, delay, a gate to hold the answer, half a body then a stall or a pause), so
+every test asserts exactly how often the origin was asked.  Covered:
 
   key          scheme, host (case-insensitive), path and query, key_headers, the coding
-               chosen by compression
+               chosen by compression (not the Accept-Encoding text)
   store        valid per status (and any), s-maxage > max-age > Expires (against the
                origin's Date) > valid, never no-store/private/no-cache/Set-Cookie/Vary: *,
-               one variant per Vary value, bypass_on, methods other than GET/HEAD
+               Authorization only when the origin allows, one variant per Vary value
+               (expiring like other entries), bypass_on, methods other than GET/HEAD,
+               never an answer the origin cut short
   statuses     HIT (with Age), MISS, EXPIRED, STALE (error, timeout, listed 5xx),
                UPDATING with one background refresh, REVALIDATED (If-None-Match and
                If-Modified-Since), BYPASS, and MISS on proxyd's own 502/504
   serving      HEAD and Range from a cached GET (Range compared with the static handler),
-               a client's If-None-Match on a HIT (304), HTTP/2
+               a client's If-None-Match on a HIT (304), pipelined hits on one keep-alive
+               connection, HTTP/2
   lock         a cold-key stampede reaches the origin once; after lock_timeout the waiters
                go to the origin themselves and store nothing
   storage      files under the zone path, a fill in one worker is a HIT in the other,
-               reloads, restart (index rebuilt in the background), binary upgrade, a worker
-               killed mid-fill (no half entry), an unwritable path (served, logged once)
+               reloads (zone limits changed: kept; path changed: afresh), restart (index
+               rebuilt in the background), binary upgrade, a worker killed mid-fill and a
+               client gone mid-fill (no half entry), an unwritable path (served, logged once)
   eviction     max_size (least recently used first), inactive
   operations   proxyctl cache purge / stats, admin POST /cache/purge and GET /cache/stats,
-               /metrics, proxyctl validation, dump and route-test
+               /metrics, two zones counted apart, proxyctl validation, the keys accepted by
+               every command, dump and route-test, examples/cache.yaml as written
 
 Run with: PROXYCTL=$PWD/build/asan/proxyctl PROXYD=$PWD/build/asan/proxyd \\
     /usr/bin/python3 -m pytest -q tests/integration/test_cache.py
