@@ -500,6 +500,12 @@ def test_range_on_a_cached_object_is_206_from_the_cache(env_factory, tmp_path):
         assert r.header("Content-Range") == f"bytes {first}-{last}/20480", (spec, r.header_list)
         assert r.body == RANGE_BODY[first:last + 1] and r.header("Content-Length") == str(last - first + 1), spec
     assert e.origin.hits("/obj") == 1
+    # a small entry (each worker keeps those in memory too)
+    e.origin.script["/small"] = Answer(body=RANGE_BODY[:100])
+    assert e.xcs("/small")[0] == "MISS"
+    for _ in range(2):
+        st, r = e.xcs("/small", [("Range", "bytes=10-19")])
+        assert (st, r.status, r.header("Content-Range"), r.body) == ("HIT", 206, "bytes 10-19/100", RANGE_BODY[10:20])
 
 
 def test_other_ranges_are_answered_as_static_files_answer_them(env_factory, tmp_path):
@@ -741,6 +747,34 @@ def test_a_fill_in_one_worker_is_a_hit_in_the_other(env_factory):
     assert results == ["HIT"] * len(results), collections.Counter(results)
     assert all(n > 0 for n in served), f"both workers should have served: {served}"
     assert [e.origin.hits(p) for p in paths] == [1] * 8
+
+
+def test_an_entry_refreshed_in_one_worker_is_fresh_in_the_other(env_factory):
+    """Small entries (kept in each worker's memory too): after one worker refreshes or a
+    purge removes an entry, no worker answers with its old copy."""
+    e = env_factory(workers=2)
+    e.origin.script["/sm"] = lambda req, n: Answer(body=b"version %d\n" % n, headers=[("Cache-Control", "max-age=1")])
+    e.origin.script["/sp"] = lambda req, n: Answer(body=b"version %d\n" % n)
+    assert e.xcs("/sm")[0] == "MISS" and e.xcs("/sp")[0] == "MISS"
+
+    def many(path):
+        before = requests_per_worker(e.p)
+        rs = [x for r in in_threads(8, lambda k: [e.xcs(path) for _ in range(4)]) for x in r]
+        return [(st, r.body) for st, r in rs], [n - b for n, b in zip(requests_per_worker(e.p), before)]
+
+    got, _ = many("/sm")
+    assert set(got) == {("HIT", b"version 1\n")}, collections.Counter(got)
+    r = e.until_not_hit("/sm")
+    assert (r.header("X-Cache-Status"), r.body) == ("EXPIRED", b"version 2\n"), r
+    got, served = many("/sm")
+    assert set(got) == {("HIT", b"version 2\n")}, (collections.Counter(got), served)
+    got, _ = many("/sp")
+    assert set(got) == {("HIT", b"version 1\n")}
+    rc, out, err = e.p.proxyctl("cache", "purge", "c", "/sp")
+    assert rc == 0, err
+    assert e.xcs("/sp")[1].body == b"version 2\n"
+    got, served = many("/sp")
+    assert set(got) == {("HIT", b"version 2\n")}, (collections.Counter(got), served)
 
 
 def test_reload_and_sighup_keep_the_cache(env):
