@@ -49,20 +49,21 @@ def _is_sanitized(path):
 SANITIZED = _is_sanitized(PROXYCTL)
 
 # Global settings every fixture store starts with: a private admin socket
-# (relative, so it resolves inside tmp_path, never /run/proxyd).  No cache
-# zones: proxyctl refuses them until proxyd executes them (SPEC §9,
-# test_unsupported_keys.py).
+# (relative, so it resolves inside tmp_path, never /run/proxyd).
 GLOBAL_YAML = """\
 admin: {socket: admin.sock}
 """
 
-# GLOBAL_YAML with the rate-limit zones the examples/ sites name (they are in
-# examples/proxy.yaml), for the tests that compile every example.
+# GLOBAL_YAML with the rate-limit and cache zones the examples/ sites name (they
+# are in examples/proxy.yaml), for the tests that compile every example.  The
+# cache zone's path is relative: beside the store, inside tmp_path.
 EXAMPLES_GLOBAL = GLOBAL_YAML + """\
 rate_limit_zones:
   api: {rate: 10r/s, key: client_ip}
   login: {rate: 6r/m}
   partners: {rate: 600r/m, key: "header:X-Api-Key"}
+cache_zones:
+  news: {path: cache/news}
 """
 
 

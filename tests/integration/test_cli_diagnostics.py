@@ -191,13 +191,11 @@ CASES = [
     Case("strip-prefix-exact", up("    upstream: app\n").replace("path_prefix: /", "path_exact: /a")
          + "    strip_prefix: true\n",
          ["site.yaml:8:19: error: strip_prefix requires a path_prefix match"]),
-    # --- keys proxyd does not execute yet: refused at the key (more in
-    # test_unsupported_keys.py; the cases of unknown cache and rate-limit zones
-    # come back with those features)
+    # --- zones the global settings do not define
     Case("unknown-rate-limit-zone", up("    upstream: app\n    rate_limit: {zone: api}\n"),
          ["site.yaml:8:24: error: unknown rate-limit zone 'api' (define it under rate_limit_zones in the global settings)"]),
-    Case("unsupported-cache", up("    upstream: app\n    cache: {zone: app_cache}\n"),
-         ["site.yaml:8:5: error: 'cache' is not supported yet"]),
+    Case("unknown-cache-zone", up("    upstream: app\n    cache: {zone: app_cache}\n"),
+         ["site.yaml:8:19: error: unknown cache zone 'app_cache' (define it under cache_zones in the global settings)"]),
     # --- compression
     Case("compression-bad-bool", up("    upstream: app\ncompression: {gzip: true, zstd: on}\n"),
          ["site.yaml:8:33: error: 'zstd' must be true or false, not 'on'"]),

@@ -64,6 +64,7 @@ def errors(v, doc):
 
 
 SITE_FILES = sorted(p for p in EXAMPLES.glob("*.yaml") if p.name != "proxy.yaml")
+PROXY_ZONES = set(load_yaml((EXAMPLES / "proxy.yaml").read_text()).get("cache_zones") or {})
 
 
 # ----------------------------------------------------------------- schemas
@@ -146,8 +147,8 @@ def test_proxy_example_valid(proxy_validator):
     assert doc["listen"] == {"http": ["127.0.0.1:8080"], "https": ["127.0.0.1:8443"]}
     assert doc["workers"] == 2
     assert doc["admin"]["socket"] == "run/admin.sock"
-    # proxyctl refuses cache zones until proxyd caches (test_unsupported_keys.py).
-    assert "cache_zones" not in doc
+    # the zone examples/cache.yaml names, its path relative to the store's directory
+    assert doc["cache_zones"]["news"]["path"] == "cache/news"
     assert doc["rate_limit_zones"]["api"] == {"rate": "10r/s", "key": "client_ip"}
 
 
@@ -169,10 +170,11 @@ def test_examples_consistent():
         for name, up in (doc.get("upstreams") or {}).items():
             for s in up["servers"]:
                 m = re.fullmatch(r"127\.0\.0\.1:(\d+)", s["address"])
-                assert m and 9001 <= int(m.group(1)) <= 9009, f"{path.name}: {s['address']}"
-        # proxyctl refuses these until proxyd executes them (test_unsupported_keys.py).
+                assert m and 9001 <= int(m.group(1)) <= 9010, f"{path.name}: {s['address']}"
+        # a cache is on a proxy route and names a zone of examples/proxy.yaml
         for route in doc.get("routes") or []:
-            assert "cache" not in route, path.name
+            if "cache" in route:
+                assert "upstream" in route and route["cache"]["zone"] in PROXY_ZONES, path.name
     assert defaults == ["basic-proxy.yaml"]
 
 
@@ -208,6 +210,21 @@ VALID_SITES = {
             max_body: 1048576
             cache: {zone: c, valid: {any: 1m, "200": 500ms}, bypass_on: ["header:X-No-Cache", "query:nocache"]}
             allow: ["::1", 192.168.0.0/16, 10.1.2.3]
+    """,
+    "cache with every key": """
+        site: c
+        hosts: [c.example.com]
+        upstreams: {app: {servers: [{address: "127.0.0.1:3000"}]}}
+        routes:
+          - match: {path_prefix: /}
+            upstream: app
+            cache:
+              zone: news
+              valid: {"200": 10m, "404": 1m, any: 30s}
+              bypass_on: [authorization, "cookie:session", "header:X-No-Cache", "query:nocache"]
+              use_stale: [error, timeout, http_500, http_502, http_503, http_504, http_429, updating]
+              key_headers: [X-Tenant, Accept-Language]
+              lock_timeout: 5s
     """,
 }
 
@@ -304,6 +321,10 @@ INVALID_SITES = {
     "cache valid bad key": BASE + "  - {match: {path_prefix: /}, upstream: app, cache: {zone: c, valid: {ok: 1m}}}\n",
     "cache bad bypass": BASE + "  - {match: {path_prefix: /}, upstream: app, cache: {zone: c, bypass_on: [session]}}\n",
     "cache bad use_stale": BASE + "  - {match: {path_prefix: /}, upstream: app, cache: {zone: c, use_stale: [always]}}\n",
+    "cache without zone": BASE + "  - {match: {path_prefix: /}, upstream: app, cache: {valid: {any: 1m}}}\n",
+    "cache bad key header": BASE + "  - {match: {path_prefix: /}, upstream: app, cache: {zone: c, key_headers: ['X Y']}}\n",
+    "cache bad lock_timeout": BASE + "  - {match: {path_prefix: /}, upstream: app, cache: {zone: c, lock_timeout: soon}}\n",
+    "cache unknown key": BASE + "  - {match: {path_prefix: /}, upstream: app, cache: {zone: c, key: [host]}}\n",
     "bad CIDR": BASE + "  - {match: {path_prefix: /}, upstream: app, allow: [10.0.0.0/33]}\n",
     "bad IPv4 octet": BASE + "  - {match: {path_prefix: /}, upstream: app, allow: [300.1.1.1]}\n",
     "strip_prefix without path_prefix": BASE + "  - {match: {path_exact: /a}, upstream: app, strip_prefix: true}\n",
@@ -362,6 +383,8 @@ INVALID_GLOBALS = {
     "bad unknown_sni": "tls: {unknown_sni: drop}\n",
     "cache zone without path": "cache_zones: {c: {max_size: 1g}}\n",
     "bad cache size": "cache_zones: {c: {path: /tmp/c, max_size: 1gb}}\n",
+    "bad cache zone name": "cache_zones: {'a.b': {path: /tmp/c}}\n",
+    "unknown cache zone key": "cache_zones: {c: {path: /tmp/c, levels: '1:2'}}\n",
     "bad rate": "rate_limit_zones: {api: {rate: 10/s}}\n",
     "bad rate key": "rate_limit_zones: {api: {rate: 10r/s, key: user}}\n",
     "bad trusted proxy": "trusted_proxies: [localhost]\n",
@@ -447,3 +470,12 @@ access_log: {format: json}
 """)
     errs = errors(site_validator, doc)
     assert not errs, "\n".join(errs)
+
+
+# ----------------------------------------------------------------- proxyctl on the examples
+
+def test_examples_pass_proxyctl(store, proxyctl):
+    """Every example validates with examples/proxy.yaml (make demo applies them all)."""
+    sites = sorted(str(p) for p in SITE_FILES)
+    rc, out, err = proxyctl("validate", "--global", str(EXAMPLES / "proxy.yaml"), *sites)
+    assert (rc, out, err) == (0, f"{len(sites)} files valid\n", "")
