@@ -240,7 +240,7 @@ typedef struct {
     uint32_t policy;        /* RT_SEC_POLICIES index */
     rt_span_t header_ops;   /* RT_SEC_HEADER_OPS */
     uint32_t expires_s;     /* static */
-    uint32_t pad;
+    uint32_t buffering_max_kib; /* upstream: buffering_max in KiB; 0 (older tables): 1 GiB (former padding) */
     rt_str_t extra;         /* static: index file; return: content type;
                              * upstream with RT_RF_REWRITE_PREFIX: the new prefix */
 } rt_route_t;

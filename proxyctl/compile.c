@@ -251,6 +251,7 @@ static void emit_routes(comp_t *c, const cfg_site_t *s, uint32_t site, rt_site_t
         x.extra = rtw_cstr(c->w, r->rewrite_prefix ? r->rewrite_prefix : r->index);
         x.upstream = r->action == RT_ACT_UPSTREAM ? upstream_index(s, rec, r->upstream.s) : RT_NONE;
         x.expires_s = ms32(r->expires_ms / 1000);
+        x.buffering_max_kib = (uint32_t)((r->buffering_max + 1023) >> 10);
         x.policy = route_policy(c, s, r);
         x.header_ops = emit_hdrops(c, r);
         rtw_add(c->w, RT_SEC_ROUTES, &x, 1);

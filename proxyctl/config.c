@@ -576,6 +576,20 @@ static int route_rewrite(ctx_t *c, const char *key, ynode_t *v, void *obj)
     return 0;
 }
 
+/* buffering_max: bytes one response may spool to its file, 1k..4t (KiB in the table). */
+static int route_buffering_max(ctx_t *c, const char *key, ynode_t *v, void *obj)
+{
+    cfg_route_t *r = obj;
+    static const opt_t o = SIZE("buffering_max", cfg_route_t, buffering_max);
+    if (scalar(c, &o, v, r) < 0)
+        return -1;
+    (void)key;
+    r->buffering_max_pos = v->pos;
+    if (r->buffering_max < 1024 || r->buffering_max > (4ull << 40))
+        return err(c, v, "buffering_max must be 1k..4t (buffering: false streams without spooling)");
+    return 0;
+}
+
 static const opt_t timeout_opts[] = {DUR("connect", cfg_route_t, connect_ms), DUR("read", cfg_route_t, read_ms),
                                      DUR("send", cfg_route_t, send_ms), END};
 
@@ -809,6 +823,7 @@ static const opt_t route_opts[] = {
     FN("deny", route_access),
     BOOL("websocket", cfg_route_t, websocket),
     BOOL("buffering", cfg_route_t, buffering),
+    FN("buffering_max", route_buffering_max),
     FN("headers", route_headers),
     END,
 };
@@ -850,6 +865,8 @@ static int site_routes(ctx_t *c, const char *key, ynode_t *v, void *obj)
             rc = errp(c, r->rewrite_pos, "rewrite_prefix and strip_prefix together (strip_prefix is rewrite_prefix: /)");
         else if (r->rewrite_prefix && r->action != RT_ACT_UPSTREAM)
             rc = errp(c, r->rewrite_pos, "rewrite_prefix applies to upstream routes only");
+        if (r->buffering_max && r->action != RT_ACT_UPSTREAM)
+            rc = errp(c, r->buffering_max_pos, "buffering_max applies to upstream routes only");
     }
     return rc;
 }

@@ -71,6 +71,8 @@ typedef struct {
     char *index;
     uint64_t expires_ms;
     bool strip_prefix, websocket, buffering;
+    uint64_t buffering_max; /* bytes; 0: not written (1g) */
+    pos_t buffering_max_pos;
     pos_t strip_pos;
     bool has_strip;
     char *rewrite_prefix;   /* NULL: none; strip_prefix is rewrite_prefix "/" */

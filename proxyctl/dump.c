@@ -148,6 +148,8 @@ void dump_route(const rt_table_t *t, uint32_t ri, const char *in, FILE *out)
                 r->flags & RT_RF_REWRITE_PREFIX ? ", rewrite_prefix " : "",
                 r->flags & RT_RF_REWRITE_PREFIX ? rt_cstr(t, r->extra) : "", r->flags & RT_RF_WEBSOCKET ? ", websocket" : "",
                 r->flags & RT_RF_NO_BUFFERING ? ", buffering off" : "");
+        if (r->buffering_max_kib && !(r->flags & RT_RF_NO_BUFFERING))
+            fprintf(out, "%s  buffering_max: %llu bytes\n", in, (unsigned long long)r->buffering_max_kib << 10);
         break;
     case RT_ACT_RETURN:
         fprintf(out, "%s  return %u%s%s\n", in, r->status, r->target.len ? " body: " : "", rt_cstr(t, r->target));

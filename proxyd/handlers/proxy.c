@@ -836,6 +836,11 @@ static void relay_response(upconn_t *u)
             http_send_flush(r);
         if ((pending = r->sess->flush(r)) < 0 || u->closed)
             return;
+        /* Output still pending matters only when nothing more is taken now:
+         * a buffering filter (filters/spool.c) takes what the client is
+         * behind on, so the upstream is read at its own pace to its end. */
+        if (pending && http_send_space(r) > 0)
+            pending = 0;
         if (pending || iobuf_len(u->in) == 0)
             break; /* the client is behind, or everything read so far is out */
     }
