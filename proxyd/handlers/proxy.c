@@ -8,7 +8,10 @@
  *
  * When the next buffer is full the side feeding it stops reading until the
  * buffer drains (backpressure), so memory per request is four buffers
- * whatever the body size.  Bodies are re-framed, never passed through
+ * whatever the body size.  With `buffering` on, the spool filter
+ * (filters/spool.c) below the response side takes what the client is behind
+ * on, so the upstream is read to its end and pooled before the client has
+ * it all.  Bodies are re-framed, never passed through
  * blindly: the request body is decoded by the session and written with our
  * own framing, so a smuggled second request cannot ride along; the response
  * body is decoded here and framed again by the client's session.

@@ -284,3 +284,22 @@ def test_buffering_max_refused_where_it_does_not_apply(proxyd_factory):
     assert ":6:20: error: buffering_max applies to upstream routes only" in err
     rc, out, err = p.add_site(site("127.0.0.1:9", "buffering_max: 10"), expect_rc=1)
     assert "error: buffering_max must be 1k..4t" in err
+
+
+def test_stalled_client_is_closed_and_the_spool_freed(proxyd_factory, backend_factory, spool_dir):
+    """A client that takes nothing for the route's read timeout while the spool holds its
+    answer is closed, and the file goes with it."""
+    be = BigBackend(backend_factory)
+    text = site(be.b.address).replace("timeouts: {read: 60s}", "timeouts: {read: 1s}")
+    p = proxyd_factory(sites=[text], workers=1)
+    s = connect(p.port, timeout=30)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    s.sendall(request_bytes("GET", f"/big/{BIG}", HOST))
+    assert wait_for(lambda: f"/big/{BIG}" in be.sent_at, 20)
+    assert metrics(p)["proxyd_buffering_file_bytes"] > 0
+    assert wait_for(lambda: metrics(p)["proxyd_buffering_file_bytes"] == 0, 10), "the stalled client was kept"
+    assert not spool_fds(p)
+    st, _, body = p.admin("GET", "/metrics")
+    assert re.search(r'proxyd_connections_closed_total\{reason="send_timeout"\} [1-9]', body.decode())
+    assert "took nothing of a buffered response" in p.error_log_text() + p.stderr_text()
+    s.close()
