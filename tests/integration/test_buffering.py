@@ -303,3 +303,33 @@ def test_stalled_client_is_closed_and_the_spool_freed(proxyd_factory, backend_fa
     assert re.search(r'proxyd_connections_closed_total\{reason="send_timeout"\} [1-9]', body.decode())
     assert "took nothing of a buffered response" in p.error_log_text() + p.stderr_text()
     s.close()
+
+
+def test_cache_fill_through_the_spool(proxyd_factory, backend_factory, spool_dir, tmp_path):
+    """The spool sits below the cache's store filter: a MISS that a slow client reads is
+    stored whole; the HIT is served from the cache, not spooled again."""
+    n = 4 << 20
+
+    def handler(req, conn):
+        conn.send(f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nCache-Control: max-age=60\r\n"
+                  f"Content-Length: {n}\r\n\r\n".encode())
+        conn.send(body_of(n))
+        return True
+
+    b = backend_factory(handler)
+    text = site(b.address, 'cache: {zone: z, valid: {"200": 1m}}')
+    p = proxyd_factory(global_settings=f"cache_zones:\n  z: {{path: {tmp_path}/cz, max_size: 64m, memory: 1m}}\n",
+                       sites=[text], workers=1)
+    for i in range(2):
+        s = connect(p.port, timeout=30)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.sendall(request_bytes("GET", "/x", HOST, [("Connection", "close")]))
+        head = read_head(s).decode("latin-1").lower()
+        got = bytearray(slow_read(s, 0.5)) if i == 0 else bytearray()
+        got += read_all(s, n)
+        s.close()
+        assert ("x-cache-status: miss" if i == 0 else "x-cache-status: hit") in head, head
+        assert hashlib.sha256(got).digest() == hashlib.sha256(body_of(n)).digest()
+    m = metrics(p)
+    assert m["proxyd_buffering_responses_total"] == 1 and m["proxyd_buffering_file_bytes"] == 0
+    assert len(b.requests) == 1
