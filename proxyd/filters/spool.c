@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "http/vars.h"
 
 #define SPOOL_TAKE (4 * IOBUF_SIZE) /* most the space filter offers in one answer */
 
@@ -316,7 +317,10 @@ static void on_stalled(ev_loop_t *loop, ev_timer_t *t)
     request_t *r = sp->r;
     if (r->id != sp->id)
         return;
-    log_warn("site %s: the client took nothing of a buffered response for %ums: closing", site_name(r), sp->timeout_ms);
+    char peer[VARS_PEER_MAX];
+    vars_client(r, peer);
+    log_warn("client %s (site %s): send timed out after %ums: the client stopped reading the response (buffered)", peer,
+             site_name(r), sp->timeout_ms);
     r->sess->abort(r, CLOSE_SEND_TIMEOUT);
 }
 

@@ -301,7 +301,7 @@ def test_stalled_client_is_closed_and_the_spool_freed(proxyd_factory, backend_fa
     assert not spool_fds(p)
     st, _, body = p.admin("GET", "/metrics")
     assert re.search(r'proxyd_connections_closed_total\{reason="send_timeout"\} [1-9]', body.decode())
-    assert "took nothing of a buffered response" in p.error_log_text() + p.stderr_text()
+    assert "the client stopped reading the response (buffered)" in p.error_log_text() + p.stderr_text()
     s.close()
 
 
