@@ -183,3 +183,27 @@ void route_match(const rt_table_t *t, uint32_t site, const char *method, size_t 
     }
     res->status = res->route != RT_NONE ? 0 : res->allow ? 405 : 404;
 }
+
+void route_upstream_path(const rt_table_t *t, const rt_route_t *r, const char *path, size_t n, const char **head,
+                         size_t *head_len, const char **rest, size_t *rest_len)
+{
+    *head = "";
+    *head_len = 0;
+    *rest = path;
+    *rest_len = n;
+    if (r->match != RT_MATCH_PREFIX || !(r->flags & (RT_RF_STRIP_PREFIX | RT_RF_REWRITE_PREFIX)) || n < r->path.len)
+        return;
+    if (r->flags & RT_RF_REWRITE_PREFIX) {
+        *head = rt_cstr(t, r->extra);
+        *head_len = r->extra.len;
+    } else {
+        *head = "/";
+        *head_len = 1;
+    }
+    *rest = path + r->path.len;
+    *rest_len = n - r->path.len;
+    if (*head_len && (*head)[*head_len - 1] == '/' && *rest_len && (*rest)[0] == '/') {
+        (*rest)++; /* "/" + "/users" (prefix "/api" without its slash): one slash */
+        (*rest_len)--;
+    }
+}

@@ -49,4 +49,11 @@ uint32_t route_site_named(const rt_table_t *t, const char *host, size_t n);
 void route_match(const rt_table_t *t, uint32_t site, const char *method, size_t mlen, const char *path, size_t plen,
                  route_regex_fn regex, void *ud, route_result_t *res);
 
+/* The path a proxy route sends upstream for a request path that matched
+ * it: strip_prefix and rewrite_prefix replace the route's prefix (strip_prefix
+ * by "/").  The new path is *head followed by *rest (one '/' where both would
+ * bring one); *head is "" when the route rewrites nothing. */
+void route_upstream_path(const rt_table_t *t, const rt_route_t *r, const char *path, size_t n, const char **head,
+                         size_t *head_len, const char **rest, size_t *rest_len);
+
 #endif

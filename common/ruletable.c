@@ -361,6 +361,11 @@ static int verify_routes(vctx_t *v)
             FAIL(v, "route %u: upstream is not one of its site's", i);
         if (r->action != RT_ACT_UPSTREAM && r->upstream != RT_NONE)
             FAIL(v, "route %u: upstream set on a non-proxy route", i);
+        if ((r->flags & ~RT_RF_KNOWN) ||
+            ((r->flags & RT_RF_REWRITE_PREFIX) &&
+             (r->action != RT_ACT_UPSTREAM || r->match != RT_MATCH_PREFIX || r->extra.len == 0 ||
+              rt_cstr(t, r->extra)[0] != '/' || (r->flags & RT_RF_STRIP_PREFIX))))
+            FAIL(v, "route %u: invalid flags or rewrite_prefix", i);
     }
     return 0;
 }
@@ -434,8 +439,8 @@ static int verify_leaves(vctx_t *v)
     }
     for (uint32_t i = 0; i < t->ncidrs; i++) {
         const rt_cidr_t *c = &t->cidrs[i];
-        if (!((c->family == 4 && c->bits <= 32) || (c->family == 6 && c->bits <= 128)))
-            FAIL(v, "cidr %u: invalid family or prefix length", i);
+        if (!((c->family == 4 && c->bits <= 32) || (c->family == 6 && c->bits <= 128)) || (c->flags & ~RT_CIDR_DENY))
+            FAIL(v, "cidr %u: invalid family, prefix length or flags", i);
     }
     for (uint32_t i = 0; i < t->nrate_zones; i++) {
         CHECK_STR(v, t->rate_zones[i].name, "rate zone", i);

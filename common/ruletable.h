@@ -240,13 +240,16 @@ typedef struct {
     uint32_t policy;        /* RT_SEC_POLICIES index */
     rt_span_t header_ops;   /* RT_SEC_HEADER_OPS */
     uint32_t expires_s;     /* static */
-    uint32_t pad;
-    rt_str_t extra;         /* static: index file; return: content type */
+    uint32_t buffering_max_kib; /* upstream: buffering_max in KiB; 0 (older tables): 1 GiB (former padding) */
+    rt_str_t extra;         /* static: index file; return: content type;
+                             * upstream with RT_RF_REWRITE_PREFIX: the new prefix */
 } rt_route_t;
 
 #define RT_RF_STRIP_PREFIX (1u << 0)
 #define RT_RF_WEBSOCKET (1u << 1)
 #define RT_RF_NO_BUFFERING (1u << 2)
+#define RT_RF_REWRITE_PREFIX (1u << 3) /* upstream, path_prefix: the prefix becomes extra */
+#define RT_RF_KNOWN 0xfu
 
 typedef struct {
     uint32_t connect_ms, read_ms, send_ms;
@@ -259,7 +262,7 @@ typedef struct {
     uint32_t cache_use_stale; /* rt_cond bits */
     rt_span_t cache_valid;   /* RT_SEC_STATUS_TTLS */
     rt_span_t cache_bypass;  /* RT_SEC_STRLIST: "authorization", "cookie:session" */
-    rt_span_t allow;         /* RT_SEC_CIDRS; count 0 = everyone */
+    rt_span_t allow;         /* RT_SEC_CIDRS: deny entries (RT_CIDR_DENY) then allow entries; count 0 = everyone */
     uint64_t max_body;       /* 0 = unlimited */
 } rt_policy_t;
 
@@ -311,9 +314,15 @@ typedef struct {
 typedef struct {
     uint8_t family; /* 4 or 6 */
     uint8_t bits;
-    uint8_t pad[6];
+    uint8_t flags;  /* RT_CIDR_*; the former padding, zero in older tables */
+    uint8_t pad[5];
     uint8_t addr[16];
 } rt_cidr_t;
+
+/* In a policy's allow span: an entry of the deny list (checked first);
+ * entries without it are the allow list (when there are any, the rest of
+ * the world is denied).  Not in trusted_proxies. */
+#define RT_CIDR_DENY 1u
 
 typedef struct {
     uint32_t status;

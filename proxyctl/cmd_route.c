@@ -131,15 +131,30 @@ static int parse_args(int argc, char **argv, request_t *rq)
     return 0;
 }
 
-static void strip_show(const rt_route_t *r, const request_t *rq, FILE *out)
+/* strip_prefix and rewrite_prefix: the path the upstream (or the static
+ * root) sees, by the function proxyd uses. */
+static void rewrite_show(const rt_table_t *t, const rt_route_t *r, const request_t *rq, FILE *out)
 {
-    if (!(r->flags & RT_RF_STRIP_PREFIX))
+    if (r->match != RT_MATCH_PREFIX || !(r->flags & (RT_RF_STRIP_PREFIX | RT_RF_REWRITE_PREFIX)))
         return;
-    size_t pl = r->path.len;
-    const char *rest = rq->path + pl;
-    size_t rl = rq->pathlen - pl;
-    /* "/api/" + "users" -> "/users": the stripped path always starts with '/'. */
-    fprintf(out, "  rewrite: %.*s -> %s%.*s\n", (int)rq->pathlen, rq->path, rl && rest[0] == '/' ? "" : "/", (int)rl, rest);
+    const char *head, *rest;
+    size_t hn, rn;
+    route_upstream_path(t, r, rq->path, rq->pathlen, &head, &hn, &rest, &rn);
+    fprintf(out, "  rewrite: %.*s -> %.*s%.*s\n", (int)rq->pathlen, rq->path, (int)hn, head, (int)rn, rest);
+}
+
+/* "upstream_path": the path the upstream sees, when the route rewrites it. */
+static void json_upstream_path(const rt_table_t *t, const rt_route_t *r, const request_t *rq)
+{
+    if (r->match != RT_MATCH_PREFIX || !(r->flags & (RT_RF_STRIP_PREFIX | RT_RF_REWRITE_PREFIX)))
+        return;
+    const char *head, *rest;
+    size_t hn, rn;
+    route_upstream_path(t, r, rq->path, rq->pathlen, &head, &hn, &rest, &rn);
+    char up[4096];
+    snprintf(up, sizeof(up), "%.*s%.*s", (int)hn, head, (int)rn, rest);
+    printf(",\"upstream_path\":");
+    cli_json_str(stdout, up);
 }
 
 static void json_route(const rt_table_t *t, uint32_t site, const route_result_t *res, const request_t *rq,
@@ -166,6 +181,7 @@ static void json_route(const rt_table_t *t, uint32_t site, const route_result_t 
         if (r->action == RT_ACT_UPSTREAM) {
             printf(",\"upstream\":");
             cli_json_str(stdout, rt_cstr(t, t->upstreams[r->upstream].name));
+            json_upstream_path(t, r, rq);
         }
     }
     if (s->flags & RT_SF_COMPRESS)
@@ -232,7 +248,7 @@ static void explain(const rt_table_t *t, uint32_t site, const route_result_t *re
         strncmp(rq->path, "/.well-known/acme-challenge/", 28) != 0)
         printf("note: plain HTTP gets 301 to https (redirect_http); over https:\n");
     dump_route(t, res->route, "", stdout);
-    strip_show(r, rq, stdout);
+    rewrite_show(t, r, rq, stdout);
     if (r->action == RT_ACT_UPSTREAM)
         dump_upstream(t, r->upstream, "  ", stdout);
     explain_compression(t, s, rq);

@@ -74,7 +74,39 @@ static uint32_t zone_index(const char *name, const void *zones, size_t n, size_t
     return RT_NONE;
 }
 
-static uint32_t route_policy(comp_t *c, const cfg_route_t *r)
+/* Without retry.tries written, a failed attempt may go on to every other server
+ * of the pool (nginx's proxy_next_upstream error timeout with unlimited
+ * tries, SPEC §10); the 64 a request can keep track of at most. */
+#define RETRY_DEFAULT_MAX 64
+
+static uint32_t default_tries(const cfg_site_t *s, const cfg_route_t *r)
+{
+    for (size_t i = 0; r->action == RT_ACT_UPSTREAM && i < s->nups; i++)
+        if (strcmp(s->ups[i].name, r->upstream.s) == 0)
+            return s->ups[i].nservers > RETRY_DEFAULT_MAX ? RETRY_DEFAULT_MAX : (uint32_t)s->ups[i].nservers;
+    return 1;
+}
+
+/* The policy's access list: the site's and the route's deny entries, then
+ * the route's allow list, or the site's when the route has none. */
+static rt_span_t access_span(comp_t *c, const cfg_site_t *site, const cfg_route_t *r)
+{
+    rt_span_t sp = {rtw_count(c->w, RT_SEC_CIDRS), 0};
+    const rt_cidr_t *lists[3] = {site->deny, r->deny, r->nallow ? r->allow : site->allow};
+    size_t counts[3] = {site->ndeny, r->ndeny, r->nallow ? r->nallow : site->nallow};
+    for (int k = 0; k < 3; k++)
+        for (size_t i = 0; i < counts[k]; i++) {
+            rt_cidr_t x = lists[k][i];
+            x.flags = k < 2 ? RT_CIDR_DENY : 0;
+            rtw_add(c->w, RT_SEC_CIDRS, &x, 1);
+            sp.count++;
+        }
+    if (sp.count == 0)
+        sp.first = 0;
+    return sp;
+}
+
+static uint32_t route_policy(comp_t *c, const cfg_site_t *site, const cfg_route_t *r)
 {
     rt_policy_t p;
     memset(&p, 0, sizeof(p));
@@ -82,7 +114,7 @@ static uint32_t route_policy(comp_t *c, const cfg_route_t *r)
     p.read_ms = ms32(r->read_ms);
     p.send_ms = ms32(r->send_ms);
     p.retry_on = r->retry_on;
-    p.retry_tries = r->retry_tries;
+    p.retry_tries = r->retry_tries ? r->retry_tries : default_tries(site, r);
     p.rate_zone = zone_index(r->rate_zone.s, c->g->rate_zones, c->g->nrate_zones, sizeof(cfg_rate_zone_t));
     p.rate_burst = r->rate_burst;
     p.rate_flags = r->rate_nodelay ? RT_RATE_NODELAY : 0;
@@ -115,10 +147,7 @@ static uint32_t route_policy(comp_t *c, const cfg_route_t *r)
             rtw_add(c->w, RT_SEC_STRLIST, &s, 1);
         }
     }
-    if (r->nallow) {
-        p.allow.first = rtw_add(c->w, RT_SEC_CIDRS, r->allow, (uint32_t)r->nallow);
-        p.allow.count = (uint32_t)r->nallow;
-    }
+    p.allow = access_span(c, site, r);
     return add_policy(c, &p);
 }
 
@@ -216,13 +245,14 @@ static void emit_routes(comp_t *c, const cfg_site_t *s, uint32_t site, rt_site_t
         x.action = (uint8_t)r->action;
         x.status = (uint16_t)r->status;
         x.flags = (r->strip_prefix ? RT_RF_STRIP_PREFIX : 0) | (r->websocket ? RT_RF_WEBSOCKET : 0) |
-                  (r->buffering ? 0 : RT_RF_NO_BUFFERING);
+                  (r->buffering ? 0 : RT_RF_NO_BUFFERING) | (r->rewrite_prefix ? RT_RF_REWRITE_PREFIX : 0);
         x.path = rtw_cstr(c->w, r->path.s);
         x.target = rtw_cstr(c->w, r->target);
-        x.extra = rtw_cstr(c->w, r->index);
+        x.extra = rtw_cstr(c->w, r->rewrite_prefix ? r->rewrite_prefix : r->index);
         x.upstream = r->action == RT_ACT_UPSTREAM ? upstream_index(s, rec, r->upstream.s) : RT_NONE;
         x.expires_s = ms32(r->expires_ms / 1000);
-        x.policy = route_policy(c, r);
+        x.buffering_max_kib = (uint32_t)((r->buffering_max + 1023) >> 10);
+        x.policy = route_policy(c, s, r);
         x.header_ops = emit_hdrops(c, r);
         rtw_add(c->w, RT_SEC_ROUTES, &x, 1);
     }

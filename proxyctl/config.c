@@ -561,6 +561,35 @@ static int route_strip(ctx_t *c, const char *key, ynode_t *v, void *obj)
     return scalar(c, &o, v, r);
 }
 
+static int route_rewrite(ctx_t *c, const char *key, ynode_t *v, void *obj)
+{
+    cfg_route_t *r = obj;
+    if (want(c, v, YN_SCALAR, key) < 0)
+        return -1;
+    r->rewrite_pos = v->pos;
+    r->rewrite_prefix = v->s;
+    if (v->s[0] != '/')
+        return err(c, v, "rewrite_prefix must start with '/' (it replaces the matched path prefix)");
+    for (const char *p = v->s; *p; p++)
+        if ((unsigned char)*p <= 0x20 || *p == 0x7f || *p == '?' || *p == '#')
+            return err(c, v, "rewrite_prefix '%s' contains a space, control character, '?' or '#'", v->s);
+    return 0;
+}
+
+/* buffering_max: bytes one response may spool to its file, 1k..4t (KiB in the table). */
+static int route_buffering_max(ctx_t *c, const char *key, ynode_t *v, void *obj)
+{
+    cfg_route_t *r = obj;
+    static const opt_t o = SIZE("buffering_max", cfg_route_t, buffering_max);
+    if (scalar(c, &o, v, r) < 0)
+        return -1;
+    (void)key;
+    r->buffering_max_pos = v->pos;
+    if (r->buffering_max < 1024 || r->buffering_max > (4ull << 40))
+        return err(c, v, "buffering_max must be 1k..4t (buffering: false streams without spooling)");
+    return 0;
+}
+
 static const opt_t timeout_opts[] = {DUR("connect", cfg_route_t, connect_ms), DUR("read", cfg_route_t, read_ms),
                                      DUR("send", cfg_route_t, send_ms), END};
 
@@ -671,14 +700,30 @@ static int route_cache(ctx_t *c, const char *key, ynode_t *v, void *obj)
     return rc | require(c, v, "zone", key);
 }
 
-static int route_allow(ctx_t *c, const char *key, ynode_t *v, void *obj)
+/* allow and deny lists (route or site): at least one address each. */
+static int access_list(ctx_t *c, const char *key, ynode_t *v, rt_cidr_t **out, size_t *n)
+{
+    if (cidrs(c, key, v, out, n) < 0)
+        return -1;
+    if (*n == 0)
+        return strcmp(key, "allow") == 0
+                   ? err(c, v, "allow must list at least one address (an empty list would deny everyone)")
+                   : err(c, v, "deny must list at least one address");
+    return 0;
+}
+
+static int route_access(ctx_t *c, const char *key, ynode_t *v, void *obj)
 {
     cfg_route_t *r = obj;
-    if (cidrs(c, key, v, &r->allow, &r->nallow) < 0)
-        return -1;
-    if (r->nallow == 0)
-        return err(c, v, "allow must list at least one address (an empty list would deny everyone)");
-    return 0;
+    bool allow = strcmp(key, "allow") == 0;
+    return access_list(c, key, v, allow ? &r->allow : &r->deny, allow ? &r->nallow : &r->ndeny);
+}
+
+static int site_access(ctx_t *c, const char *key, ynode_t *v, void *obj)
+{
+    cfg_site_t *s = obj;
+    bool allow = strcmp(key, "allow") == 0;
+    return access_list(c, key, v, allow ? &s->allow : &s->deny, allow ? &s->nallow : &s->ndeny);
 }
 
 static bool is_token(const char *s)
@@ -768,14 +813,17 @@ static const opt_t route_opts[] = {
     FN("redirect", route_action_map),
     FN("static", route_action_map),
     FN("strip_prefix", route_strip),
+    FN("rewrite_prefix", route_rewrite),
     FN("timeouts", route_timeouts),
     FN("retry", route_retry),
     FN("rate_limit", route_rate_limit),
     FN("cache", route_cache),
     SIZE("max_body", cfg_route_t, max_body),
-    FN("allow", route_allow),
+    FN("allow", route_access),
+    FN("deny", route_access),
     BOOL("websocket", cfg_route_t, websocket),
     BOOL("buffering", cfg_route_t, buffering),
+    FN("buffering_max", route_buffering_max),
     FN("headers", route_headers),
     END,
 };
@@ -789,7 +837,7 @@ static void route_defaults(cfg_route_t *r, ynode_t *at)
     r->read_ms = 60000;
     r->send_ms = 60000;
     r->retry_on = RT_ON_ERROR | RT_ON_TIMEOUT;
-    r->retry_tries = 1;
+    r->retry_tries = 0; /* not written: every server of the pool (compile.c) */
 }
 
 static int site_routes(ctx_t *c, const char *key, ynode_t *v, void *obj)
@@ -811,6 +859,14 @@ static int site_routes(ctx_t *c, const char *key, ynode_t *v, void *obj)
             rc = err(c, v->vals[i], "route has no action (one of upstream, return, redirect, static)");
         if (r->has_strip && r->strip_prefix && r->match != RT_MATCH_PREFIX)
             rc = errp(c, r->strip_pos, "strip_prefix requires a path_prefix match");
+        if (r->rewrite_prefix && r->match != RT_MATCH_PREFIX)
+            rc = errp(c, r->rewrite_pos, "rewrite_prefix requires a path_prefix match");
+        else if (r->rewrite_prefix && r->has_strip)
+            rc = errp(c, r->rewrite_pos, "rewrite_prefix and strip_prefix together (strip_prefix is rewrite_prefix: /)");
+        else if (r->rewrite_prefix && r->action != RT_ACT_UPSTREAM)
+            rc = errp(c, r->rewrite_pos, "rewrite_prefix applies to upstream routes only");
+        if (r->buffering_max && r->action != RT_ACT_UPSTREAM)
+            rc = errp(c, r->buffering_max_pos, "buffering_max applies to upstream routes only");
     }
     return rc;
 }
@@ -1037,6 +1093,8 @@ static const opt_t site_opts[] = {
     FN("compression", site_compression),
     ENUM("security_headers", cfg_site_t, security_headers, sechdr_names),
     FN("access_log", site_access_log),
+    FN("allow", site_access),
+    FN("deny", site_access),
     END,
 };
 

@@ -71,10 +71,14 @@ typedef struct {
     char *index;
     uint64_t expires_ms;
     bool strip_prefix, websocket, buffering;
+    uint64_t buffering_max; /* bytes; 0: not written (1g) */
+    pos_t buffering_max_pos;
     pos_t strip_pos;
     bool has_strip;
+    char *rewrite_prefix;   /* NULL: none; strip_prefix is rewrite_prefix "/" */
+    pos_t rewrite_pos;
     uint64_t connect_ms, read_ms, send_ms;
-    uint32_t retry_on, retry_tries;
+    uint32_t retry_on, retry_tries; /* tries 0: not written */
     cstr_t rate_zone;
     uint32_t rate_burst;
     bool rate_nodelay;
@@ -90,6 +94,8 @@ typedef struct {
     uint64_t max_body;
     rt_cidr_t *allow;
     size_t nallow;
+    rt_cidr_t *deny;
+    size_t ndeny;
     cfg_hdrop_t *hdrops;
     size_t nhdrops;
 } cfg_route_t;
@@ -123,6 +129,8 @@ typedef struct {
     size_t ntypes;
     int security_headers;   /* rt_sechdr */
     int access_log;         /* rt_logfmt */
+    rt_cidr_t *allow, *deny; /* site-wide: every route's deny, and the allow of a route without its own */
+    size_t nallow, ndeny;
 } cfg_site_t;
 
 typedef struct {

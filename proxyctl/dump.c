@@ -5,6 +5,7 @@
 #include "dump.h"
 
 #include <inttypes.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include <arpa/inet.h>
@@ -93,13 +94,20 @@ void dump_policy(const rt_table_t *t, uint32_t pi, const char *in, FILE *out)
     }
     if (p->max_body)
         fprintf(out, "%smax_body: %" PRIu64 " bytes\n", in, p->max_body);
-    if (p->allow.count) {
-        fprintf(out, "%sallow:", in);
+    for (unsigned deny = 1; p->allow.count && deny < 2; deny--) {
+        bool any = false;
         for (uint32_t i = 0; i < p->allow.count; i++) {
+            const rt_cidr_t *x = &t->cidrs[p->allow.first + i];
+            if ((x->flags & RT_CIDR_DENY) != deny)
+                continue;
+            if (!any)
+                fprintf(out, "%s%s:", in, deny ? "deny" : "allow");
             fputc(' ', out);
-            cidr(&t->cidrs[p->allow.first + i], out);
+            any = true;
+            cidr(x, out);
         }
-        fputs(" (others 403)\n", out);
+        if (any)
+            fputs(deny ? " (403)\n" : " (others 403)\n", out);
     }
 }
 
@@ -135,9 +143,13 @@ void dump_route(const rt_table_t *t, uint32_t ri, const char *in, FILE *out)
     fputc('\n', out);
     switch (r->action) {
     case RT_ACT_UPSTREAM:
-        fprintf(out, "%s  proxy to upstream %s%s%s%s\n", in, rt_cstr(t, t->upstreams[r->upstream].name),
-                r->flags & RT_RF_STRIP_PREFIX ? ", strip_prefix" : "", r->flags & RT_RF_WEBSOCKET ? ", websocket" : "",
+        fprintf(out, "%s  proxy to upstream %s%s%s%s%s%s\n", in, rt_cstr(t, t->upstreams[r->upstream].name),
+                r->flags & RT_RF_STRIP_PREFIX ? ", strip_prefix" : "",
+                r->flags & RT_RF_REWRITE_PREFIX ? ", rewrite_prefix " : "",
+                r->flags & RT_RF_REWRITE_PREFIX ? rt_cstr(t, r->extra) : "", r->flags & RT_RF_WEBSOCKET ? ", websocket" : "",
                 r->flags & RT_RF_NO_BUFFERING ? ", buffering off" : "");
+        if (r->buffering_max_kib && !(r->flags & RT_RF_NO_BUFFERING))
+            fprintf(out, "%s  buffering_max: %llu bytes\n", in, (unsigned long long)r->buffering_max_kib << 10);
         break;
     case RT_ACT_RETURN:
         fprintf(out, "%s  return %u%s%s\n", in, r->status, r->target.len ? " body: " : "", rt_cstr(t, r->target));

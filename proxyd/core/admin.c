@@ -377,6 +377,29 @@ static void metrics_http2(str_buf_t *b)
 #undef H2_METRIC
 }
 
+/* Response buffering (filters/spool.c): counters, and what is held now. */
+static void metrics_buffering(str_buf_t *b)
+{
+    static const struct {
+        const char *name, *type, *help;
+        size_t field;
+    } m[] = {
+        {"proxyd_buffering_responses_total", "counter", "Proxied responses buffered (buffering: true).",
+         offsetof(worker_stats_t, spool_responses)},
+        {"proxyd_buffering_file_responses_total", "counter", "Buffered responses that needed a temporary file.",
+         offsetof(worker_stats_t, spool_file_responses)},
+        {"proxyd_buffering_file_written_bytes_total", "counter", "Bytes written to buffering files.",
+         offsetof(worker_stats_t, spool_file_bytes)},
+        {"proxyd_buffering_memory_bytes", "gauge", "Response bytes held in buffering memory now.",
+         offsetof(worker_stats_t, spool_mem_now)},
+        {"proxyd_buffering_file_bytes", "gauge", "Bytes of buffering files now.", offsetof(worker_stats_t, spool_disk_now)},
+    };
+    for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++) {
+        metric_header(b, m[i].name, m[i].type, m[i].help);
+        str_printf(b, "%s %llu\n", m[i].name, (unsigned long long)sum_field(m[i].field));
+    }
+}
+
 static void metrics_text(str_buf_t *b)
 {
     metrics_requests(b);
@@ -384,6 +407,7 @@ static void metrics_text(str_buf_t *b)
     metrics_servers(b);
     metrics_limits(b);
     metrics_cache(b);
+    metrics_buffering(b);
     metric_header(b, "proxyd_connections_active", "gauge", "Open client connections.");
     str_printf(b, "proxyd_connections_active %llu\n", (unsigned long long)sum_field(offsetof(worker_stats_t, conns_active)));
     metric_header(b, "proxyd_connections_total", "counter", "Client connections accepted.");

@@ -14,7 +14,9 @@ struct tref;
 struct bundle;
 
 /* Per-request context slots (request_t.ctx), one per module that wants one. */
-enum module_ctx { MODULE_CTX_PROXY, MODULE_CTX_STATIC, MODULE_CTX_LIMIT, MODULE_CTX_COMPRESS, MODULE_CTX_CACHE, MODULE_CTX_MAX };
+enum module_ctx {
+    MODULE_CTX_PROXY, MODULE_CTX_STATIC, MODULE_CTX_LIMIT, MODULE_CTX_COMPRESS, MODULE_CTX_CACHE, MODULE_CTX_SPOOL, MODULE_CTX_MAX
+};
 
 /* Per-generation state slots (tref_t.mod), in hook order. */
 enum module_id {

@@ -13,6 +13,7 @@
 #include "conn/tls.h"
 #include "filters/compress.h"
 #include "filters/headers.h"
+#include "filters/spool.h"
 #include "handlers/static_handler.h"
 #include "http/accesslog.h"
 #include "http/h1session.h"
@@ -37,6 +38,7 @@ const module_t *const proxyd_modules[] = {
     &tls_module,
     &health_module,
     &pool_module,
+    &spool_filter_module,    /* nearest the session: holds what the client cannot take yet (buffering) */
     &cache_module,           /* below compression: it stores the compressed bytes, one entry per coding */
     &compress_filter_module, /* below headers: it sees the route's and the preset's fields */
     &headers_filter_module,

@@ -56,6 +56,9 @@ typedef struct {
     volatile uint64_t requests_h2;                      /* of requests_total */
     volatile uint64_t conns_h1, conns_h2;               /* connections whose session started, by protocol */
     volatile uint64_t h2_refused[STATS_H2_REFUSED_COUNT]; /* by h2_refusal_t */
+    volatile uint64_t spool_responses, spool_file_responses; /* buffering: responses spooled, of them to a file */
+    volatile uint64_t spool_file_bytes;                  /* bytes written to spool files */
+    volatile uint64_t spool_mem_now, spool_disk_now;     /* bytes held now in memory buffers, in spool files */
     volatile uint64_t site[STATS_MAX_SITES][STATS_CLASSES]; /* by site index of `generation` */
 } worker_stats_t;
 

@@ -8,7 +8,10 @@
  *
  * When the next buffer is full the side feeding it stops reading until the
  * buffer drains (backpressure), so memory per request is four buffers
- * whatever the body size.  Bodies are re-framed, never passed through
+ * whatever the body size.  With `buffering` on, the spool filter
+ * (filters/spool.c) below the response side takes what the client is behind
+ * on, so the upstream is read to its end and pooled before the client has
+ * it all.  Bodies are re-framed, never passed through
  * blindly: the request body is decoded by the session and written with our
  * own framing, so a smuggled second request cannot ride along; the response
  * body is decoded here and framed again by the client's session.
@@ -25,7 +28,8 @@
  *     OPTIONS TRACE) are replayed, from px->replay, a copy of everything
  *     sent so far; it holds REPLAY_MAX bytes, so a body that has streamed
  *     beyond that (we never buffer a whole body) cannot be replayed.
- * tries counts attempts (1: no retry).  When no other server is up, a
+ * tries counts attempts (1: no retry; without retry.tries written the
+ * compiler makes it the pool's server count, nginx's default).  When no other server is up, a
  * failed status is relayed as the upstream gave it.  A connection taken from
  * the keep-alive pool may have been closed by the upstream just before we
  * wrote to it: a request that got no response byte is replayed once on a
@@ -43,6 +47,7 @@
 #include <strings.h>
 
 #include "../common/log.h"
+#include "../common/route.h"
 #include "../common/str.h"
 #include "conn/tls.h"
 #include "http/path.h"
@@ -209,18 +214,14 @@ static void hb_path(str_buf_t *b, const char *p, size_t n)
 
 static void request_line(str_buf_t *b, const request_t *r, const rt_route_t *rt)
 {
-    const char *p = r->path.p;
-    size_t n = r->path.n;
-    if ((rt->flags & RT_RF_STRIP_PREFIX) && rt->match == RT_MATCH_PREFIX) {
-        size_t skip = rt->path.len;
-        if (skip && rt_cstr(&r->table->t, rt->path)[skip - 1] == '/')
-            skip--; /* "/api/" strips to "/users", keeping the slash */
-        p += skip;
-        n -= skip;
-    }
+    const char *head, *p;
+    size_t hn, n;
+    route_upstream_path(&r->table->t, rt, r->path.p, r->path.n, &head, &hn, &p, &n);
     str_append(b, r->method.p, r->method.n);
     STR_APPEND_LIT(b, " ");
-    if (n == 0 || p[0] != '/')
+    if (hn)
+        hb_path(b, head, hn);
+    else if (n == 0 || p[0] != '/')
         STR_APPEND_LIT(b, "/");
     hb_path(b, p, n);
     if (r->query.p) {
@@ -838,6 +839,11 @@ static void relay_response(upconn_t *u)
             http_send_flush(r);
         if ((pending = r->sess->flush(r)) < 0 || u->closed)
             return;
+        /* Output still pending matters only when nothing more is taken now:
+         * a buffering filter (filters/spool.c) takes what the client is
+         * behind on, so the upstream is read at its own pace to its end. */
+        if (pending && http_send_space(r) > 0)
+            pending = 0;
         if (pending || iobuf_len(u->in) == 0)
             break; /* the client is behind, or everything read so far is out */
     }

@@ -71,6 +71,18 @@ static size_t host_name_len(slice_t h)
     return colon ? (size_t)(colon - h.p) : h.n;
 }
 
+/* The port of the first HTTPS listener when it is not 443 (SPEC §10: the
+ * redirect keeps a non-default HTTPS port), else 0. */
+static unsigned https_port(const rt_table_t *t)
+{
+    for (uint32_t i = 0; i < t->global->listens.count; i++) {
+        const rt_listen_t *l = &t->listens[t->global->listens.first + i];
+        if (l->kind == RT_LISTEN_HTTPS)
+            return l->sa.port == 443 ? 0 : l->sa.port;
+    }
+    return 0;
+}
+
 void return_https_redirect(request_t *r)
 {
     size_t hn = host_name_len(r->host);
@@ -78,10 +90,15 @@ void return_https_redirect(request_t *r)
         http_error(r, 400, NULL); /* no host to redirect to */
         return;
     }
-    size_t cap = 8 + hn + r->target.n + r->path_raw.n + r->query.n + 2; /* the longest form, so it fits */
+    unsigned port = https_port(&r->table->t);
+    size_t cap = 8 + hn + 6 + r->target.n + r->path_raw.n + r->query.n + 2; /* the longest form, so it fits */
     str_buf_t to = str_buf_fixed(arena_alloc(&r->arena, cap), cap);
     STR_APPEND_LIT(&to, "https://");
     str_append(&to, r->host.p, hn);
+    if (port) {
+        STR_APPEND_LIT(&to, ":");
+        str_append_u64(&to, port);
+    }
     if (r->form == H1_FORM_ABSOLUTE) {
         str_append(&to, r->path_raw.p, r->path_raw.n);
         if (r->query.p) {

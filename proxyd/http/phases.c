@@ -174,14 +174,23 @@ static int phase_route(request_t *r)
     return HTTP_PHASE_NEXT;
 }
 
+/* deny entries first (site's and route's), then a non-empty allow list
+ * lets in only its own (the route's, or the site's). */
 static bool allowed(const request_t *r, const rt_table_t *t, const rt_policy_t *p)
 {
-    if (p->allow.count == 0)
-        return true;
-    for (uint32_t i = 0; i < p->allow.count; i++)
-        if (cidr_contains(&t->cidrs[p->allow.first + i], r->client_family, r->client_ip))
-            return true;
-    return false;
+    bool listed = false, allow = false;
+    for (uint32_t i = 0; i < p->allow.count; i++) {
+        const rt_cidr_t *c = &t->cidrs[p->allow.first + i];
+        bool hit = cidr_contains(c, r->client_family, r->client_ip);
+        if (c->flags & RT_CIDR_DENY) {
+            if (hit)
+                return false;
+            continue;
+        }
+        listed = true;
+        allow |= hit;
+    }
+    return !listed || allow;
 }
 
 static int phase_access(request_t *r)

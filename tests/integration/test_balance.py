@@ -372,8 +372,8 @@ def test_backup_takeover_and_hand_back(proxyd_factory, origins):
 def test_no_server_up_is_503(proxyd_factory):
     dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     p = proxyd_factory(sites=[lb_site([{"address": d, "fail_timeout": "30s"} for d in dead])])
-    first = [http(p.port, host=HOST).status for _ in range(2)]
-    assert first == [502, 502]                       # each refused once, each marked down
+    # Both refused (the default retry tries the second), both marked down (max_fails 1).
+    assert http(p.port, host=HOST).status == 502
     r = http(p.port, host=HOST)
     assert r.status == 503, r
     assert "no server of upstream app is up" in p.error_log_text() + p.stderr_text()
@@ -408,11 +408,31 @@ def test_post_retried_when_nothing_was_sent(proxyd_factory, backend_factory):
     assert [(r.status, r.body) for r in rs] == [(200, b"B:v=%d" % i) for i in range(6)]
 
 
-def test_retry_off_by_default(proxyd_factory, backend_factory):
+def test_default_retry_follows_nginx(proxyd_factory, backend_factory):
+    """SPEC §10: without `retry` written, a failure goes on to the next server: whatever the
+    method when nothing was sent yet, only idempotent requests once bytes were sent."""
     a = backend_factory(_closer)
     b = backend_factory(lambda req, conn: conn.respond(200, b"B"))
     servers = [{"address": a.address, "max_fails": 0}, {"address": b.address, "max_fails": 0}]
     p = proxyd_factory(sites=[lb_site(servers)], workers=1)
+    gets = [http(p.port, host=HOST, target=f"/g{i}") for i in range(4)]
+    assert [(r.status, r.body) for r in gets] == [(200, b"B")] * 4
+    assert sum(1 for r in a.requests if r.method == "GET") >= 2
+    posts = [http(p.port, method="POST", host=HOST, target=f"/p{i}", body=b"x=1").status for i in range(4)]
+    a_posts = [r for r in a.requests if r.method == "POST"]
+    assert sorted(posts) == [200, 200, 502, 502] and len(a_posts) == 2    # sent: not replayed
+    dead = f"127.0.0.1:{free_port()}"
+    servers = [{"address": dead, "max_fails": 0}, {"address": b.address, "max_fails": 0}]
+    p2 = proxyd_factory(sites=[lb_site(servers)], workers=1)
+    rs = [http(p2.port, method="POST", host=HOST, target=f"/q{i}", body=b"v=1").status for i in range(4)]
+    assert rs == [200] * 4                                               # refused: next server
+
+
+def test_retry_tries_1_turns_it_off(proxyd_factory, backend_factory):
+    a = backend_factory(_closer)
+    b = backend_factory(lambda req, conn: conn.respond(200, b"B"))
+    servers = [{"address": a.address, "max_fails": 0}, {"address": b.address, "max_fails": 0}]
+    p = proxyd_factory(sites=[lb_site(servers, retry={"tries": 1})], workers=1)
     rs = [http(p.port, host=HOST).status for _ in range(4)]
     assert sorted(rs) == [200, 200, 502, 502]
 

@@ -873,7 +873,7 @@ def test_route_json(shop, proxyctl):
     data = json.loads(route(proxyctl, "http://shop.example.com/api/x", "--json"))
     data.pop("status", None)
     assert data == {"site": "shop", "source": "shop.yaml", "route": 4, "line": 17,
-                    "action": "upstream", "upstream": "api"}
+                    "action": "upstream", "upstream": "api", "upstream_path": "/x"}   # strip_prefix
     data = json.loads(route(proxyctl, "--json", "http://shop.example.com/old"))
     assert data["route"] == 8 and data["action"] == "redirect" and "upstream" not in data
     data = json.loads(route(proxyctl, "http://shop.example.com/nothing", "--json"))

@@ -118,15 +118,17 @@ def test_max_connections_is_for_the_node(proxyd_factory):
     assert "over limits.max_connections (4 for the node)" in log, log[-2000:]
 
 
-def test_client_that_stops_reading_is_a_client_send_timeout(proxyd_factory, backend_factory):
-    """The upstream waits on a client that stopped reading: that is logged as the client's send
-    timeout (and the connection closed), not as an upstream read timeout against the server."""
+@pytest.mark.parametrize("buffering", ["buffering: false", "buffering: true"])
+def test_client_that_stops_reading_is_a_client_send_timeout(proxyd_factory, backend_factory, buffering):
+    """The upstream waits on a client that stopped reading (or, buffered, the spool does): that
+    is logged as the client's send timeout (and the connection closed), not as an upstream
+    read timeout against the server."""
     import socket
     import time
     from proxyd_fixtures import proxy_site, request_bytes
     body = b"x" * (32 << 20)
     b = backend_factory(lambda req, conn: conn.respond(200, body))
-    p = proxyd_factory(sites=[proxy_site("a", b.address, default=True, route_extra="timeouts: {read: 1s}")],
+    p = proxyd_factory(sites=[proxy_site("a", b.address, default=True, route_extra=f"timeouts: {{read: 1s}}\n{buffering}")],
                        workers=1)
     s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -211,9 +211,13 @@ def test_http10_client_gets_close_delimited_or_length_body(chunk_env, path):
         assert r.header("content-length") == str(len(WHOLE))
 
 
-def test_slow_reader_download_bounded_memory(stream_env):
-    """A client that does not read: proxyd must stop reading the upstream (backpressure)."""
-    p = stream_env
+@pytest.mark.parametrize("buffering", ["buffering: false", "buffering_max: 8m"])
+def test_slow_reader_download_bounded_memory(proxyd_factory, origin_factory, buffering):
+    """A client that does not read: proxyd must stop reading the upstream (backpressure),
+    at once without buffering, after buffering_max spooled to a file with it."""
+    origin = origin_factory(echo=False)
+    p = proxyd_factory(sites=[proxy_site("big", origin.address, default=True,
+                                         route_extra=f"timeouts: {{read: 60s, send: 60s}}\n{buffering}")])
     s = connect(p.port, timeout=10)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     with RssSampler(p) as sampler:

@@ -466,23 +466,24 @@ def test_ticket_key_rotation(proxyd_factory, tls_certs, tmp_path):
 # ---- redirect_http and HSTS ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("host, target, location", [
-    ("main.test", "/", "https://main.test/"),
-    ("main.test:8080", "/a/b?x=1&y=%20z", "https://main.test/a/b?x=1&y=%20z"),
-    ("www.main.test", "/p?q", "https://www.main.test/p?q"),
-    ("unknown.test", "/x", "https://unknown.test/x"),     # the default site redirects too
+    ("main.test", "/", "https://main.test:{port}/"),
+    ("main.test:8080", "/a/b?x=1&y=%20z", "https://main.test:{port}/a/b?x=1&y=%20z"),
+    ("www.main.test", "/p?q", "https://www.main.test:{port}/p?q"),
+    ("unknown.test", "/x", "https://unknown.test:{port}/x"),     # the default site redirects too
 ])
 def test_redirect_http_301_to_https(mp, host, target, location):
     r = http(mp.port, target=target, host=host)
     assert r.status == 301, r
-    assert r.header("Location") == location, r
+    # The HTTPS listener is not on 443: the redirect names its port (SPEC §10).
+    assert r.header("Location") == location.format(port=mp.https_port), r
     assert r.header("Strict-Transport-Security") is None, "HSTS must not be sent over plain HTTP"
 
 
 def test_redirect_http_head_and_post(mp):
     r = http(mp.port, method="HEAD", target="/h", host="main.test")
-    assert r.status == 301 and r.header("Location") == "https://main.test/h"
+    assert r.status == 301 and r.header("Location") == f"https://main.test:{mp.https_port}/h"
     r = http(mp.port, method="POST", target="/form", host="main.test", body=b"a=1")
-    assert r.status == 301 and r.header("Location") == "https://main.test/form"
+    assert r.status == 301 and r.header("Location") == f"https://main.test:{mp.https_port}/form"
 
 
 def test_redirect_http_spares_acme_challenges(mp):
@@ -516,7 +517,7 @@ def test_hsts_over_https_only(mp, host, hsts):
 
 def test_redirect_http_keeps_ipv6_literal(mp):
     r = http(mp.port, target="/v6?a=1", host="[::1]:8080")
-    assert r.status == 301 and r.header("Location") == "https://[::1]/v6?a=1", r
+    assert r.status == 301 and r.header("Location") == f"https://[::1]:{mp.https_port}/v6?a=1", r
 
 
 def test_redirect_http_without_host_http10(proxyd_factory, tls_certs):
@@ -527,12 +528,12 @@ def test_redirect_http_without_host_http10(proxyd_factory, tls_certs):
     assert p.worker_pids() == before, "the worker died"
     r = parse_response(data)
     assert r is not None and (r.status == 400 or (r.status == 301 and r.header("Location", "").startswith(
-        "https://main.test/"))), data[:300]
+        f"https://main.test:{p.https_port}/"))), data[:300]
 
 
 def test_redirect_http_empty_host(mp):
     r = http(mp.port, target="/x", host="")
-    assert r.status == 400 or (r.status == 301 and r.header("Location") == "https://main.test/x"), r
+    assert r.status == 400 or (r.status == 301 and r.header("Location") == f"https://main.test:{mp.https_port}/x"), r
 
 
 def test_redirect_http_absolute_form_target(mp):
@@ -542,7 +543,7 @@ def test_redirect_http_absolute_form_target(mp):
                                  b"Connection: close\r\n\r\n", timeout=3)
     r = parse_response(data)
     assert r is not None and r.status == 301, data[:300]
-    assert r.header("Location") == "https://main.test/abs?q=1", r
+    assert r.header("Location") == f"https://main.test:{mp.https_port}/abs?q=1", r
 
 
 def test_acme_site_is_served_with_a_temporary_certificate(proxyd_factory):

@@ -26,6 +26,9 @@ static const char *SITE_FMT =
     "    retry: {on: [error], tries: 2}\n"
     "  - match: {path_prefix: /once/}\n"
     "    upstream: pair\n"
+    "    retry: {tries: 1}\n"
+    "  - match: {path_prefix: /default/}\n"
+    "    upstream: pair\n"
     "  - match: {path_prefix: /slow/}\n"
     "    upstream: app\n"
     "    timeouts: {read: 100ms}\n"
@@ -347,7 +350,19 @@ static void test_retry_on_refused(void **state)
     assert_true(fx_log_has("connection refused"));
 }
 
-/* Without retry (tries 1) the refusal is the answer. */
+/* retry not written: a refused connection (nothing sent) moves on to the
+ * next server whatever the method (SPEC §10). */
+static void test_refused_retried_by_default(void **state)
+{
+    px_t *p = *state;
+    fx_send_str(p->cl, "POST /default/x HTTP/1.1\r\nHost: p.example\r\nContent-Length: 3\r\n\r\na=1");
+    assert_true(fx_wait_responses(p->cl, 1, 0));
+    assert_int_equal(response(p->cl, 0)->status, 200);
+    assert_int_equal(p->be2->requests, 1);
+    assert_true(has_line(p->be2, "POST /default/x HTTP/1.1"));
+}
+
+/* retry: {tries: 1}: the refusal is the answer. */
 static void test_refused_without_retry(void **state)
 {
     px_t *p = *state;
@@ -383,6 +398,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_502_when_upstream_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_504_read_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_on_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refused_retried_by_default, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refused_without_retry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_body_timeout, setup_short, teardown),
     };

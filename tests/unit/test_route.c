@@ -211,6 +211,40 @@ static void test_pcre2_limit_fails_closed(void **state)
     fixture_free(&proxy);
 }
 
+/* route_upstream_path: rewrite_prefix, strip_prefix (rewrite_prefix "/")
+ * and one slash where both sides bring one. */
+static void expect_path(const fixture_t *f, uint32_t route, const char *path, const char *want)
+{
+    const char *head, *rest;
+    size_t hn, rn;
+    route_upstream_path(&f->t, &f->t.routes[route], path, strlen(path), &head, &hn, &rest, &rn);
+    char got[256];
+    snprintf(got, sizeof(got), "%.*s%.*s", (int)hn, head, (int)rn, rest);
+    assert_string_equal(got, want);
+}
+
+static void test_upstream_path_rewrites(void **state)
+{
+    (void)state;
+    fixture_t f;
+    compile_one(&f, "site: a\nhosts: [a.example.com]\n"
+                    "upstreams: {app: {servers: ['127.0.0.1:3001']}}\n"
+                    "routes:\n"
+                    "  - match: {path_prefix: /blog/}\n    upstream: app\n    rewrite_prefix: /wordpress/\n"
+                    "  - match: {path_prefix: /api}\n    upstream: app\n    strip_prefix: true\n"
+                    "  - match: {path_prefix: /x}\n    upstream: app\n    rewrite_prefix: /y\n"
+                    "  - match: {path_prefix: /}\n    upstream: app\n");
+    expect_path(&f, 0, "/blog/a/b", "/wordpress/a/b");
+    expect_path(&f, 0, "/blog/", "/wordpress/");
+    expect_path(&f, 1, "/api/users", "/users");
+    expect_path(&f, 1, "/api", "/");
+    expect_path(&f, 1, "/apix", "/x");
+    expect_path(&f, 2, "/x/1", "/y/1");
+    expect_path(&f, 2, "/xz", "/yz");
+    expect_path(&f, 3, "/blog/a", "/blog/a");
+    fixture_free(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -220,6 +254,7 @@ int main(void)
         cmocka_unit_test(test_no_error_unchanged),
         cmocka_unit_test(test_error_after_the_winner_is_not_consulted),
         cmocka_unit_test(test_pcre2_limit_fails_closed),
+        cmocka_unit_test(test_upstream_path_rewrites),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
