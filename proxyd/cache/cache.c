@@ -292,7 +292,13 @@ static void mem_keep(const cache_ctx_t *cx, const entry_t *e, const cache_entry_
         return;
     memcpy(d, e->buf + sizeof(e->h), n);
     free(m->data);
-    *m = (mem_entry_t){e->h.h1, e->h.h2, ix->expires_ms, ix->size, cx->inc, e->h, d};
+    m->data = d;
+    m->h1 = e->h.h1;
+    m->h2 = e->h.h2;
+    m->expires_ms = ix->expires_ms;
+    m->size = ix->size;
+    m->inc = cx->inc;
+    m->h = e->h;
 }
 
 /* The entry from the worker's memory, as entry_open gives it (no fd). */
