@@ -801,8 +801,11 @@ static int move_response(upconn_t *u)
                 fail(r, 502, "invalid chunked body: %s", u->chunks.error);
                 return -1;
             }
-            if (rc == H1_CHUNK_DATA)
+            if (rc == H1_CHUNK_DATA) {
                 http_send_data(r, data.p, data.n);
+                if (u->closed || u->req != r)
+                    return -1; /* the send ended the request: a filter flushed to a client that had gone */
+            }
             if (rc == H1_CHUNK_DONE)
                 return 1;
             continue;
@@ -810,6 +813,8 @@ static int move_response(upconn_t *u)
         if (u->body == H1_BODY_LENGTH && (uint64_t)px->resp_remain < take)
             take = (size_t)px->resp_remain;
         http_send_data(r, iobuf_rd(u->in), take);
+        if (u->closed || u->req != r)
+            return -1; /* as above */
         iobuf_consume(u->in, take);
         if (u->body == H1_BODY_LENGTH && (px->resp_remain -= (int64_t)take) == 0)
             return 1;
@@ -835,8 +840,11 @@ static void relay_response(upconn_t *u)
         }
         /* The origin's pace: all it sent is out and it has nothing more now,
          * so a filter holding bytes back (compression) lets them go. */
-        if (iobuf_len(u->in) == 0 && ctx_of(r)->upstream_idle)
+        if (iobuf_len(u->in) == 0 && ctx_of(r)->upstream_idle) {
             http_send_flush(r);
+            if (u->closed || u->req != r)
+                return;
+        }
         if ((pending = r->sess->flush(r)) < 0 || u->closed)
             return;
         /* Output still pending matters only when nothing more is taken now:
