@@ -28,6 +28,7 @@
 #include "../common/coding.h"
 #include "../common/log.h"
 #include "filters/compress.h"
+#include "handlers/proxy.h"
 #include "handlers/static.h"
 #include "handlers/static_handler.h"
 #include "http/phases.h"
@@ -56,7 +57,7 @@ typedef struct {
     char *vary;              /* the origin's Vary names, lower case, comma-separated */
     size_t vary_len;
     int fd;                  /* the temporary file being written */
-    char tmp[320];
+    char *tmp;               /* its name (arena; a fill only) */
     uint64_t body_len;
     uint32_t head_len;
     cache_file_head_t head;
@@ -741,7 +742,7 @@ static int decide(request_t *r, cache_ctx_t *cx)
 int cache_phase(request_t *r)
 {
     const rt_policy_t *p = policy_of(r);
-    if (p->cache_zone == RT_NONE || r->handler == NULL || strcmp(r->handler->name, "proxy") != 0)
+    if (p->cache_zone == RT_NONE || r->handler != &proxy_handler)
         return HTTP_PHASE_NEXT;
     cache_ctx_t *cx = ctx_of(r);
     if (cx && cx->refresh) /* a background refresh: it holds the lock already */
@@ -1080,7 +1081,9 @@ static void fill_begin(request_t *r, cache_ctx_t *cx)
         str_buf_free(&fields);
         return;
     }
-    snprintf(cx->tmp, sizeof(cx->tmp), "%s/tmp/%d.%u", cache_zone_path(cx->z), (int)getpid(), ++tmp_seq);
+    size_t tn = strlen(cache_zone_path(cx->z)) + 32;
+    cx->tmp = arena_alloc_raw(&r->arena, tn);
+    snprintf(cx->tmp, tn, "%s/tmp/%d.%u", cache_zone_path(cx->z), (int)getpid(), ++tmp_seq);
     cx->fd = open(cx->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (cx->fd < 0) {
         cache_store_failed(cx->z, "create", cx->tmp, errno);
