@@ -482,3 +482,22 @@ size_t fmt_ip(char *out, int family, const uint8_t *addr)
     out[n - 1] = '\0';
     return n - 1;
 }
+
+void fd_hand_on(const char *name, int fd)
+{
+    char n[16];
+    snprintf(n, sizeof(n), "%d", fd);
+    setenv(name, n, 1);
+    fcntl(fd, F_SETFD, 0);
+}
+
+int fd_take_over(const char *name)
+{
+    const char *v = getenv(name);
+    if (v == NULL)
+        return -1;
+    int fd = atoi(v);
+    unsetenv(name);
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    return fd;
+}

@@ -89,6 +89,13 @@ size_t fmt_ip(char *out, int family, const uint8_t *addr);
  * of file (the store): both nodes of a pair share settings, not directories.
  * malloc'ed; "" and absolute paths are returned as they are. */
 char *path_beside(const char *file, const char *rel);
+
+/* A descriptor handed to the program this process executes next (a binary
+ * upgrade): its number in the environment variable name, close-on-exec
+ * cleared; fd_take_over, in that program, gives it back (close-on-exec set
+ * again, the variable removed), or -1 when there is none. */
+void fd_hand_on(const char *name, int fd);
+int fd_take_over(const char *name);
 /* Whole-file read, NUL-terminated; NULL with errno set on failure.  Only a
  * regular file is read, and anything else is refused at once, never waited
  * on (a FIFO): errno EISDIR for a directory, EINVAL for the rest. */

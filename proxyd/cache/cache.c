@@ -507,16 +507,11 @@ static bool bg_retract(request_t *r)
 static const http_session_ops_t bg_ops = {"background", bg_head, bg_space, bg_data, bg_file, bg_end,
                                           bg_flush,     bg_interim, bg_body, bg_abort, bg_retract};
 
-static bool hop_or_conditional(const h1_header_t *x)
+/* What a background GET does not copy from the request that started it. */
+static bool not_refreshed(const h1_header_t *x)
 {
-    static const char *const skip[] = {"range", "if-range", "if-none-match", "if-modified-since", "if-match",
-                                       "if-unmodified-since", "content-length", "transfer-encoding", "expect"};
-    if (x->hop)
-        return true;
-    for (size_t i = 0; i < sizeof(skip) / sizeof(skip[0]); i++)
-        if (x->name.n == strlen(skip[i]) && strncasecmp(x->name.p, skip[i], x->name.n) == 0)
-            return true;
-    return false;
+    return x->hop || x->id == H1_HDR_HOST || x->id == H1_HDR_CONTENT_LENGTH || x->id == H1_HDR_TRANSFER_ENCODING ||
+           x->id == H1_HDR_EXPECT || http_field_conditional(x);
 }
 
 static void cache_cleanup(request_t *r);
@@ -540,7 +535,7 @@ static bool start_refresh(request_t *r, cache_ctx_t *cx)
     }
     for (size_t i = 0; i < r->nheaders; i++) {
         const h1_header_t *x = &r->headers[i];
-        if (hop_or_conditional(x) || x->id == H1_HDR_HOST)
+        if (not_refreshed(x))
             continue;
         str_append(&h, x->name.p, x->name.n);
         STR_APPEND_LIT(&h, ": ");

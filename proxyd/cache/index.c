@@ -137,13 +137,10 @@ static int map_region(int fd)
 int cache_shm_init(void)
 {
     region_owner = getpid();
-    const char *v = getenv("PROXYD_CACHE_FD");
-    if (v) {
-        int fd = atoi(v);
-        unsetenv("PROXYD_CACHE_FD");
-        fcntl(fd, F_SETFD, FD_CLOEXEC);
+    int old = fd_take_over("PROXYD_CACHE_FD");
+    if (old >= 0) {
         struct stat st;
-        if (fstat(fd, &st) == 0 && (uint64_t)st.st_size == CZ_REGION_SIZE && map_region(fd) == 0) {
+        if (fstat(old, &st) == 0 && (uint64_t)st.st_size == CZ_REGION_SIZE && map_region(old) == 0) {
             if (memcmp(region->magic, CZ_MAGIC, 8) == 0 && region->size == CZ_REGION_SIZE) {
                 log_info("cache: indexes taken over from the previous master");
                 return 0;
@@ -152,7 +149,7 @@ int cache_shm_init(void)
             region = NULL;
         }
         log_warn("cache: the previous master's indexes have another layout; rebuilding them from disk");
-        close(fd);
+        close(old);
     }
     int fd = memfd_create("proxyd-cache", MFD_CLOEXEC);
     if (fd < 0 || ftruncate(fd, (off_t)CZ_REGION_SIZE) < 0 || map_region(fd) < 0) {
@@ -168,12 +165,8 @@ int cache_shm_init(void)
 
 void cache_shm_export(void)
 {
-    char n[16];
-    if (region_fd < 0)
-        return;
-    snprintf(n, sizeof(n), "%d", region_fd);
-    setenv("PROXYD_CACHE_FD", n, 1);
-    fcntl(region_fd, F_SETFD, 0);
+    if (region_fd >= 0)
+        fd_hand_on("PROXYD_CACHE_FD", region_fd);
 }
 
 static void zlock(cache_zone_t *z)

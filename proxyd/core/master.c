@@ -594,14 +594,9 @@ static void upgrade_env(int pipe_w)
     setenv("PROXYD_LISTEN_FDS", buf, 1);
     int ufd, mfd;
     admin_fds(&ufd, &mfd);
-    snprintf(n, sizeof(n), "%d", ufd);
-    setenv("PROXYD_ADMIN_FD", n, 1);
-    fcntl(ufd, F_SETFD, 0);
-    if (mfd >= 0) {
-        snprintf(n, sizeof(n), "%d", mfd);
-        setenv("PROXYD_METRICS_FD", n, 1);
-        fcntl(mfd, F_SETFD, 0);
-    }
+    fd_hand_on("PROXYD_ADMIN_FD", ufd);
+    if (mfd >= 0)
+        fd_hand_on("PROXYD_METRICS_FD", mfd);
     snprintf(n, sizeof(n), "%d", pipe_w);
     setenv("PROXYD_UPGRADE_FD", n, 1);
     limit_shm_export();

@@ -187,17 +187,6 @@ static bool is_forwarded(const h1_header_t *x)
     return x->name.n == 9 && strncasecmp(x->name.p, "Forwarded", 9) == 0;
 }
 
-/* Range and the preconditions: the client's, not passed on by a cache fill. */
-static bool conditional(const h1_header_t *x)
-{
-    static const char *const names[] = {"range", "if-range", "if-none-match", "if-modified-since", "if-match",
-                                        "if-unmodified-since"};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (x->name.n == strlen(names[i]) && strncasecmp(x->name.p, names[i], x->name.n) == 0)
-            return true;
-    return false;
-}
-
 /* The normalized path, percent-encoded for the wire in pieces (no length
  * limit of its own: the head buffer's is the one that answers). */
 #define ENCODE_PIECE 1024
@@ -251,7 +240,7 @@ static int build_head(request_t *r, iobuf_t *out)
     for (size_t i = 0; i < r->nheaders; i++) {
         const h1_header_t *x = &r->headers[i];
         if (skip_request_header(x) || (!trusted && is_forwarded(x)) || route_names(t, rt, x->name.p, x->name.n) ||
-            (fill && conditional(x)))
+            (fill && http_field_conditional(x)))
             continue;
         hb_header(&b, x->name.p, x->name.n, x->value.p, x->value.n);
     }

@@ -88,18 +88,15 @@ static int adopt(int fd)
 int limit_shm_init(void)
 {
     region_owner = getpid();
-    const char *v = getenv("PROXYD_LIMITS_FD");
-    if (v) {
-        int fd = atoi(v);
-        unsetenv("PROXYD_LIMITS_FD");
-        fcntl(fd, F_SETFD, FD_CLOEXEC);
-        if (adopt(fd) == 0) {
-            region_fd = fd;
+    int old = fd_take_over("PROXYD_LIMITS_FD");
+    if (old >= 0) {
+        if (adopt(old) == 0) {
+            region_fd = old;
             log_info("rate limits: state taken over from the previous master");
             return 0;
         }
         log_warn("rate limits: the previous master's state has another layout; starting empty");
-        close(fd);
+        close(old);
     }
     int fd = memfd_create("proxyd-rate-limits", MFD_CLOEXEC);
     if (fd < 0 || ftruncate(fd, (off_t)RL_SIZE) < 0) { /* sparse: pages exist once touched */
@@ -123,12 +120,8 @@ int limit_shm_init(void)
 
 void limit_shm_export(void)
 {
-    char n[16];
-    if (region_fd < 0)
-        return;
-    snprintf(n, sizeof(n), "%d", region_fd);
-    setenv("PROXYD_LIMITS_FD", n, 1);
-    fcntl(region_fd, F_SETFD, 0);
+    if (region_fd >= 0)
+        fd_hand_on("PROXYD_LIMITS_FD", region_fd);
 }
 
 /* ---- zones of a table -------------------------------------------------------------- */

@@ -267,6 +267,16 @@ const h1_header_t *http_req_field(const request_t *r, const char *name, size_t n
     return NULL;
 }
 
+bool http_field_conditional(const h1_header_t *x)
+{
+    static const char *const names[] = {"range", "if-range", "if-none-match", "if-modified-since", "if-match",
+                                        "if-unmodified-since"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (x->name.n == strlen(names[i]) && strncasecmp(x->name.p, names[i], x->name.n) == 0)
+            return true;
+    return false;
+}
+
 void http_send_head(request_t *r)
 {
     r->status = r->resp.status;

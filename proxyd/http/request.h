@@ -157,6 +157,9 @@ h1_header_t *http_resp_field(request_t *r, const char *name, size_t nlen);
 /* The request's next field named name (case-insensitively) at index *at or
  * after; *at moves past it.  NULL when there is none left. */
 const h1_header_t *http_req_field(const request_t *r, const char *name, size_t nlen, size_t *at);
+/* Range, If-Range and the preconditions (RFC 9110 §13): the client's own,
+ * which a cache fill does not pass on. */
+bool http_field_conditional(const h1_header_t *x);
 /* Send r->resp through the header filters to the session. */
 void http_send_head(request_t *r);
 /* Body bytes the filters and the session take now; 0: flush, and when
