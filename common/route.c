@@ -207,3 +207,14 @@ void route_upstream_path(const rt_table_t *t, const rt_route_t *r, const char *p
         (*rest_len)--;
     }
 }
+
+size_t route_fastcgi_script(const char *path, size_t n, bool *add_index)
+{
+    for (size_t i = 0; i + 4 <= n; i++)
+        if (memcmp(path + i, ".php", 4) == 0 && i > 0 && path[i - 1] != '/' && (i + 4 == n || path[i + 4] == '/')) {
+            *add_index = false;
+            return i + 4;
+        }
+    *add_index = n > 0 && path[n - 1] == '/';
+    return n;
+}

@@ -56,4 +56,11 @@ void route_match(const rt_table_t *t, uint32_t site, const char *method, size_t 
 void route_upstream_path(const rt_table_t *t, const rt_route_t *r, const char *path, size_t n, const char **head,
                          size_t *head_len, const char **rest, size_t *rest_len);
 
+/* How a fastcgi route splits a request path (nginx's fastcgi_split_path_info
+ * idiom): SCRIPT_NAME is path[0..return), up to the end of the first path
+ * segment ending in ".php"; PATH_INFO is the rest.  Without such a segment
+ * the whole path is the script, and a path ending in '/' gets the route's
+ * index file appended (*add_index). */
+size_t route_fastcgi_script(const char *path, size_t n, bool *add_index);
+
 #endif

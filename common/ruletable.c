@@ -91,7 +91,7 @@ const char *rt_enum_name(const char *kind, unsigned v)
     static const char *const sechdr[] = {"none", "basic", "strict"};
     static const char *const logfmt[] = {"json", "combined", "off"};
     static const char *const match[] = {"any", "path_exact", "path_prefix", "path_regex"};
-    static const char *const action[] = {"upstream", "return", "redirect", "static"};
+    static const char *const action[] = {"upstream", "return", "redirect", "static", "fastcgi"};
     static const char *const rkey[] = {"client_ip", "host", "site", "header:"};
     static const char *const listen[] = {"http", "https", "metrics"};
     static const struct {
@@ -356,11 +356,18 @@ static int verify_routes(vctx_t *v)
         CHECK_STR(v, r->extra, "route", i);
         CHECK_SPAN(v, r->header_ops, t->nhdrops, "route", i);
         const rt_site_t *s = &t->sites[r->site];
-        if (r->action == RT_ACT_UPSTREAM &&
+        if (rt_action_upstream(r->action) &&
             (r->upstream < s->upstreams.first || r->upstream - s->upstreams.first >= s->upstreams.count))
             FAIL(v, "route %u: upstream is not one of its site's", i);
-        if (r->action != RT_ACT_UPSTREAM && r->upstream != RT_NONE)
+        if (!rt_action_upstream(r->action) && r->upstream != RT_NONE)
             FAIL(v, "route %u: upstream set on a non-proxy route", i);
+        /* An upstream speaks one protocol: its routes' and its checks'. */
+        if (rt_action_upstream(r->action) &&
+            !(t->upstreams[r->upstream].flags & RT_UF_FASTCGI) != (r->action == RT_ACT_UPSTREAM))
+            FAIL(v, "route %u: FastCGI and HTTP routes share upstream %u", i, r->upstream);
+        if (r->action == RT_ACT_FASTCGI && (r->target.len == 0 || rt_cstr(t, r->target)[0] != '/' ||
+                                            (r->flags & (RT_RF_STRIP_PREFIX | RT_RF_WEBSOCKET))))
+            FAIL(v, "route %u: a FastCGI route needs an absolute root and takes no prefix strip or WebSocket", i);
         if ((r->flags & ~RT_RF_KNOWN) ||
             ((r->flags & RT_RF_REWRITE_PREFIX) &&
              (r->action != RT_ACT_UPSTREAM || r->match != RT_MATCH_PREFIX || r->extra.len == 0 ||
@@ -411,8 +418,9 @@ static int verify_upstreams(vctx_t *v)
         CHECK_STR(v, u->tls_cert_file, "upstream", i);
         CHECK_STR(v, u->tls_key_file, "upstream", i);
         CHECK_SPAN(v, u->servers, t->nservers, "upstream", i);
-        if (!idx_ok(u->site, t->nsites) || u->balance >= RT_BAL_MAX || u->servers.count == 0)
-            FAIL(v, "upstream %u: invalid site, balance or empty server list", i);
+        if (!idx_ok(u->site, t->nsites) || u->balance >= RT_BAL_MAX || u->servers.count == 0 ||
+            (u->flags & ~RT_UF_KNOWN) || ((u->flags & RT_UF_FASTCGI) && (u->tls_flags & RT_UTLS_ON)))
+            FAIL(v, "upstream %u: invalid site, balance, flags or empty server list", i);
         for (uint32_t k = 0; k < u->servers.count; k++)
             if (t->servers[u->servers.first + k].upstream != i)
                 FAIL(v, "upstream %u: server %u belongs to another upstream", i, u->servers.first + k);

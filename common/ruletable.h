@@ -16,6 +16,7 @@
 #ifndef COMMON_RULETABLE_H
 #define COMMON_RULETABLE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -81,7 +82,11 @@ enum rt_cert_mode { RT_CERT_NONE, RT_CERT_FILE, RT_CERT_SELF_SIGNED, RT_CERT_ACM
 enum rt_sechdr { RT_SECHDR_NONE, RT_SECHDR_BASIC, RT_SECHDR_STRICT, RT_SECHDR_MAX };
 enum rt_logfmt { RT_LOG_JSON, RT_LOG_COMBINED, RT_LOG_OFF, RT_LOG_MAX };
 enum rt_match { RT_MATCH_ANY, RT_MATCH_EXACT, RT_MATCH_PREFIX, RT_MATCH_REGEX, RT_MATCH_MAX };
-enum rt_action { RT_ACT_UPSTREAM, RT_ACT_RETURN, RT_ACT_REDIRECT, RT_ACT_STATIC, RT_ACT_MAX };
+enum rt_action { RT_ACT_UPSTREAM, RT_ACT_RETURN, RT_ACT_REDIRECT, RT_ACT_STATIC, RT_ACT_FASTCGI, RT_ACT_MAX };
+
+/* Actions that send the request to a server of the route's upstream: HTTP,
+ * or FastCGI (target: the root, extra: the index file). */
+static inline bool rt_action_upstream(unsigned a) { return a == RT_ACT_UPSTREAM || a == RT_ACT_FASTCGI; }
 enum rt_hdr_dir { RT_HDR_REQUEST, RT_HDR_RESPONSE, RT_HDR_DIR_MAX };
 enum rt_hdr_op { RT_HDR_SET, RT_HDR_REMOVE, RT_HDR_OP_MAX };
 enum rt_addr_kind { RT_ADDR_INET, RT_ADDR_INET6, RT_ADDR_UNIX, RT_ADDR_NAME, RT_ADDR_MAX };
@@ -271,7 +276,7 @@ typedef struct {
     uint32_t site;
     uint8_t balance;         /* rt_balance */
     uint8_t tls_flags;       /* RT_UTLS_* */
-    uint16_t pad;
+    uint16_t flags;          /* RT_UF_*; the former padding, zero in older tables */
     uint32_t keepalive;
     uint32_t hc_interval_ms; /* 0 = no active health check */
     uint32_t hc_timeout_ms;
@@ -286,6 +291,9 @@ typedef struct {
     rt_span_t servers;       /* RT_SEC_SERVERS */
     uint32_t pad3;
 } rt_upstream_t;
+
+#define RT_UF_FASTCGI (1u << 0) /* its routes speak FastCGI (and so do its health checks) */
+#define RT_UF_KNOWN 0x1u
 
 #define RT_UTLS_ON (1u << 0)
 #define RT_UTLS_VERIFY (1u << 1)

@@ -836,7 +836,7 @@ void check_sites(cfg_global_t *g, cfg_site_t **sites, size_t n, diag_t *d)
         for (size_t j = 0; j < s->nroutes; j++) {
             const cfg_route_t *r = &s->routes[j];
             check_zone(&r->cache_zone, "cache", (const char *const *)cz, g->ncache_zones, d);
-            if (r->cache_zone.s && r->action != RT_ACT_UPSTREAM)
+            if (r->cache_zone.s && !rt_action_upstream(r->action))
                 diag_error(d, r->cache_zone.pos, "cache stores an upstream's answers: this route has no upstream");
             check_zone(&r->rate_zone, "rate-limit", (const char *const *)rz, g->nrate_zones, d);
             if (r->match == RT_MATCH_REGEX)

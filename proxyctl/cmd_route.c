@@ -143,6 +143,30 @@ static void rewrite_show(const rt_table_t *t, const rt_route_t *r, const request
     fprintf(out, "  rewrite: %.*s -> %.*s%.*s\n", (int)rq->pathlen, rq->path, (int)hn, head, (int)rn, rest);
 }
 
+/* The script a fastcgi route runs for the request: SCRIPT_FILENAME and PATH_INFO. */
+static void fastcgi_script(const rt_table_t *t, const rt_route_t *r, const request_t *rq, char *file, size_t cap,
+                           const char **info, size_t *info_len)
+{
+    bool index;
+    size_t sn = route_fastcgi_script(rq->path, rq->pathlen, &index);
+    const char *root = rt_cstr(t, r->target);
+    size_t rn = r->target.len;
+    while (rn > 1 && root[rn - 1] == '/')
+        rn--;
+    snprintf(file, cap, "%.*s%.*s%s", (int)(rn == 1 ? 0 : rn), root, (int)sn, rq->path, index ? rt_cstr(t, r->extra) : "");
+    *info = rq->path + sn;
+    *info_len = rq->pathlen - sn;
+}
+
+static void fastcgi_show(const rt_table_t *t, const rt_route_t *r, const request_t *rq, FILE *out)
+{
+    char file[4096];
+    const char *info;
+    size_t in;
+    fastcgi_script(t, r, rq, file, sizeof(file), &info, &in);
+    fprintf(out, "  script: SCRIPT_FILENAME=%s PATH_INFO=%.*s\n", file, (int)in, info);
+}
+
 /* "upstream_path": the path the upstream sees, when the route rewrites it. */
 static void json_upstream_path(const rt_table_t *t, const rt_route_t *r, const request_t *rq)
 {
@@ -178,10 +202,21 @@ static void json_route(const rt_table_t *t, uint32_t site, const route_result_t 
         const rt_route_t *r = &t->routes[res->route];
         printf(",\"route\":%u,\"line\":%u,\"action\":\"%s\"", res->route - s->routes.first + 1, r->line,
                rt_enum_name("action", r->action));
-        if (r->action == RT_ACT_UPSTREAM) {
+        if (rt_action_upstream(r->action)) {
             printf(",\"upstream\":");
             cli_json_str(stdout, rt_cstr(t, t->upstreams[r->upstream].name));
             json_upstream_path(t, r, rq);
+        }
+        if (r->action == RT_ACT_FASTCGI) {
+            char file[4096], pi[4096];
+            const char *info;
+            size_t in;
+            fastcgi_script(t, r, rq, file, sizeof(file), &info, &in);
+            snprintf(pi, sizeof(pi), "%.*s", (int)in, info);
+            printf(",\"script_filename\":");
+            cli_json_str(stdout, file);
+            printf(",\"path_info\":");
+            cli_json_str(stdout, pi);
         }
     }
     if (s->flags & RT_SF_COMPRESS)
@@ -249,7 +284,9 @@ static void explain(const rt_table_t *t, uint32_t site, const route_result_t *re
         printf("note: plain HTTP gets 301 to https (redirect_http); over https:\n");
     dump_route(t, res->route, "", stdout);
     rewrite_show(t, r, rq, stdout);
-    if (r->action == RT_ACT_UPSTREAM)
+    if (r->action == RT_ACT_FASTCGI)
+        fastcgi_show(t, r, rq, stdout);
+    if (rt_action_upstream(r->action))
         dump_upstream(t, r->upstream, "  ", stdout);
     explain_compression(t, s, rq);
 }

@@ -81,7 +81,7 @@ static uint32_t zone_index(const char *name, const void *zones, size_t n, size_t
 
 static uint32_t default_tries(const cfg_site_t *s, const cfg_route_t *r)
 {
-    for (size_t i = 0; r->action == RT_ACT_UPSTREAM && i < s->nups; i++)
+    for (size_t i = 0; rt_action_upstream(r->action) && i < s->nups; i++)
         if (strcmp(s->ups[i].name, r->upstream.s) == 0)
             return s->ups[i].nservers > RETRY_DEFAULT_MAX ? RETRY_DEFAULT_MAX : (uint32_t)s->ups[i].nservers;
     return 1;
@@ -175,6 +175,7 @@ static void emit_upstreams(comp_t *c, const cfg_site_t *s, uint32_t site, rt_sit
         r.site = site;
         r.balance = (uint8_t)u->balance;
         r.tls_flags = (uint8_t)((u->tls ? RT_UTLS_ON : 0) | (u->tls_verify ? RT_UTLS_VERIFY : 0));
+        r.flags = u->fastcgi ? RT_UF_FASTCGI : 0;
         r.keepalive = u->keepalive;
         if (u->hc) {
             r.hc_interval_ms = ms32(u->hc_interval_ms);
@@ -249,7 +250,7 @@ static void emit_routes(comp_t *c, const cfg_site_t *s, uint32_t site, rt_site_t
         x.path = rtw_cstr(c->w, r->path.s);
         x.target = rtw_cstr(c->w, r->target);
         x.extra = rtw_cstr(c->w, r->rewrite_prefix ? r->rewrite_prefix : r->index);
-        x.upstream = r->action == RT_ACT_UPSTREAM ? upstream_index(s, rec, r->upstream.s) : RT_NONE;
+        x.upstream = rt_action_upstream(r->action) ? upstream_index(s, rec, r->upstream.s) : RT_NONE;
         x.expires_s = ms32(r->expires_ms / 1000);
         x.buffering_max_kib = (uint32_t)((r->buffering_max + 1023) >> 10);
         x.policy = route_policy(c, s, r);

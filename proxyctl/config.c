@@ -534,6 +534,36 @@ static const opt_t redirect_opts[] = {STR("to", cfg_route_t, target), FN("status
 static const opt_t static_opts[] = {STR("root", cfg_route_t, target), DUR("expires", cfg_route_t, expires_ms),
                                     STR("index", cfg_route_t, index), END};
 
+static int fcgi_upstream(ctx_t *c, const char *key, ynode_t *v, void *obj)
+{
+    cfg_route_t *r = obj;
+    if (want(c, v, YN_SCALAR, key) < 0)
+        return -1;
+    r->upstream = (cstr_t){v->pos, v->s};
+    return 0;
+}
+
+static const opt_t fastcgi_opts[] = {FN("upstream", fcgi_upstream), STR("root", cfg_route_t, target),
+                                     STR("index", cfg_route_t, index), END};
+
+/* fastcgi: {upstream, root, index}: the script is root + path (+ index for a
+ * path ending in '/'), as nginx's root and fastcgi_index make it. */
+static int route_fastcgi(ctx_t *c, const char *key, ynode_t *v, void *obj)
+{
+    cfg_route_t *r = obj;
+    int rc = set_action(c, r, key, v, RT_ACT_FASTCGI);
+    rc |= walk(c, key, v, fastcgi_opts, r);
+    rc |= require(c, v, "upstream", key);
+    rc |= require(c, v, "root", key);
+    if (rc == 0 && r->target[0] != '/')
+        rc = err(c, yaml_get(v, "root"), "fastcgi root must be an absolute path");
+    if (rc == 0 && r->index && (r->index[0] == 0 || strchr(r->index, '/')))
+        rc = err(c, yaml_get(v, "index"), "fastcgi index must be a file name (no '/')");
+    if (r->index == NULL)
+        r->index = "index.php";
+    return rc;
+}
+
 static int route_action_map(ctx_t *c, const char *key, ynode_t *v, void *obj)
 {
     cfg_route_t *r = obj;
@@ -812,6 +842,7 @@ static const opt_t route_opts[] = {
     FN("return", route_action_map),
     FN("redirect", route_action_map),
     FN("static", route_action_map),
+    FN("fastcgi", route_fastcgi),
     FN("strip_prefix", route_strip),
     FN("rewrite_prefix", route_rewrite),
     FN("timeouts", route_timeouts),
@@ -856,17 +887,21 @@ static int site_routes(ctx_t *c, const char *key, ynode_t *v, void *obj)
             continue;
         }
         if (r->action < 0)
-            rc = err(c, v->vals[i], "route has no action (one of upstream, return, redirect, static)");
+            rc = err(c, v->vals[i], "route has no action (one of upstream, fastcgi, return, redirect, static)");
         if (r->has_strip && r->strip_prefix && r->match != RT_MATCH_PREFIX)
             rc = errp(c, r->strip_pos, "strip_prefix requires a path_prefix match");
         if (r->rewrite_prefix && r->match != RT_MATCH_PREFIX)
             rc = errp(c, r->rewrite_pos, "rewrite_prefix requires a path_prefix match");
         else if (r->rewrite_prefix && r->has_strip)
             rc = errp(c, r->rewrite_pos, "rewrite_prefix and strip_prefix together (strip_prefix is rewrite_prefix: /)");
-        else if (r->rewrite_prefix && r->action != RT_ACT_UPSTREAM)
+        else if (r->rewrite_prefix && r->action != RT_ACT_UPSTREAM && r->action != RT_ACT_FASTCGI)
             rc = errp(c, r->rewrite_pos, "rewrite_prefix applies to upstream routes only");
-        if (r->buffering_max && r->action != RT_ACT_UPSTREAM)
-            rc = errp(c, r->buffering_max_pos, "buffering_max applies to upstream routes only");
+        if (r->buffering_max && !rt_action_upstream(r->action))
+            rc = errp(c, r->buffering_max_pos, "buffering_max applies to upstream and fastcgi routes only");
+        if (r->action == RT_ACT_FASTCGI && r->has_strip)
+            rc = errp(c, r->strip_pos, "strip_prefix does not apply to a fastcgi route (the script is root + path)");
+        if (r->action == RT_ACT_FASTCGI && r->rewrite_prefix)
+            rc = errp(c, r->rewrite_pos, "rewrite_prefix does not apply to a fastcgi route (the script is root + path)");
     }
     return rc;
 }
@@ -1104,17 +1139,31 @@ static int link_upstreams(ctx_t *c, cfg_site_t *s, bool warn_unused)
     int rc = 0;
     for (size_t i = 0; i < s->nroutes; i++) {
         cfg_route_t *r = &s->routes[i];
-        if (r->action != RT_ACT_UPSTREAM)
+        if (!rt_action_upstream(r->action))
             continue;
         const char *names[64];
         size_t n = 0, found = 0;
+        if (r->action == RT_ACT_FASTCGI && r->websocket) {
+            diag_error(c->d, r->pos, "websocket does not apply to a fastcgi route");
+            rc = -1;
+        }
         for (size_t k = 0; k < s->nups; k++) {
-            if (strcmp(s->ups[k].name, r->upstream.s) == 0) {
-                s->ups[k].used = true;
-                found = 1;
-            }
+            cfg_upstream_t *u = &s->ups[k];
             if (n < ARRAY_LEN(names))
-                names[n++] = s->ups[k].name;
+                names[n++] = u->name;
+            if (strcmp(u->name, r->upstream.s) != 0)
+                continue;
+            found = 1;
+            if (u->used && u->fastcgi != (r->action == RT_ACT_FASTCGI)) {
+                diag_error(c->d, r->upstream.pos,
+                           "upstream '%s' serves both fastcgi and HTTP routes (one protocol per upstream)", u->name);
+                rc = -1;
+            } else if (r->action == RT_ACT_FASTCGI && u->tls) {
+                diag_error(c->d, r->upstream.pos, "upstream '%s' has tls, which FastCGI does not speak", u->name);
+                rc = -1;
+            }
+            u->used = true;
+            u->fastcgi = r->action == RT_ACT_FASTCGI;
         }
         if (found)
             continue;

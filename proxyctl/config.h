@@ -43,6 +43,7 @@ typedef struct {
     uint64_t hc_interval_ms, hc_timeout_ms;
     uint32_t hc_rise, hc_fall, hc_expect;
     bool used;
+    bool fastcgi;           /* its routes are fastcgi routes (config.c makes sure all are) */
 } cfg_upstream_t;
 
 typedef struct {

@@ -737,7 +737,7 @@ static int decide(request_t *r, cache_ctx_t *cx)
 int cache_phase(request_t *r)
 {
     const rt_policy_t *p = policy_of(r);
-    if (p->cache_zone == RT_NONE || r->handler != &proxy_handler)
+    if (p->cache_zone == RT_NONE || (r->handler != &proxy_handler && r->handler != &fastcgi_handler))
         return HTTP_PHASE_NEXT;
     cache_ctx_t *cx = ctx_of(r);
     if (cx && cx->refresh) /* a background refresh: it holds the lock already */

@@ -402,7 +402,7 @@ static bool wanted(const request_t *r)
         return false;
     const rt_route_t *rt = &r->table->t.routes[r->route];
     const http_resp_t *s = &r->resp;
-    return rt->action == RT_ACT_UPSTREAM && !(rt->flags & RT_RF_NO_BUFFERING) &&
+    return rt_action_upstream(rt->action) && !(rt->flags & RT_RF_NO_BUFFERING) &&
            (s->body == HTTP_BODY_STREAM || (s->body == HTTP_BODY_LENGTH && s->length > 0));
 }
 

@@ -53,15 +53,32 @@
 #include "http/path.h"
 #include "http/vars.h"
 #include "upstream/balance.h"
+#include "upstream/fastcgi.h"
 #include "upstream/health.h"
 #include "upstream/pool.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #define TUNNEL_TIMEOUT_MS 3600000
 #define REPLAY_MAX IOBUF_SIZE /* request bytes kept for a replay on another server */
 
+/* A FastCGI route's attempt: its records decoded, STDOUT into out.  out
+ * starts with a status line of our own ("HTTP/1.1 200 FastCGI"), so the
+ * CGI head behind it parses as an HTTP/1.1 response head, with every check
+ * the HTTP parser makes against smuggled lengths; Status then replaces 200. */
+typedef struct {
+    fcgi_decoder_t dec;
+    iobuf_t *out;
+} fcgi_t;
+
+#define FCGI_HEAD_LINE "HTTP/1.1 200 FastCGI\r\n"
+
 /* The proxy's per-request state (r->ctx[MODULE_CTX_PROXY]). */
 typedef struct {
     upconn_t *up;               /* the attempt in progress */
+    fcgi_t *fc;                 /* a fastcgi route's state, else NULL */
     uint32_t server;            /* its server (table index), RT_NONE */
     bool websocket_ok;          /* an Upgrade this route lets through */
     bool body_end_sent;         /* the chunked request body's last-chunk is written */
@@ -77,6 +94,7 @@ static void relay_response(upconn_t *u);
 static int up_flush(upconn_t *u);
 static void up_read(upconn_t *u);
 static void up_failed(upconn_t *u, unsigned cond, int status, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static bool drained(const upconn_t *u);
 
 static proxy_ctx_t *ctx_of(const request_t *r) { return r->ctx[MODULE_CTX_PROXY]; }
 
@@ -275,6 +293,92 @@ static int build_head(request_t *r, iobuf_t *out)
     return 0;
 }
 
+/* ---- the FastCGI request: BEGIN_REQUEST and PARAMS ------------------------------------- */
+
+/* ---- the FastCGI request: BEGIN_REQUEST and PARAMS ----------------------------------- */
+
+#define CGI_VAR(b, name, p, n) fcgi_param((b), "" name, sizeof(name) - 1, (p), (n))
+#define CGI_VAR_LIT(b, name, lit) fcgi_param((b), "" name, sizeof(name) - 1, "" lit, sizeof(lit) - 1)
+
+/* The CGI meta-variables of the request (RFC 3875 §4.1, as nginx's
+ * fastcgi_params set them); the header fields follow (fcgi_params_from_head). */
+static void cgi_vars(str_buf_t *b, const request_t *r, const rt_route_t *rt)
+{
+    const rt_table_t *t = &r->table->t;
+    const conn_t *c = r->conn;
+    const char *root = rt_cstr(t, rt->target);
+    size_t rn = rt->target.len;
+    while (rn > 1 && root[rn - 1] == '/')
+        rn--;
+    bool index;
+    size_t sn = route_fastcgi_script(r->path.p, r->path.n, &index);
+    fcgi_piece_t file[3] = {{root, rn == 1 ? 0 : rn}, {r->path.p, sn}, {rt_cstr(t, rt->extra), index ? rt->extra.len : 0}};
+    fcgi_param_pieces(b, "SCRIPT_FILENAME", 15, file, 3);
+    fcgi_param_pieces(b, "SCRIPT_NAME", 11, file + 1, 2);
+    if (sn < r->path.n)
+        CGI_VAR(b, "PATH_INFO", r->path.p + sn, r->path.n - sn);
+    CGI_VAR(b, "DOCUMENT_ROOT", root, rn);
+    CGI_VAR(b, "DOCUMENT_URI", r->path.p, r->path.n);
+    fcgi_piece_t uri[3] = {{r->path_raw.p, r->path_raw.n}, {"?", r->query.p ? 1 : 0}, {r->query.p, r->query.n}};
+    fcgi_param_pieces(b, "REQUEST_URI", 11, uri, 3);
+    CGI_VAR(b, "QUERY_STRING", r->query.p ? r->query.p : "", r->query.n);
+    CGI_VAR(b, "REQUEST_METHOD", r->method.p, r->method.n);
+    const char *proto = r->http10 ? "HTTP/1.0" : r->sess->proto ? r->sess->proto : "HTTP/1.1";
+    CGI_VAR(b, "SERVER_PROTOCOL", proto, strlen(proto));
+    CGI_VAR_LIT(b, "GATEWAY_INTERFACE", "CGI/1.1");
+    CGI_VAR_LIT(b, "SERVER_SOFTWARE", "proxyd");
+    char addr[VARS_PEER_MAX], port[24];
+    CGI_VAR(b, "REMOTE_ADDR", addr, vars_client(r, addr));
+    CGI_VAR(b, "REMOTE_PORT", port, fmt_u64(port, c->peer_port));
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char local[INET6_ADDRSTRLEN] = "";
+    if (c->io.fd >= 0 && getsockname(c->io.fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, local, sizeof(local));
+        else if (ss.ss_family == AF_INET6)
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, local, sizeof(local));
+    }
+    if (local[0])
+        CGI_VAR(b, "SERVER_ADDR", local, strlen(local));
+    CGI_VAR(b, "SERVER_PORT", port, fmt_u64(port, c->local_port));
+    const char *colon = r->host.n && r->host.p[r->host.n - 1] != ']' ? memrchr(r->host.p, ':', r->host.n) : NULL;
+    CGI_VAR(b, "SERVER_NAME", r->host.p, colon ? (size_t)(colon - r->host.p) : r->host.n);
+    if (c->tls) {
+        CGI_VAR_LIT(b, "REQUEST_SCHEME", "https");
+        CGI_VAR_LIT(b, "HTTPS", "on");
+    } else {
+        CGI_VAR_LIT(b, "REQUEST_SCHEME", "http");
+    }
+    CGI_VAR_LIT(b, "REDIRECT_STATUS", "200"); /* php-cgi's cgi.force_redirect asks for it */
+}
+
+/* The FastCGI request's records into out: BEGIN_REQUEST, then PARAMS with
+ * the CGI variables and the header fields the HTTP request to an upstream
+ * would carry (so headers.request, X-Forwarded-*, the cache's validators
+ * apply alike); STDIN follows as the body streams (move_body). */
+static int fcgi_build(request_t *r, iobuf_t *out)
+{
+    const rt_table_t *t = &r->table->t;
+    const rt_route_t *rt = &t->routes[r->route];
+    iobuf_t *head = iobuf_get();
+    int rc = -1;
+    if (head && build_head(r, head) == 0) {
+        str_buf_t b = str_buf_fixed(iobuf_wr(out), iobuf_space(out));
+        fcgi_begin(&b, t->upstreams[rt->upstream].keepalive > 0);
+        size_t at = fcgi_params_open(&b);
+        cgi_vars(&b, r, rt);
+        fcgi_params_from_head(&b, iobuf_rd(head), iobuf_len(head));
+        fcgi_params_close(&b, at);
+        if (!b.overflow) {
+            out->end += (uint32_t)b.len;
+            rc = 0;
+        }
+    }
+    iobuf_put(head);
+    return rc;
+}
+
 /* ---- request body: client -> upstream ------------------------------------------------- */
 
 /* Keep a copy of request bytes as they go to the upstream buffer; past
@@ -302,23 +406,39 @@ static void put_out(iobuf_t *b, const char *p, size_t n)
 static int move_body(request_t *r, upconn_t *u)
 {
     proxy_ctx_t *px = ctx_of(r);
-    bool chunked = !r->tunnel && r->body_length < 0;
+    bool chunked = !r->tunnel && r->body_length < 0, fcgi = px->fc != NULL;
     for (;;) {
         if (iobuf_space(u->out) < 64)
             iobuf_compact(u->out);
         size_t space = iobuf_space(u->out);
-        size_t max = chunked ? (space > 32 ? space - 32 : 0) : space;
+        /* FastCGI: a STDIN record header before the bytes, and room for the empty record that ends the stream */
+        size_t max = chunked ? (space > 32 ? space - 32 : 0)
+                   : fcgi    ? (space > 2 * FCGI_HEADER_LEN ? space - 2 * FCGI_HEADER_LEN : 0)
+                             : space;
+        if (fcgi && max > FCGI_MAX_CONTENT)
+            max = FCGI_MAX_CONTENT;
         slice_t d;
         int rc = r->sess->body_next(r, max, &d);
         if (rc < 0)
             return -1;
-        if (rc == 2 && chunked && !px->body_end_sent) {
-            put_out(u->out, "0\r\n\r\n", 5);
+        if (rc == 2 && (chunked || fcgi) && !px->body_end_sent) {
+            if (fcgi && space < FCGI_HEADER_LEN)
+                return 0; /* after the next flush */
+            if (fcgi) {
+                fcgi_header(iobuf_wr(u->out), FCGI_STDIN, 0);
+                u->out->end += FCGI_HEADER_LEN;
+            } else {
+                put_out(u->out, "0\r\n\r\n", 5);
+            }
             px->body_end_sent = true;
         }
         if (rc != 1)
             return 0;
-        if (chunked) {
+        if (fcgi) {
+            fcgi_header(iobuf_wr(u->out), FCGI_STDIN, d.n);
+            u->out->end += FCGI_HEADER_LEN;
+            put_out(u->out, d.p, d.n);
+        } else if (chunked) {
             char size[24];
             int k = snprintf(size, sizeof(size), "%zx\r\n", d.n);
             put_out(u->out, size, (size_t)k);
@@ -373,6 +493,12 @@ static void attach(request_t *r, upconn_t *u, uint32_t server)
     upconn_claim(u, health_slot_of(r->table, server));
     px->up = u;
     px->server = server;
+    if (px->fc) { /* a new attempt: the records of an earlier one are gone */
+        memset(&px->fc->dec, 0, sizeof(px->fc->dec));
+        px->fc->out->start = 0;
+        px->fc->out->end = sizeof(FCGI_HEAD_LINE) - 1;
+        memcpy(px->fc->out->data, FCGI_HEAD_LINE, sizeof(FCGI_HEAD_LINE) - 1);
+    }
     if (u->state == US_IDLE) {
         u->state = US_ACTIVE;
         ev_set(W->loop, &u->io, EV_READ);
@@ -390,7 +516,8 @@ static void detach(request_t *r, bool reusable)
     u->req = NULL;
     upconn_unclaim(u);
     if (reusable && u->state == US_ACTIVE && u->head_done && u->keepalive && r->body_done &&
-        iobuf_len(u->out) == 0 && iobuf_len(u->in) == 0 && u->body != H1_BODY_TUNNEL)
+        (!px->fc || px->body_end_sent) && iobuf_len(u->out) == 0 && iobuf_len(u->in) == 0 &&
+        u->body != H1_BODY_TUNNEL)
         upool_put(u);
     else
         upconn_close(u);
@@ -614,7 +741,7 @@ static void on_drain(request_t *r)
     uint64_t id = r->id;
     if (u == NULL || u->closed)
         return;
-    if (iobuf_len(u->in))
+    if (!drained(u))
         relay_response(u);
     else if (u->read_paused) {
         u->read_paused = false;
@@ -628,12 +755,38 @@ static void on_drain(request_t *r)
 
 static void on_abort(request_t *r) { detach(r, false); }
 
+static void fcgi_cleanup(request_t *r)
+{
+    proxy_ctx_t *px = ctx_of(r);
+    iobuf_put(px->fc->out);
+    px->fc->out = NULL;
+}
+
+/* A fastcgi route's state: 0, or -1 when the request was answered. */
+static int fcgi_start(request_t *r, proxy_ctx_t *px)
+{
+    if (r->body_length < 0) {
+        /* php-fpm reads CONTENT_LENGTH bytes of STDIN and no more: a body of unknown length cannot reach it */
+        http_error(r, 411, "a FastCGI request body needs a Content-Length");
+        return -1;
+    }
+    px->fc = arena_alloc(&r->arena, sizeof(*px->fc));
+    if ((px->fc->out = iobuf_get()) == NULL) {
+        r->sess->abort(r, CLOSE_NO_MEMORY);
+        return -1;
+    }
+    request_cleanup_add(r, fcgi_cleanup);
+    return 0;
+}
+
 static void proxy_start(request_t *r)
 {
     const rt_route_t *rt = &r->table->t.routes[r->route];
     proxy_ctx_t *px = arena_alloc(&r->arena, sizeof(*px));
     px->server = RT_NONE;
     r->ctx[MODULE_CTX_PROXY] = px;
+    if (rt->action == RT_ACT_FASTCGI && fcgi_start(r, px) < 0)
+        return;
     r->on_body = on_body;
     r->on_drain = on_drain;
     r->on_abort = on_abort;
@@ -643,7 +796,7 @@ static void proxy_start(request_t *r)
         r->sess->abort(r, CLOSE_NO_MEMORY);
         return;
     }
-    if (build_head(r, out) < 0) {
+    if ((px->fc ? fcgi_build(r, out) : build_head(r, out)) < 0) {
         iobuf_put(out);
         fail(r, 502, "request head too large to forward");
         return;
@@ -660,6 +813,7 @@ static void proxy_start(request_t *r)
 }
 
 const http_handler_t proxy_handler = {"proxy", proxy_start};
+const http_handler_t fastcgi_handler = {"fastcgi", proxy_start};
 
 /* ---- response: upstream -> client ---------------------------------------------------------- */
 
@@ -714,10 +868,42 @@ static bool failed_status(upconn_t *u, int status)
     return retry_elsewhere(u, cond, status, msg);
 }
 
+/* The response head res, n bytes at the start of in, is parsed: answer the
+ * client (or retry, or let the cache answer).  1 when the body phase can
+ * start, -1 when the attempt ended. */
+static int head_parsed(upconn_t *u, h1_response_t *res, iobuf_t *in, size_t n)
+{
+    request_t *r = u->req;
+    proxy_ctx_t *px = ctx_of(r);
+    h1_body_t body = h1_response_body(res, r->head ? H1_METHOD_HEAD : (h1_method_t)r->method_id);
+    if (body == H1_BODY_TUNNEL && !(res->status == 101 && px->websocket_ok)) {
+        up_failed(u, RT_ON_ERROR, 502, "unexpected %d response", res->status);
+        return -1;
+    }
+    if (failed_status(u, res->status))
+        return -1;
+    if (r->ctx[MODULE_CTX_CACHE] && cache_upstream_answer(r, res->status, res))
+        return -1; /* the cache answers: a stale entry, or the one a 304 revalidated */
+    if (!px->fc && (!res->keep_alive || body == H1_BODY_CLOSE))
+        u->keepalive = 0; /* (FastCGI: END_REQUEST ends the answer, and FCGI_KEEP_CONN said whether the server keeps the connection) */
+    observe_latency(ev_now(W->loop) - r->upstream_ms);
+    r->upstream_ms = ev_now(W->loop) - r->upstream_ms;
+    r->upstream_answered = true;
+    u->body = (uint8_t)body;
+    px->resp_remain = res->content_length;
+    if (body == H1_BODY_CHUNKED)
+        h1_chunked_init(&u->chunks);
+    client_head(r, res, body);
+    if (u->closed)
+        return -1;
+    iobuf_consume(in, n);
+    u->head_done = true;
+    return 1;
+}
+
 /* Parse the response head in u->in; 1 when the body phase can start, 0 wait, -1 failed. */
 static int response_head(upconn_t *u)
 {
-    request_t *r = u->req;
     for (;;) {
         h1_limits_t lim = {IOBUF_SIZE - 1, IOBUF_SIZE - 1, H1_MAX_HEADERS};
         int n = h1_parse_response(iobuf_rd(u->in), iobuf_len(u->in), W->hres, &lim);
@@ -727,35 +913,12 @@ static int response_head(upconn_t *u)
             up_failed(u, RT_ON_ERROR, 502, "invalid response: %s", W->hres->error);
             return -1;
         }
-        const h1_response_t *res = W->hres;
+        h1_response_t *res = W->hres;
         if (res->status >= 100 && res->status < 200 && res->status != 101) {
             iobuf_consume(u->in, (size_t)n); /* interim response: we answered 100-continue ourselves */
             continue;
         }
-        h1_body_t body = h1_response_body(res, r->head ? H1_METHOD_HEAD : (h1_method_t)r->method_id);
-        if (body == H1_BODY_TUNNEL && !(res->status == 101 && ctx_of(r)->websocket_ok)) {
-            up_failed(u, RT_ON_ERROR, 502, "unexpected %d response", res->status);
-            return -1;
-        }
-        if (failed_status(u, res->status))
-            return -1;
-        if (r->ctx[MODULE_CTX_CACHE] && cache_upstream_answer(r, res->status, res))
-            return -1; /* the cache answers: a stale entry, or the one a 304 revalidated */
-        if (!res->keep_alive || body == H1_BODY_CLOSE)
-            u->keepalive = 0;
-        observe_latency(ev_now(W->loop) - r->upstream_ms);
-        r->upstream_ms = ev_now(W->loop) - r->upstream_ms;
-        r->upstream_answered = true;
-        u->body = (uint8_t)body;
-        ctx_of(r)->resp_remain = res->content_length;
-        if (body == H1_BODY_CHUNKED)
-            h1_chunked_init(&u->chunks);
-        client_head(r, res, body);
-        if (u->closed)
-            return -1;
-        iobuf_consume(u->in, (size_t)n);
-        u->head_done = true;
-        return 1;
+        return head_parsed(u, res, u->in, (size_t)n);
     }
 }
 
@@ -811,14 +974,172 @@ static int move_response(upconn_t *u)
     return u->body == H1_BODY_NONE || (u->body == H1_BODY_LENGTH && px->resp_remain == 0);
 }
 
+/* ---- response: FastCGI records -> the CGI head and body ------------------------------- */
+
+static const char *fcgi_protocol_status(unsigned st)
+{
+    return st == FCGI_CANT_MPX_CONN ? "cannot multiplex" : st == FCGI_OVERLOADED ? "overloaded"
+         : st == FCGI_UNKNOWN_ROLE ? "unknown role" : "refused";
+}
+
+/* STDERR of the application: to the error log, a line at a time (a line
+ * split over two records is logged as two). */
+static void fcgi_stderr(upconn_t *u, const char *p, size_t n)
+{
+    request_t *r = u->req;
+    while (n) {
+        const char *nl = memchr(p, '\n', n);
+        size_t k = nl ? (size_t)(nl - p) : n, line = k;
+        while (line && (p[line - 1] == '\r' || p[line - 1] == ' '))
+            line--;
+        if (line)
+            log_warn("fastcgi %s (site %s): stderr: %.*s", upool_name(u->pool), site_name(r), (int)(line > 2048 ? 2048 : line), p);
+        k += nl != NULL;
+        p += k;
+        n -= k;
+    }
+}
+
+/* Decode what u->in holds into the STDOUT buffer, as far as it has room:
+ * 0, or -1 when the attempt ended (bad records). */
+static int fcgi_pump(upconn_t *u)
+{
+    request_t *r = u->req;
+    fcgi_t *fc = ctx_of(r)->fc;
+    while (iobuf_len(u->in) && !fc->dec.ended) {
+        if (iobuf_space(fc->out) < IOBUF_SIZE / 4 && u->head_done)
+            iobuf_compact(fc->out);
+        size_t used = 0, outn = fc->out->end, tn;
+        const char *text;
+        int rc = fcgi_decode(&fc->dec, iobuf_rd(u->in), iobuf_len(u->in), &used, fc->out->data, IOBUF_SIZE, &outn,
+                             &text, &tn);
+        fc->out->end = (uint32_t)outn;
+        if (rc == FCGI_TEXT)
+            fcgi_stderr(u, text, tn);
+        iobuf_consume(u->in, used);
+        if (rc == FCGI_ERROR) {
+            if (u->head_done) {
+                log_err("fastcgi %s (site %s): invalid record: %s", upool_name(u->pool), site_name(r), fc->dec.error);
+                r->sess->abort(r, CLOSE_UPSTREAM);
+            } else {
+                up_failed(u, RT_ON_ERROR, 502, "invalid FastCGI record: %s", fc->dec.error);
+            }
+            return -1;
+        }
+        if (rc == FCGI_MORE)
+            break; /* all taken, or no room */
+    }
+    return 0;
+}
+
+/* The CGI head (behind our own status line, see fcgi_t): 1 when the body
+ * phase can start, 0 wait, -1 failed. */
+static int fcgi_head(upconn_t *u)
+{
+    request_t *r = u->req;
+    fcgi_t *fc = ctx_of(r)->fc;
+    h1_limits_t lim = {IOBUF_SIZE - 1, IOBUF_SIZE - 1, H1_MAX_HEADERS};
+    h1_response_t *res = W->hres;
+    int n = h1_parse_response(iobuf_rd(fc->out), iobuf_len(fc->out), res, &lim);
+    if (n == 0 && fc->dec.ended) {
+        if (fc->dec.protocol_status != FCGI_REQUEST_COMPLETE)
+            up_failed(u, RT_ON_ERROR, 502, "the FastCGI server refused the request (%s)",
+                      fcgi_protocol_status(fc->dec.protocol_status));
+        else
+            up_failed(u, RT_ON_ERROR, 502, "ended the request without a complete response head (%u bytes of output)",
+                      (unsigned)(iobuf_len(fc->out) - (sizeof(FCGI_HEAD_LINE) - 1)));
+        return -1;
+    }
+    if (n == 0 && iobuf_space(fc->out) == 0) {
+        up_failed(u, RT_ON_ERROR, 502, "response head larger than %d bytes", IOBUF_SIZE);
+        return -1;
+    }
+    if (n == 0)
+        return 0;
+    if (n < 0 || res->chunked) {
+        up_failed(u, RT_ON_ERROR, 502, "invalid FastCGI response head: %s",
+                  n < 0 ? res->error : "Transfer-Encoding from a CGI application");
+        return -1;
+    }
+    int status = 0;
+    bool location = false;
+    size_t k = 0;
+    for (size_t i = 0; i < res->nheaders; i++) {
+        const h1_header_t *x = &res->headers[i];
+        if (x->name.n == 6 && strncasecmp(x->name.p, "Status", 6) == 0) {
+            if ((status = fcgi_status_value(x->value.p, x->value.n)) < 200 || status > 599) {
+                up_failed(u, RT_ON_ERROR, 502, "invalid FastCGI response head: Status '%.*s'", (int)x->value.n,
+                          x->value.p);
+                return -1;
+            }
+            continue;
+        }
+        location |= x->name.n == 8 && strncasecmp(x->name.p, "Location", 8) == 0;
+        res->headers[k++] = *x;
+    }
+    res->nheaders = k;
+    res->status = status ? status : location ? 302 : 200; /* RFC 3875 §6.2.3: a client redirect */
+    return head_parsed(u, res, fc->out, (size_t)n);
+}
+
+/* Move STDOUT to the client; what lies beyond a Content-Length, or any body
+ * of a bodiless answer (HEAD, 204, 304), is dropped.  1 when the answer is
+ * complete (END_REQUEST taken), 0 wait, -1 the request ended. */
+static int move_fcgi(upconn_t *u)
+{
+    request_t *r = u->req;
+    proxy_ctx_t *px = ctx_of(r);
+    iobuf_t *in = px->fc->out;
+    while (iobuf_len(in)) {
+        size_t take = iobuf_len(in);
+        if (u->body == H1_BODY_NONE || (u->body == H1_BODY_LENGTH && px->resp_remain == 0)) {
+            iobuf_consume(in, take);
+            break;
+        }
+        size_t space = http_send_space(r);
+        if (space == 0)
+            return 0;
+        if (take > space)
+            take = space;
+        if (u->body == H1_BODY_LENGTH && (uint64_t)px->resp_remain < take)
+            take = (size_t)px->resp_remain;
+        http_send_data(r, iobuf_rd(in), take);
+        if (u->closed || u->req != r)
+            return -1; /* the send ended the request: a filter flushed to a client that had gone */
+        iobuf_consume(in, take);
+        if (u->body == H1_BODY_LENGTH)
+            px->resp_remain -= (int64_t)take;
+    }
+    if (!px->fc->dec.ended)
+        return 0;
+    if (u->body == H1_BODY_LENGTH && px->resp_remain > 0) {
+        log_err("fastcgi %s (site %s): the response ended %lld bytes short of its Content-Length", upool_name(u->pool),
+                site_name(r), (long long)px->resp_remain);
+        r->sess->abort(r, CLOSE_UPSTREAM);
+        return -1;
+    }
+    return 1;
+}
+
+/* Nothing of the response is left to move: neither raw bytes nor, for
+ * FastCGI, decoded ones. */
+static bool drained(const upconn_t *u)
+{
+    const fcgi_t *fc = ctx_of(u->req)->fc;
+    return iobuf_len(u->in) == 0 && (fc == NULL || iobuf_len(fc->out) == 0);
+}
+
 static void relay_response(upconn_t *u)
 {
     request_t *r = u->req;
-    if (!u->head_done && response_head(u) <= 0)
+    fcgi_t *fc = ctx_of(r)->fc;
+    if (fc && fcgi_pump(u) < 0)
+        return;
+    if (!u->head_done && (fc ? fcgi_head(u) : response_head(u)) <= 0)
         return;
     int pending = 0;
     for (;;) {
-        int done = move_response(u);
+        int done = fc ? move_fcgi(u) : move_response(u);
         if (done < 0 || u->closed || u->req != r)
             return;
         if (done == 1 && u->body != H1_BODY_TUNNEL) {
@@ -829,7 +1150,7 @@ static void relay_response(upconn_t *u)
         }
         /* The origin's pace: all it sent is out and it has nothing more now,
          * so a filter holding bytes back (compression) lets them go. */
-        if (iobuf_len(u->in) == 0 && ctx_of(r)->upstream_idle) {
+        if (drained(u) && ctx_of(r)->upstream_idle) {
             http_send_flush(r);
             if (u->closed || u->req != r)
                 return;
@@ -841,8 +1162,10 @@ static void relay_response(upconn_t *u)
          * behind on, so the upstream is read at its own pace to its end. */
         if (pending && http_send_space(r) > 0)
             pending = 0;
-        if (pending || iobuf_len(u->in) == 0)
+        if (pending || drained(u))
             break; /* the client is behind, or everything read so far is out */
+        if (fc && fcgi_pump(u) < 0)
+            return;
     }
     /* Backpressure: stop reading the upstream while the client has not taken the last buffer. */
     u->read_paused = pending > 0;
@@ -857,9 +1180,26 @@ static void relay_response(upconn_t *u)
 static void upstream_eof(upconn_t *u)
 {
     request_t *r = u->req;
+    fcgi_t *fc = ctx_of(r)->fc;
+    if (fc && !u->head_done && fc->dec.ended) {
+        relay_response(u); /* all it had to say came before the close */
+        return;
+    }
     if (!u->head_done) {
         up_failed(u, RT_ON_ERROR, 502, "%s", u->got_bytes ? "closed in the middle of the response head"
                                                           : "closed the connection without responding");
+        return;
+    }
+    if (fc) {
+        if (fc->dec.ended) { /* the answer is complete and waits for the client: stop reading */
+            u->keepalive = 0;
+            u->read_paused = true;
+            ev_set(W->loop, &u->io, 0);
+            return;
+        }
+        log_err("fastcgi %s (site %s): closed before the end of the request, after %llu bytes of the response body",
+                upool_name(u->pool), site_name(r), (unsigned long long)(r->conn->bytes_out - r->bytes_at_start));
+        r->sess->abort(r, CLOSE_UPSTREAM);
         return;
     }
     if (u->body == H1_BODY_CLOSE) {

@@ -10,5 +10,8 @@
 #include "http/request.h"
 
 extern const http_handler_t proxy_handler;
+/* fastcgi: routes: the same handler, speaking FastCGI (upstream/fastcgi.h)
+ * to the server instead of HTTP/1.1. */
+extern const http_handler_t fastcgi_handler;
 
 #endif

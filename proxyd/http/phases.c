@@ -117,6 +117,7 @@ static void client_address(request_t *r, const rt_table_t *t)
 static const http_handler_t *const action_handler[] = {
     [RT_ACT_UPSTREAM] = &proxy_handler,
     [RT_ACT_STATIC] = &static_handler,
+    [RT_ACT_FASTCGI] = &fastcgi_handler,
     [RT_ACT_RETURN] = &return_handler,
     [RT_ACT_REDIRECT] = &redirect_handler,
 };

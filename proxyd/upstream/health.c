@@ -21,6 +21,7 @@
 #include "../common/log.h"
 #include "core/worker.h"
 #include "conn/tls.h"
+#include "upstream/fastcgi.h"
 
 #define KEY_FREE     0
 #define KEY_RECYCLED 1
@@ -244,7 +245,7 @@ typedef struct {
     uint8_t phase; /* enum hc_phase */
     SSL *ssl;
     size_t off;   /* request bytes sent, then response bytes read */
-    char buf[32]; /* the start of the response: its status line */
+    char buf[1024]; /* the start of the response: its status line (FastCGI: the records of the CGI head) */
 } hc_probe_t;
 
 static struct {
@@ -432,14 +433,35 @@ static int step_handshake(hc_probe_t *p)
     return 0;
 }
 
+static bool fastcgi(const hc_probe_t *p) { return upstream_of_probe(p)->flags & RT_UF_FASTCGI; }
+
+/* A FastCGI check runs the script at path under the root of the first
+ * fastcgi route of the upstream (php-fpm's ping.path needs none). */
+static const char *fastcgi_root(const hc_probe_t *p)
+{
+    const rt_table_t *t = &hc.table->t;
+    uint32_t up = t->servers[p->server].upstream;
+    for (uint32_t i = 0; i < t->nroutes; i++)
+        if (t->routes[i].action == RT_ACT_FASTCGI && t->routes[i].upstream == up)
+            return rt_cstr(t, t->routes[i].target);
+    return "/";
+}
+
 static int step_send(hc_probe_t *p)
 {
     const rt_table_t *t = &hc.table->t;
-    char req[2048];
-    int n = snprintf(req, sizeof(req),
-                     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: proxyd-health-check\r\nConnection: close\r\n\r\n",
-                     rt_cstr(t, upstream_of_probe(p)->hc_path), check_host(p));
-    size_t len = n < 0 ? 0 : (size_t)n < sizeof(req) ? (size_t)n : sizeof(req) - 1;
+    char req[4096];
+    size_t len;
+    if (fastcgi(p)) {
+        str_buf_t b = str_buf_fixed(req, sizeof(req));
+        fcgi_probe_request(&b, fastcgi_root(p), rt_cstr(t, upstream_of_probe(p)->hc_path), check_host(p));
+        len = b.overflow ? 0 : b.len;
+    } else {
+        int n = snprintf(req, sizeof(req),
+                         "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: proxyd-health-check\r\nConnection: close\r\n\r\n",
+                         rt_cstr(t, upstream_of_probe(p)->hc_path), check_host(p));
+        len = n < 0 ? 0 : (size_t)n < sizeof(req) ? (size_t)n : sizeof(req) - 1;
+    }
     while (p->off < len) {
         ssize_t w = probe_io(p, true, req + p->off, len - p->off);
         if (w == -1)
@@ -458,15 +480,17 @@ static int step_send(hc_probe_t *p)
 
 static void step_read(hc_probe_t *p)
 {
+    bool fcgi = fastcgi(p);
     for (;;) {
         ssize_t r = probe_io(p, false, p->buf + p->off, sizeof(p->buf) - p->off);
         if (r == -1)
             return;
         if (r > 0)
             p->off += (size_t)r;
-        if (r > 0 && p->off < 12)
+        int fs = fcgi ? fcgi_probe_status(p->buf, p->off) : 0;
+        if (r > 0 && (fcgi ? fs == 0 && p->off < sizeof(p->buf) : p->off < 12))
             continue;
-        unsigned status = status_of(p->buf, p->off);
+        unsigned status = fcgi ? (fs > 0 ? (unsigned)fs : 0) : status_of(p->buf, p->off);
         unsigned expect = upstream_of_probe(p)->hc_expect;
         char sink[4096]; /* what else already arrived: closing on unread bytes would reset */
         for (int i = 0; r > 0 && i < 16 && (r = probe_io(p, false, sink, sizeof(sink))) > 0; i++)
