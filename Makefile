@@ -101,6 +101,10 @@ build/unit/test_static: tests/unit/test_static.c proxyd/handlers/static.c proxyd
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g $(SAN) -o $@ $< proxyd/handlers/static.c -lcmocka
 
+build/unit/test_fastcgi: tests/unit/test_fastcgi.c proxyd/upstream/fastcgi.c proxyd/upstream/fastcgi.h common/str.c common/util.c common/route.c common/ruletable.c
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) -o $@ $< proxyd/upstream/fastcgi.c common/str.c common/util.c common/route.c common/ruletable.c -lcrypto -lcmocka
+
 build/unit/test_balance: tests/unit/test_balance.c proxyd/upstream/balance.c proxyd/upstream/balance.h proxyd/upstream/health.h proxyd/core/table.h
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g $(SAN) -o $@ $< -lcmocka
@@ -142,6 +146,10 @@ build/fuzz/fuzz_http1: tests/fuzz/fuzz_http1.c proxyd/http/http1.c proxyd/http/h
 build/fuzz/fuzz_proxyproto: tests/fuzz/fuzz_proxyproto.c proxyd/conn/proxyproto.c proxyd/conn/proxyproto.h
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined -o $@ $< proxyd/conn/proxyproto.c
+
+build/fuzz/fuzz_fastcgi: tests/fuzz/fuzz_fastcgi.c proxyd/upstream/fastcgi.c proxyd/upstream/fastcgi.h common/str.c common/util.c
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined -o $@ $< proxyd/upstream/fastcgi.c common/str.c common/util.c
 
 # The HTTP/2 session runs inside a real worker (the unit tests' fixture):
 # proxyd's objects, instrumented for coverage, main.c left out.

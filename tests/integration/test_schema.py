@@ -116,7 +116,7 @@ def test_examples_present():
     expected = {
         "basic-proxy.yaml", "https-redirect.yaml", "pool-backup.yaml", "path-routing.yaml",
         "websocket.yaml", "admin-allowlist.yaml",
-        "static-files.yaml", "exploit-block.yaml",
+        "static-files.yaml", "exploit-block.yaml", "fastcgi.yaml",
     }
     assert expected <= names, f"missing: {sorted(expected - names)}"
     assert (EXAMPLES / "proxy.yaml").is_file()
@@ -167,14 +167,18 @@ def test_examples_consistent():
             hosts[h] = path.name
         cert = (doc.get("tls") or {}).get("certificate", "none")
         assert cert in ("none", "self-signed"), f"{path.name}: certificate {cert!r}"
+        fastcgi = {r["fastcgi"]["upstream"] for r in doc.get("routes") or [] if "fastcgi" in r}
         for name, up in (doc.get("upstreams") or {}).items():
             for s in up["servers"]:
+                if name in fastcgi:  # php-fpm's socket where Debian puts it
+                    assert s["address"] == "unix:/run/php/php8.2-fpm.sock", f"{path.name}: {s['address']}"
+                    continue
                 m = re.fullmatch(r"127\.0\.0\.1:(\d+)", s["address"])
                 assert m and 9001 <= int(m.group(1)) <= 9010, f"{path.name}: {s['address']}"
         # a cache is on a proxy route and names a zone of examples/proxy.yaml
         for route in doc.get("routes") or []:
             if "cache" in route:
-                assert "upstream" in route and route["cache"]["zone"] in PROXY_ZONES, path.name
+                assert ("upstream" in route or "fastcgi" in route) and route["cache"]["zone"] in PROXY_ZONES, path.name
     assert defaults == ["basic-proxy.yaml"]
 
 
