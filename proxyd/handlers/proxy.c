@@ -83,7 +83,7 @@ typedef struct {
     bool websocket_ok;          /* an Upgrade this route lets through */
     bool body_end_sent;         /* the chunked request body's last-chunk is written */
     char *replay;               /* saved upstream head (and body start) for a retry */
-    size_t replay_len;
+    size_t replay_len, replay_cap;
     int64_t resp_remain;        /* response body bytes left (length-delimited) */
     bool upstream_idle;         /* the last read took all the upstream had: nothing more for now */
 } proxy_ctx_t;
@@ -387,7 +387,7 @@ static void replay_add(proxy_ctx_t *px, const char *p, size_t n)
 {
     if (px->replay == NULL || n == 0)
         return;
-    if (px->replay_len + n > REPLAY_MAX) {
+    if (px->replay_len + n > px->replay_cap) {
         px->replay = NULL;
         return;
     }
@@ -726,7 +726,11 @@ static void replay_begin(request_t *r, const iobuf_t *out)
     bool body = !r->body_done;
     if (body && policy_of(r)->retry_tries < 2)
         return;
-    px->replay = arena_alloc(&r->arena, body ? REPLAY_MAX : n);
+    /* a bodiless FastCGI request still sends the empty STDIN record that ends its body */
+    px->replay_cap = body ? REPLAY_MAX : n + (px->fc ? FCGI_HEADER_LEN : 0);
+    if (px->replay_cap > REPLAY_MAX)
+        px->replay_cap = REPLAY_MAX; /* what a replay's buffer holds: past it, no replay */
+    px->replay = arena_alloc(&r->arena, px->replay_cap);
     memcpy(px->replay, out->data + out->start, n);
     px->replay_len = n;
 }
