@@ -281,7 +281,7 @@ def test_buffering_max_refused_where_it_does_not_apply(proxyd_factory):
     text = (f"site: x\nhosts: [x.test]\nroutes:\n  - match: {{path_prefix: /}}\n    return: {{status: 200}}\n"
             f"    buffering_max: 1m\n")
     rc, out, err = p.add_site(text, expect_rc=1)
-    assert ":6:20: error: buffering_max applies to upstream routes only" in err
+    assert ":6:20: error: buffering_max applies to upstream and fastcgi routes only" in err
     rc, out, err = p.add_site(site("127.0.0.1:9", "buffering_max: 10"), expect_rc=1)
     assert "error: buffering_max must be 1k..4t" in err
 
