@@ -537,6 +537,42 @@ static int collect_inputs(int argc, char **argv, char ***files, size_t *n, char 
     return 0;
 }
 
+static const site_list_t *dup_list; /* qsort has no context argument */
+
+static int by_name_then_order(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    int c = strcmp(dup_list->v[x].name, dup_list->v[y].name);
+    return c ? c : (x > y) - (x < y);
+}
+
+/* A site name defined twice is an error at the later file: sorted by name
+ * (and input order), so 100,000 files cost n log n comparisons, not n². */
+static int check_duplicates(const site_list_t *sites)
+{
+    size_t *ix = malloc((sites->n ? sites->n : 1) * sizeof(*ix));
+    if (ix == NULL) {
+        fprintf(stderr, "proxyctl: out of memory\n");
+        return -1;
+    }
+    for (size_t i = 0; i < sites->n; i++)
+        ix[i] = i;
+    dup_list = sites;
+    qsort(ix, sites->n, sizeof(*ix), by_name_then_order);
+    int rc = 0;
+    for (size_t k = 1; k < sites->n; k++) {
+        const site_src_t *first = &sites->v[ix[k - 1]], *again = &sites->v[ix[k]];
+        if (strcmp(first->name, again->name) != 0)
+            continue;
+        for (size_t j = k; j > 0 && strcmp(sites->v[ix[j - 1]].name, again->name) == 0; j--)
+            first = &sites->v[ix[j - 1]]; /* every later definition names the first */
+        fprintf(stderr, "%s: error: site '%s' is also defined in %s\n", again->source, again->name, first->source);
+        rc = -1;
+    }
+    free(ix);
+    return rc;
+}
+
 static int load_inputs(char **files, size_t n, site_list_t *sites)
 {
     int rc = 0;
@@ -555,13 +591,8 @@ static int load_inputs(char **files, size_t n, site_list_t *sites)
         free(name);
         free(text);
     }
-    for (size_t i = 0; i < sites->n && rc == 0; i++)
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(sites->v[i].name, sites->v[j].name) == 0) {
-                fprintf(stderr, "%s: error: site '%s' is also defined in %s\n", sites->v[i].source, sites->v[i].name,
-                        sites->v[j].source);
-                rc = -1;
-            }
+    if (rc == 0)
+        rc = check_duplicates(sites);
     print_diag(&d);
     diag_free(&d);
     return rc;
