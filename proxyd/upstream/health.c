@@ -110,7 +110,7 @@ static void slot_clear(health_slot_t *s)
 static health_slot_t *slot_find(uint64_t key, bool create)
 {
     health_slot_t *reuse = NULL;
-    for (uint32_t k = 0, i = (uint32_t)key & (HEALTH_SLOTS - 1); k < HEALTH_SLOTS;
+    for (uint32_t k = 0, i = (uint32_t)key & (HEALTH_SLOTS - 1); k < HEALTH_PROBE_MAX;
          k++, i = (i + 1) & (HEALTH_SLOTS - 1)) {
         uint64_t have = atomic_load_explicit(&region[i].key, memory_order_acquire);
         if (have == key)
@@ -194,7 +194,8 @@ int health_bind(tref_t *tr)
         h->slot[i] = s ? s : &h->own[i];
     }
     if (full)
-        log_warn("upstream state: more than %d servers; some are tracked per worker only", HEALTH_SLOTS);
+        log_warn("upstream state: the shared region (%d slots) is full; some servers are tracked per worker only",
+                 HEALTH_SLOTS);
     if (master)
         sweep();
     return 0;

@@ -37,7 +37,12 @@
 #include "core/event.h"
 #include "core/table.h"
 
-#define HEALTH_SLOTS 65536 /* servers per node, live or recently removed; power of two */
+#define HEALTH_SLOTS 262144 /* servers per node, live or recently removed; power of two (32 MiB) */
+/* A key lies within this many slots of its hash (linear probing); past it a
+ * lookup gives up, so a region filled beyond its size costs a bounded probe
+ * per server instead of a walk of the whole region (100,000 servers in a
+ * region of 65,536 took 45 s to bind). */
+#define HEALTH_PROBE_MAX 256
 
 /* Why the last active check failed. */
 enum hc_error { HC_OK, HC_ERR_CONNECT, HC_ERR_TIMEOUT, HC_ERR_CLOSED, HC_ERR_STATUS, HC_ERR_TLS, HC_ERR_RESPONSE };
