@@ -39,8 +39,8 @@ static int regex_match(void *ud, uint32_t r, const char *path, size_t n)
     regex_ctx_t *rx = ud;
     int code, rc = PCRE2_ERROR_NOMEMORY;
     PCRE2_SIZE off;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)rt_cstr(rx->t, rx->t->routes[r].path), PCRE2_ZERO_TERMINATED, PCRE2_UTF,
-                                   &code, &off, NULL);
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)rt_cstr(rx->t, rx->t->routes[r].path), PCRE2_ZERO_TERMINATED,
+                                   PCRE2_UTF | PCRE2_MATCH_INVALID_UTF, &code, &off, NULL);
     if (re == NULL) {
         rc = code; /* never in a verified table: proxyd would refuse the generation */
     } else {
@@ -153,7 +153,8 @@ static void fastcgi_script(const rt_table_t *t, const rt_route_t *r, const reque
     size_t rn = r->target.len;
     while (rn > 1 && root[rn - 1] == '/')
         rn--;
-    snprintf(file, cap, "%.*s%.*s%s", (int)(rn == 1 ? 0 : rn), root, (int)sn, rq->path, index ? rt_cstr(t, r->extra) : "");
+    snprintf(file, cap, "%.*s%.*s%s", (int)(rn == 1 ? 0 : rn), root, (int)sn, rq->path,
+             index ? rt_cstr(t, r->extra) : "");
     *info = rq->path + sn;
     *info_len = rq->pathlen - sn;
 }

@@ -901,7 +901,8 @@ static int site_routes(ctx_t *c, const char *key, ynode_t *v, void *obj)
         if (r->action == RT_ACT_FASTCGI && r->has_strip)
             rc = errp(c, r->strip_pos, "strip_prefix does not apply to a fastcgi route (the script is root + path)");
         if (r->action == RT_ACT_FASTCGI && r->rewrite_prefix)
-            rc = errp(c, r->rewrite_pos, "rewrite_prefix does not apply to a fastcgi route (the script is root + path)");
+            rc = errp(c, r->rewrite_pos,
+                      "rewrite_prefix does not apply to a fastcgi route (the script is root + path)");
     }
     return rc;
 }

@@ -312,7 +312,8 @@ static void cgi_vars(str_buf_t *b, const request_t *r, const rt_route_t *rt)
         rn--;
     bool index;
     size_t sn = route_fastcgi_script(r->path.p, r->path.n, &index);
-    fcgi_piece_t file[3] = {{root, rn == 1 ? 0 : rn}, {r->path.p, sn}, {rt_cstr(t, rt->extra), index ? rt->extra.len : 0}};
+    fcgi_piece_t file[3] = {
+        {root, rn == 1 ? 0 : rn}, {r->path.p, sn}, {rt_cstr(t, rt->extra), index ? rt->extra.len : 0}};
     fcgi_param_pieces(b, "SCRIPT_FILENAME", 15, file, 3);
     fcgi_param_pieces(b, "SCRIPT_NAME", 11, file + 1, 2);
     if (sn < r->path.n)
@@ -888,8 +889,9 @@ static int head_parsed(upconn_t *u, h1_response_t *res, iobuf_t *in, size_t n)
         return -1;
     if (r->ctx[MODULE_CTX_CACHE] && cache_upstream_answer(r, res->status, res))
         return -1; /* the cache answers: a stale entry, or the one a 304 revalidated */
+    /* (FastCGI: END_REQUEST ends the answer, and FCGI_KEEP_CONN said whether the server keeps the connection) */
     if (!px->fc && (!res->keep_alive || body == H1_BODY_CLOSE))
-        u->keepalive = 0; /* (FastCGI: END_REQUEST ends the answer, and FCGI_KEEP_CONN said whether the server keeps the connection) */
+        u->keepalive = 0;
     observe_latency(ev_now(W->loop) - r->upstream_ms);
     r->upstream_ms = ev_now(W->loop) - r->upstream_ms;
     r->upstream_answered = true;
@@ -997,7 +999,8 @@ static void fcgi_stderr(upconn_t *u, const char *p, size_t n)
         while (line && (p[line - 1] == '\r' || p[line - 1] == ' '))
             line--;
         if (line)
-            log_warn("fastcgi %s (site %s): stderr: %.*s", upool_name(u->pool), site_name(r), (int)(line > 2048 ? 2048 : line), p);
+            log_warn("fastcgi %s (site %s): stderr: %.*s", upool_name(u->pool), site_name(r),
+                     (int)(line > 2048 ? 2048 : line), p);
         k += nl != NULL;
         p += k;
         n -= k;

@@ -52,8 +52,9 @@ static int regex_table_init(tref_t *tr, const module_load_t *ld, char *err, size
             continue;
         int code;
         PCRE2_SIZE off;
-        pcre2_code *re = pcre2_compile((PCRE2_SPTR)rt_cstr(t, t->routes[i].path), PCRE2_ZERO_TERMINATED, PCRE2_UTF,
-                                       &code, &off, NULL);
+        /* A path that is not UTF-8 (%FF) is matched, its invalid bytes matching no pattern character. */
+        pcre2_code *re = pcre2_compile((PCRE2_SPTR)rt_cstr(t, t->routes[i].path), PCRE2_ZERO_TERMINATED,
+                                       PCRE2_UTF | PCRE2_MATCH_INVALID_UTF, &code, &off, NULL);
         if (re == NULL) {
             snprintf(err, errlen, "route %u: regex does not compile at offset %zu", i, (size_t)off);
             return -1;

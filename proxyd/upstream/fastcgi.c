@@ -300,7 +300,8 @@ int fcgi_decode(fcgi_decoder_t *d, const char *in, size_t n, size_t *used, char 
         }
         d->have = 0; /* the record is complete */
         if (d->type == FCGI_END_REQUEST) {
-            d->app_status = (uint32_t)d->end[0] << 24 | (uint32_t)d->end[1] << 16 | (uint32_t)d->end[2] << 8 | d->end[3];
+            d->app_status =
+                (uint32_t)d->end[0] << 24 | (uint32_t)d->end[1] << 16 | (uint32_t)d->end[2] << 8 | d->end[3];
             d->protocol_status = d->end[4];
             d->ended = true;
             rc = FCGI_END;

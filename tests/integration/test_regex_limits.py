@@ -161,3 +161,37 @@ def test_proxyd_failure_log_is_rate_limited(proxyd_factory, origin_factory):
     time.sleep(0.3)
     lines = [l for l in p.error_log_text().splitlines() if "path_regex" in l]
     assert 1 <= len(lines) <= int(elapsed) + 2, lines
+
+
+UTF8_SITE = r"""
+site: u8
+hosts: [u8.test]
+routes:
+  - match: {path_regex: '(?i)\.(git|env)$'}
+    return: {status: 404, body: blocked}
+  - match: {path_regex: '^/caf.\.txt$'}
+    return: {status: 200, body: cafe}
+  - match: {path_prefix: /}
+    return: {status: 200, body: other}
+"""
+
+
+def test_paths_that_are_not_utf8_are_matched_not_failed(proxyd_factory):
+    """A path whose decoded bytes are not UTF-8 (%FF) is matched like any other: its invalid
+    bytes match no pattern character (PCRE2_MATCH_INVALID_UTF), so a deny pattern still catches
+    what it names and every other path goes on to the later routes, with nothing logged."""
+    p = proxyd_factory(sites=[UTF8_SITE], workers=1)
+    cases = [("/a%FF.git", 404, b"blocked"), ("/%FF%FE/x", 200, b"other"), ("/caf%C3%A9.txt", 200, b"cafe"),
+             ("/caf%FF.txt", 200, b"other"), ("/x%C3.ENV", 404, b"blocked")]
+    for target, status, body in cases:
+        r = http(p.port, target=target, host="u8.test")
+        assert (r.status, r.body) == (status, body), target
+    assert "path_regex" not in p.error_log_text(), p.diagnostics()
+
+
+def test_route_test_matches_paths_that_are_not_utf8(store, proxyctl, tmp_path):
+    write(tmp_path, "u8.yaml", UTF8_SITE)
+    rc, out, err = proxyctl("add-site", "u8.yaml")
+    assert rc == 0, err
+    assert "route 3 " in route_test(proxyctl, "http://u8.test/%FF%FE/x")
+    assert "route 1 " in route_test(proxyctl, "http://u8.test/a%FF.git")
