@@ -162,7 +162,8 @@ void dump_route(const rt_table_t *t, uint32_t ri, const char *in, FILE *out)
         break;
     case RT_ACT_FASTCGI:
         fprintf(out, "%s  fastcgi to upstream %s, root %s, index %s%s\n", in,
-                rt_cstr(t, t->upstreams[r->upstream].name), rt_cstr(t, r->target), rt_cstr(t, r->extra), r->flags & RT_RF_NO_BUFFERING ? ", buffering off" : "");
+                rt_cstr(t, t->upstreams[r->upstream].name), rt_cstr(t, r->target), rt_cstr(t, r->extra),
+                r->flags & RT_RF_NO_BUFFERING ? ", buffering off" : "");
         if (r->buffering_max_kib && !(r->flags & RT_RF_NO_BUFFERING))
             fprintf(out, "%s  buffering_max: %llu bytes\n", in, (unsigned long long)r->buffering_max_kib << 10);
         break;
