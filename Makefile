@@ -1,13 +1,15 @@
-# proxyd / proxyctl build.  `make` builds both programs into bin/; `make test`
-# installs missing Debian packages, builds (gcc and clang, -Werror), builds the
-# ASan+UBSan variant, and runs unit tests, fuzz corpora and integration tests.
+# proxyd / proxyctl build.  `make` builds both programs into bin/ (and the man
+# pages into build/man/ when scdoc is there); `make test` installs missing Debian
+# packages, builds (gcc and clang, -Werror), builds the ASan+UBSan variant, and
+# runs unit tests, fuzz corpora and integration tests.  `make install` and
+# `make deb` install or package the programs, units, man pages and examples.
 
 CC      ?= cc
 PKGS    := yaml-0.1 sqlite3 libssl libcrypto libsystemd libpcre2-8 libseccomp
 CSTD    := -std=c11 -D_GNU_SOURCE -Iproxyd
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS  ?= -O2 -g
-ALL_CFLAGS = $(CSTD) $(WARN) $(CFLAGS) $(shell pkg-config --cflags $(PKGS))
+ALL_CFLAGS = $(CSTD) $(WARN) $(CPPFLAGS) $(CFLAGS) $(shell pkg-config --cflags $(PKGS))
 LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # Only proxyctl talks to an ACME CA: proxyd never links libcurl or jansson.
 CTL_PKGS := libcurl jansson
@@ -31,12 +33,20 @@ HEADERS     := $(wildcard common/*.h proxyctl/*.h proxyd/*/*.h)
 PYTEST := /usr/bin/python3 -m pytest
 FUZZ_TIME ?= 60
 
-.PHONY: all asan clang test unit fuzz fuzz-replay integration demo deps bench format lint clean
+.PHONY: all asan clang test unit fuzz fuzz-replay integration demo deps deps-demo bench format lint clean \
+        man install uninstall deb
 
-all: bin/proxyctl bin/proxyd
+# The man pages come with `make` when scdoc is installed (packaging/install-deps.sh
+# installs it); `make man` insists.
+SCDOC := $(shell command -v scdoc 2>/dev/null)
+all: bin/proxyctl bin/proxyd $(if $(SCDOC),man)
 
 deps:
 	@packaging/install-deps.sh
+
+# What `make demo` needs and nothing more (no test, bench or packaging tools).
+deps-demo:
+	@packaging/install-deps.sh demo
 
 build/gen/store_sql.c: schema/store.sql common/gen_sql.sh
 	@mkdir -p $(@D)
@@ -52,11 +62,11 @@ build/gen/store_v2_sql.c: schema/store_v2.sql common/gen_sql.sh
 
 bin/proxyctl: $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $(shell pkg-config --cflags $(CTL_PKGS)) -o $@ $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(LDLIBS) $(CTL_LIBS)
+	$(CC) $(ALL_CFLAGS) $(shell pkg-config --cflags $(CTL_PKGS)) -o $@ $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(LDFLAGS) $(LDLIBS) $(CTL_LIBS)
 
 bin/proxyd: $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(HEADERS)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $(PXD_CFLAGS) -o $@ $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(LDLIBS) $(PXD_LIBS)
+	$(CC) $(ALL_CFLAGS) $(PXD_CFLAGS) -o $@ $(PROXYD_SRC) $(PROXYD_COMMON) $(GEN_SRC) $(LDFLAGS) $(LDLIBS) $(PXD_LIBS)
 
 # ASan + UBSan build used by the tests.
 asan: build/asan/proxyctl build/asan/proxyd
@@ -190,8 +200,8 @@ build/bench/%: bench/%.c
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(WARN) -O2 -o $@ $<
 
-demo: deps
-	$(MAKE) all build/bench/origin
+demo: deps-demo
+	$(MAKE) bin/proxyctl bin/proxyd build/bench/origin
 	@examples/demo.sh
 
 bench: all
@@ -206,3 +216,72 @@ lint: $(GEN_SRC)
 
 clean:
 	rm -rf bin build
+
+# ---- man pages, make install, the Debian package -------------------------
+# man/NAME.SECTION.scd -> build/man/NAME.SECTION
+MAN_PAGES := $(patsubst man/%.scd,build/man/%,$(wildcard man/*.scd))
+man: $(MAN_PAGES)
+build/man/%: man/%.scd
+	@mkdir -p $(@D)
+	scdoc < $< > $@.tmp && mv $@.tmp $@
+
+# The same layout as the Debian package, for machines without dpkg:
+#   make install PREFIX=/usr/local DESTDIR=/tmp/stage
+# Programs in $(SBINDIR), units with their paths set to it, the sysusers.d
+# entry for the workers' `proxyd` account, /etc/proxyd (proxy.yaml and sites/,
+# never overwritten), logrotate, bash completion, man pages, the examples and
+# schemas as documentation, and the state and log directories (the store in
+# the first is made by `proxyctl init`).
+PREFIX       ?= /usr/local
+SBINDIR      ?= $(PREFIX)/sbin
+MANDIR       ?= $(PREFIX)/share/man
+DOCDIR       ?= $(PREFIX)/share/doc/proxyd
+SYSCONFDIR   ?= /etc
+UNITDIR      ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR  ?= $(PREFIX)/lib/sysusers.d
+BASHCOMPDIR  ?= $(PREFIX)/share/bash-completion/completions
+UNITS        := proxyd.service proxyd.socket proxyctl-renew.service proxyctl-renew.timer
+LOCALSTATEDIR ?= /var
+INSTALL      ?= install
+
+install: bin/proxyctl bin/proxyd man
+	$(INSTALL) -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(BASHCOMPDIR) \
+	    $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(DOCDIR)/schema $(DESTDIR)$(DOCDIR)/docs \
+	    $(DESTDIR)$(SYSCONFDIR)/proxyd/sites $(DESTDIR)$(SYSCONFDIR)/logrotate.d \
+	    $(DESTDIR)$(LOCALSTATEDIR)/lib/proxyd $(DESTDIR)$(LOCALSTATEDIR)/log/proxyd
+	$(INSTALL) -m 0755 bin/proxyd bin/proxyctl $(DESTDIR)$(SBINDIR)/
+	for u in $(UNITS); do sed 's|/usr/local/bin/|$(SBINDIR)/|g' templates/$$u > $(DESTDIR)$(UNITDIR)/$$u.tmp && \
+	    chmod 0644 $(DESTDIR)$(UNITDIR)/$$u.tmp && mv $(DESTDIR)$(UNITDIR)/$$u.tmp $(DESTDIR)$(UNITDIR)/$$u; done
+	$(INSTALL) -m 0644 packaging/proxyd.sysusers $(DESTDIR)$(SYSUSERSDIR)/proxyd.conf
+	$(INSTALL) -m 0644 packaging/proxyd.logrotate $(DESTDIR)$(SYSCONFDIR)/logrotate.d/proxyd
+	$(INSTALL) -m 0644 packaging/proxyctl.bash-completion $(DESTDIR)$(BASHCOMPDIR)/proxyctl
+	$(INSTALL) -m 0644 $(filter %.5,$(MAN_PAGES)) $(DESTDIR)$(MANDIR)/man5/
+	$(INSTALL) -m 0644 $(filter %.8,$(MAN_PAGES)) $(DESTDIR)$(MANDIR)/man8/
+	$(INSTALL) -m 0644 README.md $(DESTDIR)$(DOCDIR)/
+	$(INSTALL) -m 0644 docs/*.md $(DESTDIR)$(DOCDIR)/docs/
+	$(INSTALL) -m 0644 examples/*.yaml $(DESTDIR)$(DOCDIR)/examples/
+	$(INSTALL) -m 0644 schema/site.schema.json schema/proxy.schema.json $(DESTDIR)$(DOCDIR)/schema/
+	[ -e $(DESTDIR)$(SYSCONFDIR)/proxyd/proxy.yaml ] || \
+	    $(INSTALL) -m 0644 packaging/proxy.yaml $(DESTDIR)$(SYSCONFDIR)/proxyd/proxy.yaml
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/proxyd $(DESTDIR)$(SBINDIR)/proxyctl $(DESTDIR)$(SYSUSERSDIR)/proxyd.conf \
+	    $(DESTDIR)$(SYSCONFDIR)/logrotate.d/proxyd $(DESTDIR)$(BASHCOMPDIR)/proxyctl \
+	    $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS)) \
+	    $(patsubst build/man/%,$(DESTDIR)$(MANDIR)/man5/%,$(filter %.5,$(MAN_PAGES))) \
+	    $(patsubst build/man/%,$(DESTDIR)$(MANDIR)/man8/%,$(filter %.8,$(MAN_PAGES)))
+	rm -rf $(DESTDIR)$(DOCDIR)
+	@echo "left in place: $(DESTDIR)$(SYSCONFDIR)/proxyd (configuration) and /var/lib/proxyd (the store)"
+
+# The .deb is built from a copy of the source tree in build/deb/src (debian/
+# is packaging/debian), so nothing lands in the tree git sees; the package is
+# build/deb/proxyd_VERSION_ARCH.deb.
+DEB_DIR := build/deb
+deb:
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
+	tar -c --exclude=./.git --exclude=./build --exclude=./bin --exclude=./var --exclude=__pycache__ \
+	    --exclude=.pytest_cache . | tar -x -C $(DEB_DIR)/src
+	cp -r packaging/debian $(DEB_DIR)/src/debian
+	cp packaging/proxyd.sysusers $(DEB_DIR)/src/debian/proxyd.sysusers
+	cd $(DEB_DIR)/src && DEB_BUILD_OPTIONS="parallel=2 $(DEB_BUILD_OPTIONS)" dpkg-buildpackage -b -us -uc
+	@ls $(DEB_DIR)/*.deb
