@@ -24,7 +24,7 @@ TEST="clang libclang-rt-14-dev cppcheck libcmocka-dev
       python3-h2 nghttp2-client chromium
       testssl.sh sqlite3 openssl bc keepalived iproute2 strace procps"
 # make man, make deb and their tests (tests/integration/test_package.py, test_manpages.py).
-PACKAGING="scdoc man-db debhelper dpkg-dev lintian"
+PACKAGING="scdoc man-db debhelper dpkg-dev lintian bash-completion logrotate"
 
 case "${1:-all}" in
     demo) PKGS="$BUILD $DEMO" ;;
