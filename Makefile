@@ -275,7 +275,8 @@ uninstall:
 
 # The .deb is built from a copy of the source tree in build/deb/src (debian/
 # is packaging/debian), so nothing lands in the tree git sees; the package is
-# build/deb/proxyd_VERSION_ARCH.deb.
+# build/deb/proxyd_VERSION_ARCH.deb, VERSION being the file VERSION when there
+# is one (what --version prints), else debian/changelog's.
 DEB_DIR := build/deb
 deb:
 	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
@@ -283,5 +284,6 @@ deb:
 	    --exclude=.pytest_cache . | tar -x -C $(DEB_DIR)/src
 	cp -r packaging/debian $(DEB_DIR)/src/debian
 	cp packaging/proxyd.sysusers $(DEB_DIR)/src/debian/proxyd.sysusers
+	if [ -f VERSION ]; then sed -i "1s/^proxyd ([^)]*)/proxyd ($$(cat VERSION))/" $(DEB_DIR)/src/debian/changelog; fi
 	cd $(DEB_DIR)/src && DEB_BUILD_OPTIONS="parallel=2 $(DEB_BUILD_OPTIONS)" dpkg-buildpackage -b -us -uc
 	@ls $(DEB_DIR)/*.deb

@@ -41,7 +41,9 @@ def sh(*args, check=True, timeout=600, **kw):
 def deb():
     if shutil.which("dpkg-buildpackage") is None:
         pytest.skip("dpkg-dev is not installed (packaging/install-deps.sh installs it)")
-    sh("make", "-C", ROOT, "deb", timeout=1200)
+    # a make of its own, not a part of the `make integration` that runs the tests
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    sh("make", "-C", ROOT, "deb", timeout=1200, env=env)
     debs = [p for p in (ROOT / "build" / "deb").glob("proxyd_*.deb")]
     assert len(debs) == 1, debs
     return debs[0]
