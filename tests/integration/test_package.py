@@ -194,6 +194,9 @@ def test_dpkg_install_serve_remove(deb, tmp_path, origin_factory):
             assert deb_version in v, (v, deb_version)
         else:
             assert out.startswith("usage: proxyctl"), out
+        if "--version" in sh("/usr/sbin/proxyd", "--help").stdout:
+            v = sh("/usr/sbin/proxyd", "--version").stdout
+            assert sh("dpkg-query", "-W", "-f=${Version}", "proxyd").stdout in v, v
         check = sh("/usr/sbin/proxyd", "--check")  # the store postinst made, at the default path
         assert "configuration OK" in check.stdout, check.stdout + check.stderr
         man = sh("man", "-w", "proxyd.yaml", check=False)
