@@ -245,32 +245,6 @@ EOF
     proxyd_store "$d"
 }
 
-start_proxy() {                 # NAME WORKERS TAG: TARGET_PID, TARGET_PORT, TARGET_DIR
-    local name=$1 w=$2 d=$TMP/$1-$2w-$3
-    TARGET_DIR=$d
-    case $name in
-    nginx)
-        write_nginx_conf "$d" "$w"
-        start_bg "$d/out.log" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;'
-        TARGET_PORT=$NGINX_PORT
-        ;;
-    proxyd)
-        if ! prepare_proxyd "$d" "$w"; then
-            note "$name ($w workers, $3): proxyctl refused the configuration: $(tail -n 2 "$d/proxyctl.log" | tr '\n' ' ')"
-            return 1
-        fi
-        start_bg "$d/out.log" "$PROXYD" --db "$d/store.db" --foreground
-        TARGET_PORT=$PROXYD_PORT
-        ;;
-    esac
-    TARGET_PID=$LAST_PID
-    if ! wait_http "$TARGET_PORT" "$TARGET_PID"; then
-        note "$name ($w workers, $3): did not start ($(tail -n 1 "$d/out.log" 2>/dev/null))"
-        stop_pid "$TARGET_PID"
-        return 1
-    fi
-}
-
 cache_stats() {                 # DIR: "entries max_entries index_bytes_per_entry hits misses size" of zone z
     curl -s --max-time 5 --unix-socket "$1/admin.sock" http://proxyd/cache/stats >"$1/cache-stats.json" 2>/dev/null || true
     python3 - "$1/cache-stats.json" <<'EOF' 2>/dev/null || echo "- - - - - -"
@@ -366,12 +340,6 @@ fill() {
 
 # ---- report ------------------------------------------------------------------------
 
-cell() {                        # WORKERS NAME SIZE COLUMN
-    awk -v w="$1" -v n="$2" -v s="$3" -v c="$4" '$1 == w && $2 == n && $3 == s && $c != "-" { print $c }' "$RESULTS" |
-        median
-}
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 fmt_cpu() { if [ "$1" = - ]; then echo n/a; else echo "$1"; fi; }
 fmt_size() { if [ "$1" -ge 1024 ]; then echo "$(($1 / 1024)) KiB"; else echo "$1 B"; fi; }
 

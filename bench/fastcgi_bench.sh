@@ -140,32 +140,10 @@ EOF
     proxyd_store "$d"
 }
 
-start_proxy() {                 # NAME WORKERS ROUND: TARGET_PID, TARGET_PORT
-    local name=$1 w=$2 d=$TMP/$1-$2w-$3
-    case $name in
-    nginx)
-        write_nginx_conf "$d" "$w"
-        start_bg "$d/out.log" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;'
-        TARGET_PORT=$NGINX_PORT
-        ;;
-    proxyd)
-        prepare_proxyd "$d" "$w" || { log "proxyctl: $(tail -n 3 "$d/proxyctl.log")"; return 1; }
-        start_bg "$d/out.log" "$PROXYD" --db "$d/store.db" --foreground
-        TARGET_PORT=$PROXYD_PORT
-        ;;
-    esac
-    TARGET_PID=$LAST_PID
-    if ! wait_http "$TARGET_PORT" "$TARGET_PID"; then
-        note "$name ($w workers): did not start ($(tail -n 1 "$d/out.log" 2>/dev/null))"
-        stop_pid "$TARGET_PID"
-        return 1
-    fi
-}
-
 run_cell() {                    # NAME WORKERS ROUND
     local name=$1 w=$2 round=$3 s out cpu size
     log "round $round: $name, $w worker(s)"
-    if ! start_proxy "$name" "$w" "$round"; then
+    if ! start_proxy "$name" "$w" "r$round"; then
         for s in $SCRIPTS; do echo "$w $name $s $round - - - - - - - - -" >>"$RESULTS"; done
         return 0
     fi
@@ -184,13 +162,6 @@ run_cell() {                    # NAME WORKERS ROUND
     done
     stop_pid "$TARGET_PID"
 }
-
-cell() {                        # WORKERS NAME SCRIPT COLUMN
-    awk -v w="$1" -v n="$2" -v s="$3" -v c="$4" '$1 == w && $2 == n && $3 == s && $c != "-" { print $c }' "$RESULTS" |
-        median
-}
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 
 table() {
     local w s

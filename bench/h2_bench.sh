@@ -217,7 +217,6 @@ run_cell() {                    # NAME ROUND
 
 cell() { awk -v s="$1" -v m="$2" -v c="$3" '$1 == s && $2 == m && $c != "-" { print $c }' "$RESULTS" | median; }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 
 table() {
     local m s best

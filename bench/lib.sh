@@ -131,6 +131,38 @@ proxyd_store() {
         "$PROXYCTL" --db "$1/store.db" add-site "$1/bench.yaml" >>"$1/proxyctl.log" 2>&1
 }
 
+# ---- nginx or proxyd, one cell ----------------------------------------------------
+
+# start_proxy NAME WORKERS TAG: start nginx (the caller's write_nginx_conf DIR
+# WORKERS) or proxyd (its prepare_proxyd DIR WORKERS) in $TMP/NAME-Ww-TAG on
+# $NGINX_PORT or $PROXYD_PORT; sets TARGET_PID, TARGET_PORT, TARGET_DIR.  A
+# proxy that is refused or does not answer is noted, and 1 returned.
+start_proxy() {
+    local name=$1 w=$2 d=$TMP/$1-$2w-$3
+    TARGET_DIR=$d
+    case $name in
+    nginx)
+        write_nginx_conf "$d" "$w"
+        start_bg "$d/out.log" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;'
+        TARGET_PORT=$NGINX_PORT
+        ;;
+    proxyd)
+        if ! prepare_proxyd "$d" "$w"; then
+            note "$name ($w workers, $3): proxyctl refused the configuration: $(tail -n 2 "$d/proxyctl.log" | tr '\n' ' ')"
+            return 1
+        fi
+        start_bg "$d/out.log" "$PROXYD" --db "$d/store.db" --foreground
+        TARGET_PORT=$PROXYD_PORT
+        ;;
+    esac
+    TARGET_PID=$LAST_PID
+    if ! wait_http "$TARGET_PORT" "$TARGET_PID"; then
+        note "$name ($w workers, $3): did not start ($(tail -n 1 "$d/out.log" 2>/dev/null))"
+        stop_pid "$TARGET_PID"
+        return 1
+    fi
+}
+
 # ---- wrk ---------------------------------------------------------------------
 
 # parse_wrk FILE: wrk's output -> "rps p50_us p99_us socket_errors non2xx";
@@ -188,6 +220,18 @@ median() {
             if (NR == 0) { print "-"; exit }
             print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
         }'
+}
+
+# cell A B C COLUMN: the median of COLUMN over the $RESULTS rows whose first
+# three fields are A B C (e.g. workers, proxy, route), "-" cells left out.
+cell() {
+    awk -v a="$1" -v b="$2" -v x="$3" -v c="$4" '$1 == a && $2 == b && $3 == x && $c != "-" { print $c }' "$RESULTS" |
+        median
+}
+
+# ratio A B [DIGITS]: A / B with DIGITS decimals (2), n/a when either is missing.
+ratio() {
+    awk -v a="$1" -v b="$2" -v d="${3:-2}" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "n/a"; else printf "%.*f", d, a / b }'
 }
 
 fmt_rps() { if [ "$1" = - ]; then echo n/a; else printf '%.0f' "$1"; fi; }

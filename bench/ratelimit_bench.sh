@@ -125,32 +125,10 @@ EOF
     proxyd_store "$d"
 }
 
-start_proxy() {                 # NAME WORKERS ROUND: TARGET_PID, TARGET_PORT
-    local name=$1 w=$2 d=$TMP/$1-$2w-$3
-    case $name in
-    nginx)
-        write_nginx_conf "$d" "$w"
-        start_bg "$d/out.log" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;'
-        TARGET_PORT=$NGINX_PORT
-        ;;
-    proxyd)
-        prepare_proxyd "$d" "$w" || { log "proxyctl: $(tail -n 3 "$d/proxyctl.log")"; return 1; }
-        start_bg "$d/out.log" "$PROXYD" --db "$d/store.db" --foreground
-        TARGET_PORT=$PROXYD_PORT
-        ;;
-    esac
-    TARGET_PID=$LAST_PID
-    if ! wait_http "$TARGET_PORT" "$TARGET_PID"; then
-        note "$name ($w workers): did not start ($(tail -n 1 "$d/out.log" 2>/dev/null))"
-        stop_pid "$TARGET_PID"
-        return 1
-    fi
-}
-
 run_cell() {                    # NAME WORKERS ROUND
     local name=$1 w=$2 round=$3 route out cpu
     log "round $round: $name, $w worker(s)"
-    if ! start_proxy "$name" "$w" "$round"; then
+    if ! start_proxy "$name" "$w" "r$round"; then
         for route in $ROUTES; do echo "$w $name $route $round - - - - - - - - -" >>"$RESULTS"; done
         return 0
     fi
@@ -168,13 +146,6 @@ run_cell() {                    # NAME WORKERS ROUND
     stop_pid "$TARGET_PID"
 }
 
-cell() {                        # WORKERS NAME ROUTE COLUMN
-    awk -v w="$1" -v n="$2" -v r="$3" -v c="$4" '$1 == w && $2 == n && $3 == r && $c != "-" { print $c }' "$RESULTS" |
-        median
-}
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "n/a"; else printf "%.3f", a / b }'; }
-
 table() {
     local w n r
     echo "| workers | route | proxyd req/s | proxyd CPU µs/req | proxyd vs /free/ | nginx req/s | nginx CPU µs/req | nginx vs /free/ | proxyd / nginx CPU |"
@@ -184,7 +155,7 @@ table() {
             local pc nc
             pc=$(cell "$w" proxyd "$r" 10)
             nc=$(cell "$w" nginx "$r" 10)
-            echo "| $w | /$r/ | $(fmt_rps "$(cell "$w" proxyd "$r" 5)") | $pc | $(ratio "$pc" "$(cell "$w" proxyd free 10)") | $(fmt_rps "$(cell "$w" nginx "$r" 5)") | $nc | $(ratio "$nc" "$(cell "$w" nginx free 10)") | $(ratio "$pc" "$nc") |"
+            echo "| $w | /$r/ | $(fmt_rps "$(cell "$w" proxyd "$r" 5)") | $pc | $(ratio "$pc" "$(cell "$w" proxyd free 10)" 3) | $(fmt_rps "$(cell "$w" nginx "$r" 5)") | $nc | $(ratio "$nc" "$(cell "$w" nginx free 10)" 3) | $(ratio "$pc" "$nc" 3) |"
         done
     done
 }
