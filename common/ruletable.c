@@ -92,6 +92,7 @@ const char *rt_enum_name(const char *kind, unsigned v)
     static const char *const logfmt[] = {"json", "combined", "off"};
     static const char *const match[] = {"any", "path_exact", "path_prefix", "path_regex"};
     static const char *const action[] = {"upstream", "return", "redirect", "static", "fastcgi"};
+    _Static_assert(sizeof(action) / sizeof(action[0]) == RT_ACT_MAX, "a name for every rt_action");
     static const char *const rkey[] = {"client_ip", "host", "site", "header:"};
     static const char *const listen[] = {"http", "https", "metrics"};
     static const struct {
@@ -99,8 +100,9 @@ const char *rt_enum_name(const char *kind, unsigned v)
         const char *const *names;
         unsigned n;
     } tab[] = {
-        {"balance", balance, 4}, {"cert", cert, 4},   {"sechdr", sechdr, 3}, {"logfmt", logfmt, 3},
-        {"match", match, 4},     {"action", action, 4}, {"rkey", rkey, 4},   {"listen", listen, 3},
+        {"balance", balance, 4}, {"cert", cert, 4},     {"sechdr", sechdr, 3},
+        {"logfmt", logfmt, 3},   {"match", match, 4},   {"action", action, RT_ACT_MAX},
+        {"rkey", rkey, 4},       {"listen", listen, 3},
     };
     for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++)
         if (strcmp(tab[i].kind, kind) == 0)

@@ -22,7 +22,7 @@ DEMO="curl"
 TEST="clang libclang-rt-14-dev cppcheck libcmocka-dev
       pebble python3-pytest python3-requests python3-jsonschema python3-yaml python3-brotli python3-zstandard zstd
       python3-h2 nghttp2-client chromium
-      testssl.sh sqlite3 openssl bc keepalived iproute2 strace procps"
+      testssl.sh sqlite3 openssl bc keepalived iproute2 strace procps php8.2-fpm"
 # make man, make deb and their tests (tests/integration/test_package.py, test_manpages.py;
 # systemd: the package depends on its systemd-sysusers, though none runs as PID 1 here).
 PACKAGING="scdoc man-db debhelper dpkg-dev lintian bash-completion logrotate systemd"
