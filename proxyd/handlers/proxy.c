@@ -492,6 +492,9 @@ static void attach(request_t *r, upconn_t *u, uint32_t server)
     u->server = server;
     u->keepalive = t->upstreams[t->servers[server].upstream].keepalive;
     upconn_claim(u, health_slot_of(r->table, server));
+    u->fcgi = px->fc != NULL;
+    if (u->fcgi && !u->reused)
+        upconn_wait(u, true); /* until its first answer byte: see pool.h */
     px->up = u;
     px->server = server;
     if (px->fc) { /* a new attempt: the records of an earlier one are gone */
@@ -1271,6 +1274,7 @@ static void up_read(upconn_t *u)
         return;
     }
     u->got_bytes = true;
+    upconn_wait(u, false);
     u->in->end += (uint32_t)n;
     ctx_of(u->req)->upstream_idle = (size_t)n < asked && !(u->ssl && SSL_pending(u->ssl) > 0);
     relay_response(u);

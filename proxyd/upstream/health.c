@@ -103,6 +103,7 @@ static void slot_clear(health_slot_t *s)
     atomic_store(&s->hc_oks, 0);
     atomic_store(&s->hc_last_status, 0);
     atomic_store(&s->hc_last_error, HC_OK);
+    atomic_store(&s->waiting, 0);
 }
 
 /* The slot of key; the master claims one when it is missing.  NULL when the
@@ -244,6 +245,7 @@ typedef struct {
     ev_timer_t timer; /* next check while idle, the check's timeout while busy */
     uint32_t server;
     uint8_t phase; /* enum hc_phase */
+    bool waiting;  /* FastCGI: counted in its slot's waiting until it ends (pool.h) */
     SSL *ssl;
     size_t off;   /* request bytes sent, then response bytes read */
     char buf[1024]; /* the start of the response: its status line (FastCGI: the records of the CGI head) */
@@ -264,6 +266,8 @@ static const rt_upstream_t *upstream_of_probe(const hc_probe_t *p)
 {
     return &hc.table->t.upstreams[hc.table->t.servers[p->server].upstream];
 }
+
+static bool fastcgi(const hc_probe_t *p) { return upstream_of_probe(p)->flags & RT_UF_FASTCGI; }
 
 static uint64_t wall_ms(void)
 {
@@ -309,6 +313,9 @@ static void record(hc_probe_t *p, unsigned err, unsigned status)
 
 static void hc_close(hc_probe_t *p)
 {
+    if (p->waiting)
+        atomic_fetch_sub(&health_slot_of(hc.table, p->server)->waiting, 1);
+    p->waiting = false;
     if (p->io.fd < 0)
         return;
     ev_del(hc.loop, &p->io);
@@ -355,6 +362,10 @@ static void begin(hc_probe_t *p)
         return;
     }
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fastcgi(p)) { /* a check waits for a child like a request: kept connections let theirs go */
+        atomic_fetch_add(&health_slot_of(hc.table, p->server)->waiting, 1);
+        p->waiting = true;
+    }
     if (fd < 0 || (connect(fd, (struct sockaddr *)&ss, sl) < 0 && errno != EINPROGRESS) ||
         ev_add(hc.loop, &p->io, fd, EV_WRITE, hc_io) < 0) {
         if (fd >= 0)
@@ -433,8 +444,6 @@ static int step_handshake(hc_probe_t *p)
     p->phase = HC_SENDING;
     return 0;
 }
-
-static bool fastcgi(const hc_probe_t *p) { return upstream_of_probe(p)->flags & RT_UF_FASTCGI; }
 
 /* A FastCGI check runs the script at path under the root of the first
  * fastcgi route of the upstream (php-fpm's ping.path needs none). */

@@ -62,6 +62,7 @@ typedef struct health_slot {
     _Atomic uint32_t hc_oks;         /* consecutive good checks */
     _Atomic uint32_t hc_last_status; /* HTTP status of the last check; 0 = no response */
     _Atomic uint32_t hc_last_error;  /* enum hc_error */
+    _Atomic uint32_t waiting;        /* FastCGI: new connections (requests and checks) without an answer byte yet */
     uint64_t seen;                   /* master only: epoch of the last table that used it */
 } __attribute__((aligned(128))) health_slot_t;
 

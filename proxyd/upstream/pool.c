@@ -34,6 +34,12 @@ static void up_timer(ev_loop_t *loop, ev_timer_t *t);
 
 const char *upool_name(const upool_t *p) { return p->key; }
 
+/* A FastCGI server has a new connection waiting for a child (upconn_wait). */
+static bool fcgi_wanted(const upconn_t *u)
+{
+    return u->fcgi && u->slot && atomic_load_explicit(&u->slot->waiting, memory_order_relaxed) > 0;
+}
+
 static void pool_unref(upool_t *p)
 {
     if (p == NULL || --p->refs > 0)
@@ -62,7 +68,7 @@ void upool_put(upconn_t *u)
 {
     upool_t *p = u->pool;
     upconn_unclaim(u);
-    if (W->draining || p->nidle >= u->keepalive) {
+    if (W->draining || p->nidle >= u->keepalive || fcgi_wanted(u)) {
         upconn_close(u);
         return;
     }
@@ -75,7 +81,9 @@ void upool_put(upconn_t *u)
     u->state = US_IDLE;
     u->head_done = u->got_bytes = u->read_paused = false;
     ev_set(W->loop, &u->io, EV_READ); /* an idle upstream speaking means it is closing */
-    ev_timer_start(W->loop, &u->timer, W->table->t.global->keepalive_timeout_ms, up_timer);
+    u->idle_since = ev_now(W->loop);
+    ev_timer_start(W->loop, &u->timer, u->fcgi ? FCGI_IDLE_CHECK_MS : W->table->t.global->keepalive_timeout_ms,
+                   up_timer);
     u->next = p->idle;
     p->idle = u;
     p->nidle++;
@@ -112,7 +120,20 @@ void upconn_unclaim(upconn_t *u)
     if (u->counted)
         health_end(u->slot);
     u->counted = false;
+    upconn_wait(u, false);
 }
+
+void upconn_wait(upconn_t *u, bool on)
+{
+    if (on == u->waiting || u->slot == NULL)
+        return;
+    u->waiting = on;
+    if (on)
+        atomic_fetch_add(&u->slot->waiting, 1);
+    else
+        atomic_fetch_sub(&u->slot->waiting, 1);
+}
+
 
 void upconn_close(upconn_t *u)
 {
@@ -303,7 +324,11 @@ static void up_io(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
 static void up_timer(ev_loop_t *loop, ev_timer_t *t)
 {
     upconn_t *u = (upconn_t *)((char *)t - offsetof(upconn_t, timer));
-    (void)loop;
+    uint64_t keep = W->table->t.global->keepalive_timeout_ms, idle = ev_now(loop) - u->idle_since;
+    if (u->state == US_IDLE && u->fcgi && !fcgi_wanted(u) && idle < keep) {
+        ev_timer_start(loop, &u->timer, keep - idle < FCGI_IDLE_CHECK_MS ? keep - idle : FCGI_IDLE_CHECK_MS, up_timer);
+        return; /* kept: no new connection to its server is waiting */
+    }
     if (u->state == US_IDLE || u->req == NULL || u->on_timeout == NULL) {
         upconn_close(u);
         return;

@@ -38,6 +38,9 @@ struct upconn {
     uint32_t keepalive;         /* pool limit of its upstream; 0: do not pool */
     health_slot_t *slot;        /* the server's shared state, while counted */
     bool counted;               /* counted in the server's requests in flight */
+    bool fcgi;                  /* speaks FastCGI: see upconn_wait */
+    bool waiting;               /* counted in its slot's waiting (upconn_wait) */
+    uint64_t idle_since;        /* pooled: when it went idle (ms) */
     uint8_t tries;              /* attempts of this request so far, this one included */
     uint64_t tried;             /* pool positions (bit pos % 64) this request tried */
     uint64_t sent;              /* bytes of this request written to the server */
@@ -61,6 +64,15 @@ upconn_t *upconn_connect(tref_t *tr, uint32_t server, upool_t *p, const char **w
 /* Count u against its server's requests in flight until upconn_unclaim. */
 void upconn_claim(upconn_t *u, health_slot_t *slot);
 void upconn_unclaim(upconn_t *u);
+/* FastCGI servers (php-fpm) give each connection a child of their own and
+ * keep it while the connection is kept (FCGI_KEEP_CONN), so a new connection
+ * waits in the server's backlog as long as every child sits on a connection
+ * idling in a pool.  A new FastCGI connection counts in its server's shared
+ * `waiting` (upconn_wait(u, true)) until its first answer byte; while any
+ * does, no worker keeps an idle FastCGI connection to that server: one being
+ * put back is closed, and pooled ones close within FCGI_IDLE_CHECK_MS. */
+#define FCGI_IDLE_CHECK_MS 50
+void upconn_wait(upconn_t *u, bool on);
 void upconn_close(upconn_t *u);
 /* Free connections closed during this batch of events. */
 void upconn_free_deferred(void);

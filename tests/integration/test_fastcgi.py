@@ -245,14 +245,14 @@ routes:
 
 
 def single_pool(proxyd_factory, fpm_factory, tmp_path, name, keepalive=4, extra="", route_extra="",
-                site_extra=""):
-    """php-fpm (3 children) and a proxyd of one worker whose site `name` sends every path to it."""
+                site_extra="", workers=1):
+    """php-fpm (3 children) and a proxyd (one worker) whose site `name` sends every path to it."""
     www = tmp_path / "www"
     write_www(www)
     f = fpm_factory(name, children=3, extra=extra)
     site = one_route_site(name, HOST, f'{{address: "{f.address}"}}', www, upstream_extra=f", keepalive: {keepalive}",
                           route_extra=route_extra)
-    return proxyd_factory(sites=[site + site_extra], workers=1), f
+    return proxyd_factory(sites=[site + site_extra], workers=workers), f
 
 
 class Garbage(AcceptLoop):
@@ -747,23 +747,22 @@ def test_more_concurrent_requests_than_children_without_keepalive(proxyd_factory
     assert [s for s, _ in got] == [200] * 6 and max(t for _, t in got) < 2.8, got
 
 
-@pytest.mark.xfail(strict=True, reason="keep-alive starves php-fpm's backlog: a child that answered keeps its "
-                   "connection (FCGI_KEEP_CONN) and blocks on it while the connection idles in proxyd's pool "
-                   "(which has no idle timeout), so a request whose new connection waits in php-fpm's listen "
-                   "backlog is never accepted: with more concurrent requests than pm.max_children the excess "
-                   "gets 504 at the read timeout (60s by default) instead of waiting ~1 s for a child")
-def test_more_concurrent_requests_than_children_with_keepalive(proxyd_factory, fpm_factory, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_more_concurrent_requests_than_children_with_keepalive(proxyd_factory, fpm_factory, tmp_path, workers):
+    """A child that answered keeps its connection (FCGI_KEEP_CONN) and blocks on it while the connection
+    idles in a pool; a request on a new connection waits in php-fpm's backlog meanwhile.  While one does, no
+    worker keeps an idle connection to that server, so the burst waits ~1 s for a child, not the read timeout
+    (with 2 workers the kept connections are in the other worker's pool too)."""
     p, f = single_pool(proxyd_factory, fpm_factory, tmp_path, "b4", keepalive=4,
-                       route_extra="    timeouts: {read: 3s}\n")
+                       route_extra="    timeouts: {read: 3s}\n", workers=workers)
+    assert [s for s, _ in burst(p, 6, "/hello.php")] == [200] * 6   # connections kept in the pools
     got = burst(p, 6, "/slow/sleep.php?s=1")
     assert [s for s, _ in got] == [200] * 6 and max(t for _, t in got) < 2.8, got
 
 
-@pytest.mark.xfail(strict=True, reason="the same starvation reaches the health checks: with every php-fpm child "
-                   "parked on a connection idling in a worker's pool, the check's new connection waits in the "
-                   "backlog, times out, and the server is marked down: requests then get 503 from a healthy, idle "
-                   "php-fpm (Debian's pool has pm.max_children = 5; proxyd runs a worker per CPU, keepalive 8 each)")
 def test_health_check_of_a_pool_whose_children_are_kept(proxyd_factory, fpm_factory, tmp_path):
+    """The check's new connection waits for a child like a request's: kept connections let theirs go, so a
+    pool whose children all sit on connections idling in proxyd's pool stays up."""
     www = tmp_path / "www"
     write_www(www)
     f = fpm_factory("hk", children=2)
