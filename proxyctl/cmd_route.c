@@ -97,7 +97,7 @@ static int parse_url(const char *url, request_t *rq)
     return 0;
 }
 
-static int parse_args(int argc, char **argv, request_t *rq)
+static int parse_args(int argc, char **argv, request_t *rq, char *why, size_t whylen)
 {
     const char *url = NULL;
     rq->method = "GET";
@@ -118,16 +118,24 @@ static int parse_args(int argc, char **argv, request_t *rq)
             } else if (strncasecmp(h, "accept-encoding:", 16) == 0) {
                 coding_accept_parse(&rq->accept, h + 16, strlen(h + 16));
             } else if (strchr(h, ':') == NULL) {
+                snprintf(why, whylen, "header '%s' has no ':' (write -H 'Name: value')", h);
                 return -1;
             }
         } else if (url == NULL && argv[i][0] != '-') {
             url = argv[i];
         } else {
+            snprintf(why, whylen, argv[i][0] == '-' ? "option '%s' needs a value" : "unexpected argument '%s'", argv[i]);
             return -1;
         }
     }
-    if (url == NULL || parse_url(url, rq) < 0 || rq->host == NULL)
+    if (url == NULL) {
+        snprintf(why, whylen, "missing URL");
         return -1;
+    }
+    if (parse_url(url, rq) < 0 || rq->host == NULL) {
+        snprintf(why, whylen, "'%s' is not a URL (http[s]://HOST/PATH, or /PATH with -H 'Host: NAME')", url);
+        return -1;
+    }
     return 0;
 }
 
@@ -295,8 +303,9 @@ static void explain(const rt_table_t *t, uint32_t site, const route_result_t *re
 int cmd_route_test(cli_t *cli, int argc, char **argv)
 {
     request_t rq = {0};
-    if (parse_args(argc, argv, &rq) < 0)
-        return cli_usage(find_command("route-test"));
+    char why[256];
+    if (parse_args(argc, argv, &rq, why, sizeof(why)) < 0)
+        return cli_usage(find_command("route-test"), "%s", why);
     store_t st;
     if (cli_open_store(cli, &st, STORE_RDONLY) < 0)
         return EXIT_RUNTIME;
@@ -304,7 +313,6 @@ int cmd_route_test(cli_t *cli, int argc, char **argv)
     size_t len = 0;
     int64_t gen = 0;
     rt_table_t t;
-    char why[256];
     int rc = EXIT_RUNTIME;
     if (store_active(&st, &gen, &blob, &len) < 0 || blob == NULL) {
         fprintf(stderr, "proxyctl: %s\n", blob ? st.err : "the store has no active generation");
