@@ -182,26 +182,6 @@ static int parse_global_opt(int *argc, char **argv, const char **global)
     return 0;
 }
 
-static int make_parent_dir(const char *path)
-{
-    char dir[4096];
-    snprintf(dir, sizeof(dir), "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash == NULL || slash == dir)
-        return 0;
-    *slash = '\0';
-    for (char *p = dir + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        mkdir(dir, 0700);
-        *p = '/';
-    }
-    if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-        return -1;
-    return 0;
-}
-
 int cmd_init(cli_t *cli, int argc, char **argv)
 {
     const char *global = NULL;
@@ -211,7 +191,7 @@ int cmd_init(cli_t *cli, int argc, char **argv)
     char *gtext = NULL;
     if (global && read_source(global, &gtext) < 0)
         return EXIT_INVALID;
-    if (make_parent_dir(cli->db) < 0) {
+    if (mkdir_parents(cli->db, 0700, NULL, 0) < 0) {
         fprintf(stderr, "proxyctl: cannot create the directory of %s: %s\n", cli->db, strerror(errno));
         free(gtext);
         return EXIT_RUNTIME;
