@@ -17,6 +17,13 @@
 #include <unistd.h>
 
 #include <systemd/sd-journal.h>
+/* sd-journal.h brings syslog.h, whose LOG_ERR, LOG_INFO and LOG_DEBUG macros
+ * (3, 6, 7) would stand for log.h's levels below: log_max_level = LOG_INFO
+ * made it 6, and every log_debug line (compared with log.h's LOG_DEBUG, 3)
+ * was written without --debug. */
+#undef LOG_ERR
+#undef LOG_INFO
+#undef LOG_DEBUG
 
 #include "util.h"
 
