@@ -298,8 +298,18 @@ int cmd_dump(cli_t *cli, int argc, char **argv)
         fprintf(stderr, "proxyctl: generation %lld: %s\n", (long long)gen, why);
         rc = EXIT_RUNTIME;
     } else {
-        printf("# generation %lld, %zu bytes\n", (long long)gen, len);
-        dump_table(&t, stdout);
+        if (cli->json) {
+            json_t *j = json_pack("{s:I,s:I}", "generation", (json_int_t)gen, "bytes", (json_int_t)len);
+            json_t *table = dump_json_table(&t);
+            json_object_update(j, table);
+            json_decref(table);
+            json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+            putchar('\n');
+            json_decref(j);
+        } else {
+            printf("# generation %lld, %zu bytes\n", (long long)gen, len);
+            dump_table(&t, stdout);
+        }
         rc = EXIT_OK;
     }
     free(blob);

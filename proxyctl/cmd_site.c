@@ -120,8 +120,12 @@ static int commit_change(cli_t *cli, store_t *st, site_list_t *sites, const char
                    sites->n, sites->n == 1 ? "" : "s", size);
         return EXIT_OK;
     }
+    /* An unchanged table is still an event (the sources may differ in comments),
+     * with no generation: it made none active. */
+    char same[96];
+    snprintf(same, sizeof(same), "no change: generation %lld is already active", (long long)gen);
     if (rc == EXIT_OK && (store_put_sites(st, sites, gyaml, gsource) < 0 ||
-                          store_event(st, cli->cmdline, unchanged ? "no change" : what, gen) < 0))
+                          store_event(st, cli->cmdline, unchanged ? same : what, unchanged ? 0 : gen) < 0))
         rc = EXIT_RUNTIME;
     if (rc == EXIT_OK && store_commit(st) < 0)
         rc = EXIT_RUNTIME;
@@ -132,7 +136,7 @@ static int commit_change(cli_t *cli, store_t *st, site_list_t *sites, const char
         return rc;
     }
     if (unchanged) {
-        printf("no change: generation %lld is already active\n", (long long)gen);
+        printf("%s\n", same);
         return EXIT_OK;
     }
     printf("%s; generation %lld active (%zu site%s, %zu bytes)\n", what, (long long)gen, sites->n,
@@ -297,8 +301,10 @@ int cmd_validate(cli_t *cli, int argc, char **argv)
         check_sites(g, sites, k, &d);
     print_diag(&d);
     int rc = d.errors ? EXIT_INVALID : EXIT_OK;
-    if (rc == EXIT_OK)
-        printf("%zu file%s valid\n", n + (global != NULL), n + (global != NULL) == 1 ? "" : "s");
+    if (rc == EXIT_OK && n == 0)
+        printf("global settings valid\n");
+    else if (rc == EXIT_OK)
+        printf("%zu file%s valid\n", n, n == 1 ? "" : "s");
     for (size_t i = 0; i < n; i++)
         free(texts[i]);
     free(texts);

@@ -139,3 +139,41 @@ def test_empty_list_sites_says_so(proxyctl, store):
 def test_status_when_not_running(proxyctl, store):
     rc, out, err = proxyctl("status")
     assert rc == 3 and "proxyd is not running" in err
+
+
+def test_status_summary_of_a_running_proxyd(tmp_path):
+    """status without --json: generation, workers, connections, upstream health,
+    certificates due within 30 days, HA role; --json is proxyd's /status as it is."""
+    import sqlite3
+    import time
+    from proxyd_fixtures import Proxyd, free_port, proxy_site, wait_for
+    from conftest import sql
+    dead = f"127.0.0.1:{free_port()}"
+    p = Proxyd(tmp_path, sites=[proxy_site("shop", dead, hosts=["shop.test"], upstream_extra="health_check: {path: /h, interval: 1s}"),
+                                 "site: tls\nhosts: [tls.test]\ntls: {certificate: self-signed}\n"
+                                 "routes:\n  - match: {path_prefix: /}\n    return: {status: 204}\n"])
+    try:
+        p.start()
+        soon = int(time.time()) + 10 * 86400
+        con = sqlite3.connect(str(p.db))
+        with con:
+            con.execute("UPDATE certificates SET not_after = ? WHERE site = 'tls'", (soon,))
+        con.close()
+        assert wait_for(lambda: any(s["state"] == "down" for u in p.status()["upstreams"] for s in u["servers"]), 5)
+        rc, out, err = p.proxyctl("status")
+        assert (rc, err) == (0, ""), err
+        lines = out.splitlines()
+        assert re.fullmatch(rf"proxyd:      pid {p.pid}, up 0d00h0\dm, 0 reloads", lines[0]), out
+        gen = sql(p.db, "SELECT id FROM generations WHERE active = 1")[0][0]
+        assert lines[1] == f"generation:  {gen} (2 sites)"
+        assert lines[2] == "workers:     2 of 2 alive"
+        assert re.fullmatch(r"connections: \d+ open, \d+ requests served", lines[3])
+        assert lines[4] == "upstreams:   0 of 1 server up"
+        assert lines[5].startswith(f"  down: site shop, upstream app, server {dead} (health check: ")
+        assert lines[6] == "certificates due within 30 days:"
+        assert re.fullmatch(r"  tls: expires \d{4}-\d\d-\d\d \((9|10) days left\)", lines[7]), out
+        assert lines[8] == "ha:          not in a pair (no ha block in proxy.yaml)"
+        rc, out, err = p.proxyctl("status", "--json")
+        assert rc == 0 and json.loads(out)["generation"] == gen
+    finally:
+        p.stop()
