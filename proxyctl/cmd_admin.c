@@ -139,36 +139,44 @@ static const char *jstr(const json_t *o, const char *k)
 /* Workers alive, and connections and requests, from /status. */
 static void summary_workers(const json_t *j)
 {
-    size_t i, alive = 0;
-    json_t *w;
-    json_array_foreach(json_object_get(j, "workers"), i, w) alive += json_is_true(json_object_get(w, "alive"));
-    printf("workers:     %zu of %zu alive\n", alive, json_array_size(json_object_get(j, "workers")));
+    const json_t *ws = json_object_get(j, "workers");
+    size_t alive = 0;
+    for (size_t i = 0; i < json_array_size(ws); i++)
+        alive += json_is_true(json_object_get(json_array_get(ws, i), "alive"));
+    printf("workers:     %zu of %zu alive\n", alive, json_array_size(ws));
     printf("connections: %llu open, %llu requests served\n", (unsigned long long)jnum(j, "connections"),
            (unsigned long long)jnum(j, "requests"));
+}
+
+/* One line for a server that is not up. */
+static void summary_down(const json_t *u, const json_t *sv)
+{
+    if (strcmp(jstr(sv, "state"), "up") == 0)
+        return;
+    const json_t *hc = json_object_get(sv, "check");
+    printf("  down: site %s, upstream %s, server %s", jstr(u, "site"), jstr(u, "upstream"), jstr(sv, "address"));
+    if (hc && *jstr(hc, "last_error"))
+        printf(" (health check: %s)", jstr(hc, "last_error"));
+    else if (json_is_true(json_object_get(sv, "passive_down")))
+        printf(" (failed requests; retried in %llu ms)", (unsigned long long)jnum(sv, "down_for_ms"));
+    putchar('\n');
 }
 
 /* Servers up of all, then one line per server that is down. */
 static void summary_upstreams(const json_t *j)
 {
-    size_t i, k, up = 0, all = 0;
-    json_t *u, *sv;
-    json_array_foreach(json_object_get(j, "upstreams"), i, u) json_array_foreach(json_object_get(u, "servers"), k, sv)
-    {
-        all++;
-        up += strcmp(jstr(sv, "state"), "up") == 0;
+    const json_t *ups = json_object_get(j, "upstreams");
+    size_t up = 0, all = 0;
+    for (size_t i = 0; i < json_array_size(ups); i++) {
+        const json_t *svs = json_object_get(json_array_get(ups, i), "servers");
+        for (size_t k = 0; k < json_array_size(svs); k++, all++)
+            up += strcmp(jstr(json_array_get(svs, k), "state"), "up") == 0;
     }
     printf("upstreams:   %zu of %zu server%s up\n", up, all, all == 1 ? "" : "s");
-    json_array_foreach(json_object_get(j, "upstreams"), i, u) json_array_foreach(json_object_get(u, "servers"), k, sv)
-    {
-        if (strcmp(jstr(sv, "state"), "up") == 0)
-            continue;
-        json_t *hc = json_object_get(sv, "check");
-        printf("  down: site %s, upstream %s, server %s", jstr(u, "site"), jstr(u, "upstream"), jstr(sv, "address"));
-        if (hc && *jstr(hc, "last_error"))
-            printf(" (health check: %s)", jstr(hc, "last_error"));
-        else if (json_is_true(json_object_get(sv, "passive_down")))
-            printf(" (failed requests; retried in %llu ms)", (unsigned long long)jnum(sv, "down_for_ms"));
-        putchar('\n');
+    for (size_t i = 0; i < json_array_size(ups); i++) {
+        const json_t *u = json_array_get(ups, i), *svs = json_object_get(u, "servers");
+        for (size_t k = 0; k < json_array_size(svs); k++)
+            summary_down(u, json_array_get(svs, k));
     }
 }
 

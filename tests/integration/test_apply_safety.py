@@ -4,21 +4,15 @@ per site, --dry-run stores nothing, removing more than half of the sites needs
 the automatic keep of 50, validate names a proxy.yaml given as a site."""
 import pytest
 
-from conftest import sql, write  # noqa: F401
+from conftest import site_yaml, sql, write  # noqa: F401
 
-SITE = """\
-site: {name}
-hosts: [{name}.test]
-upstreams:
-  app: {{servers: [{{address: "127.0.0.1:{port}"}}]}}
-routes:
-  - match: {{path_prefix: /}}
-    upstream: app
-"""
+
+def site_text(name, port=9):
+    return site_yaml(name, [f"{name}.test"]).replace("127.0.0.1:3000", f"127.0.0.1:{port}")
 
 
 def site(d, name, port=9, extra=""):
-    return write(d, f"{name}.yaml", SITE.format(name=name, port=port) + extra)
+    return write(d, f"{name}.yaml", site_text(name, port) + extra, dedent=False)
 
 
 def gens(db):
@@ -36,7 +30,7 @@ def test_apply_prints_per_site_changes(proxyctl, store, tmp_path):
     site(d, "b", port=10)
     site(d, "c", extra="compression: {gzip: true, types: [text/html]}\n")
     site(d, "d")
-    write(d, "a.yaml", "# a comment\n" + SITE.format(name="a", port=9))
+    write(d, "a.yaml", "# a comment\n" + site_text("a"), dedent=False)
     rc, out, err = proxyctl("apply", d)
     assert rc == 0, err
     lines = out.splitlines()
@@ -102,7 +96,7 @@ def test_unchanged_table_makes_no_generation(proxyctl, store, tmp_path):
     assert gens(store) == before
     # only a trailing comment changed (the table records route lines, so not a leading
     # one): the same table; the stored source is the new one
-    write(d, "a.yaml", SITE.format(name="a", port=9) + "# owner: web team\n")
+    write(d, "a.yaml", site_text("a") + "# owner: web team\n", dedent=False)
     rc, out, err = proxyctl("apply", d)
     assert rc == 0 and out.endswith("no change: generation 2 is already active\n")
     assert gens(store) == before

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run, write  # noqa: F401
+from conftest import ROOT, run, site_yaml, write  # noqa: F401
 
 COMMANDS = ["init", "validate", "add-site", "remove-site", "list-sites", "show-site", "apply", "generations",
             "rollback", "dump", "route-test", "renew-cert", "certs", "reload", "status", "cache", "health", "ha"]
@@ -109,19 +109,8 @@ def test_usage_error_says_what_is_wrong(proxyctl, args, message):
     assert usage.startswith("usage: proxyctl "), err
 
 
-SITE = """\
-site: {name}
-hosts: [{name}.test]
-upstreams:
-  app: {{servers: [{{address: "127.0.0.1:9"}}]}}
-routes:
-  - match: {{path_prefix: /}}
-    upstream: app
-"""
-
-
 def test_unknown_site_suggests(proxyctl, store, tmp_path):
-    assert proxyctl("add-site", write(tmp_path, "shop.yaml", SITE.format(name="shop")))[0] == 0
+    assert proxyctl("add-site", write(tmp_path, "shop.yaml", site_yaml("shop", ["shop.test"])))[0] == 0
     assert proxyctl("show-site", "shpo") == (1, "", "proxyctl: no site named 'shpo' (did you mean 'shop'?)\n")
     assert proxyctl("remove-site", "sohp") == (1, "", "proxyctl: no site named 'sohp' (did you mean 'shop'?)\n")
     assert proxyctl("show-site", "unrelated") == (1, "", "proxyctl: no site named 'unrelated'\n")

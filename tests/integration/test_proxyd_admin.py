@@ -182,10 +182,12 @@ upstreams:
 
     rc, out, err = env.proxyctl("reload")
     assert rc == 0, err
-    rc, out, err = env.proxyctl("status")
+    rc, out, err = env.proxyctl("status", "--json")
     assert rc == 0, err
     j = json.loads(out)
     assert j["generation"] == gen and len(j["workers"]) == 2
+    rc, out, err = env.proxyctl("status")
+    assert rc == 0 and f"generation:  {gen} (2 sites)\n" in out and "workers:     2 of 2 alive\n" in out, out
     rc, out, err = env.proxyctl("health")
     assert rc == 0, (out, err)
 
