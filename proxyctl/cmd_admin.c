@@ -344,8 +344,29 @@ static void query_value(str_buf_t *b, const char *s)
     }
 }
 
+/* A site name the store does not have: say so, with a suggestion, before
+ * asking proxyd (EXIT_INVALID); 0 when it has it or cannot be read. */
+static int unknown_site(cli_t *cli, const char *site)
+{
+    store_t st;
+    if (store_open(&st, cli->db, STORE_RDONLY) < 0) {
+        store_close(&st);
+        return 0;
+    }
+    sqlite3_stmt *q = store_prepare(&st, "SELECT 1 FROM sites WHERE name = ?");
+    int rc = 0;
+    if (q && sqlite3_bind_text(q, 1, site, -1, SQLITE_STATIC) == SQLITE_OK && sqlite3_step(q) == SQLITE_DONE)
+        rc = cli_no_site(&st, site);
+    sqlite3_finalize(q);
+    store_close(&st);
+    return rc;
+}
+
 static int cache_purge_cmd(cli_t *cli, const char *site, const char *prefix)
 {
+    int bad = unknown_site(cli, site);
+    if (bad)
+        return bad;
     str_buf_t t = {0};
     STR_APPEND_LIT(&t, "/cache/purge?site=");
     query_value(&t, site);

@@ -116,6 +116,8 @@ def test_unknown_site_suggests(proxyctl, store, tmp_path):
     assert proxyctl("show-site", "unrelated") == (1, "", "proxyctl: no site named 'unrelated'\n")
     rc, out, err = proxyctl("renew-cert", "shp")
     assert rc == 1 and err == "proxyctl: no site named 'shp' (did you mean 'shop'?)\n"
+    # before asking proxyd (none runs here: that would be exit 3)
+    assert proxyctl("cache", "purge", "hsop") == (1, "", "proxyctl: no site named 'hsop' (did you mean 'shop'?)\n")
 
 
 def test_empty_list_sites_says_so(proxyctl, store):

@@ -134,6 +134,38 @@ def test_sigusr1_reopens_every_log(proxyd_factory, origin_factory):
     assert p.proc.poll() is None and len(p.worker_pids()) == 2
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: workers run as nobody")
+def test_sigusr1_reopen_for_workers_that_cannot_open_the_files(proxyd_factory, origin_factory):
+    """Workers run as nobody and cannot reach the log directory (root's, 0750): the
+    master opens the files again and hands them over; the workers write to them."""
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    o = origin_factory()
+    p = proxyd_factory(global_settings={"user": "nobody", "logs": {"access": "logs/access.log", "error": "logs/error.log"}},
+                       sites=[proxy_site("j", o.address, default=True)], workers=2, start=False)
+    p.access_log, p.error_log = str(p.dir / "logs" / "access.log"), str(p.dir / "logs" / "error.log")
+    p.start()
+    logs = p.dir / "logs"
+    st = os.stat(logs)
+    assert (st.st_uid, st.st_mode & 0o777) == (0, 0o750)
+    for w in p.worker_pids():
+        assert wait_for(lambda: int(Path(f"/proc/{w}/status").read_text().split("Uid:")[1].split()[0]) == nobody.pw_uid, 3)
+    r = subprocess.run(["runuser", "-u", "nobody", "--", "sh", "-c", f"echo x >> {p.access_log}"], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode != 0 and "Permission denied" in r.stderr, r
+    assert http(p.port, target="/before", host="j.test").status == 200
+    assert wait_for(lambda: p.access_log_lines(), 3)
+    os.rename(p.access_log, p.access_log + ".1")
+    os.kill(p.pid, signal.SIGUSR1)
+    assert wait_for(lambda: all(p.access_log in open_files(w) and p.access_log + ".1" not in open_files(w)
+                                for w in p.worker_pids()), 5), p.diagnostics()
+    for i in range(4):
+        assert http(p.port, target=f"/after{i}", host="j.test").status == 200
+    assert wait_for(lambda: len(p.access_log_lines()) >= 4, 3), p.diagnostics()
+    assert [json.loads(l)["uri"] for l in p.access_log_lines()] == [f"/after{i}" for i in range(4)]
+    assert "cannot hand over" not in p.error_log_text()
+
+
 def test_no_debug_lines_without_debug(proxyd_factory, origin_factory):
     """log.h's levels, not syslog.h's macros of the same names: without --debug no
     debug line is written (each connection's close reason was, in every file)."""
