@@ -168,3 +168,42 @@ def test_status_summary_of_a_running_proxyd(tmp_path):
         assert rc == 0 and json.loads(out)["generation"] == gen
     finally:
         p.stop()
+
+
+def test_dump_json(proxyctl, store, tmp_path):
+    site = site_yaml("shop", ["shop.test", "*.shop.test"], body=(
+        "upstreams:\n"
+        "  app:\n"
+        "    balance: least_conn\n"
+        "    servers: [{address: \"127.0.0.1:3001\", weight: 5}, {address: \"127.0.0.1:3002\", backup: true}]\n"
+        "routes:\n"
+        "  - match: {path_prefix: /api/, methods: [GET, POST]}\n"
+        "    upstream: app\n"
+        "    strip_prefix: true\n"
+        "    max_body: 1m\n"
+        "    allow: [10.0.0.0/8]\n"
+        "    headers: {response: {remove: [Server]}}\n"
+        "  - match: {path_exact: /old}\n"
+        "    redirect: {to: \"https://shop.test/new\", status: 301}\n"))
+    assert proxyctl("add-site", write(tmp_path, "shop.yaml", site))[0] == 0
+    rc, out, err = proxyctl("dump", "--json")
+    assert (rc, err) == (0, "")
+    d = json.loads(out)
+    assert d["generation"] == 2 and d["bytes"] > 0
+    assert d["global"]["admin_socket"] == "admin.sock" and d["global"]["workers"] == "auto"
+    (s,) = d["sites"]
+    assert (s["name"], s["hosts"], s["tls"]["certificate"]) == ("shop", ["shop.test", "*.shop.test"], "none")
+    (up,) = s["upstreams"]
+    assert up["balance"] == "least_conn"
+    assert [(x["address"], x["weight"], x["backup"]) for x in up["servers"]] == [
+        ("127.0.0.1:3001", 5, False), ("127.0.0.1:3002", 1, True)]
+    api, old = s["routes"]
+    assert api["match"] == {"path_prefix": "/api/"} and api["methods"] == ["GET", "POST"]
+    assert (api["action"], api["upstream"], api["strip_prefix"]) == ("upstream", "app", True)
+    assert api["policy"]["max_body"] == 1 << 20 and api["policy"]["allow"] == ["10.0.0.0/8"]
+    assert api["headers"] == [{"direction": "response", "op": "remove", "name": "Server"}]
+    assert old["redirect"] == {"status": 301, "to": "https://shop.test/new"}
+    # an older generation by number; the text form still the default
+    rc, out, err = proxyctl("dump", "--json", "1")
+    assert rc == 0 and json.loads(out)["generation"] == 1 and json.loads(out)["sites"] == []
+    assert proxyctl("dump")[1].startswith("# generation 2, ")
