@@ -6,7 +6,9 @@
 
 CC      ?= cc
 PKGS    := yaml-0.1 sqlite3 libssl libcrypto libsystemd libpcre2-8 libseccomp
-CSTD    := -std=c11 -D_GNU_SOURCE -Iproxyd
+# The version, from one place: VERSION (the Debian package reads the same file).
+VERSION := $(shell cat VERSION)
+CSTD    := -std=c11 -D_GNU_SOURCE -Iproxyd -DPROXYD_VERSION='"$(VERSION)"'
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS = $(CSTD) $(WARN) $(CPPFLAGS) $(CFLAGS) $(shell pkg-config --cflags $(PKGS))
@@ -212,7 +214,7 @@ format:
 
 lint: $(GEN_SRC)
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
-	    --suppress=missingIncludeSystem -D_GNU_SOURCE -Iproxyd common proxyctl proxyd
+	    --suppress=missingIncludeSystem -D_GNU_SOURCE -DPROXYD_VERSION='"$(VERSION)"' -Iproxyd common proxyctl proxyd
 
 clean:
 	rm -rf bin build

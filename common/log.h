@@ -6,11 +6,22 @@
 #define COMMON_LOG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 enum log_level { LOG_ERR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
-/* path NULL or "" logs to stderr.  Returns 0, or -1 with errno set. */
-int log_open(const char *path);
+/* path NULL or "" logs to stderr.  The file's directories are made as
+ * needed.  Returns 0, or -1 with the reason (naming the path) in why. */
+int log_open(const char *path, char *why, size_t cap);
+/* Open path for appending (O_APPEND, 0640), making its directories: the
+ * descriptor, or -1 with the reason in why. */
+int log_open_file(const char *path, char *why, size_t cap);
+/* SIGUSR1 in the master: open the file again (it was moved by logrotate);
+ * the new descriptor (to hand to the workers), the stderr one when there is
+ * no file, or -1 with why (the old file is kept). */
+int log_reopen(char *why, size_t cap);
+/* A worker: from now on log to fd (the master's reopened file). */
+void log_take_fd(int fd);
 void log_set_ident(const char *ident); /* "master", "worker 2" */
 void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

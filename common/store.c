@@ -278,5 +278,23 @@ int store_add_generation(store_t *s, const uint8_t *blob, size_t len, const char
     if (step_done(s, st, "cannot store generation") < 0)
         return -1;
     *id = sqlite3_last_insert_rowid(s->db);
+    return store_prune_generations(s, STORE_KEEP_GENERATIONS, NULL);
+}
+
+int store_prune_generations(store_t *s, int64_t keep, int64_t *deleted)
+{
+    /* Never the active one, nor the one a bare 'rollback' goes to (the
+     * newest before the active); an HA snapshot carries only the active. */
+    sqlite3_stmt *st = store_prepare(
+        s, "DELETE FROM generations WHERE active = 0 "
+           "AND id NOT IN (SELECT id FROM generations ORDER BY id DESC LIMIT ?) "
+           "AND id <> coalesce((SELECT max(id) FROM generations WHERE id < (SELECT id FROM generations WHERE active = 1)), 0)");
+    if (st == NULL)
+        return -1;
+    sqlite3_bind_int64(st, 1, keep);
+    if (step_done(s, st, "cannot delete old generations") < 0)
+        return -1;
+    if (deleted)
+        *deleted = sqlite3_changes(s->db);
     return 0;
 }

@@ -14,6 +14,8 @@
 
 #define STORE_VERSION 2
 #define STORE_BUSY_MS 10000
+/* Every new generation deletes all but the newest this many. */
+#define STORE_KEEP_GENERATIONS 50
 
 enum { STORE_RDONLY = 1, STORE_CREATE = 2 };
 
@@ -41,9 +43,13 @@ int store_set_setting(store_t *s, const char *key, const char *value);
 int store_active(store_t *s, int64_t *id, uint8_t **blob, size_t *len);
 /* Fetch generation id's blob (as store_active). */
 int store_generation_blob(store_t *s, int64_t id, uint8_t **blob, size_t *len);
-/* Insert a generation and make it the only active one; *id receives its id. */
+/* Insert a generation and make it the only active one; *id receives its id.
+ * Older generations beyond STORE_KEEP_GENERATIONS are deleted. */
 int store_add_generation(store_t *s, const uint8_t *blob, size_t len, const char *comment,
                          const char *global_yaml, int64_t *id);
+/* Delete all but the newest keep generations, never the active one nor the
+ * newest before it (rollback's default); *deleted (if given) the count. */
+int store_prune_generations(store_t *s, int64_t keep, int64_t *deleted);
 /* Hex SHA-256 of p[0..n) into hex[65]. */
 void store_digest_hex(const void *p, size_t n, char hex[65]);
 

@@ -501,3 +501,30 @@ int fd_take_over(const char *name)
     fcntl(fd, F_SETFD, FD_CLOEXEC);
     return fd;
 }
+
+int mkdir_parents(const char *path, unsigned mode, char *failed, size_t cap)
+{
+    char dir[4096];
+    if (snprintf(dir, sizeof(dir), "%s", path) >= (int)sizeof(dir)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL || slash == dir)
+        return 0;
+    *slash = '\0';
+    for (char *p = dir + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char c = *p;
+        *p = '\0';
+        if (mkdir(dir, (mode_t)mode) < 0 && errno != EEXIST) {
+            if (failed)
+                snprintf(failed, cap, "%s", dir);
+            return -1;
+        }
+        *p = c;
+        if (c == '\0')
+            return 0;
+    }
+}

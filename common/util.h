@@ -89,6 +89,9 @@ size_t fmt_ip(char *out, int family, const uint8_t *addr);
  * of file (the store): both nodes of a pair share settings, not directories.
  * malloc'ed; "" and absolute paths are returned as they are. */
 char *path_beside(const char *file, const char *rel);
+/* mkdir -p of the directory holding path (each one made with mode): 0, or
+ * -1 with errno and the directory that failed in failed[cap] (if given). */
+int mkdir_parents(const char *path, unsigned mode, char *failed, size_t cap);
 
 /* A descriptor handed to the program this process executes next (a binary
  * upgrade): its number in the environment variable name, close-on-exec

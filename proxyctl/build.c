@@ -188,8 +188,47 @@ static int record_sources(store_t *st, int64_t gen, const site_list_t *sites)
     return 0;
 }
 
+/* The active generation's id when its table is byte-identical to blob
+ * (digests equal), else 0. */
+static int64_t active_with_digest(store_t *st, const uint8_t *blob, size_t len)
+{
+    char hex[65];
+    store_digest_hex(blob, len, hex);
+    sqlite3_stmt *q = store_prepare(st, "SELECT id FROM generations WHERE active = 1 AND digest = ?");
+    int64_t id = 0;
+    if (q && sqlite3_bind_text(q, 1, hex, -1, SQLITE_STATIC) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
+        id = sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    return id;
+}
+
+/* The table is the active one's: keep that generation, with these sources
+ * (they may differ in comments or layout) so that rollback restores them. */
+static int keep_generation(store_t *st, int64_t gen, const site_list_t *sites, const char *gyaml)
+{
+    sqlite3_stmt *q = store_prepare(st, "DELETE FROM generation_sites WHERE generation = ?");
+    if (q == NULL)
+        return -1;
+    sqlite3_bind_int64(q, 1, gen);
+    int rc = sqlite3_step(q) == SQLITE_DONE ? 0 : -1;
+    sqlite3_finalize(q);
+    q = rc == 0 ? store_prepare(st, "UPDATE generations SET global_yaml = ? WHERE id = ?") : NULL;
+    if (q) {
+        sqlite3_bind_text(q, 1, gyaml ? gyaml : "", -1, SQLITE_STATIC);
+        sqlite3_bind_int64(q, 2, gen);
+        rc = sqlite3_step(q) == SQLITE_DONE ? 0 : -1;
+        sqlite3_finalize(q);
+    }
+    if (rc < 0 || q == NULL) {
+        snprintf(st->err, sizeof(st->err), "store %s: cannot update generation %lld: %s", st->path, (long long)gen,
+                 sqlite3_errmsg(st->db));
+        return -1;
+    }
+    return record_sources(st, gen, sites);
+}
+
 static int compile_and_store(store_t *st, cfg_global_t *g, cfg_site_t **parsed, site_list_t *sites,
-                             const char *comment, const char *gyaml, int64_t *gen, size_t *table_size)
+                             const char *comment, const char *gyaml, int64_t *gen, size_t *table_size, bool *unchanged)
 {
     uint8_t *blob = NULL;
     size_t len = 0;
@@ -211,10 +250,15 @@ static int compile_and_store(store_t *st, cfg_global_t *g, cfg_site_t **parsed, 
         if (certs_ensure(st, parsed[i]) < 0)
             goto out;
     }
+    *table_size = len;
+    if (unchanged && (*gen = active_with_digest(st, blob, len)) != 0) {
+        *unchanged = true;
+        rc = keep_generation(st, *gen, sites, gyaml) < 0 ? EXIT_RUNTIME : EXIT_OK;
+        goto out;
+    }
     if (store_add_generation(st, blob, len, comment, gyaml, gen) < 0 || record_sources(st, *gen, sites) < 0 ||
         certs_prune(st, *gen) < 0)
         goto out;
-    *table_size = len;
     rc = EXIT_OK;
 out:
     free(blob);
@@ -222,7 +266,7 @@ out:
 }
 
 int build_generation(store_t *st, const char *gyaml, const char *gsource, site_list_t *sites, const char *comment,
-                     diag_t *d, int64_t *gen, size_t *table_size)
+                     diag_t *d, int64_t *gen, size_t *table_size, bool *unchanged)
 {
     arena_t a;
     arena_init(&a, 1 << 16);
@@ -248,7 +292,9 @@ int build_generation(store_t *st, const char *gyaml, const char *gsource, site_l
         rc = EXIT_RUNTIME;
         goto out;
     }
-    rc = compile_and_store(st, g, parsed, sites, comment, gyaml, gen, table_size);
+    if (unchanged)
+        *unchanged = false;
+    rc = compile_and_store(st, g, parsed, sites, comment, gyaml, gen, table_size, unchanged);
     if (rc == EXIT_OK)
         cli_store_private(st->path);
 out:
@@ -325,4 +371,29 @@ void cli_json_str(FILE *out, const char *s)
     STR_APPEND_LIT(&b, "\"");
     fwrite(b.p, 1, b.len, out);
     str_buf_free(&b);
+}
+
+int site_list_unknown(const site_list_t *l, const char *name)
+{
+    const char **names = calloc(l->n + 1, sizeof(*names));
+    if (names == NULL)
+        abort();
+    for (size_t i = 0; i < l->n; i++)
+        names[i] = l->v[i].name;
+    const char *s = diag_suggest(name, names, l->n);
+    if (s)
+        fprintf(stderr, "proxyctl: no site named '%s' (did you mean '%s'?)\n", name, s);
+    else
+        fprintf(stderr, "proxyctl: no site named '%s'%s\n", name, l->n ? "" : " (the store has no sites)");
+    free(names);
+    return EXIT_INVALID;
+}
+
+int cli_no_site(store_t *st, const char *name)
+{
+    site_list_t l = {0};
+    cli_load_sites(st, &l);
+    site_list_unknown(&l, name);
+    site_list_free(&l);
+    return EXIT_INVALID;
 }

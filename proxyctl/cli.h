@@ -25,7 +25,10 @@ typedef struct {
     const char *name;
     int (*run)(cli_t *cli, int argc, char **argv);
     const char *usage;
-    const char *help;
+    const char *help;    /* one line */
+    const char *opts;    /* "--global= --json": every option it takes, '=' when it has a value */
+    const char *details; /* the options explained, and what else --help says */
+    const char *example; /* lines of examples */
 } command_t;
 
 /* A site source as stored: name, YAML text, file it came from. */
@@ -43,7 +46,15 @@ void site_list_free(site_list_t *l);
 /* Remove by name; returns 1 if one was removed. */
 int site_list_remove(site_list_t *l, const char *name);
 
-int cli_usage(const command_t *cmd);
+/* "proxyctl: CMD: <what is wrong>", then the usage line; returns EXIT_USAGE. */
+int cli_usage(const command_t *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Between min and max arguments besides the command (--json not counted):
+ * 0, else the usage error naming what is missing or the first one too many. */
+int cli_arity(const command_t *cmd, int argc, char **argv, int min, int max, const char *missing);
+/* "no site named 'shp' (did you mean 'shop'?)" against l's names, or the
+ * stored ones; both return EXIT_INVALID. */
+int site_list_unknown(const site_list_t *l, const char *name);
+int cli_no_site(store_t *st, const char *name);
 int cli_open_store(cli_t *cli, store_t *st, int flags);
 /* Load the stored sites (in name order) and global settings. */
 int cli_load_sites(store_t *st, site_list_t *out);
@@ -51,9 +62,11 @@ int cli_load_global(store_t *st, char **yaml, char **source);
 
 /* Parse, check and compile global+sites; on success store them as the new
  * active generation inside the caller's transaction.  Diagnostics go to d;
- * returns EXIT_OK, EXIT_INVALID or EXIT_RUNTIME. */
+ * returns EXIT_OK, EXIT_INVALID or EXIT_RUNTIME.  With unchanged given, a
+ * table byte-identical to the active one's makes no generation: *gen is
+ * the active one, *unchanged true (its recorded sources become these). */
 int build_generation(store_t *st, const char *gyaml, const char *gsource, site_list_t *sites, const char *comment,
-                     diag_t *d, int64_t *gen, size_t *table_size);
+                     diag_t *d, int64_t *gen, size_t *table_size, bool *unchanged);
 /* Replace the sites table and settings with sites/global (in the transaction). */
 int store_put_sites(store_t *st, site_list_t *sites, const char *gyaml, const char *gsource);
 /* Ask a running proxyd to reload; returns 0 when it did or none runs. */

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../common/ruletable.h"
@@ -118,28 +119,159 @@ static int call(cli_t *cli, const char *method, const char *target, int print_bo
 
 int cmd_reload(cli_t *cli, int argc, char **argv)
 {
-    (void)argv;
-    if (argc != 1)
-        return cli_usage(find_command("reload"));
+    int bad = cli_arity(find_command("reload"), argc, argv, 0, 0, "");
+    if (bad)
+        return bad;
     int rc = call(cli, "POST", "/reload", 0);
     if (rc == EXIT_OK)
         printf("proxyd reloaded\n");
     return rc;
 }
 
+static uint64_t jnum(const json_t *o, const char *k) { return (uint64_t)json_integer_value(json_object_get(o, k)); }
+
+static const char *jstr(const json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
+/* Workers alive, and connections and requests, from /status. */
+static void summary_workers(const json_t *j)
+{
+    const json_t *ws = json_object_get(j, "workers");
+    size_t alive = 0;
+    for (size_t i = 0; i < json_array_size(ws); i++)
+        alive += json_is_true(json_object_get(json_array_get(ws, i), "alive"));
+    printf("workers:     %zu of %zu alive\n", alive, json_array_size(ws));
+    printf("connections: %llu open, %llu requests served\n", (unsigned long long)jnum(j, "connections"),
+           (unsigned long long)jnum(j, "requests"));
+}
+
+/* One line for a server that is not up. */
+static void summary_down(const json_t *u, const json_t *sv)
+{
+    if (strcmp(jstr(sv, "state"), "up") == 0)
+        return;
+    const json_t *hc = json_object_get(sv, "check");
+    printf("  down: site %s, upstream %s, server %s", jstr(u, "site"), jstr(u, "upstream"), jstr(sv, "address"));
+    if (hc && *jstr(hc, "last_error"))
+        printf(" (health check: %s)", jstr(hc, "last_error"));
+    else if (json_is_true(json_object_get(sv, "passive_down")))
+        printf(" (failed requests; retried in %llu ms)", (unsigned long long)jnum(sv, "down_for_ms"));
+    putchar('\n');
+}
+
+/* Servers up of all, then one line per server that is down. */
+static void summary_upstreams(const json_t *j)
+{
+    const json_t *ups = json_object_get(j, "upstreams");
+    size_t up = 0, all = 0;
+    for (size_t i = 0; i < json_array_size(ups); i++) {
+        const json_t *svs = json_object_get(json_array_get(ups, i), "servers");
+        for (size_t k = 0; k < json_array_size(svs); k++, all++)
+            up += strcmp(jstr(json_array_get(svs, k), "state"), "up") == 0;
+    }
+    printf("upstreams:   %zu of %zu server%s up\n", up, all, all == 1 ? "" : "s");
+    for (size_t i = 0; i < json_array_size(ups); i++) {
+        const json_t *u = json_array_get(ups, i), *svs = json_object_get(u, "servers");
+        for (size_t k = 0; k < json_array_size(svs); k++)
+            summary_down(u, json_array_get(svs, k));
+    }
+}
+
+/* Certificates whose not_after is within 30 days, from the store. */
+static void summary_certs(cli_t *cli)
+{
+    store_t st;
+    if (store_open(&st, cli->db, STORE_RDONLY) < 0) {
+        printf("certificates: cannot read the store: %s\n", st.err);
+        return;
+    }
+    int64_t now = (int64_t)time(NULL);
+    sqlite3_stmt *q = store_prepare(&st, "SELECT site, not_after FROM certificates WHERE not_after < ? ORDER BY not_after");
+    int n = 0;
+    if (q) {
+        sqlite3_bind_int64(q, 1, now + 30 * 86400);
+        while (sqlite3_step(q) == SQLITE_ROW) {
+            int64_t na = sqlite3_column_int64(q, 1);
+            char when[32];
+            time_t t = (time_t)na;
+            strftime(when, sizeof(when), "%Y-%m-%d", gmtime(&t));
+            if (n++ == 0)
+                printf("certificates due within 30 days:\n");
+            printf("  %s: expires %s (%s%lld days%s)\n", (const char *)sqlite3_column_text(q, 0), when,
+                   na < now ? "expired " : "", (long long)((na > now ? na - now : now - na) / 86400),
+                   na < now ? " ago" : " left");
+        }
+        sqlite3_finalize(q);
+    }
+    if (n == 0)
+        printf("certificates: none due within 30 days\n");
+    store_close(&st);
+}
+
+static void summary_ha(const json_t *j)
+{
+    json_t *ha = json_object_get(j, "ha");
+    if (ha == NULL) {
+        printf("ha:          not in a pair (no ha block in proxy.yaml)\n");
+        return;
+    }
+    json_t *peer = json_object_get(ha, "peer");
+    printf("ha:          node %s, role %s; peer %s %s", jstr(ha, "node"), *jstr(ha, "role") ? jstr(ha, "role") : "unknown",
+           *jstr(peer, "node") ? jstr(peer, "node") : "(not reached)", jstr(peer, "address"));
+    if (*jstr(peer, "role"))
+        printf(" (%s)", jstr(peer, "role"));
+    putchar('\n');
+    if (*jstr(ha, "last_error"))
+        printf("  replication: %s\n", jstr(ha, "last_error"));
+}
+
+/* status without --json: the same facts, one line each. */
+static int status_summary(cli_t *cli)
+{
+    char *body = NULL;
+    int rc = call_into(cli, "GET", "/status", 0, &body);
+    if (rc != EXIT_OK)
+        return rc;
+    json_error_t je;
+    json_t *j = json_loads(body, 0, &je);
+    free(body);
+    if (!json_is_object(j)) {
+        fprintf(stderr, "proxyctl: proxyd's /status is not JSON: %s\n", je.text);
+        json_decref(j);
+        return EXIT_RUNTIME;
+    }
+    uint64_t up = jnum(j, "uptime_s");
+    printf("proxyd:      pid %llu, up %llud%02lluh%02llum, %llu reload%s\n", (unsigned long long)jnum(j, "pid"),
+           (unsigned long long)(up / 86400), (unsigned long long)(up / 3600 % 24), (unsigned long long)(up / 60 % 60),
+           (unsigned long long)jnum(j, "reloads"), jnum(j, "reloads") == 1 ? "" : "s");
+    printf("generation:  %llu (%llu site%s)\n", (unsigned long long)jnum(j, "generation"),
+           (unsigned long long)jnum(j, "sites"), jnum(j, "sites") == 1 ? "" : "s");
+    if (*jstr(j, "last_reload_error"))
+        printf("  last reload refused: %s\n", jstr(j, "last_reload_error"));
+    summary_workers(j);
+    summary_upstreams(j);
+    summary_certs(cli);
+    summary_ha(j);
+    json_decref(j);
+    return EXIT_OK;
+}
+
 int cmd_status(cli_t *cli, int argc, char **argv)
 {
-    (void)argv;
-    if (argc > 2 || (argc == 2 && !cli->json))
-        return cli_usage(find_command("status"));
-    return call(cli, "GET", "/status", 1);
+    int bad = cli_arity(find_command("status"), argc, argv, 0, 0, "");
+    if (bad)
+        return bad;
+    return cli->json ? call(cli, "GET", "/status", 1) : status_summary(cli);
 }
 
 int cmd_health(cli_t *cli, int argc, char **argv)
 {
-    (void)argv;
-    if (argc != 1)
-        return cli_usage(find_command("health"));
+    int bad = cli_arity(find_command("health"), argc, argv, 0, 0, "");
+    if (bad)
+        return bad;
     return call(cli, "GET", "/health", 0);
 }
 
@@ -162,8 +294,6 @@ static void print_size(uint64_t n)
         snprintf(buf, sizeof(buf), "%.1f%c", v, units[u]);
     printf("%-10s", buf);
 }
-
-static uint64_t jnum(const json_t *o, const char *k) { return (uint64_t)json_integer_value(json_object_get(o, k)); }
 
 static int cache_stats(cli_t *cli)
 {
@@ -214,8 +344,29 @@ static void query_value(str_buf_t *b, const char *s)
     }
 }
 
+/* A site name the store does not have: say so, with a suggestion, before
+ * asking proxyd (EXIT_INVALID); 0 when it has it or cannot be read. */
+static int unknown_site(cli_t *cli, const char *site)
+{
+    store_t st;
+    if (store_open(&st, cli->db, STORE_RDONLY) < 0) {
+        store_close(&st);
+        return 0;
+    }
+    sqlite3_stmt *q = store_prepare(&st, "SELECT 1 FROM sites WHERE name = ?");
+    int rc = 0;
+    if (q && sqlite3_bind_text(q, 1, site, -1, SQLITE_STATIC) == SQLITE_OK && sqlite3_step(q) == SQLITE_DONE)
+        rc = cli_no_site(&st, site);
+    sqlite3_finalize(q);
+    store_close(&st);
+    return rc;
+}
+
 static int cache_purge_cmd(cli_t *cli, const char *site, const char *prefix)
 {
+    int bad = unknown_site(cli, site);
+    if (bad)
+        return bad;
     str_buf_t t = {0};
     STR_APPEND_LIT(&t, "/cache/purge?site=");
     query_value(&t, site);
@@ -252,9 +403,19 @@ int cmd_cache(cli_t *cli, int argc, char **argv)
     for (int i = 1; i < argc && k < 4; i++)
         if (strcmp(argv[i], "--json") != 0)
             args[k++] = argv[i];
-    if (k >= 1 && strcmp(args[0], "stats") == 0 && n == 2)
-        return cache_stats(cli);
-    if (k >= 2 && strcmp(args[0], "purge") == 0 && (n == 3 || n == 4))
+    if (k == 0)
+        return cli_usage(find_command("cache"), "missing SUBCOMMAND (stats or purge)");
+    if (strcmp(args[0], "stats") == 0)
+        return n == 2 ? cache_stats(cli) : cli_usage(find_command("cache stats"), "unexpected argument '%s'", args[1]);
+    if (strcmp(args[0], "purge") == 0) {
+        if (n < 3)
+            return cli_usage(find_command("cache purge"), "missing SITE");
+        if (n > 4)
+            return cli_usage(find_command("cache purge"), "unexpected argument '%s'", args[3]);
         return cache_purge_cmd(cli, args[1], n == 4 ? args[2] : NULL);
-    return cli_usage(find_command("cache"));
+    }
+    static const char *const subs[] = {"stats", "purge"};
+    const char *s = diag_suggest(args[0], subs, 2);
+    return s ? cli_usage(find_command("cache"), "unknown subcommand '%s' (did you mean '%s'?)", args[0], s)
+             : cli_usage(find_command("cache"), "unknown subcommand '%s'", args[0]);
 }

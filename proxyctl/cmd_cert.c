@@ -201,7 +201,7 @@ static int rebuild(cli_t *cli, store_t *st, const char *what, int64_t *gen)
     size_t size = 0;
     int rc = EXIT_RUNTIME;
     if (cli_load_sites(st, &sites) == 0 && cli_load_global(st, &gyaml, &gsource) == 0)
-        rc = build_generation(st, gyaml, gsource, &sites, cli->cmdline, &d, gen, &size);
+        rc = build_generation(st, gyaml, gsource, &sites, cli->cmdline, &d, gen, &size, NULL);
     diag_print(&d, stderr);
     if (rc == EXIT_OK && (store_event(st, cli->cmdline, what, *gen) < 0 || store_commit(st) < 0))
         rc = EXIT_RUNTIME;
@@ -351,10 +351,8 @@ static int select_sites(const model_t *m, const renew_opts_t *o, const cfg_site_
     *n = 0;
     for (int i = 0; i < o->nnames; i++) {
         const cfg_site_t *s = find_site(m, o->names[i]);
-        if (s == NULL) {
-            fprintf(stderr, "proxyctl: renew-cert: no site named '%s'\n", o->names[i]);
-            return EXIT_INVALID;
-        }
+        if (s == NULL)
+            return site_list_unknown(&m->src, o->names[i]);
         if (s->cert_mode != RT_CERT_ACME && s->cert_mode != RT_CERT_SELF_SIGNED) {
             fprintf(stderr, "proxyctl: renew-cert %s: the site's certificate is %s (tls.certificate); only acme and "
                             "self-signed certificates are renewed\n",
@@ -427,7 +425,7 @@ int cmd_renew_cert(cli_t *cli, int argc, char **argv)
     int rc = parse_opts(argc, argv, &o);
     if (rc < 0) {
         free(o.names);
-        return cli_usage(find_command("renew-cert"));
+        return cli_usage(find_command("renew-cert"), "give SITE names, --all or --due (exactly one of them)");
     }
     if (cli_open_store(cli, &st, o.dry_run ? STORE_RDONLY : 0) < 0) {
         free(o.names);
@@ -530,9 +528,9 @@ static void print_cert(const cli_t *cli, const cert_row_t *r, bool first, int64_
 
 int cmd_certs(cli_t *cli, int argc, char **argv)
 {
-    (void)argv;
-    if (argc > 2 || (argc == 2 && !cli->json))
-        return cli_usage(find_command("certs"));
+    int bad = cli_arity(find_command("certs"), argc, argv, 0, 0, "");
+    if (bad)
+        return bad;
     store_t st;
     if (cli_open_store(cli, &st, STORE_RDONLY) < 0)
         return EXIT_RUNTIME;

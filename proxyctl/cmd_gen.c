@@ -17,11 +17,57 @@
 
 static void iso_time(time_t t, char out[32]) { strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t)); }
 
+/* generations prune --keep N */
+static int generations_prune(cli_t *cli, int argc, char **argv)
+{
+    const command_t *self = find_command("generations prune");
+    long long keep = 0;
+    char *end = NULL;
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--keep") == 0 && i + 1 < argc) {
+            keep = strtoll(argv[++i], &end, 10);
+            if (*argv[i] == '\0' || *end != '\0' || keep < 1)
+                return cli_usage(self, "--keep needs a number of generations, at least 1, not '%s'", argv[i]);
+        } else {
+            return cli_usage(self, "unexpected argument '%s'", argv[i]);
+        }
+    }
+    if (keep == 0)
+        return cli_usage(self, "missing --keep N");
+    store_t st;
+    if (cli_open_store(cli, &st, 0) < 0)
+        return EXIT_RUNTIME;
+    int64_t deleted = 0, left = 0;
+    char what[96];
+    snprintf(what, sizeof(what), "generations pruned to the newest %lld", keep);
+    sqlite3_stmt *q = NULL;
+    int rc = EXIT_RUNTIME;
+    if (store_begin(&st) < 0 || store_prune_generations(&st, keep, &deleted) < 0 ||
+        store_event(&st, cli->cmdline, what, 0) < 0 || (q = store_prepare(&st, "SELECT count(*) FROM generations")) == NULL ||
+        sqlite3_step(q) != SQLITE_ROW)
+        goto out;
+    left = sqlite3_column_int64(q, 0);
+    if (store_commit(&st) < 0)
+        goto out;
+    printf("deleted %lld generation%s; %lld left\n", (long long)deleted, deleted == 1 ? "" : "s", (long long)left);
+    rc = EXIT_OK;
+out:
+    if (rc != EXIT_OK) {
+        fprintf(stderr, "proxyctl: %s\n", st.err);
+        store_rollback(&st);
+    }
+    sqlite3_finalize(q);
+    store_close(&st);
+    return rc;
+}
+
 int cmd_generations(cli_t *cli, int argc, char **argv)
 {
-    (void)argv;
-    if (argc > 2 || (argc == 2 && !cli->json))
-        return cli_usage(find_command("generations"));
+    if (argc >= 2 && strcmp(argv[1], "prune") == 0)
+        return generations_prune(cli, argc, argv);
+    int bad = cli_arity(find_command("generations"), argc, argv, 0, 0, "");
+    if (bad)
+        return bad;
     store_t st;
     if (cli_open_store(cli, &st, STORE_RDONLY) < 0)
         return EXIT_RUNTIME;
@@ -183,8 +229,11 @@ static int record_rollback(store_t *st, int64_t gen, const uint8_t *blob, size_t
 int cmd_rollback(cli_t *cli, int argc, char **argv)
 {
     int64_t gen = 0, newgen = 0;
-    if (argc > 2 || (argc == 2 && parse_gen(argv[1], &gen) < 0))
-        return cli_usage(find_command("rollback"));
+    int bad = cli_arity(find_command("rollback"), argc, argv, 0, 1, "");
+    if (bad)
+        return bad;
+    if (argc == 2 && parse_gen(argv[1], &gen) < 0)
+        return cli_usage(find_command("rollback"), "GEN must be a generation number, not '%s'", argv[1]);
     store_t st;
     if (cli_open_store(cli, &st, 0) < 0)
         return EXIT_RUNTIME;
@@ -226,8 +275,12 @@ out:
 int cmd_dump(cli_t *cli, int argc, char **argv)
 {
     int64_t gen = 0;
-    if (argc > 2 || (argc == 2 && parse_gen(argv[1], &gen) < 0))
-        return cli_usage(find_command("dump"));
+    int bad = cli_arity(find_command("dump"), argc, argv, 0, 1, "");
+    if (bad)
+        return bad;
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--json") != 0 && parse_gen(argv[i], &gen) < 0)
+            return cli_usage(find_command("dump"), "GEN must be a generation number, not '%s'", argv[i]);
     store_t st;
     if (cli_open_store(cli, &st, STORE_RDONLY) < 0)
         return EXIT_RUNTIME;
@@ -245,8 +298,18 @@ int cmd_dump(cli_t *cli, int argc, char **argv)
         fprintf(stderr, "proxyctl: generation %lld: %s\n", (long long)gen, why);
         rc = EXIT_RUNTIME;
     } else {
-        printf("# generation %lld, %zu bytes\n", (long long)gen, len);
-        dump_table(&t, stdout);
+        if (cli->json) {
+            json_t *j = json_pack("{s:I,s:I}", "generation", (json_int_t)gen, "bytes", (json_int_t)len);
+            json_t *table = dump_json_table(&t);
+            json_object_update(j, table);
+            json_decref(table);
+            json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+            putchar('\n');
+            json_decref(j);
+        } else {
+            printf("# generation %lld, %zu bytes\n", (long long)gen, len);
+            dump_table(&t, stdout);
+        }
         rc = EXIT_OK;
     }
     free(blob);

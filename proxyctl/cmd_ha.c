@@ -362,10 +362,11 @@ static int ha_init(cli_t *cli, int argc, char **argv)
         else if (strcmp(argv[i], "--join") == 0 && i + 1 < argc)
             join = argv[++i];
         else
-            return cli_usage(ha_cmd());
+            return cli_usage(find_command("ha init"), "unexpected argument '%s'", argv[i]);
     }
     if ((issue != NULL) != (out != NULL) || (join && issue))
-        return cli_usage(ha_cmd());
+        return cli_usage(find_command("ha init"), "%s",
+                         join && issue ? "--join and --issue exclude each other" : "--issue NODE and --out FILE go together");
     store_t st;
     if (cli_open_store(cli, &st, 0) < 0)
         return EXIT_RUNTIME;
@@ -459,7 +460,7 @@ static int ha_render(cli_t *cli, int argc, char **argv)
         else if (strcmp(argv[i], "--proxyd") == 0 && i + 1 < argc)
             snprintf(proxyd, sizeof(proxyd), "%s", argv[++i]);
         else
-            return cli_usage(ha_cmd());
+            return cli_usage(find_command("ha render"), "unexpected argument '%s'", argv[i]);
     }
     ssize_t n = readlink("/proc/self/exe", proxyctl, sizeof(proxyctl) - 1);
     proxyctl[n > 0 ? n : 0] = '\0';
@@ -563,7 +564,8 @@ static int ha_render(cli_t *cli, int argc, char **argv)
 static int ha_notify(cli_t *cli, int argc, char **argv)
 {
     if (argc != 3)
-        return cli_usage(ha_cmd());
+        return argc < 3 ? cli_usage(find_command("ha notify"), "missing STATE (MASTER, BACKUP, FAULT or STOP)")
+                        : cli_usage(find_command("ha notify"), "unexpected argument '%s'", argv[3]);
     char role[8];
     snprintf(role, sizeof(role), "%s", argv[2]);
     for (char *p = role; *p; p++)
@@ -633,7 +635,7 @@ static int ha_sync(cli_t *cli, int argc, char **argv)
         if (strcmp(argv[i], "--force") == 0)
             force = true;
         else
-            return cli_usage(ha_cmd());
+            return cli_usage(find_command("ha sync"), "unexpected argument '%s'", argv[i]);
     }
     store_t st;
     if (cli_open_store(cli, &st, 0) < 0)
@@ -684,7 +686,7 @@ out:
 int cmd_ha(cli_t *cli, int argc, char **argv)
 {
     if (argc < 2)
-        return cli_usage(ha_cmd());
+        return cli_usage(ha_cmd(), "missing SUBCOMMAND (init, render, notify or sync)");
     if (strcmp(argv[1], "init") == 0)
         return ha_init(cli, argc, argv);
     if (strcmp(argv[1], "render") == 0)
@@ -693,8 +695,11 @@ int cmd_ha(cli_t *cli, int argc, char **argv)
         return ha_notify(cli, argc, argv);
     if (strcmp(argv[1], "sync") == 0)
         return ha_sync(cli, argc, argv);
-    fprintf(stderr, "proxyctl: unknown ha command '%s'\n", argv[1]);
-    return cli_usage(ha_cmd());
+    static const char *const subs[] = {"init", "render", "notify", "sync"};
+    const char *sg = diag_suggest(argv[1], subs, 4);
+    if (sg)
+        return cli_usage(ha_cmd(), "unknown subcommand '%s' (did you mean '%s'?)", argv[1], sg);
+    return cli_usage(ha_cmd(), "unknown subcommand '%s'", argv[1]);
 }
 
 /* In a pair, keepalived last reported a role other than MASTER: this node

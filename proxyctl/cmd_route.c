@@ -97,7 +97,7 @@ static int parse_url(const char *url, request_t *rq)
     return 0;
 }
 
-static int parse_args(int argc, char **argv, request_t *rq)
+static int parse_args(int argc, char **argv, request_t *rq, char *why, size_t whylen)
 {
     const char *url = NULL;
     rq->method = "GET";
@@ -118,16 +118,24 @@ static int parse_args(int argc, char **argv, request_t *rq)
             } else if (strncasecmp(h, "accept-encoding:", 16) == 0) {
                 coding_accept_parse(&rq->accept, h + 16, strlen(h + 16));
             } else if (strchr(h, ':') == NULL) {
+                snprintf(why, whylen, "header '%s' has no ':' (write -H 'Name: value')", h);
                 return -1;
             }
         } else if (url == NULL && argv[i][0] != '-') {
             url = argv[i];
         } else {
+            snprintf(why, whylen, argv[i][0] == '-' ? "option '%s' needs a value" : "unexpected argument '%s'", argv[i]);
             return -1;
         }
     }
-    if (url == NULL || parse_url(url, rq) < 0 || rq->host == NULL)
+    if (url == NULL) {
+        snprintf(why, whylen, "missing URL");
         return -1;
+    }
+    if (parse_url(url, rq) < 0 || rq->host == NULL) {
+        snprintf(why, whylen, "'%s' is not a URL (http[s]://HOST/PATH, or /PATH with -H 'Host: NAME')", url);
+        return -1;
+    }
     return 0;
 }
 
@@ -169,7 +177,7 @@ static void fastcgi_show(const rt_table_t *t, const rt_route_t *r, const request
 }
 
 /* "upstream_path": the path the upstream sees, when the route rewrites it. */
-static void json_upstream_path(const rt_table_t *t, const rt_route_t *r, const request_t *rq)
+static void json_upstream_path(const rt_table_t *t, const rt_route_t *r, const request_t *rq, json_t *o)
 {
     if (r->match != RT_MATCH_PREFIX || !(r->flags & (RT_RF_STRIP_PREFIX | RT_RF_REWRITE_PREFIX)))
         return;
@@ -178,35 +186,55 @@ static void json_upstream_path(const rt_table_t *t, const rt_route_t *r, const r
     route_upstream_path(t, r, rq->path, rq->pathlen, &head, &hn, &rest, &rn);
     char up[4096];
     snprintf(up, sizeof(up), "%.*s%.*s", (int)hn, head, (int)rn, rest);
-    printf(",\"upstream_path\":");
-    cli_json_str(stdout, up);
+    json_object_set_new(o, "upstream_path", json_string(up));
 }
 
+/* A JSON string of s that jansson accepts (bytes beyond ASCII of a
+ * command-line argument need not be UTF-8). */
+static json_t *json_arg(const char *s, size_t n)
+{
+    json_t *v = json_stringn(s, n);
+    return v ? v : json_string("(not UTF-8)");
+}
+
+/* Everything the text form says, as one object: the site, the route with
+ * its match, action, policies and header operations, the upstream pool,
+ * the rewrite, redirect_http and compression. */
 static void json_route(const rt_table_t *t, uint32_t site, const route_result_t *res, const request_t *rq,
                        const regex_ctx_t *rx)
 {
     const rt_site_t *s = &t->sites[site];
-    printf("{\"site\":");
-    cli_json_str(stdout, rt_cstr(t, s->name));
-    printf(",\"source\":");
-    cli_json_str(stdout, rt_cstr(t, s->source));
-    printf(",\"status\":%d", res->status ? res->status : 200);
+    json_t *o = json_object();
+    json_object_set_new(o, "site", dump_json_str(t, s->name));
+    json_object_set_new(o, "source", dump_json_str(t, s->source));
+    json_object_set_new(o, "status", json_integer(res->status ? res->status : 200));
+    json_object_set_new(o, "request", json_pack("{s:o,s:s,s:o,s:o}", "method", json_arg(rq->method, strlen(rq->method)),
+                                                "scheme", rq->scheme, "host", json_arg(rq->host, rq->hostlen), "path",
+                                                json_arg(rq->path, rq->pathlen)));
     if (res->failed != RT_NONE) {
         PCRE2_UCHAR msg[128];
         pcre2_get_error_message(rx->error, msg, sizeof(msg));
-        printf(",\"regex_failed\":{\"route\":%u,\"line\":%u,\"error\":", res->failed - s->routes.first + 1,
-               t->routes[res->failed].line);
-        cli_json_str(stdout, (const char *)msg);
-        printf("}");
+        json_object_set_new(o, "regex_failed", json_pack("{s:I,s:I,s:s}", "route", (json_int_t)(res->failed - s->routes.first + 1),
+                                                         "line", (json_int_t)t->routes[res->failed].line, "error", (const char *)msg));
+    }
+    if (res->route == RT_NONE && res->status == 405) {
+        json_t *allow = json_array();
+        for (unsigned i = 0; i < RT_M_COUNT; i++)
+            if (res->allow & (1u << i))
+                json_array_append_new(allow, json_string(rt_method_name(i)));
+        json_object_set_new(o, "allow", allow);
     }
     if (res->route != RT_NONE) {
         const rt_route_t *r = &t->routes[res->route];
-        printf(",\"route\":%u,\"line\":%u,\"action\":\"%s\"", res->route - s->routes.first + 1, r->line,
-               rt_enum_name("action", r->action));
+        json_t *rj = dump_json_route(t, res->route);
+        json_object_update(o, rj);
+        json_decref(rj);
+        if ((s->flags & RT_SF_REDIRECT_HTTP) && strcmp(rq->scheme, "http") == 0 &&
+            strncmp(rq->path, "/.well-known/acme-challenge/", 28) != 0)
+            json_object_set_new(o, "redirect_http", json_true()); /* plain HTTP gets 301 first */
         if (rt_action_upstream(r->action)) {
-            printf(",\"upstream\":");
-            cli_json_str(stdout, rt_cstr(t, t->upstreams[r->upstream].name));
-            json_upstream_path(t, r, rq);
+            json_upstream_path(t, r, rq, o);
+            json_object_set_new(o, "upstream_pool", dump_json_upstream(t, r->upstream));
         }
         if (r->action == RT_ACT_FASTCGI) {
             char file[4096], pi[4096];
@@ -214,15 +242,17 @@ static void json_route(const rt_table_t *t, uint32_t site, const route_result_t 
             size_t in;
             fastcgi_script(t, r, rq, file, sizeof(file), &info, &in);
             snprintf(pi, sizeof(pi), "%.*s", (int)in, info);
-            printf(",\"script_filename\":");
-            cli_json_str(stdout, file);
-            printf(",\"path_info\":");
-            cli_json_str(stdout, pi);
+            json_object_set_new(o, "script_filename", json_arg(file, strlen(file)));
+            json_object_set_new(o, "path_info", json_arg(pi, strlen(pi)));
         }
     }
-    if (s->flags & RT_SF_COMPRESS)
-        printf(",\"encoding\":\"%s\"", coding_name(coding_choose(&rq->accept, coding_site_offered(s))));
-    printf("}\n");
+    if (s->flags & RT_SF_COMPRESS) {
+        json_object_set_new(o, "compression", dump_json_compression(t, s));
+        json_object_set_new(o, "encoding", json_string(coding_name(coding_choose(&rq->accept, coding_site_offered(s)))));
+    }
+    json_dumpf(o, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    putchar('\n');
+    json_decref(o);
 }
 
 /* A regex match that could not be decided, and what proxyd makes of it
@@ -295,8 +325,9 @@ static void explain(const rt_table_t *t, uint32_t site, const route_result_t *re
 int cmd_route_test(cli_t *cli, int argc, char **argv)
 {
     request_t rq = {0};
-    if (parse_args(argc, argv, &rq) < 0)
-        return cli_usage(find_command("route-test"));
+    char why[256];
+    if (parse_args(argc, argv, &rq, why, sizeof(why)) < 0)
+        return cli_usage(find_command("route-test"), "%s", why);
     store_t st;
     if (cli_open_store(cli, &st, STORE_RDONLY) < 0)
         return EXIT_RUNTIME;
@@ -304,7 +335,6 @@ int cmd_route_test(cli_t *cli, int argc, char **argv)
     size_t len = 0;
     int64_t gen = 0;
     rt_table_t t;
-    char why[256];
     int rc = EXIT_RUNTIME;
     if (store_active(&st, &gen, &blob, &len) < 0 || blob == NULL) {
         fprintf(stderr, "proxyctl: %s\n", blob ? st.err : "the store has no active generation");

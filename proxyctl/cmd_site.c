@@ -17,6 +17,7 @@
 #include "../common/str.h"
 #include "cli.h"
 #include "config.h"
+#include "yaml.h"
 
 /* A site or global file.  Only a regular file: a FIFO would block and a
  * device never ends (read_file refuses both at once, EINVAL; a directory
@@ -49,6 +50,35 @@ static int read_source(const char *path, char **text)
     return -1;
 }
 
+/* A proxy.yaml passed where a site file goes: named so, or a mapping
+ * without 'site' whose keys are global settings'. */
+static bool looks_global(const char *path, const char *text)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    if (strcmp(base, "proxy.yaml") == 0 || strcmp(base, "proxy.yml") == 0)
+        return true;
+    static const char *const global_only[] = {"listen", "workers", "user", "admin", "trusted_proxies", "acme",
+                                              "cache_zones", "rate_limit_zones", "limits", "ha", "logs", "resolver"};
+    arena_t a;
+    arena_init(&a, 0);
+    diag_t quiet = {0};
+    ynode_t *root = yaml_load(&a, path, text, strlen(text), &quiet);
+    bool global = false;
+    if (root && root->kind == YN_MAP && yaml_get(root, "site") == NULL)
+        for (size_t i = 0; i < sizeof(global_only) / sizeof(global_only[0]) && !global; i++)
+            global = yaml_get(root, global_only[i]) != NULL;
+    diag_free(&quiet);
+    arena_free(&a);
+    return global;
+}
+
+static void global_hint(const char *cmd, const char *path)
+{
+    fprintf(stderr, "%s: error: this is the global settings file (proxy.yaml), not a site: use 'proxyctl %s --global %s'\n",
+            path, cmd, path);
+}
+
 /* The site name a YAML text declares (NULL if it does not parse). */
 static char *site_name_of(const char *file, const char *text, diag_t *d)
 {
@@ -68,17 +98,34 @@ static void print_diag(diag_t *d)
                 d->warnings == 1 ? "" : "s");
 }
 
-/* Transaction: sites (already changed in memory) -> store -> generation. */
+/* Transaction: sites (already changed in memory) -> store -> generation.
+ * A table identical to the active one makes no generation; a dry run
+ * builds and checks everything, then rolls back. */
 static int commit_change(cli_t *cli, store_t *st, site_list_t *sites, const char *gyaml, const char *gsource,
-                         const char *what)
+                         const char *what, bool dry_run)
 {
     diag_t d = {0};
     int64_t gen = 0;
     size_t size = 0;
-    int rc = build_generation(st, gyaml, gsource, sites, cli->cmdline, &d, &gen, &size);
+    bool unchanged = false;
+    int rc = build_generation(st, gyaml, gsource, sites, cli->cmdline, &d, &gen, &size, &unchanged);
     print_diag(&d);
     diag_free(&d);
-    if (rc == EXIT_OK && (store_put_sites(st, sites, gyaml, gsource) < 0 || store_event(st, cli->cmdline, what, gen) < 0))
+    if (rc == EXIT_OK && dry_run) {
+        store_rollback(st);
+        if (unchanged)
+            printf("dry run: no change: generation %lld is already active\n", (long long)gen);
+        else
+            printf("dry run: valid; a new generation would be made (%zu site%s, %zu bytes); nothing stored\n",
+                   sites->n, sites->n == 1 ? "" : "s", size);
+        return EXIT_OK;
+    }
+    /* An unchanged table is still an event (the sources may differ in comments),
+     * with no generation: it made none active. */
+    char same[96];
+    snprintf(same, sizeof(same), "no change: generation %lld is already active", (long long)gen);
+    if (rc == EXIT_OK && (store_put_sites(st, sites, gyaml, gsource) < 0 ||
+                          store_event(st, cli->cmdline, unchanged ? same : what, unchanged ? 0 : gen) < 0))
         rc = EXIT_RUNTIME;
     if (rc == EXIT_OK && store_commit(st) < 0)
         rc = EXIT_RUNTIME;
@@ -87,6 +134,10 @@ static int commit_change(cli_t *cli, store_t *st, site_list_t *sites, const char
             fprintf(stderr, "proxyctl: %s\n", st->err);
         store_rollback(st);
         return rc;
+    }
+    if (unchanged) {
+        printf("%s\n", same);
+        return EXIT_OK;
     }
     printf("%s; generation %lld active (%zu site%s, %zu bytes)\n", what, (long long)gen, sites->n,
            sites->n == 1 ? "" : "s", size);
@@ -135,35 +186,16 @@ static int parse_global_opt(int *argc, char **argv, const char **global)
     return 0;
 }
 
-static int make_parent_dir(const char *path)
-{
-    char dir[4096];
-    snprintf(dir, sizeof(dir), "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash == NULL || slash == dir)
-        return 0;
-    *slash = '\0';
-    for (char *p = dir + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        mkdir(dir, 0700);
-        *p = '/';
-    }
-    if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-        return -1;
-    return 0;
-}
-
 int cmd_init(cli_t *cli, int argc, char **argv)
 {
     const char *global = NULL;
     if (parse_global_opt(&argc, argv, &global) < 0 || argc != 1)
-        return cli_usage(find_command("init"));
+        return argc == 1 ? cli_usage(find_command("init"), "option '--global' needs a value")
+                         : cli_usage(find_command("init"), "unexpected argument '%s'", argv[1]);
     char *gtext = NULL;
     if (global && read_source(global, &gtext) < 0)
         return EXIT_INVALID;
-    if (make_parent_dir(cli->db) < 0) {
+    if (mkdir_parents(cli->db, 0700, NULL, 0) < 0) {
         fprintf(stderr, "proxyctl: cannot create the directory of %s: %s\n", cli->db, strerror(errno));
         free(gtext);
         return EXIT_RUNTIME;
@@ -199,7 +231,7 @@ int cmd_init(cli_t *cli, int argc, char **argv)
         const char *gy = gtext ? gtext : gyaml, *gs = gtext ? global : gsource;
         char what[256];
         snprintf(what, sizeof(what), "store initialised%s", gtext ? " with global settings" : "");
-        rc = commit_change(cli, &st, &sites, gy, gs, what);
+        rc = commit_change(cli, &st, &sites, gy, gs, what, false);
     }
     if (rc == EXIT_OK)
         cli_store_private(cli->db); /* also a store an older proxyctl gave to proxyd's user */
@@ -213,8 +245,10 @@ int cmd_init(cli_t *cli, int argc, char **argv)
 int cmd_validate(cli_t *cli, int argc, char **argv)
 {
     const char *global = NULL;
-    if (parse_global_opt(&argc, argv, &global) < 0 || argc < 2)
-        return cli_usage(find_command("validate"));
+    if (parse_global_opt(&argc, argv, &global) < 0)
+        return cli_usage(find_command("validate"), "option '--global' needs a value");
+    if (argc < 2 && global == NULL)
+        return cli_usage(find_command("validate"), "missing FILE");
     char *gtext = NULL;
     if (global && read_source(global, &gtext) < 0)
         return EXIT_INVALID;
@@ -238,6 +272,8 @@ int cmd_validate(cli_t *cli, int argc, char **argv)
     for (size_t i = 0; i < n; i++)
         if (read_source(argv[i + 1], &texts[i]) < 0)
             d.errors++;
+        else if (looks_global(argv[i + 1], texts[i]))
+            global_hint("validate", argv[i + 1]), d.errors++;
         else
             names[i] = site_name_of(argv[i + 1], texts[i], &d);
     /* Stored sites come first: a conflict is reported at the file being validated. */
@@ -265,7 +301,9 @@ int cmd_validate(cli_t *cli, int argc, char **argv)
         check_sites(g, sites, k, &d);
     print_diag(&d);
     int rc = d.errors ? EXIT_INVALID : EXIT_OK;
-    if (rc == EXIT_OK)
+    if (rc == EXIT_OK && n == 0)
+        printf("global settings valid\n");
+    else if (rc == EXIT_OK)
         printf("%zu file%s valid\n", n, n == 1 ? "" : "s");
     for (size_t i = 0; i < n; i++)
         free(texts[i]);
@@ -296,7 +334,7 @@ static void yaml_quoted(char *out, size_t cap, const char *s)
 }
 
 /* add-site NAME --host H... --upstream ADDR... [--tls MODE] -> YAML text */
-static char *flag_form_yaml(int argc, char **argv)
+static char *flag_form_yaml(int argc, char **argv, char *why, size_t whylen)
 {
     str_buf_t b = {0};
     char q[1024];
@@ -307,8 +345,14 @@ static char *flag_form_yaml(int argc, char **argv)
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             continue;
-        if (i + 1 >= argc)
+        if (argv[i][0] != '-') {
+            snprintf(why, whylen, "unexpected argument '%s'", argv[i]);
             goto usage;
+        }
+        if (i + 1 >= argc) {
+            snprintf(why, whylen, "option '%s' needs a value", argv[i]);
+            goto usage;
+        }
         if (strcmp(argv[i], "--host") == 0) {
             yaml_quoted(q, sizeof(q), argv[++i]);
             str_printf(&b, "  - %s\n", q);
@@ -316,13 +360,16 @@ static char *flag_form_yaml(int argc, char **argv)
         } else if (strcmp(argv[i], "--tls") == 0) {
             tls = argv[++i];
         } else if (strcmp(argv[i], "--upstream") != 0) {
+            snprintf(why, whylen, "unknown option '%s'", argv[i]);
             goto usage;
         } else {
             i++;
         }
     }
-    if (nhost == 0)
+    if (nhost == 0) {
+        snprintf(why, whylen, "missing --host");
         goto usage;
+    }
     if (tls) {
         yaml_quoted(q, sizeof(q), tls);
         str_printf(&b, "tls:\n  certificate: %s\n", q);
@@ -335,8 +382,10 @@ static char *flag_form_yaml(int argc, char **argv)
         str_printf(&b, "      - address: %s\n", q);
         nup++;
     }
-    if (nup == 0)
+    if (nup == 0) {
+        snprintf(why, whylen, "missing --upstream");
         goto usage;
+    }
     str_printf(&b, "routes:\n  - match: {path_prefix: /}\n    upstream: app\n");
     str_append(&b, "", 1);
     return b.p;
@@ -349,17 +398,17 @@ int cmd_add_site(cli_t *cli, int argc, char **argv)
 {
     const command_t *self = find_command("add-site");
     if (argc < 2)
-        return cli_usage(self);
-    char *text = NULL, source[512];
+        return cli_usage(self, "missing FILE.yaml or NAME");
+    char *text = NULL, source[512], why[256];
     int flag_form = argc > 2 && argv[2][0] == '-';
     if (flag_form) {
-        text = flag_form_yaml(argc, argv);
+        text = flag_form_yaml(argc, argv, why, sizeof(why));
         if (text == NULL)
-            return cli_usage(self);
+            return cli_usage(self, "%s", why);
         snprintf(source, sizeof(source), "add-site:%s", argv[1]);
     } else {
         if (argc != 2)
-            return cli_usage(self);
+            return cli_usage(self, "unexpected argument '%s' (the flag form is NAME --host H --upstream ADDR)", argv[2]);
         if (read_source(argv[1], &text) < 0)
             return EXIT_INVALID;
         snprintf(source, sizeof(source), "%s", argv[1]);
@@ -382,7 +431,7 @@ int cmd_add_site(cli_t *cli, int argc, char **argv)
         site_list_add(&sites, name, text, source);
         char what[300];
         snprintf(what, sizeof(what), "site '%s' %s", name, replaced ? "replaced" : "added");
-        rc = commit_change(cli, &st, &sites, gyaml, gsource, what);
+        rc = commit_change(cli, &st, &sites, gyaml, gsource, what, false);
         end_change(&st, &sites, gyaml, gsource);
     }
     free(name);
@@ -394,8 +443,9 @@ int cmd_add_site(cli_t *cli, int argc, char **argv)
 
 int cmd_remove_site(cli_t *cli, int argc, char **argv)
 {
-    if (argc != 2)
-        return cli_usage(find_command("remove-site"));
+    int bad = cli_arity(find_command("remove-site"), argc, argv, 1, 1, "SITE");
+    if (bad)
+        return bad;
     store_t st;
     site_list_t sites = {0};
     char *gyaml = NULL, *gsource = NULL;
@@ -403,23 +453,23 @@ int cmd_remove_site(cli_t *cli, int argc, char **argv)
     if (rc != EXIT_OK)
         return rc;
     if (!site_list_remove(&sites, argv[1])) {
-        fprintf(stderr, "proxyctl: no site named '%s'\n", argv[1]);
+        cli_no_site(&st, argv[1]);
         store_rollback(&st);
         end_change(&st, &sites, gyaml, gsource);
         return EXIT_INVALID;
     }
     char what[300]; /* its certificate goes with the build (certs_prune) */
     snprintf(what, sizeof(what), "site '%s' removed", argv[1]);
-    rc = commit_change(cli, &st, &sites, gyaml, gsource, what);
+    rc = commit_change(cli, &st, &sites, gyaml, gsource, what, false);
     end_change(&st, &sites, gyaml, gsource);
     return rc;
 }
 
 int cmd_list_sites(cli_t *cli, int argc, char **argv)
 {
-    (void)argv;
-    if (argc > 2 || (argc == 2 && !cli->json))
-        return cli_usage(find_command("list-sites"));
+    int bad = cli_arity(find_command("list-sites"), argc, argv, 0, 0, "");
+    if (bad)
+        return bad;
     store_t st;
     if (cli_open_store(cli, &st, STORE_RDONLY) < 0)
         return EXIT_RUNTIME;
@@ -452,6 +502,8 @@ int cmd_list_sites(cli_t *cli, int argc, char **argv)
     }
     if (cli->json)
         printf("]\n");
+    else if (first) /* stderr: a script reading stdout gets no lines, as for no sites */
+        fprintf(stderr, "no sites in %s (add one with 'proxyctl add-site FILE.yaml' or 'proxyctl apply DIR')\n", cli->db);
     sqlite3_finalize(q);
     store_close(&st);
     return EXIT_OK;
@@ -459,8 +511,9 @@ int cmd_list_sites(cli_t *cli, int argc, char **argv)
 
 int cmd_show_site(cli_t *cli, int argc, char **argv)
 {
-    if (argc != 2)
-        return cli_usage(find_command("show-site"));
+    int bad = cli_arity(find_command("show-site"), argc, argv, 1, 1, "SITE");
+    if (bad)
+        return bad;
     store_t st;
     if (cli_open_store(cli, &st, STORE_RDONLY) < 0)
         return EXIT_RUNTIME;
@@ -472,8 +525,7 @@ int cmd_show_site(cli_t *cli, int argc, char **argv)
             fputs((const char *)sqlite3_column_text(q, 0), stdout);
             rc = EXIT_OK;
         } else {
-            fprintf(stderr, "proxyctl: no site named '%s'\n", argv[1]);
-            rc = EXIT_INVALID;
+            rc = cli_no_site(&st, argv[1]);
         }
         sqlite3_finalize(q);
     }
@@ -583,7 +635,7 @@ static int load_inputs(char **files, size_t n, site_list_t *sites)
             rc = -1;
             continue;
         }
-        char *name = site_name_of(files[i], text, &d);
+        char *name = looks_global(files[i], text) ? (global_hint("apply", files[i]), NULL) : site_name_of(files[i], text, &d);
         if (name)
             site_list_add(sites, name, text, files[i]);
         else
@@ -598,11 +650,87 @@ static int load_inputs(char **files, size_t n, site_list_t *sites)
     return rc;
 }
 
+/* Top-level keys whose values differ between two texts of a site, into
+ * out ("routes, upstreams"); "" when only comments or layout differ. */
+static void changed_keys(const char *old_yaml, const char *new_yaml, str_buf_t *out)
+{
+    arena_t a;
+    arena_init(&a, 0);
+    diag_t quiet = {0};
+    ynode_t *o = yaml_load(&a, "old", old_yaml, strlen(old_yaml), &quiet);
+    ynode_t *n = yaml_load(&a, "new", new_yaml, strlen(new_yaml), &quiet);
+    diag_free(&quiet);
+    for (int pass = 0; o && n && o->kind == YN_MAP && n->kind == YN_MAP && pass < 2; pass++) {
+        const ynode_t *from = pass ? o : n, *to = pass ? n : o;
+        for (size_t i = 0; i < from->n; i++) {
+            const ynode_t *other = yaml_get(to, from->keys[i]->s);
+            if ((pass == 0 && yaml_equal(from->vals[i], other)) || (pass == 1 && other))
+                continue; /* pass 1 adds only the keys the new text dropped */
+            str_printf(out, "%s%s%s", out->len ? ", " : "", from->keys[i]->s,
+                       other == NULL ? (pass ? " removed" : " added") : "");
+        }
+    }
+    arena_free(&a);
+}
+
+/* What apply changes, one line per site: + added, - removed, ~ changed
+ * (with the keys); returns how many are removed. */
+static size_t print_site_diff(const site_list_t *old, const site_list_t *in)
+{
+    size_t removed = 0, same = 0;
+    for (size_t i = 0; i < in->n; i++) {
+        const site_src_t *o = NULL;
+        for (size_t k = 0; k < old->n && o == NULL; k++)
+            o = strcmp(old->v[k].name, in->v[i].name) == 0 ? &old->v[k] : NULL;
+        if (o == NULL) {
+            printf("+ %s (%s)\n", in->v[i].name, in->v[i].source);
+        } else if (strcmp(o->yaml, in->v[i].yaml) == 0) {
+            same++;
+        } else {
+            str_buf_t keys = {0};
+            changed_keys(o->yaml, in->v[i].yaml, &keys);
+            bool layout = keys.len == 0;
+            str_append(&keys, "", 1);
+            printf("~ %s: %s\n", in->v[i].name, layout ? "comments or layout only" : (const char *)keys.p);
+            str_buf_free(&keys);
+        }
+    }
+    for (size_t k = 0; k < old->n; k++) {
+        bool kept = false;
+        for (size_t i = 0; i < in->n && !kept; i++)
+            kept = strcmp(old->v[k].name, in->v[i].name) == 0;
+        if (!kept) {
+            printf("- %s\n", old->v[k].name);
+            removed++;
+        }
+    }
+    if (same)
+        printf("= %zu site%s unchanged\n", same, same == 1 ? "" : "s");
+    return removed;
+}
+
+/* apply's own flags, taken out of argv. */
+static void apply_flags(int *argc, char **argv, bool *dry_run, bool *force)
+{
+    int out = 0;
+    for (int i = 0; i < *argc; i++) {
+        if (strcmp(argv[i], "--dry-run") == 0)
+            *dry_run = true;
+        else if (strcmp(argv[i], "--force") == 0)
+            *force = true;
+        else
+            argv[out++] = argv[i];
+    }
+    *argc = out;
+}
+
 int cmd_apply(cli_t *cli, int argc, char **argv)
 {
     const char *global = NULL;
+    bool dry_run = false, force = false;
+    apply_flags(&argc, argv, &dry_run, &force);
     if (parse_global_opt(&argc, argv, &global) < 0)
-        return cli_usage(find_command("apply"));
+        return cli_usage(find_command("apply"), "option '--global' needs a value");
     char **files = NULL, *dir_global = NULL, *gtext = NULL;
     size_t n = 0;
     site_list_t in = {0};
@@ -617,9 +745,19 @@ int cmd_apply(cli_t *cli, int argc, char **argv)
     char *gyaml = NULL, *gsource = NULL;
     rc = begin_change(cli, &st, &old, &gyaml, &gsource);
     if (rc == EXIT_OK) {
+        size_t removed = print_site_diff(&old, &in);
         char what[128];
         snprintf(what, sizeof(what), "applied %zu site%s (%zu before)", in.n, in.n == 1 ? "" : "s", old.n);
-        rc = commit_change(cli, &st, &in, gtext ? gtext : gyaml, gtext ? gpath : gsource, what);
+        if (removed * 2 > old.n && !force && !dry_run) {
+            fprintf(stderr, "proxyctl: apply: refusing to remove %zu of the %zu stored sites (more than half); "
+                            "check the inputs, or add --force\n", removed, old.n);
+            store_rollback(&st);
+            rc = EXIT_INVALID;
+        } else {
+            if (removed * 2 > old.n && !force)
+                printf("note: removes %zu of the %zu stored sites: the real apply needs --force\n", removed, old.n);
+            rc = commit_change(cli, &st, &in, gtext ? gtext : gyaml, gtext ? gpath : gsource, what, dry_run);
+        }
         end_change(&st, &old, gyaml, gsource);
     }
 out:

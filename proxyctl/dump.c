@@ -1,11 +1,13 @@
 /*
- * dump.c - rule table to text (see dump.h).  The output mirrors the YAML
- * keys so an operator can map every line back to a site file.
+ * dump.c - rule table to text or JSON (see dump.h).  The output mirrors
+ * the YAML keys so an operator can map every line back to a site file.
  */
 #include "dump.h"
 
 #include <inttypes.h>
 #include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <arpa/inet.h>
@@ -270,4 +272,268 @@ void dump_table(const rt_table_t *t, FILE *out)
         for (uint32_t k = 0; k < s->routes.count; k++)
             dump_route(t, s->routes.first + k, "  ", out);
     }
+}
+
+/* ---- JSON (dump --json, route-test --json) ----------------------------------------
+ *
+ * The same records as the text above, as jansson values with the YAML's key
+ * names; durations in milliseconds (_ms) or seconds (_s), sizes in bytes.
+ */
+
+/* A table string as JSON; bytes that are not UTF-8 (jansson refuses them)
+ * become '?'. */
+json_t *dump_json_str(const rt_table_t *t, rt_str_t s)
+{
+    const char *c = rt_cstr(t, s);
+    json_t *v = json_string(c);
+    if (v)
+        return v;
+    char *copy = strdup(c);
+    if (copy == NULL)
+        abort();
+    for (char *p = copy; *p; p++)
+        if ((unsigned char)*p >= 0x80)
+            *p = '?';
+    v = json_string(copy);
+    free(copy);
+    return v;
+}
+
+static json_t *json_methods(uint32_t m)
+{
+    if (m == RT_M_ALL)
+        return json_string("any");
+    json_t *a = json_array();
+    for (unsigned i = 0; i < RT_M_COUNT; i++)
+        if (m & (1u << i))
+            json_array_append_new(a, json_string(rt_method_name(i)));
+    return a;
+}
+
+static json_t *json_conds(uint32_t m)
+{
+    json_t *a = json_array();
+    for (unsigned i = 0; i < RT_COND_COUNT; i++)
+        if (m & (1u << i))
+            json_array_append_new(a, json_string(rt_cond_name(i)));
+    return a;
+}
+
+static json_t *json_cidr(const rt_cidr_t *c)
+{
+    char buf[64], out[80];
+    inet_ntop(c->family == 4 ? AF_INET : AF_INET6, c->addr, buf, sizeof(buf));
+    snprintf(out, sizeof(out), "%s/%u", buf, c->bits);
+    return json_string(out);
+}
+
+static json_t *json_cache(const rt_table_t *t, const rt_policy_t *p)
+{
+    json_t *valid = json_array(), *bypass = json_array(), *keys = json_array();
+    for (uint32_t i = 0; i < p->cache_valid.count; i++) {
+        const rt_status_ttl_t *v = &t->ttls[p->cache_valid.first + i];
+        json_array_append_new(valid, json_pack("{s:o,s:I}", "status", v->status ? json_integer(v->status) : json_string("any"),
+                                               "ttl_s", (json_int_t)v->ttl_s));
+    }
+    size_t kn = sizeof(RT_CACHE_KEY_HEADER) - 1;
+    for (uint32_t i = 0; i < p->cache_bypass.count; i++) {
+        const char *bp = rt_cstr(t, t->strlist[p->cache_bypass.first + i]);
+        json_array_append_new(strncmp(bp, RT_CACHE_KEY_HEADER, kn) == 0 ? keys : bypass,
+                              json_string(strncmp(bp, RT_CACHE_KEY_HEADER, kn) == 0 ? bp + kn : bp));
+    }
+    return json_pack("{s:o,s:o,s:o,s:o,s:I,s:o}", "zone", dump_json_str(t, t->cache_zones[p->cache_zone].name), "valid", valid,
+                     "bypass_on", bypass, "key_headers", keys, "lock_timeout_ms",
+                     (json_int_t)rt_cache_lock_ms(p->rate_flags), "use_stale", json_conds(p->cache_use_stale));
+}
+
+json_t *dump_json_policy(const rt_table_t *t, uint32_t pi)
+{
+    const rt_policy_t *p = &t->policies[pi];
+    json_t *o = json_pack("{s:{s:I,s:I,s:I}}", "timeouts", "connect_ms", (json_int_t)p->connect_ms, "read_ms",
+                          (json_int_t)p->read_ms, "send_ms", (json_int_t)p->send_ms);
+    if (p->retry_tries > 1)
+        json_object_set_new(o, "retry", json_pack("{s:I,s:o}", "tries", (json_int_t)p->retry_tries, "on", json_conds(p->retry_on)));
+    if (p->rate_zone != RT_NONE)
+        json_object_set_new(o, "rate_limit", json_pack("{s:o,s:I,s:b}", "zone", dump_json_str(t, t->rate_zones[p->rate_zone].name),
+                                                       "burst", (json_int_t)p->rate_burst,
+                                                       "nodelay", (p->rate_flags & RT_RATE_NODELAY) != 0));
+    if (p->cache_zone != RT_NONE)
+        json_object_set_new(o, "cache", json_cache(t, p));
+    if (p->max_body)
+        json_object_set_new(o, "max_body", json_integer((json_int_t)p->max_body));
+    if (p->allow.count) {
+        json_t *allow = json_array(), *deny = json_array();
+        for (uint32_t i = 0; i < p->allow.count; i++) {
+            const rt_cidr_t *x = &t->cidrs[p->allow.first + i];
+            json_array_append_new(x->flags & RT_CIDR_DENY ? deny : allow, json_cidr(x));
+        }
+        json_object_set_new(o, "allow", allow);
+        json_object_set_new(o, "deny", deny);
+    }
+    return o;
+}
+
+json_t *dump_json_upstream(const rt_table_t *t, uint32_t ui)
+{
+    const rt_upstream_t *u = &t->upstreams[ui];
+    json_t *servers = json_array();
+    for (uint32_t i = 0; i < u->servers.count; i++) {
+        const rt_server_t *s = &t->servers[u->servers.first + i];
+        json_array_append_new(servers, json_pack("{s:o,s:I,s:I,s:I,s:b}", "address", dump_json_str(t, s->sa.addr), "weight",
+                                                 (json_int_t)s->weight, "max_fails", (json_int_t)s->max_fails,
+                                                 "fail_timeout_ms", (json_int_t)s->fail_timeout_ms, "backup",
+                                                 (s->flags & RT_SVF_BACKUP) != 0));
+    }
+    json_t *o = json_pack("{s:o,s:s,s:I,s:o,s:o}", "name", dump_json_str(t, u->name), "balance", rt_enum_name("balance", u->balance),
+                          "keepalive", (json_int_t)u->keepalive, "tls",
+                          u->tls_flags & RT_UTLS_ON ? json_pack("{s:b}", "verify", (u->tls_flags & RT_UTLS_VERIFY) != 0)
+                                                    : json_null(),
+                          "servers", servers);
+    if (u->hc_interval_ms)
+        json_object_set_new(o, "health_check",
+                            json_pack("{s:o,s:I,s:I,s:I,s:I,s:I}", "path", dump_json_str(t, u->hc_path), "interval_ms",
+                                      (json_int_t)u->hc_interval_ms, "timeout_ms", (json_int_t)u->hc_timeout_ms, "rise",
+                                      (json_int_t)u->hc_rise, "fall", (json_int_t)u->hc_fall, "expect",
+                                      (json_int_t)u->hc_expect));
+    return o;
+}
+
+/* The route's action and what it takes, into o. */
+static void json_action(const rt_table_t *t, const rt_route_t *r, json_t *o)
+{
+    json_object_set_new(o, "action", json_string(rt_enum_name("action", r->action)));
+    switch (r->action) {
+    case RT_ACT_UPSTREAM:
+        json_object_set_new(o, "upstream", dump_json_str(t, t->upstreams[r->upstream].name));
+        json_object_set_new(o, "strip_prefix", json_boolean(r->flags & RT_RF_STRIP_PREFIX));
+        json_object_set_new(o, "rewrite_prefix", r->flags & RT_RF_REWRITE_PREFIX ? dump_json_str(t, r->extra) : json_null());
+        json_object_set_new(o, "websocket", json_boolean(r->flags & RT_RF_WEBSOCKET));
+        json_object_set_new(o, "buffering", json_boolean(!(r->flags & RT_RF_NO_BUFFERING)));
+        if (r->buffering_max_kib && !(r->flags & RT_RF_NO_BUFFERING))
+            json_object_set_new(o, "buffering_max", json_integer((json_int_t)r->buffering_max_kib << 10));
+        break;
+    case RT_ACT_RETURN:
+        json_object_set_new(o, "return", json_pack("{s:I,s:o}", "status", (json_int_t)r->status, "body", dump_json_str(t, r->target)));
+        break;
+    case RT_ACT_REDIRECT:
+        json_object_set_new(o, "redirect", json_pack("{s:I,s:o}", "status", (json_int_t)r->status, "to", dump_json_str(t, r->target)));
+        break;
+    case RT_ACT_STATIC:
+        json_object_set_new(o, "static", json_pack("{s:o,s:I}", "root", dump_json_str(t, r->target), "expires_s", (json_int_t)r->expires_s));
+        break;
+    case RT_ACT_FASTCGI:
+        json_object_set_new(o, "fastcgi", json_pack("{s:o,s:o,s:o}", "upstream", dump_json_str(t, t->upstreams[r->upstream].name),
+                                                    "root", dump_json_str(t, r->target), "index", dump_json_str(t, r->extra)));
+        json_object_set_new(o, "buffering", json_boolean(!(r->flags & RT_RF_NO_BUFFERING)));
+        if (r->buffering_max_kib && !(r->flags & RT_RF_NO_BUFFERING))
+            json_object_set_new(o, "buffering_max", json_integer((json_int_t)r->buffering_max_kib << 10));
+        break;
+    }
+}
+
+json_t *dump_json_route(const rt_table_t *t, uint32_t ri)
+{
+    const rt_route_t *r = &t->routes[ri];
+    const rt_site_t *s = &t->sites[r->site];
+    json_t *o = json_pack("{s:I,s:o,s:I,s:I}", "route", (json_int_t)(ri - s->routes.first + 1), "source", dump_json_str(t, s->source),
+                          "line", (json_int_t)r->line, "col", (json_int_t)r->col);
+    json_object_set_new(o, "match", r->match == RT_MATCH_ANY ? json_string("any")
+                                                             : json_pack("{s:o}", rt_enum_name("match", r->match), dump_json_str(t, r->path)));
+    json_object_set_new(o, "methods", json_methods(r->methods));
+    json_action(t, r, o);
+    json_object_set_new(o, "policy", dump_json_policy(t, r->policy));
+    json_t *hdrs = json_array();
+    for (uint32_t i = 0; i < r->header_ops.count; i++) {
+        const rt_header_op_t *h = &t->hdrops[r->header_ops.first + i];
+        json_t *e = json_pack("{s:s,s:s,s:o}", "direction", h->dir == RT_HDR_REQUEST ? "request" : "response", "op",
+                              h->op == RT_HDR_SET ? "set" : "remove", "name", dump_json_str(t, h->name));
+        if (h->op == RT_HDR_SET)
+            json_object_set_new(e, "value", dump_json_str(t, h->value));
+        json_array_append_new(hdrs, e);
+    }
+    json_object_set_new(o, "headers", hdrs);
+    return o;
+}
+
+json_t *dump_json_compression(const rt_table_t *t, const rt_site_t *s)
+{
+    if (!(s->flags & RT_SF_COMPRESS))
+        return json_null();
+    json_t *codings = json_array(), *types = json_array();
+    if (s->flags & RT_SF_BROTLI)
+        json_array_append_new(codings, json_pack("{s:s,s:I}", "coding", "br", "level", (json_int_t)rt_site_brotli_level(s)));
+    if (s->flags & RT_SF_ZSTD)
+        json_array_append_new(codings, json_pack("{s:s,s:I}", "coding", "zstd", "level", (json_int_t)rt_site_zstd_level(s)));
+    if (s->flags & RT_SF_GZIP)
+        json_array_append_new(codings, json_pack("{s:s,s:I}", "coding", "gzip", "level", (json_int_t)s->gzip_level));
+    for (uint32_t k = 0; k < s->compress_types.count; k++)
+        json_array_append_new(types, dump_json_str(t, t->strlist[s->compress_types.first + k]));
+    return json_pack("{s:o,s:I,s:o}", "codings", codings, "min_length", (json_int_t)s->compress_min_length, "types", types);
+}
+
+static json_t *json_global(const rt_table_t *t)
+{
+    const rt_global_t *g = t->global;
+    json_t *listen = json_array(), *trusted = json_array(), *rz = json_array(), *cz = json_array();
+    for (uint32_t i = 0; i < g->listens.count; i++) {
+        const rt_listen_t *l = &t->listens[g->listens.first + i];
+        json_array_append_new(listen, json_pack("{s:s,s:o,s:b}", "kind", rt_enum_name("listen", l->kind), "address",
+                                                dump_json_str(t, l->sa.addr), "proxy_protocol", (l->flags & RT_LF_PROXY_PROTOCOL) != 0));
+    }
+    for (uint32_t i = 0; i < g->trusted_proxies.count; i++)
+        json_array_append_new(trusted, json_cidr(&t->cidrs[g->trusted_proxies.first + i]));
+    for (uint32_t i = 0; i < t->nrate_zones; i++)
+        json_array_append_new(rz, json_pack("{s:o,s:o,s:s,s:o}", "name", dump_json_str(t, t->rate_zones[i].name), "rate",
+                                            dump_json_str(t, t->rate_zones[i].rate), "key", rt_enum_name("rkey", t->rate_zones[i].key),
+                                            "header", dump_json_str(t, t->rate_zones[i].header)));
+    for (uint32_t i = 0; i < t->ncache_zones; i++)
+        json_array_append_new(cz, json_pack("{s:o,s:o,s:I}", "name", dump_json_str(t, t->cache_zones[i].name), "path",
+                                            dump_json_str(t, t->cache_zones[i].path), "max_size", (json_int_t)t->cache_zones[i].max_size));
+    json_t *o = json_pack("{s:o,s:I,s:I,s:o,s:o,s:o}", "workers", g->workers ? json_integer(g->workers) : json_string("auto"),
+                          "max_connections", (json_int_t)g->max_connections, "max_connections_per_ip",
+                          (json_int_t)g->max_conns_per_ip, "user", dump_json_str(t, g->user), "admin_socket", dump_json_str(t, g->admin_socket),
+                          "listen", listen);
+    json_object_set_new(o, "limits", json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "header_timeout_ms",
+                                               (json_int_t)g->header_timeout_ms, "body_timeout_ms",
+                                               (json_int_t)g->body_timeout_ms, "keepalive_timeout_ms",
+                                               (json_int_t)g->keepalive_timeout_ms, "max_header_size",
+                                               (json_int_t)g->max_header_size, "max_uri_size", (json_int_t)g->max_uri_size,
+                                               "max_headers", (json_int_t)g->max_headers, "body_min_rate",
+                                               (json_int_t)g->body_min_rate));
+    json_object_set_new(o, "http2", json_pack("{s:b,s:b,s:I}", "tls", (g->flags & RT_GF_HTTP2) != 0, "cleartext",
+                                              (g->flags & RT_GF_HTTP2_CLEARTEXT) != 0, "max_streams",
+                                              (json_int_t)g->h2_max_streams));
+    json_object_set_new(o, "trusted_proxies", trusted);
+    json_object_set_new(o, "rate_limit_zones", rz);
+    json_object_set_new(o, "cache_zones", cz);
+    return o;
+}
+
+static json_t *json_site(const rt_table_t *t, const rt_site_t *s)
+{
+    json_t *hosts = json_array(), *ups = json_array(), *routes = json_array();
+    for (uint32_t k = 0; k < s->hosts.count; k++)
+        json_array_append_new(hosts, dump_json_str(t, t->strlist[s->hosts.first + k]));
+    for (uint32_t k = 0; k < s->upstreams.count; k++)
+        json_array_append_new(ups, dump_json_upstream(t, s->upstreams.first + k));
+    for (uint32_t k = 0; k < s->routes.count; k++)
+        json_array_append_new(routes, dump_json_route(t, s->routes.first + k));
+    json_t *hsts = s->flags & RT_SF_HSTS ? json_pack("{s:I,s:b,s:b}", "max_age", (json_int_t)s->hsts_max_age,
+                                                     "include_subdomains", (s->flags & RT_SF_HSTS_SUBDOMAINS) != 0,
+                                                     "preload", (s->flags & RT_SF_HSTS_PRELOAD) != 0)
+                                         : json_null();
+    return json_pack("{s:o,s:o,s:b,s:o,s:{s:s,s:b,s:o},s:s,s:s,s:o,s:o,s:o}", "name", dump_json_str(t, s->name), "source",
+                     dump_json_str(t, s->source), "default", (s->flags & RT_SF_DEFAULT) != 0, "hosts", hosts, "tls", "certificate",
+                     rt_enum_name("cert", s->cert_mode), "redirect_http", (s->flags & RT_SF_REDIRECT_HTTP) != 0, "hsts",
+                     hsts, "security_headers", rt_enum_name("sechdr", s->security_headers), "access_log",
+                     rt_enum_name("logfmt", s->access_log), "compression", dump_json_compression(t, s), "upstreams", ups,
+                     "routes", routes);
+}
+
+json_t *dump_json_table(const rt_table_t *t)
+{
+    json_t *sites = json_array();
+    for (uint32_t i = 0; i < t->nsites; i++)
+        json_array_append_new(sites, json_site(t, &t->sites[i]));
+    return json_pack("{s:o,s:o}", "global", json_global(t), "sites", sites);
 }

@@ -244,3 +244,20 @@ const char *yaml_kind_name(const ynode_t *n)
         return "a list";
     return "a scalar";
 }
+
+bool yaml_equal(const ynode_t *a, const ynode_t *b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    if (a->kind != b->kind || a->n != b->n)
+        return false;
+    if (a->kind == YN_SCALAR)
+        return a->len == b->len && a->plain == b->plain && memcmp(a->s, b->s, a->len) == 0;
+    /* Keys are unique (yaml_load refuses duplicates) and as many on both sides. */
+    for (size_t i = 0; i < a->n; i++) {
+        const ynode_t *bv = a->kind == YN_MAP ? yaml_get(b, a->keys[i]->s) : b->vals[i];
+        if (bv == NULL || !yaml_equal(a->vals[i], bv))
+            return false;
+    }
+    return true;
+}

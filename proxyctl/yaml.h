@@ -35,5 +35,7 @@ ynode_t *yaml_load(arena_t *a, const char *file, const char *text, size_t len, d
 ynode_t *yaml_get(const ynode_t *map, const char *key);
 bool yaml_is_null(const ynode_t *n);
 const char *yaml_kind_name(const ynode_t *n);
+/* Same content (positions aside; a mapping's key order aside). */
+bool yaml_equal(const ynode_t *a, const ynode_t *b);
 
 #endif

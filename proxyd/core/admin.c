@@ -613,23 +613,6 @@ static void on_accept(ev_loop_t *l, ev_io_t *io, uint32_t revents)
     }
 }
 
-static int mkdirs_for(const char *path)
-{
-    char dir[108];
-    snprintf(dir, sizeof(dir), "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash == NULL || slash == dir)
-        return 0;
-    *slash = '\0';
-    for (char *p = dir + 1; *p; p++)
-        if (*p == '/') {
-            *p = '\0';
-            mkdir(dir, 0750);
-            *p = '/';
-        }
-    return mkdir(dir, 0750) == 0 || errno == EEXIST ? 0 : -1;
-}
-
 static int bind_unix(const char *path)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -638,7 +621,7 @@ static int bind_unix(const char *path)
         return -1;
     }
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-    if (mkdirs_for(path) < 0) {
+    if (mkdir_parents(path, 0750, NULL, 0) < 0) {
         log_err("admin socket %s: cannot create its directory: %s", path, strerror(errno));
         return -1;
     }

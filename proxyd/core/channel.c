@@ -71,7 +71,7 @@ ssize_t chan_recv(int sock, chan_msg_t *m, int *fd)
             if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int)))
                 memcpy(fd, CMSG_DATA(c), sizeof(int));
         if (n == (ssize_t)sizeof(*m) && !(mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) &&
-            (m->cmd != CHAN_RELOAD || *fd >= 0))
+            ((m->cmd != CHAN_RELOAD && m->cmd != CHAN_LOGFD) || *fd >= 0))
             return 1;
         if (*fd >= 0)
             close(*fd);

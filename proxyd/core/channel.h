@@ -13,7 +13,10 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-enum chan_cmd { CHAN_RELOAD = 1, CHAN_DRAIN, CHAN_QUIT };
+/* CHAN_LOGFD carries a log file the master opened again (SIGUSR1, after
+ * logrotate moved it): generation says which, CHAN_LOG_*. */
+enum chan_cmd { CHAN_RELOAD = 1, CHAN_DRAIN, CHAN_QUIT, CHAN_LOGFD };
+enum chan_log { CHAN_LOG_ERROR = 0, CHAN_LOG_ACCESS_JSON = 1, CHAN_LOG_ACCESS_COMBINED = 2 };
 
 typedef struct {
     uint32_t cmd; /* chan_cmd */
@@ -29,7 +32,7 @@ int chan_memfd(const void *p, size_t n);
 int chan_send(int sock, const chan_msg_t *m, int fd);
 /* Receive one message and its fd (-1 when none came) without blocking: 1,
  * 0 at EOF (the master is gone), -1 when none is waiting or on error.  A
- * malformed message (wrong size, a reload without its fd) is skipped. */
+ * malformed message (wrong size, a reload or log without its fd) is skipped. */
 ssize_t chan_recv(int sock, chan_msg_t *m, int *fd);
 
 #endif

@@ -23,7 +23,7 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: proxyd [--db PATH] [--foreground] [--workers N] [--check] [--debug]\n");
+    fprintf(out, "usage: proxyd [--db PATH] [--foreground] [--workers N] [--check] [--debug] | --version\n");
 }
 
 static int daemonize(void)
@@ -62,7 +62,10 @@ int main(int argc, char **argv)
             log_set_level(LOG_DEBUG);
         else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc && (workers = atoi(argv[i + 1])) > 0)
             i++;
-        else if (strcmp(argv[i], "--help") == 0) {
+        else if (strcmp(argv[i], "--version") == 0) {
+            printf("proxyd %s\n", PROXYD_VERSION);
+            return 0;
+        } else if (strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
         } else {
@@ -95,8 +98,17 @@ int main(int argc, char **argv)
     char *elog = path_beside(db, rt_cstr(&t->t, g->error_log_path));
     const char *access = rt_cstr(&t->t, g->access_log_path);
     char *alog = strcmp(access, "off") == 0 ? strdup(access) : path_beside(db, access);
-    if (elog == NULL || alog == NULL || log_open(elog) < 0 || accesslog_open(alog) < 0) {
-        fprintf(stderr, "proxyd: cannot open log files: %s\n", strerror(errno));
+    char why[4200];
+    if (elog == NULL || alog == NULL) {
+        fprintf(stderr, "proxyd: out of memory\n");
+        return 1;
+    }
+    if (log_open(elog, why, sizeof(why)) < 0) {
+        fprintf(stderr, "proxyd: error log (proxy.yaml logs.error): %s\n", why);
+        return 1;
+    }
+    if (accesslog_open(alog, &t->t, why, sizeof(why)) < 0) {
+        fprintf(stderr, "proxyd: access log (proxy.yaml logs.access): %s\n", why);
         return 1;
     }
     free(elog);

@@ -40,6 +40,7 @@
 #include "conn/peers.h"
 #include "conn/tls.h"
 #include "handlers/challenges.h"
+#include "http/accesslog.h"
 
 master_t M;
 
@@ -477,6 +478,45 @@ static void send_generation(const uint8_t *p, size_t n)
     close(fd);
 }
 
+/* ---- log files (SIGUSR1) -------------------------------------------------------------
+ *
+ * logrotate moves the files and sends SIGUSR1: the master opens every log
+ * file again at its configured path (making directories as needed) and
+ * hands each worker the new descriptors over its channel; the worker puts
+ * them in place of the old ones, which closes the moved files.  The master
+ * opens them because the workers, after dropping privileges, may not be
+ * allowed to.  A file that cannot be opened is reported and the old one
+ * kept.  The replication process keeps the error-log descriptor it started
+ * with until it is restarted.
+ */
+static void send_log_fd(uint32_t which, int fd)
+{
+    chan_msg_t m = {.cmd = CHAN_LOGFD, .generation = which};
+    for (int i = 0; i < M.nworkers; i++)
+        if (M.pids[i] > 0 && M.chan[i] >= 0 && chan_send(M.chan[i], &m, fd) < 0)
+            log_err("worker %d: cannot hand over the reopened log: %s", i, strerror(errno));
+}
+
+static void reopen_logs(bool error_log)
+{
+    char why[4200];
+    int fd;
+    if (error_log) {
+        if ((fd = log_reopen(why, sizeof(why))) < 0)
+            log_err("error log: %s; still writing to the old file", why);
+        else if (fd > 2)
+            send_log_fd(CHAN_LOG_ERROR, fd);
+    }
+    if (accesslog_reopen(&M.table->t, why, sizeof(why)) < 0)
+        log_err("access log: %s; still writing to the old file", why);
+    if ((fd = accesslog_fd(RT_LOG_JSON)) > 2)
+        send_log_fd(CHAN_LOG_ACCESS_JSON, fd);
+    if ((fd = accesslog_fd(RT_LOG_COMBINED)) > 2)
+        send_log_fd(CHAN_LOG_ACCESS_COMBINED, fd);
+    if (error_log)
+        log_info("log files reopened");
+}
+
 int master_reload(char *err, size_t errlen)
 {
     publish_tickets(); /* replicated ticket keys arrive with a reload */
@@ -508,6 +548,8 @@ int master_reload(char *err, size_t errlen)
     sd_notifyf(0, "RELOADING=1\nSTATUS=reloading to generation %lld", (long long)t->generation);
     send_generation(p, n);
     tref_bundle_free(p, n);
+    if (accesslog_wants_reopen(&t->t)) /* the first site in the combined format */
+        reopen_logs(false);
     sd_notifyf(0, "READY=1\nSTATUS=serving generation %lld (%u sites)", (long long)t->generation, t->t.nsites);
     return 0;
 }
@@ -702,6 +744,7 @@ static void on_signal(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
         case SIGINT:
         case SIGQUIT: begin_stop((int)si.ssi_signo); break;
         case SIGUSR2: upgrade_start(); break;
+        case SIGUSR1: reopen_logs(true); break;
         default: break;
         }
     }
@@ -711,7 +754,7 @@ static int setup_signals(void)
 {
     sigset_t set;
     sigemptyset(&set);
-    int sigs[] = {SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR2};
+    int sigs[] = {SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2};
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
         sigaddset(&set, sigs[i]);
     sigprocmask(SIG_BLOCK, &set, NULL);

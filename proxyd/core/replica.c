@@ -324,6 +324,7 @@ int replica_main(const char *db, const char *user, replica_shm_t *shm, int ctl)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGQUIT, &sa, NULL);
     signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN); /* logrotate's, sent to the whole unit: the master's to handle */
     signal(SIGPIPE, SIG_IGN);
     for (int i = 0; i < MAX_PEERS; i++)
         conns[i].fd = -1;

@@ -33,6 +33,7 @@
 #include "core/channel.h"
 #include "core/module.h"
 #include "core/sandbox.h"
+#include "http/accesslog.h"
 
 worker_t *W;
 
@@ -153,6 +154,14 @@ static void on_channel(ev_loop_t *loop, ev_io_t *io, uint32_t revents)
     while ((n = chan_recv(io->fd, &m, &fd)) > 0) {
         drain |= m.cmd == CHAN_DRAIN;
         quit |= m.cmd == CHAN_QUIT;
+        if (m.cmd == CHAN_LOGFD) {
+            /* The master's reopened log: it takes this one's number, the old file is closed. */
+            if (m.generation == CHAN_LOG_ERROR)
+                log_take_fd(fd);
+            else
+                accesslog_take_fd(m.generation == CHAN_LOG_ACCESS_JSON ? RT_LOG_JSON : RT_LOG_COMBINED, fd);
+            continue;
+        }
         if (m.cmd != CHAN_RELOAD) {
             if (fd >= 0)
                 close(fd);
@@ -195,6 +204,7 @@ static int setup_signals(void)
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGQUIT);
+    sigaddset(&set, SIGUSR1); /* logrotate's, maybe sent to the whole unit: the master orders the reopen */
     sigprocmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
     int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);

@@ -1,5 +1,13 @@
 /*
  * accesslog.c - access log lines (see accesslog.h).
+ *
+ * One file per format, so that no file mixes JSON and combined lines:
+ * logs.access names the JSON one (requests no site claims are logged
+ * there too), and the combined lines of sites that ask for them go to the
+ * same name with ".combined" before its extension (access.log ->
+ * access.combined.log), opened only once a site uses that format.  The
+ * master opens both (the workers may not be able to after dropping
+ * privileges) and hands them over at SIGUSR1 (core/channel.h).
  */
 #include "http/accesslog.h"
 
@@ -10,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/log.h"
 #include "../common/str.h"
 #include "../common/util.h"
 #include "http/vars.h"
@@ -17,32 +26,96 @@
 
 #define LOGBUF 32768
 
-static int log_fd = 2;
-static char buf[LOGBUF];
-static size_t used;
+/* Indexed by rt_logfmt (RT_LOG_JSON, RT_LOG_COMBINED): -1 when off or not
+ * open yet, 2 for stderr. */
+static int log_fds[RT_LOG_COMBINED + 1] = {2, 2};
+static char log_paths[RT_LOG_COMBINED + 1][4096];
+static bool off;
+/* One buffer per format: a flush writes each to its own file. */
+static char bufs[RT_LOG_COMBINED + 1][LOGBUF];
+static size_t used[RT_LOG_COMBINED + 1];
 
-int accesslog_open(const char *path)
+/* access.log -> access.combined.log; access -> access.combined */
+static void combined_path(const char *path, char *out, size_t cap)
 {
-    if (path == NULL || *path == '\0')
-        return log_fd = 2, 0;
-    if (strcmp(path, "off") == 0)
-        return log_fd = -1, 0;
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-    if (fd < 0)
-        return -1;
-    log_fd = fd;
+    const char *base = strrchr(path, '/');
+    const char *dot = strrchr(base ? base + 1 : path, '.');
+    if (dot == NULL || dot == (base ? base + 1 : path))
+        snprintf(out, cap, "%s.combined", path);
+    else
+        snprintf(out, cap, "%.*s.combined%s", (int)(dot - path), path, dot);
+}
+
+static bool table_uses(const rt_table_t *t, int fmt)
+{
+    for (uint32_t i = 0; i < t->nsites; i++)
+        if (t->sites[i].access_log == fmt)
+            return true;
+    return false;
+}
+
+int accesslog_open(const char *path, const rt_table_t *t, char *why, size_t cap)
+{
+    off = path && strcmp(path, "off") == 0;
+    if (path == NULL || *path == '\0' || off) {
+        log_fds[RT_LOG_JSON] = log_fds[RT_LOG_COMBINED] = off ? -1 : 2;
+        return 0;
+    }
+    snprintf(log_paths[RT_LOG_JSON], sizeof(log_paths[0]), "%s", path);
+    combined_path(path, log_paths[RT_LOG_COMBINED], sizeof(log_paths[0]));
+    log_fds[RT_LOG_JSON] = log_fds[RT_LOG_COMBINED] = -1;
+    return accesslog_reopen(t, why, cap);
+}
+
+int accesslog_reopen(const rt_table_t *t, char *why, size_t cap)
+{
+    if (off || log_paths[RT_LOG_JSON][0] == '\0')
+        return 0;
+    for (int f = RT_LOG_JSON; f <= RT_LOG_COMBINED; f++) {
+        if (f == RT_LOG_COMBINED && log_fds[f] < 0 && !table_uses(t, f))
+            continue;
+        int fd = log_open_file(log_paths[f], why, cap);
+        if (fd < 0)
+            return -1;
+        accesslog_take_fd(f, fd);
+    }
     return 0;
 }
 
-bool accesslog_on(void) { return log_fd >= 0; }
+bool accesslog_wants_reopen(const rt_table_t *t)
+{
+    return !off && log_paths[RT_LOG_JSON][0] && log_fds[RT_LOG_COMBINED] < 0 && table_uses(t, RT_LOG_COMBINED);
+}
+
+int accesslog_fd(int fmt) { return fmt >= RT_LOG_JSON && fmt <= RT_LOG_COMBINED ? log_fds[fmt] : -1; }
+
+void accesslog_take_fd(int fmt, int fd)
+{
+    if (fmt < RT_LOG_JSON || fmt > RT_LOG_COMBINED) {
+        close(fd);
+        return;
+    }
+    accesslog_flush();
+    if (log_fds[fmt] > 2 && fd != log_fds[fmt]) {
+        /* The same number from now on; the old file is closed by it. */
+        if (dup3(fd, log_fds[fmt], O_CLOEXEC) == 0)
+            close(fd);
+    } else {
+        log_fds[fmt] = fd;
+    }
+}
+
+bool accesslog_on(void) { return !off; }
 
 void accesslog_flush(void)
 {
-    if (used && log_fd >= 0) {
-        ssize_t w = write(log_fd, buf, used);
-        (void)w;
+    for (int f = RT_LOG_JSON; f <= RT_LOG_COMBINED; f++) {
+        if (used[f] && log_fds[f] >= 0) {
+            ssize_t w = write(log_fds[f], bufs[f], used[f]);
+            (void)w;
+        }
+        used[f] = 0;
     }
-    used = 0;
 }
 
 /*
@@ -91,17 +164,17 @@ static void stamps(void)
 
 void accesslog_request(const request_t *r)
 {
-    if (log_fd < 0 || r->status == 0)
+    if (off || r->status == 0)
         return;
     int fmt = r->site == RT_NONE ? RT_LOG_JSON : r->table->t.sites[r->site].access_log;
-    if (fmt == RT_LOG_OFF)
+    if (fmt == RT_LOG_OFF || fmt > RT_LOG_COMBINED || log_fds[fmt] < 0)
         return;
     char peer[VARS_PEER_MAX];
     size_t peer_len = vars_client(r, peer);
     stamps();
-    if (used + LOG_LINE_MAX > LOGBUF)
+    if (used[fmt] + LOG_LINE_MAX > LOGBUF)
         accesslog_flush();
-    str_buf_t l = str_buf_fixed(buf + used, LOG_LINE_MAX);
+    str_buf_t l = str_buf_fixed(bufs[fmt] + used[fmt], LOG_LINE_MAX);
     slice_t method = r->method.n ? r->method : SLICE_LIT("-");
     if (fmt == RT_LOG_JSON) {
         STR_APPEND_LIT(&l, "{\"time\":\"");
@@ -158,7 +231,7 @@ void accesslog_request(const request_t *r)
         put_clf(&l, r->user_agent, 511);
         STR_APPEND_LIT(&l, "\"\n");
     }
-    used += l.len;
+    used[fmt] += l.len;
 }
 
 static int accesslog_worker_init(void)

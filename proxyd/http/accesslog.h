@@ -9,7 +9,19 @@
 
 #include "http/request.h"
 
-int accesslog_open(const char *path); /* "" = stderr, "off" = nowhere */
+/* path "" = stderr (both formats), "off" = nowhere; else the JSON file at
+ * path and, when t has a combined-format site, the combined one beside it
+ * (see accesslog.c).  Directories are made.  0, or -1 with why. */
+int accesslog_open(const char *path, const rt_table_t *t, char *why, size_t cap);
+/* The master: open the files again (SIGUSR1), or the combined one for the
+ * first time when t needs it.  0, or -1 with why (the old ones kept). */
+int accesslog_reopen(const rt_table_t *t, char *why, size_t cap);
+/* Does t have a combined-format site whose file is not open yet? */
+bool accesslog_wants_reopen(const rt_table_t *t);
+/* The descriptor of format fmt (RT_LOG_JSON, RT_LOG_COMBINED), -1 if none. */
+int accesslog_fd(int fmt);
+/* From now on write format fmt's lines to fd (a worker, from the master). */
+void accesslog_take_fd(int fmt, int fd);
 bool accesslog_on(void);              /* false: logs.access is "off" */
 void accesslog_request(const request_t *r);
 void accesslog_flush(void);

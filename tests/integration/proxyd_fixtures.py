@@ -211,6 +211,8 @@ class Proxyd:
         self.port = free_port()
         self.admin_socket = str(self.dir / "admin.sock")
         self.access_log = str(self.dir / "access.log")
+        # sites in the combined format log beside it, one file per format (accesslog.c)
+        self.combined_log = str(self.dir / "access.combined.log")
         self.error_log = str(self.dir / "error.log")
         self.stderr_path = str(self.dir / "proxyd.stderr")
         self.workers = workers
@@ -324,11 +326,14 @@ class Proxyd:
         except OSError:
             return ""
 
-    def access_log_lines(self):
+    def access_log_lines(self, path=None):
         try:
-            return [l for l in Path(self.access_log).read_text(errors="replace").splitlines() if l.strip()]
+            return [l for l in Path(path or self.access_log).read_text(errors="replace").splitlines() if l.strip()]
         except OSError:
             return []
+
+    def combined_log_lines(self):
+        return self.access_log_lines(self.combined_log)
 
     def diagnostics(self):
         return f"--- stderr:\n{self.stderr_text()[-6000:]}\n--- error log:\n{self.error_log_text()[-6000:]}"

@@ -572,10 +572,14 @@ def test_active_checks_fall_rise_and_report(proxyd_factory, backend_factory):
     assert server_metric(m, "proxyd_upstream_server_up", a.address) == 1
     assert server_metric(m, "proxyd_upstream_server_check_failures", b.address) >= 3
     assert abs(server_metric(m, "proxyd_upstream_server_last_check_timestamp_seconds", b.address) - time.time()) < 5
-    rc, out, err = p.proxyctl("status")
+    rc, out, err = p.proxyctl("status", "--json")
     assert rc == 0, err
     ups = {s["address"]: s for u in json.loads(out)["upstreams"] for s in u["servers"]}
     assert ups[b.address]["state"] == "down" and ups[a.address]["state"] == "up"
+    rc, out, err = p.proxyctl("status")   # the summary names the server that is down, and why
+    assert rc == 0, err
+    assert "upstreams:   1 of 2 servers up\n" in out, out
+    assert f", server {b.address} (health check: unexpected status)\n" in out, out
     assert "down after 3 failed health checks (last: unexpected status 503)" in p.error_log_text() + p.stderr_text()
 
     # Healthy again: up after `rise` good checks.

@@ -324,7 +324,7 @@ def test_add_site_usage(store, proxyctl, db, args):
     before = state(db)
     rc, out, err = proxyctl(*args)
     assert rc == 2
-    assert err.startswith("usage: proxyctl add-site ")
+    assert err.startswith("proxyctl: add-site: ") and err.splitlines()[1].startswith("usage: proxyctl add-site ")
     assert state(db) == before
 
 
@@ -393,7 +393,8 @@ def test_remove_unknown_site(store, proxyctl, db, tmp_path):
 def test_remove_site_usage(store, proxyctl, args):
     rc, _, err = proxyctl(*args)
     assert rc == 2
-    assert err == "usage: proxyctl remove-site NAME\n"
+    reason = "missing SITE" if len(args) == 1 else "unexpected argument 'b'"
+    assert err == f"proxyctl: remove-site: {reason}\nusage: proxyctl remove-site SITE\n(see 'proxyctl remove-site --help')\n"
 
 
 def test_remove_last_site(store, proxyctl, db, tmp_path):
@@ -409,7 +410,7 @@ def test_remove_last_site(store, proxyctl, db, tmp_path):
 
 def test_list_sites(store, proxyctl, db, tmp_path):
     rc, out, err = proxyctl("list-sites")
-    assert rc == 0 and err == "" and out.split() in ([], ["SITE", "UPDATED", "SOURCE"])
+    assert rc == 0 and out == "" and err.startswith("no sites in ")
     assert proxyctl("list-sites", "--json") == (0, "[]\n", "")
     texts = {}
     for name in ("zeta", "alpha", "mid"):
@@ -437,7 +438,8 @@ def test_list_sites(store, proxyctl, db, tmp_path):
 
 def test_list_sites_usage(store, proxyctl):
     rc, _, err = proxyctl("list-sites", "extra")
-    assert rc == 2 and err == "usage: proxyctl list-sites [--json]\n"
+    assert rc == 2 and err == ("proxyctl: list-sites: unexpected argument 'extra'\nusage: proxyctl list-sites [--json]\n"
+                               "(see 'proxyctl list-sites --help')\n")
 
 
 def test_show_site_prints_exact_bytes(store, proxyctl, tmp_path):
@@ -457,7 +459,7 @@ def test_show_site_prints_exact_bytes(store, proxyctl, tmp_path):
 
 
 def test_show_site_unknown(store, proxyctl):
-    assert proxyctl("show-site", "nope") == (1, "", "proxyctl: no site named 'nope'\n")
+    assert proxyctl("show-site", "nope") == (1, "", "proxyctl: no site named 'nope' (the store has no sites)\n")
     assert proxyctl("show-site")[0] == 2
 
 
@@ -479,7 +481,8 @@ def test_apply_makes_sites_equal_to_dir(store, proxyctl, db, tmp_path):
     before = gen_count(db)
     rc, out, err = proxyctl("apply", "sites")
     assert rc == 0, err
-    assert re.fullmatch(r"applied 2 sites \(2 before\); generation 4 active \(2 sites, \d+ bytes\)\n", out), out
+    assert re.fullmatch(r"~ b: hosts\n\+ c \(sites/c.yml\)\n- a\n"
+                        r"applied 2 sites \(2 before\); generation 4 active \(2 sites, \d+ bytes\)\n", out), out
     assert gen_count(db) == before + 1
     assert sql(db, "SELECT name, source FROM sites ORDER BY name") == [("b", "sites/b.yaml"), ("c", "sites/c.yml")]
     assert proxyctl("show-site", "b")[1] == b2
@@ -490,11 +493,11 @@ def test_apply_makes_sites_equal_to_dir(store, proxyctl, db, tmp_path):
     assert "workers 3," in out
     assert "site a " not in out and "site b (sites/b.yaml)" in out and "site c (sites/c.yml)" in out
     assert sorted(r[0] for r in sql(db, "SELECT name FROM generation_sites WHERE generation = 4")) == ["b", "c"]
-    # Applying the same directory again: one more generation, same table.
+    # Applying the same directory again: the same table, no new generation.
     rc, out, err = proxyctl("apply", "sites")
     assert rc == 0, err
-    assert out.startswith("applied 2 sites (2 before); generation 5 active")
-    assert blob_of(db, 5) == blob_of(db, 4)
+    assert out == "= 2 sites unchanged\nno change: generation 4 is already active\n"
+    assert gen_count(db) == before + 1
 
 
 def test_apply_files_and_global_option(store, proxyctl, db, tmp_path):
@@ -503,7 +506,7 @@ def test_apply_files_and_global_option(store, proxyctl, db, tmp_path):
     write(tmp_path, "g.yaml", GLOBAL_YAML + "workers: 7\n", dedent=False)
     rc, out, err = proxyctl("apply", "--global", "g.yaml", "x.yaml", "y.yaml")
     assert rc == 0, err
-    assert out.startswith("applied 2 sites (0 before); generation 2 active (2 sites, ")
+    assert "\napplied 2 sites (0 before); generation 2 active (2 sites, " in out
     assert site_names(db) == ["x", "y"]
     assert "workers 7," in proxyctl("dump")[1]
     # Without --global and without proxy.yaml the stored global settings stay.
@@ -548,8 +551,12 @@ def test_apply_empty_dir_removes_everything(store, proxyctl, db, tmp_path):
     assert proxyctl("add-site", "a.yaml")[0] == 0
     (tmp_path / "empty").mkdir()
     rc, out, err = proxyctl("apply", "empty")
+    assert rc == 1 and err == ("proxyctl: apply: refusing to remove 1 of the 1 stored sites (more than half); "
+                               "check the inputs, or add --force\n")
+    assert site_names(db) == ["a"]
+    rc, out, err = proxyctl("apply", "--force", "empty")
     assert rc == 0, err
-    assert out.startswith("applied 0 sites (1 before); generation 3 active (0 sites, ")
+    assert out.startswith("- a\napplied 0 sites (1 before); generation 3 active (0 sites, ")
     assert site_names(db) == []
 
 
@@ -665,7 +672,7 @@ def test_rollback_errors(store, proxyctl, db):
     for bad in (["abc"], ["0"], ["-1"], ["1", "2"]):
         rc, _, err = proxyctl("rollback", *bad)
         assert rc == 2, bad
-        assert err == "usage: proxyctl rollback [GEN]\n"
+        assert err.startswith("proxyctl: rollback: ") and "\nusage: proxyctl rollback [GEN]\n" in err
     assert state(db) == before
 
 
@@ -848,8 +855,11 @@ def test_route_default_site(shop, proxyctl, tmp_path):
     # A claimed host still goes to its own site.
     assert "site: shop (shop.yaml)\n" in route(proxyctl, "http://shop.example.com/ping")
     data = json.loads(route(proxyctl, "http://unknown.example.org/", "--json"))
-    data.pop("status", None)
-    assert data == {"site": "fallback", "source": "fallback.yaml", "route": 1, "line": 4, "action": "return"}
+    assert {k: data[k] for k in ("site", "source", "route", "line", "action")} == {
+        "site": "fallback", "source": "fallback.yaml", "route": 1, "line": 4, "action": "return"}
+    # the text's every line is in the JSON too
+    assert data["match"] == "any" and data["methods"] == "any" and data["return"] == {"status": 410, "body": ""}
+    assert data["policy"] == {"timeouts": {"connect_ms": 5000, "read_ms": 60000, "send_ms": 60000}}
 
 
 def test_route_405_lists_allowed_methods(shop, proxyctl):
@@ -863,21 +873,42 @@ def test_route_405_lists_allowed_methods(shop, proxyctl):
     # Two routes match the path, neither the method: the union, in method order.
     out = route(proxyctl, "http://shop.example.com/api/v2/x", "-X", "PATCH")
     assert out.endswith("result: 405 method not allowed\nallow: GET POST DELETE\n")
-    assert json.loads(route(proxyctl, "http://shop.example.com/admin/", "--json")) == {
-        "site": "shop", "source": "shop.yaml", "status": 405}
+    data = json.loads(route(proxyctl, "http://shop.example.com/admin/", "--json"))
+    assert {k: data[k] for k in ("site", "source", "status", "allow")} == {
+        "site": "shop", "source": "shop.yaml", "status": 405, "allow": ["PUT"]}
+    assert "route" not in data
     # 404 (not 405) when no route matches the path at all.
     assert route(proxyctl, "http://shop.example.com/nothing", "-X", "PUT").endswith("result: 404 no route matches\n")
 
 
 def test_route_json(shop, proxyctl):
     data = json.loads(route(proxyctl, "http://shop.example.com/api/x", "--json"))
-    data.pop("status", None)
-    assert data == {"site": "shop", "source": "shop.yaml", "route": 4, "line": 17,
-                    "action": "upstream", "upstream": "api", "upstream_path": "/x"}   # strip_prefix
+    assert {k: data[k] for k in ("site", "source", "status", "route", "line", "action", "upstream", "upstream_path",
+                                 "strip_prefix")} == {
+        "site": "shop", "source": "shop.yaml", "status": 200, "route": 4, "line": 17, "action": "upstream",
+        "upstream": "api", "upstream_path": "/x", "strip_prefix": True}
+    assert data["request"] == {"method": "GET", "scheme": "http", "host": "shop.example.com", "path": "/api/x"}
+    assert data["upstream_pool"]["name"] == "api" and data["upstream_pool"]["servers"]
     data = json.loads(route(proxyctl, "--json", "http://shop.example.com/old"))
     assert data["route"] == 8 and data["action"] == "redirect" and "upstream" not in data
+    assert set(data["redirect"]) == {"status", "to"}
     data = json.loads(route(proxyctl, "http://shop.example.com/nothing", "--json"))
-    assert data == {"site": "shop", "source": "shop.yaml", "status": 404}
+    assert {k: data[k] for k in ("site", "source", "status")} == {"site": "shop", "source": "shop.yaml", "status": 404}
+    assert "route" not in data
+
+
+def test_route_json_has_every_policy_of_the_text(shop, proxyctl):
+    """Whatever the text form shows of a route is in --json too."""
+    text = route(proxyctl, "http://shop.example.com/app/home")
+    data = json.loads(route(proxyctl, "http://shop.example.com/app/home", "--json"))
+    assert "  max_body: 1048576 bytes\n" in text and data["policy"]["max_body"] == 1048576
+    assert "  request header set X-Request-Id: $request_id\n" in text
+    assert {"direction": "request", "op": "set", "name": "X-Request-Id", "value": "$request_id"} in data["headers"]
+    assert data["match"] == {"path_prefix": "/app/"} and data["methods"] == "any"
+    pool = data["upstream_pool"]
+    assert (pool["balance"], pool["keepalive"]) == ("round_robin", 32)
+    assert pool["servers"][0] == {"address": "127.0.0.1:3001", "weight": 1, "max_fails": 1, "fail_timeout_ms": 10000,
+                                  "backup": False}
 
 
 def test_route_json_escapes_source(store, proxyctl, tmp_path):
@@ -913,7 +944,8 @@ def test_route_redirect_http_note(store, proxyctl, tmp_path):
 def test_route_test_usage(shop, proxyctl, args):
     rc, out, err = proxyctl("route-test", *args)
     assert rc == 2
-    assert err == "usage: proxyctl route-test URL [-X METHOD] [-H 'K: V']... [--json]\n"
+    assert err.startswith("proxyctl: route-test: ")
+    assert err.splitlines()[1] == "usage: proxyctl route-test URL [-X METHOD] [-H 'K: V']... [--json]"
 
 
 # ---------------------------------------------------------------- reload, status, health
@@ -987,7 +1019,9 @@ def fake_proxyd(tmp_path):
 
 def test_admin_commands_with_proxyd(store, proxyctl, db, tmp_path, fake_proxyd):
     srv = fake_proxyd()
-    assert proxyctl("status") == (0, '{"generation": 1}\n', "")
+    rc, out, err = proxyctl("status")   # the summary, from the same JSON
+    assert (rc, err) == (0, "")
+    assert "generation:  1 (0 sites)\n" in out and "workers:     0 of 0 alive\n" in out
     assert proxyctl("status", "--json") == (0, '{"generation": 1}\n', "")
     assert proxyctl("health") == (0, "", "")
     assert proxyctl("reload") == (0, "proxyd reloaded\n", "")
@@ -1036,7 +1070,7 @@ def test_global_help_and_usage(tmp_path):
     for cmd in COMMANDS:
         assert f"\n  {cmd} " in out
     rc, out, err = run(cwd=tmp_path)
-    assert rc == 2 and err.startswith("usage: proxyctl [--db PATH] COMMAND")
+    assert rc == 2 and err.startswith("proxyctl: missing COMMAND\nusage: proxyctl [--db PATH] COMMAND")
     rc, out, err = run("frobnicate", cwd=tmp_path)
     assert rc == 2 and err.startswith("proxyctl: unknown command 'frobnicate'\nusage: proxyctl")
     rc, out, err = run("--bogus", "list-sites", cwd=tmp_path)
@@ -1053,7 +1087,8 @@ def test_bad_usage(store, proxyctl, db, args):
     before = state(db)
     rc, out, err = proxyctl(*args)
     assert rc == 2
-    assert err.startswith(f"usage: proxyctl {args[0]}"), err
+    assert err.startswith(f"proxyctl: {args[0]}: "), err
+    assert err.splitlines()[1].startswith(f"usage: proxyctl {args[0]}"), err
     assert state(db) == before
 
 
@@ -1072,7 +1107,10 @@ def test_events_record_every_change(store, proxyctl, db, tmp_path):
     steps = [
         (["add-site", "a.yaml"], 0, ("add-site a.yaml", "site 'a' added", 2)),
         (["add-site", "b.yaml"], 0, ("add-site b.yaml", "site 'b' added", 3)),
-        (["add-site", "a.yaml"], 0, ("add-site a.yaml", "site 'a' replaced", 4)),
+        (["add-site", "a.yaml"], 0, ("add-site a.yaml", "no change: generation 3 is already active", None)),
+        (["add-site", "c", "--host", "a.example.com", "--upstream", "127.0.0.1:2"], 1, None),
+        (["add-site", "a", "--host", "a2.example.com", "--upstream", "127.0.0.1:1"], 0,
+         ("add-site a --host a2.example.com --upstream 127.0.0.1:1", "site 'a' replaced", 4)),
         (["add-site", "bad.yaml"], 1, None),
         (["remove-site", "zz"], 1, None),
         (["remove-site", "b"], 0, ("remove-site b", "site 'b' removed", 5)),
@@ -1081,7 +1119,8 @@ def test_events_record_every_change(store, proxyctl, db, tmp_path):
         (["apply", "sites"], 0, ("apply sites", "applied 1 site (2 before)", 7)),
         (["rollback"], 0, ("rollback", "rollback to 6", 8)),
         (["rollback", "2"], 0, ("rollback 2", "rollback to 2", 9)),
-        (["init", "--global", "g.yaml"], 0, ("init --global g.yaml", "store initialised with global settings", 10)),
+        # the same settings as generation 2's: the same table
+        (["init", "--global", "g.yaml"], 0, ("init --global g.yaml", "no change: generation 9 is already active", None)),
         (["init"], 0, None),
         (["validate", "a.yaml"], 0, None),
         (["list-sites"], 0, None),
@@ -1099,4 +1138,5 @@ def test_events_record_every_change(store, proxyctl, db, tmp_path):
         assert events() == expected, args
     # Every event's generation is the one it made active.
     for cmd, what, gen in events()[1:]:
-        assert sql(db, "SELECT comment FROM generations WHERE id = ?", gen) == [(cmd,)]
+        assert gen is not None or what.startswith("no change: generation ")
+        assert gen is None or sql(db, "SELECT comment FROM generations WHERE id = ?", gen) == [(cmd,)]

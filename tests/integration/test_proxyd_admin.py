@@ -182,10 +182,12 @@ upstreams:
 
     rc, out, err = env.proxyctl("reload")
     assert rc == 0, err
-    rc, out, err = env.proxyctl("status")
+    rc, out, err = env.proxyctl("status", "--json")
     assert rc == 0, err
     j = json.loads(out)
     assert j["generation"] == gen and len(j["workers"]) == 2
+    rc, out, err = env.proxyctl("status")
+    assert rc == 0 and f"generation:  {gen} (2 sites)\n" in out and "workers:     2 of 2 alive\n" in out, out
     rc, out, err = env.proxyctl("health")
     assert rc == 0, (out, err)
 
@@ -221,7 +223,7 @@ def test_access_log_combined(proxyd_factory, origin_factory):
                                          site_extra="access_log: {format: combined}")])
     r = http(p.port, target="/path?q=1", host="clf.test", headers=[("User-Agent", "agent/1"), ("Referer", "http://r/")])
     assert r.status == 200
-    lines = wait_for(lambda: p.access_log_lines(), 3)
+    lines = wait_for(lambda: p.combined_log_lines(), 3)
     assert lines
     m = re.fullmatch(r'(\S+) - - \[(\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4})\] "GET /path\?q=1 HTTP/1\.1" '
                      r'(\d{3}) (\d+) "([^"]*)" "([^"]*)"', lines[-1])
@@ -241,9 +243,10 @@ def test_access_log_escapes_and_caps(proxyd_factory, origin_factory):
     assert http(p.port, target="/j", host="j.test", headers=[("User-Agent", ua)]).status == 200
     assert http(p.port, target="/long", host="j.test", headers=[("User-Agent", "L" * 3000)]).status == 200
     assert http(p.port, target="/c", host="c.test", headers=[("User-Agent", ua), ("Referer", "")]).status == 200
-    lines = wait_for(lambda: (lambda ls: ls if len(ls) >= 3 else None)(p.access_log_lines()), 3)
+    lines = wait_for(lambda: (lambda ls: ls if len(ls) >= 2 else None)(p.access_log_lines()), 3)
     assert lines, p.access_log_lines()
-    raw = open(p.access_log, "rb").read()
+    assert wait_for(lambda: p.combined_log_lines(), 3)
+    raw = open(p.access_log, "rb").read() + open(p.combined_log, "rb").read()
     assert b'"user_agent":"a\\u0009b\\"c\\\\d\xe9"' in raw, raw
     assert b'"GET /c HTTP/1.1" 200 ' in raw and b' "-" "a\\x09b\\x22c\\x5Cd\\xE9"\n' in raw, raw
     entries = [json.loads(l) for l in lines if l.startswith("{")]

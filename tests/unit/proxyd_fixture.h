@@ -63,7 +63,7 @@
 
 static worker_t fx_worker;
 static char fx_dir[64];
-static char fx_db[128], fx_log[128];
+static char fx_db[128], fx_log[128], fx_why[256];
 static bool (*fx_until)(void *);
 static void *fx_until_arg;
 
@@ -94,7 +94,7 @@ static inline void fx_worker_init(void)
     snprintf(fx_db, sizeof(fx_db), "%s/store.db", fx_dir);
     snprintf(fx_log, sizeof(fx_log), "%s/error.log", fx_dir);
     if (getenv("PROXYD_UNIT_STDERR") == NULL) /* the error log on the terminal, to debug a failure */
-        assert_int_equal(log_open(fx_log), 0);
+        assert_int_equal(log_open(fx_log, fx_why, sizeof(fx_why)), 0);
     signal(SIGPIPE, SIG_IGN);
     /* as worker_main: the modules' worker hooks pick the session, set up
      * the filter chains and the log phase (there are no listeners) */
@@ -116,7 +116,7 @@ static inline void fx_worker_free(void)
     free(W->stats);
     free(W->hreq);
     free(W->hres);
-    log_open(NULL);
+    log_open(NULL, fx_why, sizeof(fx_why));
     nftw(fx_dir, fx_rm, 8, FTW_DEPTH | FTW_PHYS);
     W = NULL;
 }
