@@ -242,6 +242,8 @@ static void json_route(const rt_table_t *t, uint32_t site, const route_result_t 
             size_t in;
             fastcgi_script(t, r, rq, file, sizeof(file), &info, &in);
             snprintf(pi, sizeof(pi), "%.*s", (int)in, info);
+            /* "upstream" as for a proxy route (the "fastcgi" object names it too) */
+            json_object_set_new(o, "upstream", json_string(rt_cstr(t, t->upstreams[r->upstream].name)));
             json_object_set_new(o, "script_filename", json_arg(file, strlen(file)));
             json_object_set_new(o, "path_info", json_arg(pi, strlen(pi)));
         }

@@ -63,6 +63,10 @@
 
 #define TUNNEL_TIMEOUT_MS 3600000
 #define REPLAY_MAX IOBUF_SIZE /* request bytes kept for a replay on another server */
+/* An upstream's response head: what proxyd adds to it (Date, Server, the
+ * security headers, framing, Vary, X-Cache-Status...) must still fit the
+ * client's 16 KiB output buffer, so a longer head is refused (502). */
+#define UPSTREAM_HEAD_MAX (IOBUF_SIZE - 4096)
 
 /* A FastCGI route's attempt: its records decoded, STDOUT into out.  out
  * starts with a status line of our own ("HTTP/1.1 200 FastCGI"), so the
@@ -914,7 +918,7 @@ static int head_parsed(upconn_t *u, h1_response_t *res, iobuf_t *in, size_t n)
 static int response_head(upconn_t *u)
 {
     for (;;) {
-        h1_limits_t lim = {IOBUF_SIZE - 1, IOBUF_SIZE - 1, H1_MAX_HEADERS};
+        h1_limits_t lim = {UPSTREAM_HEAD_MAX, IOBUF_SIZE - 1, H1_MAX_HEADERS};
         int n = h1_parse_response(iobuf_rd(u->in), iobuf_len(u->in), W->hres, &lim);
         if (n == 0)
             return 0;
@@ -1048,7 +1052,7 @@ static int fcgi_head(upconn_t *u)
 {
     request_t *r = u->req;
     fcgi_t *fc = ctx_of(r)->fc;
-    h1_limits_t lim = {IOBUF_SIZE - 1, IOBUF_SIZE - 1, H1_MAX_HEADERS};
+    h1_limits_t lim = {UPSTREAM_HEAD_MAX + sizeof(FCGI_HEAD_LINE) - 1, IOBUF_SIZE - 1, H1_MAX_HEADERS};
     h1_response_t *res = W->hres;
     int n = h1_parse_response(iobuf_rd(fc->out), iobuf_len(fc->out), res, &lim);
     if (n == 0 && fc->dec.ended) {
@@ -1060,8 +1064,8 @@ static int fcgi_head(upconn_t *u)
                       (unsigned)(iobuf_len(fc->out) - (sizeof(FCGI_HEAD_LINE) - 1)));
         return -1;
     }
-    if (n == 0 && iobuf_space(fc->out) == 0) {
-        up_failed(u, RT_ON_ERROR, 502, "response head larger than %d bytes", IOBUF_SIZE);
+    if (n == 0 && iobuf_space(fc->out) == 0) { /* (the parser refuses a head over lim first) */
+        up_failed(u, RT_ON_ERROR, 502, "response head larger than %d bytes", UPSTREAM_HEAD_MAX);
         return -1;
     }
     if (n == 0)

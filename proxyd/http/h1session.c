@@ -220,8 +220,15 @@ static void send_head(request_t *r)
     size_t rn = strlen(reason), dn = strlen(date), need = 13 + rn + 2 + dn + 160;
     for (uint32_t i = 0; i < p->nfields; i++)
         need += p->fields[i].name.n + p->fields[i].value.n + 4;
-    bool in_place = need <= conn_out_space(c);
-    char *base = in_place ? iobuf_wr(c->out) : arena_alloc_raw(&r->arena, need), *o = base;
+    if (need > conn_out_space(c)) {
+        /* Never a head cut short: a response only starts once the last one is out, so
+         * this is a head larger than the buffer (the proxy refuses such upstream heads). */
+        log_err("%.*s %.*s: a response head of %zu bytes does not fit the output buffer; closing", (int)r->method.n,
+                r->method.p, (int)r->target.n, r->target.p, need);
+        conn_close(c, CLOSE_ABORTED);
+        return;
+    }
+    char *base = iobuf_wr(c->out), *o = base;
     o = PUT_LIT(o, "HTTP/1.1 ");
     *o++ = (char)('0' + p->status / 100 % 10);
     *o++ = (char)('0' + p->status / 10 % 10);
@@ -238,10 +245,7 @@ static void send_head(request_t *r)
         o = PUT_LIT(o, "\r\n");
     }
     o = put_framing(r, o);
-    if (in_place)
-        c->out->end += (uint32_t)(o - base);
-    else
-        conn_write(c, base, (size_t)(o - base));
+    c->out->end += (uint32_t)(o - base);
 }
 
 static size_t send_space(request_t *r)

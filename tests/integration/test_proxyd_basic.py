@@ -710,3 +710,22 @@ def test_long_path_forwarded_whole(proxyd_factory, backend_factory):
     r = http(p.port, target=path + "?q=1")
     assert r.status == 200, r
     assert b.requests[-1].target == path + "?q=1"
+
+
+def test_an_upstream_head_too_large_for_the_client_buffer_is_refused_whole(proxyd_factory, backend_factory):
+    """An upstream head of 12 KiB or more would not fit the client's 16 KiB output buffer once proxyd adds
+    Date, Server and the security headers: it is a 502, never a head cut short; one below passes whole."""
+    big = "b" * 13000
+    small = "s" * 11000
+
+    def handler(req, conn):
+        v = big if req.target == "/big" else small
+        conn.respond(200, b"body", headers=[("X-Big", v)])
+    b = backend_factory(handler)
+    p = proxyd_factory(sites=[f"site: hb\nhosts: [hb.test]\nupstreams: {{a: {{servers: [{{address: \"{b.address}\"}}]}}}}\n"
+                              "routes:\n  - match: {path_prefix: /}\n    upstream: a\n"])
+    r = http(p.port, target="/big", host="hb.test")
+    assert r.status == 502, r
+    r = http(p.port, target="/small", host="hb.test")
+    assert r.status == 200 and r.header("X-Big") == small and r.header("X-Frame-Options") == "SAMEORIGIN", r
+    assert r.body == b"body"
