@@ -83,6 +83,8 @@ typedef struct {
 typedef struct {
     upconn_t *up;               /* the attempt in progress */
     fcgi_t *fc;                 /* a fastcgi route's state, else NULL */
+    const char *pending;        /* FastCGI: request records that did not fit the first buffer */
+    size_t pending_len;
     uint32_t server;            /* its server (table index), RT_NONE */
     bool websocket_ok;          /* an Upgrade this route lets through */
     bool body_end_sent;         /* the chunked request body's last-chunk is written */
@@ -362,26 +364,55 @@ static void cgi_vars(str_buf_t *b, const request_t *r, const rt_route_t *rt)
  * the CGI variables and the header fields the HTTP request to an upstream
  * would carry (so headers.request, X-Forwarded-*, the cache's validators
  * apply alike); STDIN follows as the body streams (move_body). */
-static int fcgi_build(request_t *r, iobuf_t *out)
+static void fcgi_records(str_buf_t *b, request_t *r, const iobuf_t *head)
 {
     const rt_table_t *t = &r->table->t;
     const rt_route_t *rt = &t->routes[r->route];
+    fcgi_begin(b, t->upstreams[rt->upstream].keepalive > 0);
+    size_t at = fcgi_params_open(b);
+    cgi_vars(b, r, rt);
+    fcgi_params_from_head(b, head->data + head->start, head->end - head->start);
+    fcgi_params_close(b, at);
+}
+
+/* The records go into out; those that do not fit (a long path is in four
+ * parameters) wait in px->pending, sent before the body (move_body). */
+static int fcgi_build(request_t *r, iobuf_t *out)
+{
+    proxy_ctx_t *px = ctx_of(r);
     iobuf_t *head = iobuf_get();
     int rc = -1;
     if (head && build_head(r, head) == 0) {
         str_buf_t b = str_buf_fixed(iobuf_wr(out), iobuf_space(out));
-        fcgi_begin(&b, t->upstreams[rt->upstream].keepalive > 0);
-        size_t at = fcgi_params_open(&b);
-        cgi_vars(&b, r, rt);
-        fcgi_params_from_head(&b, iobuf_rd(head), iobuf_len(head));
-        fcgi_params_close(&b, at);
+        fcgi_records(&b, r, head);
         if (!b.overflow) {
             out->end += (uint32_t)b.len;
             rc = 0;
+        } else {
+            size_t cap = 4 * FCGI_HEADER_LEN + 8 + FCGI_MAX_CONTENT;
+            char *big = malloc(cap);
+            b = str_buf_fixed(big, big ? cap : 0);
+            fcgi_records(&b, r, head);
+            if (big && !b.overflow) {
+                size_t first = b.len < iobuf_space(out) ? b.len : iobuf_space(out);
+                memcpy(iobuf_wr(out), big, first);
+                out->end += (uint32_t)first;
+                px->pending_len = b.len - first;
+                px->pending = memcpy(arena_alloc_raw(&r->arena, px->pending_len), big + first, px->pending_len);
+                rc = 0;
+            }
+            free(big);
         }
     }
     iobuf_put(head);
     return rc;
+}
+
+/* Request bytes still to go besides the client's body: FastCGI records that
+ * waited for room, or the empty STDIN record that ends the body. */
+static bool more_to_send(const proxy_ctx_t *px)
+{
+    return px->pending_len || (px->fc && !px->body_end_sent);
 }
 
 /* ---- request body: client -> upstream ------------------------------------------------- */
@@ -412,6 +443,16 @@ static int move_body(request_t *r, upconn_t *u)
 {
     proxy_ctx_t *px = ctx_of(r);
     bool chunked = !r->tunnel && r->body_length < 0, fcgi = px->fc != NULL;
+    if (px->pending_len) {
+        if (iobuf_space(u->out) < 64)
+            iobuf_compact(u->out);
+        size_t k = px->pending_len < iobuf_space(u->out) ? px->pending_len : iobuf_space(u->out);
+        put_out(u->out, px->pending, k);
+        px->pending += k;
+        px->pending_len -= k;
+        if (px->pending_len)
+            return 0; /* after the next flush */
+    }
     for (;;) {
         if (iobuf_space(u->out) < 64)
             iobuf_compact(u->out);
@@ -1247,7 +1288,7 @@ static int up_flush(upconn_t *u)
         iobuf_consume(u->out, (size_t)n);
     }
     request_t *r = u->req;
-    if (iobuf_len(u->out) == 0 && (!r->body_done || r->tunnel))
+    if (iobuf_len(u->out) == 0 && (!r->body_done || r->tunnel || more_to_send(ctx_of(r))))
         feed_body(r);
     if (!u->closed && u->req)
         ev_set(W->loop, &u->io, (u->read_paused ? 0 : EV_READ) | (u->out && iobuf_len(u->out) ? EV_WRITE : 0));
