@@ -557,7 +557,9 @@ static int route_fastcgi(ctx_t *c, const char *key, ynode_t *v, void *obj)
     rc |= require(c, v, "root", key);
     if (rc == 0 && r->target[0] != '/')
         rc = err(c, yaml_get(v, "root"), "fastcgi root must be an absolute path");
-    if (rc == 0 && r->index && (r->index[0] == 0 || strchr(r->index, '/')))
+    if (rc == 0 && r->index && r->index[0] == 0)
+        rc = err(c, yaml_get(v, "index"), "fastcgi index must not be empty (it is the script run for a path ending in '/')");
+    else if (rc == 0 && r->index && strchr(r->index, '/'))
         rc = err(c, yaml_get(v, "index"), "fastcgi index must be a file name (no '/')");
     if (r->index == NULL)
         r->index = "index.php";
@@ -898,6 +900,8 @@ static int site_routes(ctx_t *c, const char *key, ynode_t *v, void *obj)
             rc = errp(c, r->rewrite_pos, "rewrite_prefix applies to upstream routes only");
         if (r->buffering_max && !rt_action_upstream(r->action))
             rc = errp(c, r->buffering_max_pos, "buffering_max applies to upstream and fastcgi routes only");
+        if (r->action == RT_ACT_FASTCGI && r->websocket)
+            rc = err(c, yaml_get(v->vals[i], "websocket"), "websocket does not apply to a fastcgi route");
         if (r->action == RT_ACT_FASTCGI && r->has_strip)
             rc = errp(c, r->strip_pos, "strip_prefix does not apply to a fastcgi route (the script is root + path)");
         if (r->action == RT_ACT_FASTCGI && r->rewrite_prefix)
@@ -1144,10 +1148,6 @@ static int link_upstreams(ctx_t *c, cfg_site_t *s, bool warn_unused)
             continue;
         const char *names[64];
         size_t n = 0, found = 0;
-        if (r->action == RT_ACT_FASTCGI && r->websocket) {
-            diag_error(c->d, r->pos, "websocket does not apply to a fastcgi route");
-            rc = -1;
-        }
         for (size_t k = 0; k < s->nups; k++) {
             cfg_upstream_t *u = &s->ups[k];
             if (n < ARRAY_LEN(names))

@@ -1120,6 +1120,8 @@ routes:
      "site.yaml:7:36: error: fastcgi root must be an absolute path"),
     ("  - match: {path_prefix: /}\n    fastcgi: {upstream: fpm, root: /www, index: a/index.php}\n", "",
      "site.yaml:7:49: error: fastcgi index must be a file name (no '/')"),
+    ("  - match: {path_prefix: /}\n    fastcgi: {upstream: fpm, root: /www, index: \"\"}\n", "",
+     "site.yaml:7:49: error: fastcgi index must not be empty (it is the script run for a path ending in '/')"),
     ("  - match: {path_prefix: /a/}\n    upstream: fpm\n  - match: {path_prefix: /}\n"
      "    fastcgi: {upstream: fpm, root: /www}\n", "",
      "site.yaml:9:25: error: upstream 'fpm' serves both fastcgi and HTTP routes (one protocol per upstream)"),
@@ -1130,7 +1132,7 @@ routes:
      '  tl: {servers: [{address: "127.0.0.1:9001"}], tls: {}}\n',
      "site.yaml:8:25: error: upstream 'tl' has tls, which FastCGI does not speak"),
     ("  - match: {path_prefix: /}\n    fastcgi: {upstream: fpm, root: /www}\n    websocket: true\n", "",
-     "error: websocket does not apply to a fastcgi route"),
+     "site.yaml:8:16: error: websocket does not apply to a fastcgi route"),
     ("  - match: {path_prefix: /}\n    fastcgi: {upstream: fpm, root: /www}\n    strip_prefix: true\n", "",
      "site.yaml:8:19: error: strip_prefix does not apply to a fastcgi route (the script is root + path)"),
     ("  - match: {path_prefix: /}\n    fastcgi: {upstream: fpm, root: /www}\n    rewrite_prefix: /x/\n", "",
@@ -1139,7 +1141,7 @@ routes:
      "site.yaml:7:25: error: undefined upstream 'nope'"),
     ("  - match: {path_prefix: /}\n    fastcgi: {upstream: fpm, root: /www}\n    upstream: fpm\n", "",
      "site.yaml:8:15: error: route has more than one action ('fastcgi' and 'upstream')"),
-], ids=["no-root", "relative-root", "index-slash", "http-then-fastcgi", "fastcgi-then-http", "tls", "websocket",
+], ids=["no-root", "relative-root", "index-slash", "index-empty", "http-then-fastcgi", "fastcgi-then-http", "tls", "websocket",
         "strip_prefix", "rewrite_prefix", "undefined-upstream", "two-actions"])
 def test_validate_refuses(store, proxyctl, tmp_path, routes, upstreams, message):
     text = BAD.replace("routes:\n", upstreams + "routes:\n") + routes
