@@ -149,7 +149,7 @@ FUZZERS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c
 build/fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(PROXYCTL_SRC) $(GEN_SRC) $(HEADERS) proxyd/http/http1.c
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined \
-	    $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(GEN_SRC) $(LDLIBS)
+	    $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(GEN_SRC) $(LDLIBS) $(CTL_LIBS)
 
 build/fuzz/fuzz_http1: tests/fuzz/fuzz_http1.c proxyd/http/http1.c proxyd/http/http1.h
 	@mkdir -p $(@D)
