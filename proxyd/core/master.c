@@ -93,9 +93,12 @@ static void child_after_fork(void)
     admin_close_in_child();
     ev_free(M.loop);
     close(sig_io.fd);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    /* SIGUSR1 stays blocked: logrotate may signal the whole unit (systemctl kill) while
+     * a new worker is still on its way to its own signalfd, and its default would kill it. */
+    sigset_t keep;
+    sigemptyset(&keep);
+    sigaddset(&keep, SIGUSR1);
+    sigprocmask(SIG_SETMASK, &keep, NULL);
 }
 
 /* ---- HA replication process ---------------------------------------------------------- */

@@ -101,6 +101,7 @@ def test_route_test_shows_500_not_a_later_route(store, proxyctl, tmp_path):
                    "result: 500 regex match failed\n")
     j = json.loads(route_test(proxyctl, "--json", "http://rx.test/app" + EVIL[1:]))
     assert j == {"site": "rx", "source": "rx.yaml", "status": 500,
+                 "request": {"method": "GET", "scheme": "http", "host": "rx.test", "path": "/app" + EVIL[1:]},
                  "regex_failed": {"route": 2, "line": 8, "error": "match limit exceeded"}}
 
 
