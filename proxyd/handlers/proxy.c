@@ -623,7 +623,7 @@ static upconn_t *launch(request_t *r, iobuf_t *out, uint8_t tries, uint64_t trie
         upconn_t *u = px->websocket_ok || pl == NULL ? NULL : upool_take(pl);
         if (u == NULL && (u = upconn_connect(r->table, server, pl, &why)) == NULL) {
             px->server = server;
-            health_failed(r->table, server, ev_now(W->loop), why);
+            upool_failed(pl, r->table, server, ev_now(W->loop), why);
             snprintf(why_msg, sizeof(why_msg), "connect failed: %s", why);
             status = 502;
             msg = why_msg;
@@ -722,12 +722,13 @@ static bool retry_fresh(upconn_t *u)
         return false;
     abandon(u);
     const char *why;
-    upconn_t *fresh = upconn_connect(r->table, server, upool_of(r->table, server), &why);
+    upool_t *pl = upool_of(r->table, server);
+    upconn_t *fresh = upconn_connect(r->table, server, pl, &why);
     if (fresh == NULL) {
         char msg[192];
         snprintf(msg, sizeof(msg), "reconnect failed: %s", why);
         px->server = server;
-        health_failed(r->table, server, ev_now(W->loop), msg);
+        upool_failed(pl, r->table, server, ev_now(W->loop), msg);
         if (!(policy_of(r)->retry_on & RT_ON_ERROR)) {
             iobuf_put(out);
             fail(r, 502, "%s", msg);
@@ -761,7 +762,7 @@ static void up_failed(upconn_t *u, unsigned cond, int status, const char *fmt, .
     }
     if (cond == RT_ON_ERROR && retry_fresh(u))
         return;
-    health_failed(r->table, u->server, ev_now(W->loop), msg);
+    upool_failed(u->pool, r->table, u->server, ev_now(W->loop), msg);
     if (!retry_elsewhere(u, cond, status, msg))
         fail(r, status, "%s", msg);
 }
@@ -917,7 +918,7 @@ static bool failed_status(upconn_t *u, int status)
         return false;
     char msg[48];
     snprintf(msg, sizeof(msg), "answered %d", status);
-    health_failed(r->table, u->server, ev_now(W->loop), msg);
+    upool_failed(u->pool, r->table, u->server, ev_now(W->loop), msg);
     return retry_elsewhere(u, cond, status, msg);
 }
 

@@ -1,0 +1,279 @@
+"""Upstream host names resolved through DNS (SPEC §10): every A/AAAA address is used, names
+are asked again on the `resolve:` schedule by the workers' own stub resolver, and the event
+loop never waits for an answer.
+
+A small DNS responder runs in the test (UDP on 127.0.0.1, an ephemeral port given to proxyd as
+proxy.yaml `resolver`); the test changes its answers mid-test.  Backends listen on 127.0.0.2
+and 127.0.0.3 on one port, so one name:port reaches either."""
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from proxyd_fixtures import backend_factory, free_port, http, proxy_site, proxyd_factory  # noqa: F401
+
+HOST = "dns.test"
+
+
+class DnsResponder:
+    """Answers A queries from self.answers[name] (a list of IPv4 addresses), AAAA with no
+    records.  mode: "ok", "servfail", "nxdomain", "drop" (no answer), "delay" (answer after
+    self.delay seconds).  Names it does not know get NXDOMAIN."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.answers = {}
+        self.mode = "ok"
+        self.delay = 2.0
+        self.ttl = 300
+        self.queries = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopping.is_set():
+            try:
+                data, peer = self.sock.recvfrom(2048)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                reply = self._answer(data)
+            except (ValueError, struct.error, IndexError):
+                continue
+            if reply is None:
+                continue
+            if self.mode == "delay":
+                threading.Timer(self.delay, self._send, (reply, peer)).start()
+            else:
+                self._send(reply, peer)
+
+    def _send(self, reply, peer):
+        try:
+            self.sock.sendto(reply, peer)
+        except OSError:
+            pass
+
+    def _answer(self, q):
+        qid, _flags, qd = struct.unpack("!HHH", q[:6])
+        if qd != 1:
+            return None
+        off, labels = 12, []
+        while q[off]:
+            labels.append(q[off + 1:off + 1 + q[off]].decode().lower())
+            off += 1 + q[off]
+        qtype, _qclass = struct.unpack("!HH", q[off + 1:off + 5])
+        question = q[12:off + 5]
+        name = ".".join(labels)
+        with self.lock:
+            self.queries.append((name, qtype))
+            mode, addrs = self.mode, list(self.answers.get(name, []))
+        if mode == "drop":
+            return None
+        rcode = 2 if mode == "servfail" else 3 if (mode == "nxdomain" or name not in self.answers) else 0
+        records = b""
+        count = 0
+        if rcode == 0 and qtype == 1:
+            for a in addrs:
+                records += struct.pack("!HHHIH", 0xC00C, 1, 1, self.ttl, 4) + socket.inet_aton(a)
+                count += 1
+        head = struct.pack("!HHHHHH", qid, 0x8180 | rcode, 1, count, 0, 0)
+        return head + question + records
+
+    def set(self, name, addrs, mode="ok"):
+        with self.lock:
+            self.answers[name] = addrs
+            self.mode = mode
+
+    def set_mode(self, mode):
+        with self.lock:
+            self.mode = mode
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+class Backend:
+    """HTTP/1.1 on ip:port answering its name; /slow waits `slow` seconds first."""
+
+    def __init__(self, ip, port, name, slow=1.5):
+        body = name.encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                if self.path.startswith("/slow"):
+                    time.sleep(slow)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer((ip, port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def dns():
+    d = DnsResponder()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def backends():
+    made = []
+
+    def make(port, *ips):
+        for ip in ips:
+            made.append(Backend(ip, port, ip))
+        return made
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+def start(proxyd_factory, dns, name, port, resolve="1s", workers=1, extra_sites=()):
+    extra = f"resolve: {resolve}" if resolve else ""
+    site = proxy_site("dnsapp", f"{name}:{port}", hosts=[HOST], default=True, upstream_extra=extra)
+    return proxyd_factory(global_settings={"resolver": [f"127.0.0.1:{dns.port}"]}, sites=[site, *extra_sites],
+                          workers=workers)
+
+
+def body_of(p, target="/"):
+    r = http(p.port, target=target, host=HOST, timeout=5)
+    return r.status, r.body.decode(errors="replace")
+
+
+def wait_body(p, want, tries=40, step=0.1):
+    """Bounded: tries requests, step seconds apart; the bodies seen."""
+    seen = []
+    for _ in range(tries):
+        st, b = body_of(p)
+        seen.append((st, b))
+        if st == 200 and b == want:
+            return seen
+        time.sleep(step)
+    pytest.fail(f"no {want!r} after {tries} tries: {seen[-5:]}")
+
+
+def test_changed_answer_reaches_new_address_and_inflight_finishes(proxyd_factory, dns, backends):
+    port = free_port()
+    backends(port, "127.0.0.2", "127.0.0.3")
+    dns.set("app.test", ["127.0.0.2"])
+    p = start(proxyd_factory, dns, "app.test", port)
+    wait_body(p, "127.0.0.2")
+    slow = {}
+    t = threading.Thread(target=lambda: slow.update(r=body_of(p, "/slow")))
+    t.start()
+    time.sleep(0.2)                       # the slow request is on 127.0.0.2 now
+    dns.set("app.test", ["127.0.0.3"])
+    t0 = time.monotonic()
+    wait_body(p, "127.0.0.3", tries=50)   # resolve: 1s; at most 5 s
+    assert time.monotonic() - t0 < 5
+    assert {body_of(p)[1] for _ in range(6)} == {"127.0.0.3"}
+    t.join(10)
+    assert slow.get("r") == (200, "127.0.0.2"), slow
+    log = p.error_log_text()
+    assert "upstream name app.test: now 127.0.0.3 (was 127.0.0.2)" in log, log
+
+
+def test_every_address_takes_traffic(proxyd_factory, dns, backends):
+    port = free_port()
+    backends(port, "127.0.0.2", "127.0.0.3")
+    dns.set("pair.test", ["127.0.0.2", "127.0.0.3"])
+    p = start(proxyd_factory, dns, "pair.test", port, resolve=None)
+    wait_body(p, "127.0.0.2")
+    got = {}
+    for _ in range(20):
+        st, b = body_of(p)
+        assert st == 200
+        got[b] = got.get(b, 0) + 1
+    assert set(got) == {"127.0.0.2", "127.0.0.3"} and min(got.values()) >= 5, got
+    assert ("pair.test", 28) in dns.queries     # AAAA asked too
+
+
+@pytest.mark.parametrize("mode,why", [("servfail", "SERVFAIL from 127.0.0.1:"), ("drop", "no answer within")])
+def test_failed_resolution_keeps_last_good(proxyd_factory, dns, backends, mode, why):
+    port = free_port()
+    backends(port, "127.0.0.2")
+    dns.set("keep.test", ["127.0.0.2"])
+    p = start(proxyd_factory, dns, "keep.test", port)
+    wait_body(p, "127.0.0.2")
+    dns.set_mode(mode)
+    deadline = time.monotonic() + 8
+    line = "upstream name keep.test: cannot resolve: "
+    while time.monotonic() < deadline and line not in p.error_log_text():
+        assert body_of(p) == (200, "127.0.0.2")
+        time.sleep(0.2)
+    log = p.error_log_text()
+    assert line in log and why in log and "keeping its 1 address of the last answer" in log, log
+    n = len(dns.queries)
+    time.sleep(3)                         # more failed resolutions: still one line
+    assert len(dns.queries) > n
+    assert p.error_log_text().count(line) == 1, p.error_log_text()
+    assert body_of(p) == (200, "127.0.0.2")
+    dns.set_mode("ok")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "upstream name keep.test: resolves again" not in p.error_log_text():
+        time.sleep(0.1)
+    assert "upstream name keep.test: resolves again" in p.error_log_text()
+
+
+def test_name_that_never_resolves_is_503(proxyd_factory, dns, backends):
+    port = free_port()
+    p = start(proxyd_factory, dns, "nowhere.test", port)   # the responder does not know it: NXDOMAIN
+    deadline = time.monotonic() + 5
+    line = "upstream name nowhere.test: cannot resolve: no such name (NXDOMAIN from 127.0.0.1:"
+    while time.monotonic() < deadline and line not in p.error_log_text():
+        time.sleep(0.05)
+    assert line in p.error_log_text() and "its servers count as down until it does" in p.error_log_text()
+    assert body_of(p)[0] == 503
+    # it serves once the name exists
+    backends(port, "127.0.0.2")
+    dns.set("nowhere.test", ["127.0.0.2"])
+    wait_body(p, "127.0.0.2", tries=60)
+
+
+def test_slow_resolver_does_not_block_the_loop(proxyd_factory, dns, backends, backend_factory):
+    """One worker: while its resolver waits 2 s for an answer, another site is served at once."""
+    port = free_port()
+    backends(port, "127.0.0.2")
+    other = backend_factory(lambda req, conn: conn.respond(200, b"other"))
+    dns.set("slow.test", ["127.0.0.2"], mode="delay")
+    site2 = proxy_site("other", other.address, hosts=["other.test"])
+    p = start(proxyd_factory, dns, "slow.test", port, extra_sites=[site2])
+    worst = 0.0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        with dns.lock:
+            asked = len(dns.queries)
+        t0 = time.monotonic()
+        r = http(p.port, host="other.test", timeout=5)
+        worst = max(worst, time.monotonic() - t0)
+        assert r.status == 200 and r.body == b"other"
+        time.sleep(0.05)
+    assert asked >= 2, dns.queries          # queries were in flight meanwhile
+    assert worst < 0.3, f"a request took {worst:.3f}s while the resolver waited"
