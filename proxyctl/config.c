@@ -1364,6 +1364,8 @@ static int g_resolver(ctx_t *c, const char *key, ynode_t *v, void *obj)
         l->text = e->s;
         if (parse_ip(e->s, e->len, ip, &fam) == 0) /* no port: 53 */
             l->text = arena_printf(c->a, fam == 6 ? "[%s]:53" : "%s:53", e->s);
+        else if (strchr(e->s, ':') == NULL) /* a name without a port: say it is a name */
+            l->text = arena_printf(c->a, "%s:53", e->s);
         if (parse_sockaddr(l->text, strlen(l->text), &l->sa, &why) < 0 || l->sa.kind == RT_ADDR_NAME ||
             l->sa.kind == RT_ADDR_UNIX || l->sa.port == 0) {
             rc = err(c, e, "invalid resolver address '%s': %s", e->s,

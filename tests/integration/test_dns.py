@@ -7,12 +7,14 @@ proxy.yaml `resolver`); the test changes its answers mid-test.  Backends listen 
 and 127.0.0.3 on one port, so one name:port reaches either."""
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import socket
+import json
 import struct
 import threading
 import time
 
 import pytest
 
+from conftest import store, proxyctl, db, write  # noqa: F401
 from proxyd_fixtures import backend_factory, free_port, http, proxy_site, proxyd_factory  # noqa: F401
 
 HOST = "dns.test"
@@ -277,3 +279,68 @@ def test_slow_resolver_does_not_block_the_loop(proxyd_factory, dns, backends, ba
         time.sleep(0.05)
     assert asked >= 2, dns.queries          # queries were in flight meanwhile
     assert worst < 0.3, f"a request took {worst:.3f}s while the resolver waited"
+
+
+# ---- proxyctl: validate, route-test, dump --------------------------------------------------
+
+RESOLVE_SITE = """\
+site: r
+hosts: [r.example.com]
+upstreams:
+  app: {servers: ["app.internal:3000", "127.0.0.1:3001"], resolve: 30s}
+  ttl: {servers: ["ttl.internal:3000"]}
+routes:
+  - {match: {path_prefix: /t}, upstream: ttl}
+  - {match: {path_prefix: /}, upstream: app}
+"""
+
+
+def test_route_test_and_dump_show_resolve(store, proxyctl, tmp_path):
+    write(tmp_path, "r.yaml", RESOLVE_SITE, dedent=False)
+    write(tmp_path, "proxy.yaml", 'resolver: ["127.0.0.53", "[::1]:5353"]\n', dedent=False)
+    rc, out, err = proxyctl("init", "--global", "proxy.yaml")
+    assert rc == 0, err
+    rc, out, err = proxyctl("add-site", "r.yaml")
+    assert rc == 0, err
+    rc, out, err = proxyctl("route-test", "http://r.example.com/x")
+    assert rc == 0, err
+    assert "upstream app: round_robin, keepalive 32, resolve every 30s\n" in out, out
+    rc, out, err = proxyctl("route-test", "http://r.example.com/t")
+    assert "upstream ttl: round_robin, keepalive 32, resolve at the records' TTL\n" in out, out
+    rc, out, err = proxyctl("route-test", "--json", "http://r.example.com/x")
+    assert json.loads(out)["resolve"] == "30s"
+    rc, out, err = proxyctl("dump")
+    assert rc == 0, err
+    assert "  dns resolver 127.0.0.53:53\n" in out and "  dns resolver [::1]:5353\n" in out, out
+    assert "resolve every 30s" in out
+
+
+@pytest.mark.parametrize("text, message", [
+    ('site: a\nhosts: [a.example.com]\nupstreams:\n  app: {servers: ["a.internal:80"], resolve: 100ms}\n'
+     'routes: [{match: {path_prefix: /}, upstream: app}]\n',
+     "site.yaml:4:46: error: resolve must be between 1s and 24h (not '100ms')"),
+    ('site: a\nhosts: [a.example.com]\nupstreams:\n  app: {servers: ["a.internal:80"], resolve: soon}\n'
+     'routes: [{match: {path_prefix: /}, upstream: app}]\n',
+     "site.yaml:4:46: error: invalid duration 'soon' for 'resolve'"),
+    ('site: a\nhosts: [a.example.com]\nupstreams:\n  app: {servers: ["127.0.0.1:80"], resolve: 5s}\n'
+     'routes: [{match: {path_prefix: /}, upstream: app}]\n',
+     "site.yaml:4:45: warning: resolve has no effect: no server of upstream 'app' is given by a host name"),
+])
+def test_resolve_diagnostics(store, proxyctl, tmp_path, text, message):
+    write(tmp_path, "site.yaml", text, dedent=False)
+    rc, out, err = proxyctl("validate", "site.yaml")
+    assert message in err, err
+    assert rc == (0 if "warning" in message else 1)
+
+
+@pytest.mark.parametrize("value, message", [
+    ('["ns.example.com"]', "proxy.yaml:1:12: error: invalid resolver address 'ns.example.com': use an IP address, not a host name"),
+    ('["127.0.0.1:0"]', "proxy.yaml:1:12: error: invalid resolver address '127.0.0.1:0': port must be 1..65535"),
+    ('[]', "proxy.yaml:1:11: error: resolver lists no address (leave it out to use /etc/resolv.conf)"),
+])
+def test_resolver_diagnostics(store, proxyctl, tmp_path, value, message):
+    write(tmp_path, "proxy.yaml", f"resolver: {value}\n", dedent=False)
+    write(tmp_path, "site.yaml", RESOLVE_SITE, dedent=False)
+    rc, out, err = proxyctl("validate", "--global", "proxy.yaml", "site.yaml")
+    assert rc == 1
+    assert message + "\n" in err, err
