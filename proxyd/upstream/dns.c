@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../common/util.h"
+
 #define HDR 12
 #define MAX_RECORDS 64 /* answer records looked at; a larger answer is refused */
 
@@ -23,25 +25,10 @@ static char lower(char c) { return c >= 'A' && c <= 'Z' ? (char)(c + 32) : c; }
 
 bool dns_name_ok(const char *name)
 {
-    size_t n = strlen(name), label = 0;
+    size_t n = strlen(name);
     if (n > 0 && name[n - 1] == '.')
         n--;
-    if (n == 0 || n > 253)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = name[i];
-        if (c == '.') {
-            if (label == 0)
-                return false;
-            label = 0;
-            continue;
-        }
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_'))
-            return false;
-        if (++label > 63)
-            return false;
-    }
-    return true;
+    return hostname_ok(name, n);
 }
 
 int dns_query(uint8_t *buf, size_t cap, uint16_t id, const char *name, uint16_t qtype)

@@ -48,7 +48,7 @@
 #include "upstream/pool.h"
 
 #define RS_MAX_NS      8
-#define RS_TRY_MS      1000
+#define RS_TRY_MS      1000u
 #define RS_TRIES       2
 #define RS_RETRY_MS    5000
 #define RS_HOSTS_MS    5000

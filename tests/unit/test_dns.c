@@ -69,14 +69,20 @@ static void head(msg_t *m, uint16_t id, unsigned flags, unsigned an, const char 
     put16(m, 1);
 }
 
+/* A record's type, class IN, TTL and data length (after its owner name). */
+static void rr_head(msg_t *m, uint16_t type, uint32_t ttl, unsigned rdlen)
+{
+    put16(m, type);
+    put16(m, 1);
+    put32(m, ttl);
+    put16(m, rdlen);
+}
+
 /* A record owned by the question's name (pointer to offset 12). */
 static void rr_a(msg_t *m, uint32_t ttl, uint8_t a, uint8_t b, uint8_t c, uint8_t d)
 {
     put16(m, 0xc00c);
-    put16(m, DNS_T_A);
-    put16(m, 1);
-    put32(m, ttl);
-    put16(m, 4);
+    rr_head(m, DNS_T_A, ttl, 4);
     uint8_t ip[4] = {a, b, c, d};
     put(m, ip, 4);
 }
@@ -180,10 +186,7 @@ static void test_compression_loops(void **state)
     head(&m, 1, 0x8180, 1, "x.test", DNS_T_A);
     size_t at = m.n;
     put16(&m, 0xc000 | (unsigned)at);
-    put16(&m, DNS_T_A);
-    put16(&m, 1);
-    put32(&m, 1);
-    put16(&m, 4);
+    rr_head(&m, DNS_T_A, 1, 4);
     put32(&m, 0x7f000001);
     assert_int_equal(parse(&m, 1, "x.test", DNS_T_A, &a, &why), -1);
     assert_string_equal(why, "malformed answer record");
@@ -192,10 +195,7 @@ static void test_compression_loops(void **state)
     at = m.n;
     uint8_t loop[] = {1, 'a', 0xc0, (uint8_t)(at + 4), 1, 'b', 0xc0, (uint8_t)at};
     put(&m, loop, sizeof(loop));
-    put16(&m, DNS_T_A);
-    put16(&m, 1);
-    put32(&m, 1);
-    put16(&m, 4);
+    rr_head(&m, DNS_T_A, 1, 4);
     put32(&m, 0x7f000001);
     assert_int_equal(parse(&m, 1, "x.test", DNS_T_A, &a, &why), -1);
     /* The question name itself a pointer into the header. */
@@ -227,10 +227,7 @@ static void test_truncated_records(void **state)
     /* An A record of 5 bytes. */
     head(&m, 3, 0x8180, 1, "t.test", DNS_T_A);
     put16(&m, 0xc00c);
-    put16(&m, DNS_T_A);
-    put16(&m, 1);
-    put32(&m, 5);
-    put16(&m, 5);
+    rr_head(&m, DNS_T_A, 5, 5);
     put32(&m, 0x01020304);
     uint8_t extra = 5;
     put(&m, &extra, 1);
@@ -256,16 +253,10 @@ static void test_cname_chain(void **state)
     put(&m, w, sizeof(w));
     rr_a(&m, 50, 9, 9, 9, 9); /* an A of app.test itself next to its CNAME: not the chain's end */
     put16(&m, 0xc000 | (unsigned)web);
-    put16(&m, DNS_T_CNAME);
-    put16(&m, 1);
-    put32(&m, 30);
-    put16(&m, 11);
+    rr_head(&m, DNS_T_CNAME, 30, 11);
     put_name(&m, "edge.test");
     put_name(&m, "edge.test");
-    put16(&m, DNS_T_A);
-    put16(&m, 1);
-    put32(&m, 200);
-    put16(&m, 4);
+    rr_head(&m, DNS_T_A, 200, 4);
     put32(&m, 0x0a000005);
     assert_int_equal(parse(&m, 4, "app.test", DNS_T_A, &a, &why), 0);
     assert_int_equal(a.ncnames, 2);
@@ -283,16 +274,10 @@ static void test_cname_loop(void **state)
     const char *why;
     head(&m, 5, 0x8180, 2, "a.test", DNS_T_A);
     put16(&m, 0xc00c);
-    put16(&m, DNS_T_CNAME);
-    put16(&m, 1);
-    put32(&m, 1);
-    put16(&m, 8);
+    rr_head(&m, DNS_T_CNAME, 1, 8);
     put_name(&m, "b.test");
     put_name(&m, "b.test");
-    put16(&m, DNS_T_CNAME);
-    put16(&m, 1);
-    put32(&m, 1);
-    put16(&m, 2);
+    rr_head(&m, DNS_T_CNAME, 1, 2);
     put16(&m, 0xc00c);
     assert_int_equal(parse(&m, 5, "a.test", DNS_T_A, &a, &why), -1);
     assert_string_equal(why, "CNAME chain too long");
