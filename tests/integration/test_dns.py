@@ -112,8 +112,21 @@ class Backend:
     def __init__(self, ip, port, name, slow=1.5):
         body = name.encode()
 
+        me = self
+        self.open = 0                     # connections open now
+        self.lock = threading.Lock()
+
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def handle(self):
+                with me.lock:
+                    me.open += 1
+                try:
+                    super().handle()
+                finally:
+                    with me.lock:
+                        me.open -= 1
 
             def do_GET(self):
                 if self.path.startswith("/slow"):
@@ -183,10 +196,11 @@ def wait_body(p, want, tries=40, step=0.1):
 
 def test_changed_answer_reaches_new_address_and_inflight_finishes(proxyd_factory, dns, backends):
     port = free_port()
-    backends(port, "127.0.0.2", "127.0.0.3")
+    made = backends(port, "127.0.0.2", "127.0.0.3")
     dns.set("app.test", ["127.0.0.2"])
     p = start(proxyd_factory, dns, "app.test", port)
     wait_body(p, "127.0.0.2")
+    assert made[0].open >= 1              # pooled keep-alive connections to 127.0.0.2
     slow = {}
     t = threading.Thread(target=lambda: slow.update(r=body_of(p, "/slow")))
     t.start()
@@ -198,6 +212,13 @@ def test_changed_answer_reaches_new_address_and_inflight_finishes(proxyd_factory
     assert {body_of(p)[1] for _ in range(6)} == {"127.0.0.3"}
     t.join(10)
     assert slow.get("r") == (200, "127.0.0.2"), slow
+    # The old pool drains: the idle connections to 127.0.0.2 were closed when it left the
+    # answer, the slow request's connection once it was done (keepalive_timeout is 75 s).
+    a = made[0]
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and a.open:
+        time.sleep(0.05)
+    assert a.open == 0, f"{a.open} connections to the old address still open"
     log = p.error_log_text()
     assert "upstream name app.test: now 127.0.0.3 (was 127.0.0.2)" in log, log
 
