@@ -623,7 +623,10 @@ static upconn_t *launch(request_t *r, iobuf_t *out, uint8_t tries, uint64_t trie
         upconn_t *u = px->websocket_ok || pl == NULL ? NULL : upool_take(pl);
         if (u == NULL && (u = upconn_connect(r->table, server, pl, &why)) == NULL) {
             px->server = server;
-            upool_failed(pl, r->table, server, ev_now(W->loop), why);
+            if (upool_failed(pl, r->table, server, ev_now(W->loop), why)) { /* the name's next address */
+                tried &= ~pos_bit(r->table, server);
+                tries--;
+            }
             snprintf(why_msg, sizeof(why_msg), "connect failed: %s", why);
             status = 502;
             msg = why_msg;
@@ -762,7 +765,12 @@ static void up_failed(upconn_t *u, unsigned cond, int status, const char *fmt, .
     }
     if (cond == RT_ON_ERROR && retry_fresh(u))
         return;
-    upool_failed(u->pool, r->table, u->server, ev_now(W->loop), msg);
+    if (upool_failed(u->pool, r->table, u->server, ev_now(W->loop), msg) && u->tries > 0) {
+        /* Another address of the server's name is usable: it is the next
+         * server of the pool (upstream/resolve.h), not a try of this one. */
+        u->tried &= ~pos_bit(r->table, u->server);
+        u->tries--;
+    }
     if (!retry_elsewhere(u, cond, status, msg))
         fail(r, status, "%s", msg);
 }

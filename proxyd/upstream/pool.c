@@ -298,9 +298,10 @@ bool upool_failed(upool_t *p, tref_t *tr, uint32_t server, uint64_t now, const c
 {
     if (p && p->salen && resolve_failed(tr, server, &p->sa, now)) {
         log_warn("upstream %s: %s; its other addresses take the next connections", upool_name(p), why);
-        return false;
+        return true;
     }
-    return health_failed(tr, server, now, why);
+    health_failed(tr, server, now, why);
+    return false;
 }
 
 static int pool_table_init(tref_t *tr, const module_load_t *ld, char *err, size_t errlen)

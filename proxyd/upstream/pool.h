@@ -53,8 +53,9 @@ struct upconn {
  * (upstream/resolve.h).  NULL out of memory. */
 upool_t *upool_of(tref_t *tr, uint32_t server);
 /* A connection through p to server failed: the address is skipped for a
- * while when the server's name has others, else the server's passive
- * health counts it (health_failed, whose result it returns). */
+ * while when the server's name has others (true: one of them may take the
+ * attempt again), else the server's passive health counts it
+ * (health_failed) and the result is false. */
 bool upool_failed(upool_t *p, tref_t *tr, uint32_t server, uint64_t now, const char *why);
 /* The address gone (any port) left the answer for host: its idle pooled
  * connections close, those in use close when done. */

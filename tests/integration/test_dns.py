@@ -365,3 +365,21 @@ def test_resolver_diagnostics(store, proxyctl, tmp_path, value, message):
     rc, out, err = proxyctl("validate", "--global", "proxy.yaml", "site.yaml")
     assert rc == 1
     assert message + "\n" in err, err
+
+
+def test_dead_address_skipped_by_the_next_connections(proxyd_factory, dns, backends):
+    """pair.test has two addresses, only 127.0.0.2 answers: a refused connection to
+    127.0.0.3 moves the attempt to the name's other address (it is a server of the pool),
+    so no request fails, and the dead address is skipped afterwards."""
+    port = free_port()
+    backends(port, "127.0.0.2")
+    dns.set("half.test", ["127.0.0.2", "127.0.0.3"])
+    p = start(proxyd_factory, dns, "half.test", port, resolve=None)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "upstream name half.test: 127.0.0.2 127.0.0.3" not in p.error_log_text():
+        time.sleep(0.05)
+    got = [body_of(p) for _ in range(10)]
+    assert got == [(200, "127.0.0.2")] * 10, got
+    log = p.error_log_text()
+    assert "upstream half.test:" in log and "=127.0.0.3: " in log, log
+    assert "its other addresses take the next connections" in log, log
