@@ -340,10 +340,10 @@ static int on_answer(rs_name_t *n, const uint8_t *buf, size_t len, int q, const 
         rs_try(n);
         return 1;
     }
+    if (a.naddrs && (n->nfresh == 0 || a.ttl < n->ttl)) /* the least TTL of the records kept */
+        n->ttl = a.ttl;
     for (unsigned i = 0; i < a.naddrs; i++)
         add_addr(n->fresh, &n->nfresh, &a.addrs[i]);
-    if (a.naddrs && (n->answered == 0 || a.ttl < n->ttl))
-        n->ttl = a.ttl;
     n->answered |= (uint8_t)(1u << q);
     if (n->answered != 3)
         return 0;
@@ -412,8 +412,14 @@ static void rs_try(rs_name_t *n)
     snprintf(n->why, sizeof(n->why), "%s: no answer within %ums (%u tries)", server, RS_TRY_MS, n->attempt);
     uint8_t q[2][DNS_MAX_NAME + 20];
     int ql[2] = {-1, -1};
-    while (getrandom(n->id, sizeof(n->id), 0) != sizeof(n->id) || n->id[0] == n->id[1])
-        ;
+    /* Should getrandom fail (an unseeded pool at boot), weaker ids: a hash of clock, pid and entry. */
+    if (getrandom(n->id, sizeof(n->id), GRND_NONBLOCK) != (ssize_t)sizeof(n->id)) {
+        uint64_t x = hash_mix64(ev_now(W->loop) ^ (uint64_t)(uintptr_t)n ^ ((uint64_t)getpid() << 32) ^ n->attempt);
+        n->id[0] = (uint16_t)x;
+        n->id[1] = (uint16_t)(x >> 16);
+    }
+    if (n->id[0] == n->id[1])
+        n->id[1] ^= 0x5a5a;
     int fd = socket(sa->ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd >= 0 && connect(fd, (const struct sockaddr *)sa, sl) == 0 && ev_add(W->loop, &n->io, fd, EV_READ, rs_io) == 0) {
         ql[0] = dns_query(q[0], sizeof(q[0]), n->id[0], n->host, DNS_T_A);

@@ -383,3 +383,17 @@ def test_dead_address_skipped_by_the_next_connections(proxyd_factory, dns, backe
     log = p.error_log_text()
     assert "upstream half.test:" in log and "=127.0.0.3: " in log, log
     assert "its other addresses take the next connections" in log, log
+
+
+def test_without_resolve_the_ttl_decides(proxyd_factory, dns, backends):
+    """No `resolve:`: the name is asked again when its records' TTL (1 s here) runs out."""
+    port = free_port()
+    backends(port, "127.0.0.2", "127.0.0.3")
+    dns.ttl = 1
+    dns.set("ttl.test", ["127.0.0.2"])
+    p = start(proxyd_factory, dns, "ttl.test", port, resolve=None)
+    wait_body(p, "127.0.0.2")
+    dns.set("ttl.test", ["127.0.0.3"])
+    wait_body(p, "127.0.0.3", tries=50)
+    asked = sum(1 for q in dns.queries if q == ("ttl.test", 1))
+    assert 2 <= asked <= 12, dns.queries   # about one A query a second, not a flood
