@@ -56,6 +56,7 @@
 #include "upstream/fastcgi.h"
 #include "upstream/health.h"
 #include "upstream/pool.h"
+#include "upstream/resolve.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -648,8 +649,10 @@ static upconn_t *launch(request_t *r, iobuf_t *out, uint8_t tries, uint64_t trie
     iobuf_put(out);
     if (msg == NULL) {
         const rt_table_t *t = &r->table->t;
-        snprintf(why_msg, sizeof(why_msg), "no server of upstream %s is up",
-                 rt_cstr(t, t->upstreams[t->routes[r->route].upstream].name));
+        uint32_t up = t->routes[r->route].upstream;
+        const char *name = resolve_unresolved(r->table, up);
+        snprintf(why_msg, sizeof(why_msg), "no server of upstream %s is up%s%s%s", rt_cstr(t, t->upstreams[up].name),
+                 name ? " (" : "", name ? name : "", name ? ": its host name has not resolved)" : "");
         msg = why_msg;
     }
     fail(r, status, "%s", msg);

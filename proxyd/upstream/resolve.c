@@ -628,3 +628,13 @@ bool resolve_failed(const tref_t *tr, uint32_t server, const struct sockaddr_sto
     }
     return other;
 }
+
+const char *resolve_unresolved(const tref_t *tr, uint32_t upstream)
+{
+    const rt_table_t *t = &tr->t;
+    const rt_upstream_t *u = &t->upstreams[upstream];
+    for (uint32_t i = 0; i < u->servers.count; i++)
+        if (resolve_count(tr, u->servers.first + i) == 0)
+            return rt_cstr(t, t->servers[u->servers.first + i].sa.addr);
+    return NULL;
+}

@@ -45,6 +45,10 @@ int resolve_first(const struct tref *tr, uint32_t server, uint64_t now, struct s
  * name is still usable (the server itself has not failed). */
 bool resolve_failed(const struct tref *tr, uint32_t server, const struct sockaddr_storage *ss, uint64_t now);
 
+/* The address text ("app.internal:3000") of a server of upstream whose
+ * host name has not resolved yet, or NULL (for the 503's log line). */
+const char *resolve_unresolved(const struct tref *tr, uint32_t upstream);
+
 struct module;
 extern const struct module resolve_module;
 

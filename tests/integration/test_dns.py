@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import store, proxyctl, db, write  # noqa: F401
-from proxyd_fixtures import backend_factory, free_port, http, proxy_site, proxyd_factory  # noqa: F401
+from proxyd_fixtures import backend_factory, free_port, http, proxy_site, proxyd_factory, wait_for  # noqa: F401
 
 HOST = "dns.test"
 
@@ -274,6 +274,8 @@ def test_name_that_never_resolves_is_503(proxyd_factory, dns, backends):
         time.sleep(0.05)
     assert line in p.error_log_text() and "its servers count as down until it does" in p.error_log_text()
     assert body_of(p)[0] == 503
+    assert wait_for(lambda: f"no server of upstream app is up (nowhere.test:{port}: its host name has not resolved)"
+                    in p.error_log_text(), 3), p.error_log_text()
     # it serves once the name exists
     backends(port, "127.0.0.2")
     dns.set("nowhere.test", ["127.0.0.2"])
