@@ -8,7 +8,10 @@
  * the addresses are used keeps one owner per state, costs N small queries
  * per interval for N workers, and needs nothing of the master but the
  * name servers (read with the table: proxy.yaml `resolver`, or the
- * `nameserver` lines of /etc/resolv.conf, both at every load).
+ * `nameserver` lines of /etc/resolv.conf, both at every load) and a head
+ * start: the master, which serves nothing, gives each name new to it one
+ * bounded try at a load (prime), so that workers forked later start with
+ * addresses.
  *
  * A name (with its `resolve:` interval) is one entry shared by every table
  * that names it, so a reload finds its addresses known and a new table never
@@ -34,11 +37,13 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../common/log.h"
@@ -54,6 +59,7 @@
 #define RS_HOSTS_MS    5000
 #define RS_TTL_MIN_MS  1000
 #define RS_TTL_MAX_MS  3600000
+#define RS_PRIME_MS    500   /* the master's head start, per table load */
 #define RS_FAIL_MS     10000 /* an address is skipped this long after a failure when fail_timeout is 0 */
 
 typedef struct {
@@ -501,6 +507,75 @@ static void name_put(rs_name_t *n)
     free(n);
 }
 
+/* ---- the master's head start ------------------------------------------------------------- */
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* One A and AAAA exchange with one name server, waiting at most until
+ * deadline: the addresses (0 on any failure). */
+static unsigned ask_once(const char *host, const struct sockaddr_storage *sa, socklen_t sl, uint64_t deadline,
+                         dns_addr_t *set)
+{
+    uint8_t q[DNS_MAX_NAME + 20], buf[DNS_MAX_MSG];
+    uint16_t id[2] = {0x1234, 0x4321};
+    unsigned cnt = 0, answered = 0;
+    bool bad = false;
+    if (getrandom(id, sizeof(id), GRND_NONBLOCK) != (ssize_t)sizeof(id) || id[0] == id[1])
+        id[1] = (uint16_t)(id[0] ^ 0x5a5a);
+    int fd = socket(sa->ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    for (int k = 0; k < 2 && !bad; k++) {
+        int ql = dns_query(q, sizeof(q), id[k], host, k ? DNS_T_AAAA : DNS_T_A);
+        bad = ql < 0 || (k == 0 && connect(fd, (const struct sockaddr *)sa, sl) < 0) || send(fd, q, (size_t)ql, 0) != ql;
+    }
+    while (!bad && answered != 3) {
+        uint64_t now = mono_ms();
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (now >= deadline || poll(&pfd, 1, (int)(deadline - now)) <= 0)
+            break;
+        ssize_t r = recv(fd, buf, sizeof(buf), 0);
+        if (r < 0) {
+            bad = errno != EAGAIN && errno != EINTR;
+            continue;
+        }
+        for (int k = 0; k < 2; k++) {
+            dns_answer_t a;
+            const char *why;
+            if ((answered >> k & 1) || dns_id(buf, (size_t)r) != id[k] ||
+                dns_parse(buf, (size_t)r, id[k], host, k ? DNS_T_AAAA : DNS_T_A, &a, &why) < 0)
+                continue;
+            bad |= a.rcode != DNS_R_NOERROR || a.truncated;
+            for (unsigned i = 0; i < a.naddrs; i++)
+                add_addr(set, &cnt, &a.addrs[i]);
+            answered |= 1u << k;
+        }
+    }
+    close(fd);
+    return bad || answered != 3 ? 0 : cnt;
+}
+
+/* The master (no serving path: it loads tables, workers serve) gives a name
+ * it has not resolved yet one bounded try, RS_PRIME_MS per load for all, so
+ * that the workers it forks, also one restarted after a crash or those of a
+ * binary upgrade, start with addresses rather than counting the server down
+ * until their own first answer.  Whatever is not resolved by then is left
+ * to the workers, which resolve every name again at once anyway. */
+static void prime(rs_name_t *n, const rs_servers_t *ns, uint64_t deadline)
+{
+    dns_addr_t set[DNS_MAX_ADDRS];
+    unsigned cnt = hosts_lookup(n->host, set);
+    if (cnt == 0 && ns->n > 0 && mono_ms() < deadline)
+        cnt = ask_once(n->host, &ns->sa[0], ns->len[0], deadline, set);
+    if (cnt)
+        apply(n, set, cnt);
+}
+
 /* Start resolving n soon (from the loop, not inside a table load). */
 static void kick(rs_name_t *n)
 {
@@ -522,6 +597,7 @@ static int resolve_table_init(tref_t *tr, const module_load_t *ld, char *err, si
         return -1;
     }
     read_servers(t, &rt->ns);
+    uint64_t deadline = mono_ms() + RS_PRIME_MS;
     for (uint32_t i = 0; i < t->nservers; i++) {
         const rt_server_t *sv = &t->servers[i];
         if (sv->sa.kind != RT_ADDR_NAME)
@@ -533,6 +609,8 @@ static int resolve_table_init(tref_t *tr, const module_load_t *ld, char *err, si
             return -1;
         }
         rt->pub.naddrs[i] = &rt->name[i]->naddrs;
+        if (!in_worker() && !rt->name[i]->ever && rt->name[i]->refs == 1)
+            prime(rt->name[i], &rt->ns, deadline);
         kick(rt->name[i]);
     }
     return 0;

@@ -399,3 +399,25 @@ def test_without_resolve_the_ttl_decides(proxyd_factory, dns, backends):
     wait_body(p, "127.0.0.3", tries=50)
     asked = sum(1 for q in dns.queries if q == ("ttl.test", 1))
     assert 2 <= asked <= 12, dns.queries   # about one A query a second, not a flood
+
+
+def test_restarted_worker_starts_with_the_masters_addresses(proxyd_factory, dns, backends):
+    """The master gives a name one bounded try at a load before it forks workers: a worker
+    restarted after a crash serves at once, even while the name server does not answer."""
+    import os
+    import signal
+    port = free_port()
+    backends(port, "127.0.0.2")
+    dns.set("boot.test", ["127.0.0.2"])
+    p = start(proxyd_factory, dns, "boot.test", port, resolve=None)
+    assert "upstream name boot.test: 127.0.0.2" in p.stderr_text(), p.diagnostics()   # the master, before its log opens
+    dns.set_mode("drop")
+    old = p.worker_pids()
+    assert len(old) == 1
+    os.kill(old[0], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and p.worker_pids() in ([], old):
+        time.sleep(0.02)
+    new = p.worker_pids()
+    assert new and new != old, new
+    assert body_of(p) == (200, "127.0.0.2")
