@@ -113,13 +113,20 @@ void dump_policy(const rt_table_t *t, uint32_t pi, const char *in, FILE *out)
     }
 }
 
+/* Is a server of u given by a host name (its resolve setting applies)? */
+static bool upstream_named(const rt_table_t *t, const rt_upstream_t *u)
+{
+    for (uint32_t i = 0; i < u->servers.count; i++)
+        if (t->servers[u->servers.first + i].sa.kind == RT_ADDR_NAME)
+            return true;
+    return false;
+}
+
 void dump_upstream(const rt_table_t *t, uint32_t ui, const char *in, FILE *out)
 {
     const rt_upstream_t *u = &t->upstreams[ui];
     char a[32], b[32];
-    bool named = false;
-    for (uint32_t i = 0; i < u->servers.count; i++)
-        named |= t->servers[u->servers.first + i].sa.kind == RT_ADDR_NAME;
+    bool named = upstream_named(t, u);
     fprintf(out, "%supstream %s: %s, keepalive %u%s", in, rt_cstr(t, u->name), rt_enum_name("balance", u->balance),
             u->keepalive, u->tls_flags & RT_UTLS_ON ? (u->tls_flags & RT_UTLS_VERIFY ? ", tls verify" : ", tls no-verify") : "");
     if (u->resolve_ms)
@@ -397,6 +404,9 @@ json_t *dump_json_upstream(const rt_table_t *t, uint32_t ui)
                           u->tls_flags & RT_UTLS_ON ? json_pack("{s:b}", "verify", (u->tls_flags & RT_UTLS_VERIFY) != 0)
                                                     : json_null(),
                           "servers", servers);
+    bool named = upstream_named(t, u);
+    if (named || u->resolve_ms) /* 0: again when the records' TTL runs out */
+        json_object_set_new(o, "resolve_ms", json_integer((json_int_t)u->resolve_ms));
     if (u->hc_interval_ms)
         json_object_set_new(o, "health_check",
                             json_pack("{s:o,s:I,s:I,s:I,s:I,s:I}", "path", dump_json_str(t, u->hc_path), "interval_ms",

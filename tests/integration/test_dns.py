@@ -331,7 +331,9 @@ def test_route_test_and_dump_show_resolve(store, proxyctl, tmp_path):
     rc, out, err = proxyctl("route-test", "http://r.example.com/t")
     assert "upstream ttl: round_robin, keepalive 32, resolve at the records' TTL\n" in out, out
     rc, out, err = proxyctl("route-test", "--json", "http://r.example.com/x")
-    assert json.loads(out)["resolve"] == "30s"
+    assert json.loads(out)["upstream_pool"]["resolve_ms"] == 30000, out
+    rc, out, err = proxyctl("route-test", "--json", "http://r.example.com/t")
+    assert json.loads(out)["upstream_pool"]["resolve_ms"] == 0, out
     rc, out, err = proxyctl("dump")
     assert rc == 0, err
     assert "  dns resolver 127.0.0.53:53\n" in out and "  dns resolver [::1]:5353\n" in out, out
