@@ -105,6 +105,10 @@ build/unit/test_proxyproto: tests/unit/test_proxyproto.c proxyd/conn/proxyproto.
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g $(SAN) -o $@ $< proxyd/conn/proxyproto.c -lcmocka
 
+build/unit/test_dns: tests/unit/test_dns.c proxyd/upstream/dns.c proxyd/upstream/dns.h common/util.c common/util.h
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -O1 -g $(SAN) -o $@ $< proxyd/upstream/dns.c common/util.c -lcmocka
+
 build/unit/test_bundle: tests/unit/test_bundle.c proxyd/core/bundle.c proxyd/core/bundle.h
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g $(SAN) -o $@ $< -lcmocka
@@ -162,6 +166,10 @@ build/fuzz/fuzz_proxyproto: tests/fuzz/fuzz_proxyproto.c proxyd/conn/proxyproto.
 build/fuzz/fuzz_fastcgi: tests/fuzz/fuzz_fastcgi.c proxyd/upstream/fastcgi.c proxyd/upstream/fastcgi.h common/str.c common/util.c
 	@mkdir -p $(@D)
 	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined -o $@ $< proxyd/upstream/fastcgi.c common/str.c common/util.c
+
+build/fuzz/fuzz_dns: tests/fuzz/fuzz_dns.c proxyd/upstream/dns.c proxyd/upstream/dns.h common/util.c common/util.h
+	@mkdir -p $(@D)
+	clang $(CSTD) $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined -o $@ $< proxyd/upstream/dns.c common/util.c
 
 # The HTTP/2 session runs inside a real worker (the unit tests' fixture):
 # proxyd's objects, instrumented for coverage, main.c left out.

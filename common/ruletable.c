@@ -94,7 +94,7 @@ const char *rt_enum_name(const char *kind, unsigned v)
     static const char *const action[] = {"upstream", "return", "redirect", "static", "fastcgi"};
     _Static_assert(sizeof(action) / sizeof(action[0]) == RT_ACT_MAX, "a name for every rt_action");
     static const char *const rkey[] = {"client_ip", "host", "site", "header:"};
-    static const char *const listen[] = {"http", "https", "metrics"};
+    static const char *const listen[] = {"http", "https", "metrics", "resolver"};
     static const struct {
         const char *kind;
         const char *const *names;
@@ -102,7 +102,7 @@ const char *rt_enum_name(const char *kind, unsigned v)
     } tab[] = {
         {"balance", balance, 4}, {"cert", cert, 4},     {"sechdr", sechdr, 3},
         {"logfmt", logfmt, 3},   {"match", match, 4},   {"action", action, RT_ACT_MAX},
-        {"rkey", rkey, 4},       {"listen", listen, 3},
+        {"rkey", rkey, 4},       {"listen", listen, 4},
     };
     for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++)
         if (strcmp(tab[i].kind, kind) == 0)
@@ -272,8 +272,11 @@ static int verify_global(vctx_t *v)
         if (t->listens[i].kind >= RT_LISTEN_MAX)
             FAIL(v, "listen %u: unknown kind", i);
         if ((t->listens[i].flags & ~RT_LF_PROXY_PROTOCOL) ||
-            (t->listens[i].flags && t->listens[i].kind == RT_LISTEN_METRICS))
+            (t->listens[i].flags && (t->listens[i].kind == RT_LISTEN_METRICS || t->listens[i].kind == RT_LISTEN_RESOLVER)))
             FAIL(v, "listen %u: invalid flags", i);
+        if (t->listens[i].kind == RT_LISTEN_RESOLVER && t->listens[i].sa.kind != RT_ADDR_INET &&
+            t->listens[i].sa.kind != RT_ADDR_INET6)
+            FAIL(v, "listen %u: a resolver must be an IP address", i);
         if (verify_sockaddr(v, &t->listens[i].sa, "listen", i) < 0)
             return -1;
     }

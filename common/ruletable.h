@@ -91,7 +91,10 @@ enum rt_hdr_dir { RT_HDR_REQUEST, RT_HDR_RESPONSE, RT_HDR_DIR_MAX };
 enum rt_hdr_op { RT_HDR_SET, RT_HDR_REMOVE, RT_HDR_OP_MAX };
 enum rt_addr_kind { RT_ADDR_INET, RT_ADDR_INET6, RT_ADDR_UNIX, RT_ADDR_NAME, RT_ADDR_MAX };
 enum rt_rate_key { RT_RKEY_CLIENT_IP, RT_RKEY_HOST, RT_RKEY_SITE, RT_RKEY_HEADER, RT_RKEY_MAX };
-enum rt_listen_kind { RT_LISTEN_HTTP, RT_LISTEN_HTTPS, RT_LISTEN_METRICS, RT_LISTEN_MAX };
+/* RT_LISTEN_RESOLVER is no listening socket: a DNS server proxyd asks
+ * (proxy.yaml resolver), kept in the listens span so that the global record
+ * keeps its size (older tables have none: /etc/resolv.conf). */
+enum rt_listen_kind { RT_LISTEN_HTTP, RT_LISTEN_HTTPS, RT_LISTEN_METRICS, RT_LISTEN_RESOLVER, RT_LISTEN_MAX };
 
 /* Method bits, in the order of method_names[] in ruletable.c. */
 enum rt_method {
@@ -289,7 +292,7 @@ typedef struct {
     rt_str_t tls_cert_file;
     rt_str_t tls_key_file;
     rt_span_t servers;       /* RT_SEC_SERVERS */
-    uint32_t pad3;
+    uint32_t resolve_ms;     /* resolve: re-resolve host names this often; 0 (older tables): at the records' TTL */
 } rt_upstream_t;
 
 #define RT_UF_FASTCGI (1u << 0) /* its routes speak FastCGI (and so do its health checks) */

@@ -275,7 +275,7 @@ bool trusted_proxy(const rt_table_t *t, int family, const uint8_t *ip)
     return false;
 }
 
-static bool valid_hostname(const char *s, size_t n)
+bool hostname_ok(const char *s, size_t n)
 {
     if (n == 0 || n > 253)
         return false;
@@ -351,7 +351,7 @@ int parse_sockaddr(const char *s, size_t n, rt_sockaddr_t *out, const char **why
         out->kind = family == 4 ? RT_ADDR_INET : RT_ADDR_INET6;
         return 0;
     }
-    if (s[0] == '[' || !valid_hostname(host, hn)) {
+    if (s[0] == '[' || !hostname_ok(host, hn)) {
         *why = "not an IP address or host name";
         return -1;
     }

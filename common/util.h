@@ -40,6 +40,9 @@ int parse_duration_ms(const char *s, size_t n, uint64_t *ms, const char **why);
 int parse_size(const char *s, size_t n, uint64_t *bytes, const char **why);
 /* "10.0.0.0/8", "2001:db8::/32", or a bare address (a host route). */
 int parse_cidr(const char *s, size_t n, rt_cidr_t *out, const char **why);
+/* A host name: letters, digits, '-' and '_' in dot-separated labels of
+ * 1..63 bytes, 253 bytes at most, no final dot. */
+bool hostname_ok(const char *s, size_t n);
 /* "1.2.3.4:80", "[::1]:80", "unix:/path", "name:port" (kind RT_ADDR_NAME). */
 int parse_sockaddr(const char *s, size_t n, rt_sockaddr_t *out, const char **why);
 /* "10r/s", "600r/m" -> requests per 1000 s */

@@ -177,6 +177,7 @@ static void emit_upstreams(comp_t *c, const cfg_site_t *s, uint32_t site, rt_sit
         r.tls_flags = (uint8_t)((u->tls ? RT_UTLS_ON : 0) | (u->tls_verify ? RT_UTLS_VERIFY : 0));
         r.flags = u->fastcgi ? RT_UF_FASTCGI : 0;
         r.keepalive = u->keepalive;
+        r.resolve_ms = ms32(u->resolve_ms);
         if (u->hc) {
             r.hc_interval_ms = ms32(u->hc_interval_ms);
             r.hc_timeout_ms = ms32(u->hc_timeout_ms);
@@ -463,8 +464,9 @@ static void emit_global(comp_t *c, cfg_site_t **sites, size_t n)
     r.access_log_path = rtw_cstr(c->w, g->access_log_path);
     r.error_log_path = rtw_cstr(c->w, g->error_log_path);
     r.listens.first = rtw_count(c->w, RT_SEC_LISTENS);
-    for (size_t i = 0; i < g->nlistens + (g->has_metrics ? 1 : 0); i++) {
-        const cfg_listen_t *l = i < g->nlistens ? &g->listens[i] : &g->metrics;
+    size_t nl = g->nlistens + (g->has_metrics ? 1 : 0);
+    for (size_t i = 0; i < nl + g->nresolvers; i++) {
+        const cfg_listen_t *l = i < g->nlistens ? &g->listens[i] : i < nl ? &g->metrics : &g->resolvers[i - nl];
         rt_listen_t x;
         memset(&x, 0, sizeof(x));
         x.kind = (uint8_t)l->kind;

@@ -368,8 +368,26 @@ static int up_health(ctx_t *c, const char *key, ynode_t *v, void *obj)
     return 0;
 }
 
+#define RESOLVE_MIN_MS 1000u
+#define RESOLVE_MAX_MS 86400000u
+
+/* resolve: how often the upstream's host names are asked again. */
+static int up_resolve(ctx_t *c, const char *key, ynode_t *v, void *obj)
+{
+    cfg_upstream_t *u = obj;
+    const char *why;
+    if (want(c, v, YN_SCALAR, key) < 0)
+        return -1;
+    if (parse_duration_ms(v->s, v->len, &u->resolve_ms, &why) < 0)
+        return err(c, v, "invalid duration '%s' for 'resolve': %s", v->s, why);
+    if (u->resolve_ms < RESOLVE_MIN_MS || u->resolve_ms > RESOLVE_MAX_MS)
+        return err(c, v, "resolve must be between 1s and 24h (not '%s')", v->s);
+    return 0;
+}
+
 static const opt_t upstream_opts[] = {
     ENUM("balance", cfg_upstream_t, balance, balance_names),
+    FN("resolve", up_resolve),
     FN("servers", up_servers),
     U32("keepalive", cfg_upstream_t, keepalive, 0, 100000),
     FN("tls", up_tls),
@@ -407,6 +425,12 @@ static int site_upstreams(ctx_t *c, const char *key, ynode_t *v, void *obj)
             rc = err(c, v->keys[i], "invalid upstream name '%s' (use letters, digits, '-' and '_')", u->name);
         rc |= walk(c, "upstream", v->vals[i], upstream_opts, u);
         rc |= require(c, v->vals[i], "servers", "upstream");
+        bool named = false;
+        for (size_t k = 0; k < u->nservers; k++)
+            named |= u->servers[k].sa.kind == RT_ADDR_NAME;
+        if (u->resolve_ms && u->nservers && !named)
+            diag_warning(c->d, yaml_get(v->vals[i], "resolve")->pos,
+                         "resolve has no effect: no server of upstream '%s' is given by a host name", u->name);
     }
     return rc;
 }
@@ -1313,6 +1337,48 @@ static int g_trusted(ctx_t *c, const char *key, ynode_t *v, void *obj)
     return cidrs(c, key, v, &g->trusted, &g->ntrusted);
 }
 
+/* resolver: ["127.0.0.53", "[::1]:5353"]: IP addresses, port 53 unless given. */
+static int g_resolver(ctx_t *c, const char *key, ynode_t *v, void *obj)
+{
+    cfg_global_t *g = obj;
+    if (want(c, v, YN_SEQ, key) < 0)
+        return -1;
+    if (v->n == 0)
+        return err(c, v, "resolver lists no address (leave it out to use /etc/resolv.conf)");
+    g->resolvers = arena_alloc(c->a, v->n * sizeof(*g->resolvers));
+    g->nresolvers = 0;
+    int rc = 0;
+    for (size_t i = 0; i < v->n; i++) {
+        ynode_t *e = v->vals[i];
+        uint8_t ip[16];
+        int fam;
+        const char *why = NULL;
+        if (want(c, e, YN_SCALAR, key) < 0) {
+            rc = -1;
+            continue;
+        }
+        cfg_listen_t *l = &g->resolvers[g->nresolvers];
+        memset(l, 0, sizeof(*l));
+        l->pos = e->pos;
+        l->kind = RT_LISTEN_RESOLVER;
+        l->text = e->s;
+        if (parse_ip(e->s, e->len, ip, &fam) == 0) /* no port: 53 */
+            l->text = arena_printf(c->a, fam == 6 ? "[%s]:53" : "%s:53", e->s);
+        else if (strchr(e->s, ':') == NULL) /* a name without a port: say it is a name */
+            l->text = arena_printf(c->a, "%s:53", e->s);
+        if (parse_sockaddr(l->text, strlen(l->text), &l->sa, &why) < 0 || l->sa.kind == RT_ADDR_NAME ||
+            l->sa.kind == RT_ADDR_UNIX || l->sa.port == 0) {
+            rc = err(c, e, "invalid resolver address '%s': %s", e->s,
+                     l->sa.kind == RT_ADDR_NAME ? "use an IP address, not a host name"
+                     : l->sa.kind == RT_ADDR_UNIX ? "unix sockets are not supported here"
+                     : why ? why : "port 0");
+            continue;
+        }
+        g->nresolvers++;
+    }
+    return rc;
+}
+
 static int g_protocols(ctx_t *c, const char *key, ynode_t *v, void *obj)
 {
     static const char *const names[] = {"TLSv1.2", "TLSv1.3", NULL};
@@ -1610,6 +1676,7 @@ static const opt_t global_opts[] = {
     STR("user", cfg_global_t, user),
     FN("admin", g_admin),
     FN("trusted_proxies", g_trusted),
+    FN("resolver", g_resolver),
     FN("tls", g_tls),
     FN("acme", g_acme),
     FN("cache_zones", g_cache_zones),

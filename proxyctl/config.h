@@ -42,6 +42,7 @@ typedef struct {
     char *hc_path;
     uint64_t hc_interval_ms, hc_timeout_ms;
     uint32_t hc_rise, hc_fall, hc_expect;
+    uint64_t resolve_ms;     /* resolve: 0 = at the records' TTL */
     bool used;
     bool fastcgi;           /* its routes are fastcgi routes (config.c makes sure all are) */
 } cfg_upstream_t;
@@ -170,6 +171,8 @@ typedef struct {
     bool has_metrics;
     rt_cidr_t *trusted;
     size_t ntrusted;
+    cfg_listen_t *resolvers;  /* resolver: kind RT_LISTEN_RESOLVER; none: /etc/resolv.conf */
+    size_t nresolvers;
     uint32_t tls_protocols;
     bool session_tickets, unknown_sni_reject;
     bool http2, http2_cleartext;  /* ALPN h2 on TLS listeners; prior knowledge on plain ones */

@@ -113,12 +113,27 @@ void dump_policy(const rt_table_t *t, uint32_t pi, const char *in, FILE *out)
     }
 }
 
+/* Is a server of u given by a host name (its resolve setting applies)? */
+static bool upstream_named(const rt_table_t *t, const rt_upstream_t *u)
+{
+    for (uint32_t i = 0; i < u->servers.count; i++)
+        if (t->servers[u->servers.first + i].sa.kind == RT_ADDR_NAME)
+            return true;
+    return false;
+}
+
 void dump_upstream(const rt_table_t *t, uint32_t ui, const char *in, FILE *out)
 {
     const rt_upstream_t *u = &t->upstreams[ui];
     char a[32], b[32];
-    fprintf(out, "%supstream %s: %s, keepalive %u%s\n", in, rt_cstr(t, u->name), rt_enum_name("balance", u->balance),
+    bool named = upstream_named(t, u);
+    fprintf(out, "%supstream %s: %s, keepalive %u%s", in, rt_cstr(t, u->name), rt_enum_name("balance", u->balance),
             u->keepalive, u->tls_flags & RT_UTLS_ON ? (u->tls_flags & RT_UTLS_VERIFY ? ", tls verify" : ", tls no-verify") : "");
+    if (u->resolve_ms)
+        fprintf(out, ", resolve every %s", dump_duration(u->resolve_ms, a));
+    else if (named)
+        fputs(", resolve at the records' TTL", out);
+    fputc('\n', out);
     for (uint32_t i = 0; i < u->servers.count; i++) {
         const rt_server_t *s = &t->servers[u->servers.first + i];
         fprintf(out, "%s  server %s weight %u max_fails %u fail_timeout %s%s\n", in, rt_cstr(t, s->sa.addr), s->weight,
@@ -197,7 +212,7 @@ static void dump_global(const rt_table_t *t, FILE *out)
     fprintf(out, ", user '%s', admin socket %s\n", rt_cstr(t, g->user), rt_cstr(t, g->admin_socket));
     for (uint32_t i = 0; i < g->listens.count; i++) {
         const rt_listen_t *l = &t->listens[g->listens.first + i];
-        fprintf(out, "  listen %s %s%s\n", rt_enum_name("listen", l->kind), rt_cstr(t, l->sa.addr),
+        fprintf(out, "  %s %s %s%s\n", l->kind == RT_LISTEN_RESOLVER ? "dns" : "listen", rt_enum_name("listen", l->kind), rt_cstr(t, l->sa.addr),
                 l->flags & RT_LF_PROXY_PROTOCOL ? " (PROXY protocol)" : "");
     }
     fprintf(out, "  limits: header_timeout %s, body_timeout %s, keepalive_timeout %s, max_header_size %u, max_uri_size %u",
@@ -389,6 +404,9 @@ json_t *dump_json_upstream(const rt_table_t *t, uint32_t ui)
                           u->tls_flags & RT_UTLS_ON ? json_pack("{s:b}", "verify", (u->tls_flags & RT_UTLS_VERIFY) != 0)
                                                     : json_null(),
                           "servers", servers);
+    bool named = upstream_named(t, u);
+    if (named || u->resolve_ms) /* 0: again when the records' TTL runs out */
+        json_object_set_new(o, "resolve_ms", json_integer((json_int_t)u->resolve_ms));
     if (u->hc_interval_ms)
         json_object_set_new(o, "health_check",
                             json_pack("{s:o,s:I,s:I,s:I,s:I,s:I}", "path", dump_json_str(t, u->hc_path), "interval_ms",

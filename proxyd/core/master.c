@@ -535,8 +535,9 @@ int master_reload(char *err, size_t errlen)
         return -1;
     }
     M.last_reload_error[0] = '\0';
-    bool same = t->generation == M.table->generation;
-    if (same && tref_same_addresses(t, M.table)) {
+    /* Host names follow DNS in the workers (upstream/resolve.c): the same
+     * generation again changes nothing. */
+    if (t->generation == M.table->generation) {
         tref_put(t);
         tref_bundle_free(p, n);
         return 0;
@@ -546,8 +547,7 @@ int master_reload(char *err, size_t errlen)
     M.shm->generation = t->generation;
     M.shm->epoch++;
     M.shm->reloads++;
-    log_info("reload: generation %lld (%u sites)%s", (long long)t->generation, t->t.nsites,
-             same ? ": host names of upstream servers resolve differently now" : "");
+    log_info("reload: generation %lld (%u sites)", (long long)t->generation, t->t.nsites);
     sd_notifyf(0, "RELOADING=1\nSTATUS=reloading to generation %lld", (long long)t->generation);
     send_generation(p, n);
     tref_bundle_free(p, n);

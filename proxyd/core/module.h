@@ -23,7 +23,7 @@ enum module_id {
     MOD_ROUTE,    /* http/phases.c: compiled route regexes */
     MOD_LIMIT,    /* http/limit.c: the table's rate-limit zones in the shared region */
     MOD_STATIC,   /* handlers/static_handler.c: static roots opened once */
-    MOD_RESOLVE,  /* upstream/resolve.c: host-name servers resolved at load */
+    MOD_RESOLVE,  /* upstream/resolve.c: host-name servers and their addresses */
     MOD_BALANCE,  /* upstream/balance.c: balancing state */
     MOD_TLS,      /* conn/tls.c: server and upstream TLS contexts */
     MOD_HEALTH,   /* upstream/health.c: each server's shared health slot */

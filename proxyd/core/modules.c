@@ -24,6 +24,7 @@
 #include "upstream/balance.h"
 #include "upstream/health.h"
 #include "upstream/pool.h"
+#include "upstream/resolve.h"
 
 const module_t *const proxyd_modules[] = {
     &conn_module,
@@ -34,6 +35,7 @@ const module_t *const proxyd_modules[] = {
     &route_regex_module,
     &limit_module,
     &static_module,
+    &resolve_module,
     &balance_module,
     &tls_module,
     &health_module,

@@ -2,7 +2,8 @@
  * sandbox.c - the workers' system-call filter (see sandbox.h).
  *
  * An allow list: what the event loop, the handlers, TLS, the resolver
- * (upstream host names are resolved at load) and the sanitizers call.
+ * of upstream host names (upstream/resolve.c: a UDP socket, send, recv,
+ * getrandom for query ids, reads of /etc/hosts) and the sanitizers call.
  * Workers never open the store (a reload comes from the master as a memfd
  * over the worker's channel, ACME answers from a shared map), so nothing of
  * SQLite's is here: no fsync, fdatasync, flock, getcwd, nor the fchown it

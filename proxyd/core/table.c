@@ -4,7 +4,6 @@
 #include "core/table.h"
 
 #include <fcntl.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +14,8 @@
 #include "../common/store.h"
 #include "core/bundle.h"
 #include "core/net.h"
+#include "core/worker.h"
+#include "upstream/resolve.h"
 
 /* The store's certificate rows for the table's TLS sites (strings malloc'ed;
  * certs_free wipes the keys). */
@@ -122,36 +123,10 @@ void tref_bundle_free(uint8_t *p, size_t n)
     free(p);
 }
 
-/* Servers given by name are resolved here, once per load (so again on every
- * reload), never on the request path. */
-static void resolve_names(tref_t *r)
-{
-    const rt_table_t *t = &r->t;
-    for (uint32_t i = 0; i < t->nservers; i++) {
-        const rt_sockaddr_t *a = &t->servers[i].sa;
-        if (a->kind != RT_ADDR_NAME)
-            continue;
-        const char *text = rt_cstr(t, a->addr);
-        char host[256], port[8];
-        snprintf(host, sizeof(host), "%.*s", (int)(strrchr(text, ':') - text), text);
-        snprintf(port, sizeof(port), "%u", a->port);
-        struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
-        if (getaddrinfo(host, port, &hints, &res) == 0 && res) {
-            memcpy(&r->resolved[i], res->ai_addr, res->ai_addrlen);
-            freeaddrinfo(res);
-        }
-    }
-}
-
-/* Resolve host names and run every module's table_init with the bundle's
- * certificates: 0 or -1 with err. */
+/* Run every module's table_init with the bundle's certificates: 0 or -1
+ * with err. */
 static int prepare(tref_t *r, const char *db, const bundle_t *b, char *err, size_t errlen)
 {
-    snprintf(err, errlen, "out of memory");
-    r->resolved = calloc(r->t.nservers + 1, sizeof(*r->resolved));
-    if (r->resolved == NULL)
-        return -1;
-    resolve_names(r);
     module_load_t ld = {db, b};
     for (const module_t *const *m = proxyd_modules; *m; m++)
         if ((*m)->table_init && (*m)->table_init(r, &ld, err, errlen) < 0)
@@ -212,7 +187,6 @@ void tref_put(tref_t *r)
     while (nmod-- > 0) /* in reverse; a module whose init did not run finds its slot NULL */
         if (proxyd_modules[nmod]->table_free)
             proxyd_modules[nmod]->table_free(r);
-    free(r->resolved);
     free(r->blob);
     free(r);
 }
@@ -223,22 +197,8 @@ int tref_sockaddr(const tref_t *r, uint32_t server, struct sockaddr_storage *ss,
     const rt_sockaddr_t *a = &t->servers[server].sa;
     if (net_sockaddr(t, a, ss, len) == 0)
         return 0;
-    if (r->resolved && r->resolved[server].ss_family != 0) { /* a host name, resolved at load */
-        *ss = r->resolved[server];
-        *len = ss->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
-        return 0;
-    }
-    *why = a->kind == RT_ADDR_NAME ? "host name did not resolve when the table was loaded" : "unusable address";
+    if (a->kind == RT_ADDR_NAME) /* the worker's resolver has its addresses */
+        return resolve_first(r, server, W && W->loop ? ev_now(W->loop) : 0, ss, len, why);
+    *why = "unusable address";
     return -1;
-}
-
-bool tref_same_addresses(const tref_t *a, const tref_t *b)
-{
-    if (a->t.nservers != b->t.nservers || a->resolved == NULL || b->resolved == NULL)
-        return a->t.nservers == b->t.nservers;
-    for (uint32_t i = 0; i < a->t.nservers; i++)
-        if (a->t.servers[i].sa.kind == RT_ADDR_NAME &&
-            memcmp(&a->resolved[i], &b->resolved[i], sizeof(a->resolved[i])) != 0)
-            return false;
-    return true;
 }

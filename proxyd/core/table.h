@@ -1,6 +1,6 @@
 /*
  * table.h - a loaded generation as a worker uses it: the verified rule
- * table (read in place), its host-name servers resolved, and one slot per
+ * table (read in place) and one slot per
  * module (core/module.h) for what each module derives from it once per
  * load (route regexes, static roots, balancing state, TLS contexts, health
  * slots, keep-alive pools).  The loader calls the modules' hooks in
@@ -27,7 +27,6 @@ typedef struct tref {
     uint8_t *blob;
     size_t len;
     rt_table_t t;
-    struct sockaddr_storage *resolved; /* per server: host-name servers resolved at load */
     void *mod[MOD_COUNT];  /* each module's per-generation state (module.h) */
 } tref_t;
 
@@ -37,8 +36,7 @@ typedef struct tref {
  * err when it is missing or unreadable. */
 int tref_bundle_load(const char *db, int64_t gen, uint8_t **p, size_t *n, char *err, size_t errlen);
 void tref_bundle_free(uint8_t *p, size_t n);
-/* A table from a bundle: verified (a table that fails is refused), host
- * names resolved, and every module's table_init run with the bundle's
+/* A table from a bundle: verified (a table that fails is refused), and every module's table_init run with the bundle's
  * certificates (db, the store's path, only to resolve relative paths
  * against).  NULL with a reason in err.  p may be freed afterwards. */
 tref_t *tref_open(const char *db, const uint8_t *p, size_t n, char *err, size_t errlen);
@@ -46,10 +44,9 @@ tref_t *tref_open(const char *db, const uint8_t *p, size_t n, char *err, size_t 
 tref_t *tref_load(const char *db, int64_t gen, char *err, size_t errlen);
 static inline tref_t *tref_get(tref_t *r) { r->refs++; return r; }
 void tref_put(tref_t *r);
-/* The socket address of server (a host name as resolved at load): 0, or -1
- * with a reason in *why. */
+/* The socket address of server (for a host name, the first usable address
+ * the worker's resolver has for it, upstream/resolve.h): 0, or -1 with a
+ * reason in *why. */
 int tref_sockaddr(const tref_t *r, uint32_t server, struct sockaddr_storage *ss, socklen_t *len, const char **why);
-/* Do two loads of one generation resolve every host-name server alike? */
-bool tref_same_addresses(const tref_t *a, const tref_t *b);
 
 #endif

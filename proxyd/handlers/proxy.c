@@ -56,6 +56,7 @@
 #include "upstream/fastcgi.h"
 #include "upstream/health.h"
 #include "upstream/pool.h"
+#include "upstream/resolve.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -623,7 +624,10 @@ static upconn_t *launch(request_t *r, iobuf_t *out, uint8_t tries, uint64_t trie
         upconn_t *u = px->websocket_ok || pl == NULL ? NULL : upool_take(pl);
         if (u == NULL && (u = upconn_connect(r->table, server, pl, &why)) == NULL) {
             px->server = server;
-            health_failed(r->table, server, ev_now(W->loop), why);
+            if (upool_failed(pl, r->table, server, ev_now(W->loop), why)) { /* the name's next address */
+                tried &= ~pos_bit(r->table, server);
+                tries--;
+            }
             snprintf(why_msg, sizeof(why_msg), "connect failed: %s", why);
             status = 502;
             msg = why_msg;
@@ -645,8 +649,10 @@ static upconn_t *launch(request_t *r, iobuf_t *out, uint8_t tries, uint64_t trie
     iobuf_put(out);
     if (msg == NULL) {
         const rt_table_t *t = &r->table->t;
-        snprintf(why_msg, sizeof(why_msg), "no server of upstream %s is up",
-                 rt_cstr(t, t->upstreams[t->routes[r->route].upstream].name));
+        uint32_t up = t->routes[r->route].upstream;
+        const char *name = resolve_unresolved(r->table, up);
+        snprintf(why_msg, sizeof(why_msg), "no server of upstream %s is up%s%s%s", rt_cstr(t, t->upstreams[up].name),
+                 name ? " (" : "", name ? name : "", name ? ": its host name has not resolved)" : "");
         msg = why_msg;
     }
     fail(r, status, "%s", msg);
@@ -722,12 +728,13 @@ static bool retry_fresh(upconn_t *u)
         return false;
     abandon(u);
     const char *why;
-    upconn_t *fresh = upconn_connect(r->table, server, upool_of(r->table, server), &why);
+    upool_t *pl = upool_of(r->table, server);
+    upconn_t *fresh = upconn_connect(r->table, server, pl, &why);
     if (fresh == NULL) {
         char msg[192];
         snprintf(msg, sizeof(msg), "reconnect failed: %s", why);
         px->server = server;
-        health_failed(r->table, server, ev_now(W->loop), msg);
+        upool_failed(pl, r->table, server, ev_now(W->loop), msg);
         if (!(policy_of(r)->retry_on & RT_ON_ERROR)) {
             iobuf_put(out);
             fail(r, 502, "%s", msg);
@@ -761,7 +768,12 @@ static void up_failed(upconn_t *u, unsigned cond, int status, const char *fmt, .
     }
     if (cond == RT_ON_ERROR && retry_fresh(u))
         return;
-    health_failed(r->table, u->server, ev_now(W->loop), msg);
+    if (upool_failed(u->pool, r->table, u->server, ev_now(W->loop), msg) && u->tries > 0) {
+        /* Another address of the server's name is usable: it is the next
+         * server of the pool (upstream/resolve.h), not a try of this one. */
+        u->tried &= ~pos_bit(r->table, u->server);
+        u->tries--;
+    }
     if (!retry_elsewhere(u, cond, status, msg))
         fail(r, status, "%s", msg);
 }
@@ -917,7 +929,7 @@ static bool failed_status(upconn_t *u, int status)
         return false;
     char msg[48];
     snprintf(msg, sizeof(msg), "answered %d", status);
-    health_failed(r->table, u->server, ev_now(W->loop), msg);
+    upool_failed(u->pool, r->table, u->server, ev_now(W->loop), msg);
     return retry_elsewhere(u, cond, status, msg);
 }
 

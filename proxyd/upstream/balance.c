@@ -16,6 +16,7 @@
 
 #include "../common/util.h"
 #include "upstream/health.h"
+#include "upstream/resolve.h"
 #include "core/table.h"
 
 /* ---- hashing ------------------------------------------------------------------ */
@@ -249,11 +250,15 @@ static uint32_t candidates(tref_t *tref, const rt_upstream_t *u, uint64_t tried,
         for (uint32_t pos = 0; pos < u->servers.count; pos++) {
             uint32_t s = u->servers.first + pos;
             const rt_server_t *sv = &t->servers[s];
-            if (!(sv->flags & RT_SVF_BACKUP) != !backup || (tried >> (pos % 64) & 1) ||
+            unsigned addrs = resolve_count(tref, s); /* 0: a host name that has not resolved */
+            if (!(sv->flags & RT_SVF_BACKUP) != !backup || (tried >> (pos % 64) & 1) || addrs == 0 ||
                 !health_usable(health_slot_of(tref, s), hc, now))
                 continue;
+            /* A name weighs once per address: each is a server of the pool. */
+            uint32_t w = (sv->weight ? sv->weight : 1) * (addrs < 64 ? addrs : 64);
+            tr->rr[s].effective = (int32_t)w;
             tr->cand[n].pos = pos;
-            tr->cand[n].weight = sv->weight ? sv->weight : 1;
+            tr->cand[n].weight = w;
             tr->cand[n++].load = health_load(health_slot_of(tref, s));
         }
     return n;

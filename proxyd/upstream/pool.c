@@ -13,7 +13,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "../common/log.h"
 #include "conn/tls.h"
+#include "upstream/resolve.h"
 
 #define POOL_BUCKETS 256
 
@@ -23,11 +25,16 @@ struct upool {
     unsigned nidle;
     unsigned refs;              /* caching tables + connections */
     uint32_t hash;
+    bool retired;               /* its address left its name's answer: keep no connection */
+    uint32_t host_hash;         /* a named server's pool: rt_hash of its host name (upool_retire) */
+    struct sockaddr_storage sa; /* where its connections go (family 0: nowhere yet) */
+    socklen_t salen;
     size_t len;
     char key[];                 /* "name\0identity": what makes its connections interchangeable */
 };
 
 static upool_t *pools[POOL_BUCKETS];
+static bool sweep; /* a named server's pool may be left without references (upool_of) */
 
 static void up_io(ev_loop_t *loop, ev_io_t *io, uint32_t revents);
 static void up_timer(ev_loop_t *loop, ev_timer_t *t);
@@ -68,7 +75,7 @@ void upool_put(upconn_t *u)
 {
     upool_t *p = u->pool;
     upconn_unclaim(u);
-    if (W->draining || p->nidle >= u->keepalive || fcgi_wanted(u)) {
+    if (W->draining || p->retired || p->nidle >= u->keepalive || fcgi_wanted(u)) {
         upconn_close(u);
         return;
     }
@@ -163,6 +170,18 @@ void upconn_free_deferred(void)
         pool_unref(u->pool);
         free(u);
     }
+    if (!sweep)
+        return;
+    sweep = false;
+    for (int b = 0; b < POOL_BUCKETS; b++)
+        for (upool_t **pp = &pools[b]; *pp;) {
+            upool_t *p = *pp;
+            if (p->refs == 0) {
+                *pp = p->next;
+                free(p);
+            } else
+                pp = &p->next;
+        }
 }
 
 /* ---- which pool ------------------------------------------------------------------------ */
@@ -170,16 +189,16 @@ void upconn_free_deferred(void)
 static upool_t **cache_of(const tref_t *tr) { return tr->mod[MOD_POOL]; }
 
 /* Everything that makes a connection different goes into the key: the
- * address (a name with what it resolved to: a reload may resolve it
- * elsewhere) and, for TLS, SNI, verification, CA file and client certificate. */
-static size_t pool_key(const tref_t *tr, uint32_t server, char *key, size_t cap)
+ * address (a name with the address it resolved to: each of a name's
+ * addresses has a pool of its own) and, for TLS, SNI, verification, CA file
+ * and client certificate. */
+static size_t pool_key(const tref_t *tr, uint32_t server, const struct sockaddr_storage *ss, char *key, size_t cap)
 {
     const rt_table_t *t = &tr->t;
     const rt_server_t *sv = &t->servers[server];
     const rt_upstream_t *u = &t->upstreams[sv->upstream];
     char ip[INET6_ADDRSTRLEN + 1] = "";
-    if (sv->sa.kind == RT_ADDR_NAME && tr->resolved && tr->resolved[server].ss_family) {
-        const struct sockaddr_storage *ss = &tr->resolved[server];
+    if (sv->sa.kind == RT_ADDR_NAME) {
         const void *a = ss->ss_family == AF_INET ? (const void *)&((const struct sockaddr_in *)ss)->sin_addr
                                                  : (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr;
         ip[0] = '=';
@@ -194,15 +213,16 @@ static size_t pool_key(const tref_t *tr, uint32_t server, char *key, size_t cap)
     return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
-upool_t *upool_of(tref_t *tr, uint32_t server)
+static uint32_t host_hash(const rt_table_t *t, const rt_server_t *sv)
 {
-    upool_t **cache = cache_of(tr);
-    if (cache == NULL)
-        return NULL;
-    if (cache[server])
-        return cache[server];
+    const char *text = rt_cstr(t, sv->sa.addr), *colon = strrchr(text, ':');
+    return rt_hash(text, colon ? (size_t)(colon - text) : strlen(text));
+}
+
+static upool_t *pool_find(const tref_t *tr, uint32_t server, const struct sockaddr_storage *ss, socklen_t sl)
+{
     char key[1536];
-    size_t len = pool_key(tr, server, key, sizeof(key));
+    size_t len = pool_key(tr, server, ss, key, sizeof(key));
     uint32_t h = rt_hash(key, len);
     upool_t *p = pools[h & (POOL_BUCKETS - 1)];
     while (p && (p->hash != h || p->len != len || memcmp(p->key, key, len) != 0))
@@ -213,12 +233,75 @@ upool_t *upool_of(tref_t *tr, uint32_t server)
         memcpy(p->key, key, len);
         p->len = len;
         p->hash = h;
+        if (tr->t.servers[server].sa.kind == RT_ADDR_NAME)
+            p->host_hash = host_hash(&tr->t, &tr->t.servers[server]);
+        p->sa = *ss;
+        p->salen = sl;
         p->next = pools[h & (POOL_BUCKETS - 1)];
         pools[h & (POOL_BUCKETS - 1)] = p;
     }
+    return p;
+}
+
+/* A named server's pool is that of the address its next connection takes
+ * (resolve_pick); it is not cached by the table, and one that no connection
+ * came to refer to is freed after the batch of events (sweep).  A name that
+ * has not resolved has the pool of no address, which connects nowhere. */
+upool_t *upool_of(tref_t *tr, uint32_t server)
+{
+    upool_t **cache = cache_of(tr);
+    struct sockaddr_storage ss = {0};
+    socklen_t sl = 0;
+    const char *why;
+    if (cache == NULL)
+        return NULL;
+    if (cache[server])
+        return cache[server];
+    if (resolve_named(tr, server)) {
+        resolve_pick(tr, server, ev_now(W->loop), &ss, &sl, &why);
+        upool_t *p = pool_find(tr, server, &ss, sl);
+        if (p) {
+            sweep |= p->refs == 0;
+            p->retired = false; /* its address is in the answer (again) */
+        }
+        return p;
+    }
+    if (tref_sockaddr(tr, server, &ss, &sl, &why) < 0)
+        sl = 0;
+    upool_t *p = pool_find(tr, server, &ss, sl);
+    if (p == NULL)
+        return NULL;
     p->refs++;
     cache[server] = p;
     return p;
+}
+
+void upool_retire(const char *host, const struct sockaddr_storage *gone)
+{
+    uint32_t h = rt_hash(host, strlen(host));
+    for (int b = 0; b < POOL_BUCKETS; b++)
+        for (upool_t *p = pools[b]; p; p = p->next) {
+            if (p->host_hash != h || p->sa.ss_family != gone->ss_family)
+                continue;
+            bool same = gone->ss_family == AF_INET
+                            ? memcmp(&((const struct sockaddr_in *)&p->sa)->sin_addr,
+                                     &((const struct sockaddr_in *)gone)->sin_addr, 4) == 0
+                            : memcmp(&((const struct sockaddr_in6 *)&p->sa)->sin6_addr,
+                                     &((const struct sockaddr_in6 *)gone)->sin6_addr, 16) == 0;
+            while (same && p->idle) /* in use ones finish, then close when put back (p->retired) */
+                upconn_close(p->idle);
+            p->retired |= same;
+        }
+}
+
+bool upool_failed(upool_t *p, tref_t *tr, uint32_t server, uint64_t now, const char *why)
+{
+    if (p && p->salen && resolve_failed(tr, server, &p->sa, now)) {
+        log_warn("upstream %s: %s; its other addresses take the next connections", upool_name(p), why);
+        return true;
+    }
+    health_failed(tr, server, now, why);
+    return false;
 }
 
 static int pool_table_init(tref_t *tr, const module_load_t *ld, char *err, size_t errlen)
@@ -250,14 +333,18 @@ const module_t pool_module = {.name = "pool",
 
 upconn_t *upconn_connect(tref_t *tr, uint32_t server, upool_t *p, const char **why)
 {
-    struct sockaddr_storage ss;
-    socklen_t sl;
+    (void)tr;
+    (void)server;
     if (p == NULL) {
         *why = "out of memory";
         return NULL;
     }
-    if (tref_sockaddr(tr, server, &ss, &sl, why) < 0)
+    if (p->salen == 0) {
+        *why = p->host_hash ? "its host name has not resolved" : "unusable address";
         return NULL;
+    }
+    struct sockaddr_storage ss = p->sa;
+    socklen_t sl = p->salen;
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         *why = strerror(errno);

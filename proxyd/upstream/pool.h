@@ -48,8 +48,18 @@ struct upconn {
     struct ssl_st *ssl;         /* https upstreams */
 };
 
-/* The pool of a table's server (found or made, then cached); NULL out of memory. */
+/* The pool of a table's server (found or made, then cached); for a server
+ * given by name, the pool of the address its next connection takes
+ * (upstream/resolve.h).  NULL out of memory. */
 upool_t *upool_of(tref_t *tr, uint32_t server);
+/* A connection through p to server failed: the address is skipped for a
+ * while when the server's name has others (true: one of them may take the
+ * attempt again), else the server's passive health counts it
+ * (health_failed) and the result is false. */
+bool upool_failed(upool_t *p, tref_t *tr, uint32_t server, uint64_t now, const char *why);
+/* The address gone (any port) left the answer for host: its idle pooled
+ * connections close, those in use close when done. */
+void upool_retire(const char *host, const struct sockaddr_storage *gone);
 /* The pool's name for the error log: "[tls:SNI@]address[=resolved]". */
 const char *upool_name(const upool_t *p);
 /* A pooled idle connection (marked reused), or NULL. */

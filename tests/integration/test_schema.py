@@ -173,7 +173,7 @@ def test_examples_consistent():
                 if name in fastcgi:  # php-fpm's socket where Debian puts it
                     assert s["address"] == "unix:/run/php/php8.2-fpm.sock", f"{path.name}: {s['address']}"
                     continue
-                m = re.fullmatch(r"127\.0\.0\.1:(\d+)", s["address"])
+                m = re.fullmatch(r"(?:127\.0\.0\.1|localhost):(\d+)", s["address"])
                 assert m and 9001 <= int(m.group(1)) <= 9010, f"{path.name}: {s['address']}"
         # a cache is on a proxy route and names a zone of examples/proxy.yaml
         for route in doc.get("routes") or []:
@@ -214,6 +214,12 @@ VALID_SITES = {
             max_body: 1048576
             cache: {zone: c, valid: {any: 1m, "200": 500ms}, bypass_on: ["header:X-No-Cache", "query:nocache"]}
             allow: ["::1", 192.168.0.0/16, 10.1.2.3]
+    """,
+    "upstream by name with resolve": """
+        site: d
+        hosts: [d.example.com]
+        upstreams: {app: {servers: [{address: "app.internal:3000"}], resolve: 30s}}
+        routes: [{match: {path_prefix: /}, upstream: app}]
     """,
     "cache with every key": """
         site: c
@@ -363,6 +369,11 @@ INVALID_SITES = {
         hosts: [shop.example.com]
         access_log: {format: text}
     """,
+    "bad resolve": """
+        site: r
+        hosts: [r.example.com]
+        upstreams: {app: {servers: [{address: "app.internal:3000"}], resolve: often}}
+    """,
     "bad upstream name": """
         site: shop
         hosts: [shop.example.com]
@@ -392,6 +403,8 @@ INVALID_GLOBALS = {
     "bad rate": "rate_limit_zones: {api: {rate: 10/s}}\n",
     "bad rate key": "rate_limit_zones: {api: {rate: 10r/s, key: user}}\n",
     "bad trusted proxy": "trusted_proxies: [localhost]\n",
+    "resolver by name": "resolver: [ns.example.com]\n",
+    "resolver empty": "resolver: []\n",
     "bad drain_timeout": "limits: {drain_timeout: soon}\n",
     "router_id out of range": "ha: {router_id: 256}\n",
     "priority 255": "ha: {priority: 255}\n",
