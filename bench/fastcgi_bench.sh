@@ -4,13 +4,15 @@
 # fastcgi_pass, in front of the same php-fpm, in the same run, with 1 and 2
 # proxy workers.
 #
-# usage: bench/fastcgi_bench.sh [-r ROUNDS] [-d SECONDS] [-c CONNS]
+# usage: bench/fastcgi_bench.sh [-r ROUNDS] [-d SECONDS] [-c CONNS] [-p CHILDREN]
 #   -r  rounds (default 3); each round runs every (workers, proxy, script)
 #       cell once, interleaved; the table shows the median
 #   -d  seconds per wrk run (default 10)
 #   -c  wrk connections (default 16)
+#   -p  php-fpm children (default 16: as many as connections; fewer makes
+#       requests wait for a child, see docs/fastcgi.md)
 #
-# Scripts (php-fpm 8.2, pm static with 4 children, on a unix socket; both
+# Scripts (php-fpm 8.2, pm static with CHILDREN children, on a unix socket; both
 # proxies keep their connections to it, nginx with fastcgi_keep_conn):
 #   /hello.php  a 100-byte body
 #   /big.php    a 64 KiB body
@@ -28,11 +30,13 @@ set -eu
 ROUNDS=3
 DURATION=10
 CONNS=16
-while getopts r:d:c:h opt; do
+CHILDREN=16
+while getopts r:d:c:p:h opt; do
     case $opt in
     r) ROUNDS=$OPTARG ;;
     d) DURATION=$OPTARG ;;
     c) CONNS=$OPTARG ;;
+    p) CHILDREN=$OPTARG ;;
     *) sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
     esac
 done
@@ -77,7 +81,7 @@ $user
 listen = $SOCK
 listen.mode = 0666
 pm = static
-pm.max_children = 4
+pm.max_children = $CHILDREN
 pm.max_requests = 0
 EOF
     local args=(-F -y "$TMP/fpm.conf")
@@ -182,7 +186,7 @@ report() {
     echo
     machine_line
     echo "$(nginx_version), $(wrk_version), $("$PHP_FPM" -v | head -n 1 | cut -d' ' -f1-2), $(proxyd_at)."
-    echo "Median of $ROUNDS round(s); wrk -t1 -c$CONNS -d${DURATION}s per cell, keep-alive; one php-fpm (4 children) behind both proxies."
+    echo "Median of $ROUNDS round(s); wrk -t1 -c$CONNS -d${DURATION}s per cell, keep-alive; one php-fpm ($CHILDREN children) behind both proxies."
     echo "CPU µs/req: user + system of the proxy's processes per request."
     echo
     table

@@ -540,7 +540,7 @@ static void attach(request_t *r, upconn_t *u, uint32_t server)
     upconn_claim(u, health_slot_of(r->table, server));
     u->fcgi = px->fc != NULL;
     if (u->fcgi && !u->reused)
-        upconn_wait(u, true); /* until its first answer byte: see pool.h */
+        upconn_wait_later(u); /* counted if no answer comes soon: see pool.h */
     px->up = u;
     px->server = server;
     if (px->fc) { /* a new attempt: the records of an earlier one are gone */

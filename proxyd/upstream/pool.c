@@ -130,8 +130,21 @@ void upconn_unclaim(upconn_t *u)
     upconn_wait(u, false);
 }
 
+static void wait_timer(ev_loop_t *loop, ev_timer_t *t)
+{
+    (void)loop;
+    upconn_wait((upconn_t *)((char *)t - offsetof(upconn_t, wait_timer)), true);
+}
+
+void upconn_wait_later(upconn_t *u)
+{
+    ev_timer_start(W->loop, &u->wait_timer, FCGI_WAIT_GRACE_MS, wait_timer);
+}
+
 void upconn_wait(upconn_t *u, bool on)
 {
+    if (!on)
+        ev_timer_stop(W->loop, &u->wait_timer);
     if (on == u->waiting || u->slot == NULL)
         return;
     u->waiting = on;
@@ -151,6 +164,7 @@ void upconn_close(upconn_t *u)
     if (u->state == US_IDLE)
         pool_remove(u);
     ev_timer_stop(W->loop, &u->timer);
+    ev_timer_stop(W->loop, &u->wait_timer);
     ev_close(W->loop, &u->io); /* close() below unregisters it */
     tls_free(u->ssl);
     u->ssl = NULL;

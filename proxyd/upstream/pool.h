@@ -25,6 +25,7 @@ typedef struct upool upool_t;
 struct upconn {
     ev_io_t io;
     ev_timer_t timer;
+    ev_timer_t wait_timer;      /* FastCGI: FCGI_WAIT_GRACE_MS after connecting, upconn_wait */
     iobuf_t *in, *out;
     request_t *req;             /* the request it serves; NULL while idle */
     void (*on_event)(upconn_t *u, uint32_t revents);
@@ -77,12 +78,19 @@ void upconn_unclaim(upconn_t *u);
 /* FastCGI servers (php-fpm) give each connection a child of their own and
  * keep it while the connection is kept (FCGI_KEEP_CONN), so a new connection
  * waits in the server's backlog as long as every child sits on a connection
- * idling in a pool.  A new FastCGI connection counts in its server's shared
- * `waiting` (upconn_wait(u, true)) until its first answer byte; while any
- * does, no worker keeps an idle FastCGI connection to that server: one being
- * put back is closed, and pooled ones close within FCGI_IDLE_CHECK_MS. */
+ * idling in a pool.  A new FastCGI connection that has no answer byte
+ * FCGI_WAIT_GRACE_MS after it was made (upconn_wait_later) counts in its
+ * server's shared `waiting` (upconn_wait(u, true)) until its first byte;
+ * while any does, no worker keeps an idle FastCGI connection to that server:
+ * one being put back is closed, and pooled ones close within
+ * FCGI_IDLE_CHECK_MS.  The grace keeps a busy server's connections kept:
+ * counted at once, every new connection (the next request while all are
+ * busy) would close the connections coming back, and the next request would
+ * need a new one again. */
 #define FCGI_IDLE_CHECK_MS 50
+#define FCGI_WAIT_GRACE_MS 200
 void upconn_wait(upconn_t *u, bool on);
+void upconn_wait_later(upconn_t *u);
 void upconn_close(upconn_t *u);
 /* Free connections closed during this batch of events. */
 void upconn_free_deferred(void);
