@@ -83,6 +83,8 @@ rt_str_t rtw_str(rtw_t *w, const char *s, size_t n)
     return r;
 }
 
+const char *rtw_strp(const rtw_t *w, rt_str_t s) { return (const char *)w->sec[RT_SEC_STRINGS].p + s.off; }
+
 rt_str_t rtw_cstr(rtw_t *w, const char *s) { return s ? rtw_str(w, s, strlen(s)) : (rt_str_t){0, 0}; }
 
 uint32_t rtw_add(rtw_t *w, unsigned sec, const void *recs, uint32_t count)

@@ -19,6 +19,8 @@ rtw_t *rtw_new(void);
 void rtw_free(rtw_t *w);
 rt_str_t rtw_str(rtw_t *w, const char *s, size_t n);
 rt_str_t rtw_cstr(rtw_t *w, const char *s); /* NULL is "" */
+/* The bytes of an interned string (NUL-terminated), valid until the next rtw_str. */
+const char *rtw_strp(const rtw_t *w, rt_str_t s);
 /* Append count records of section sec, copied from recs (NULL: zeroed); returns the first index. */
 uint32_t rtw_add(rtw_t *w, unsigned sec, const void *recs, uint32_t count);
 uint32_t rtw_count(const rtw_t *w, unsigned sec);

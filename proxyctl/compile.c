@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "../common/rtwrite.h"
+#include "../common/str.h"
 #include "config.h"
 
 typedef struct {
@@ -65,6 +66,10 @@ static uint32_t add_policy(comp_t *c, const rt_policy_t *p)
 }
 
 static uint32_t ms32(uint64_t ms) { return ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms; }
+
+/* Every empty span is {0, 0}, wherever it would have started: the linker
+ * then moves exactly the spans with records (link_site). */
+static rt_span_t span(uint32_t first, uint32_t count) { return count ? (rt_span_t){first, count} : (rt_span_t){0, 0}; }
 
 static uint32_t zone_index(const char *name, const void *zones, size_t n, size_t stride)
 {
@@ -164,13 +169,12 @@ static rt_sockaddr_t sockaddr_rec(comp_t *c, const char *text, const rt_sockaddr
 
 static void emit_upstreams(comp_t *c, const cfg_site_t *s, uint32_t site, rt_site_t *rec)
 {
-    rec->upstreams.first = rtw_count(c->w, RT_SEC_UPSTREAMS);
-    rec->upstreams.count = (uint32_t)s->nups;
+    rec->upstreams = span(rtw_count(c->w, RT_SEC_UPSTREAMS), (uint32_t)s->nups);
     for (size_t i = 0; i < s->nups; i++) {
         const cfg_upstream_t *u = &s->ups[i];
         rt_upstream_t r;
         memset(&r, 0, sizeof(r));
-        uint32_t idx = rec->upstreams.first + (uint32_t)i;
+        uint32_t idx = rtw_count(c->w, RT_SEC_UPSTREAMS);
         r.name = rtw_cstr(c->w, u->name);
         r.site = site;
         r.balance = (uint8_t)u->balance;
@@ -190,8 +194,7 @@ static void emit_upstreams(comp_t *c, const cfg_site_t *s, uint32_t site, rt_sit
         r.tls_sni = rtw_cstr(c->w, u->sni);
         r.tls_cert_file = rtw_cstr(c->w, u->cert_file);
         r.tls_key_file = rtw_cstr(c->w, u->key_file);
-        r.servers.first = rtw_count(c->w, RT_SEC_SERVERS);
-        r.servers.count = (uint32_t)u->nservers;
+        r.servers = span(rtw_count(c->w, RT_SEC_SERVERS), (uint32_t)u->nservers);
         for (size_t k = 0; k < u->nservers; k++) {
             const cfg_server_t *sv = &u->servers[k];
             rt_server_t x;
@@ -218,7 +221,7 @@ static uint32_t upstream_index(const cfg_site_t *s, const rt_site_t *rec, const 
 
 static rt_span_t emit_hdrops(comp_t *c, const cfg_route_t *r)
 {
-    rt_span_t sp = {rtw_count(c->w, RT_SEC_HEADER_OPS), (uint32_t)r->nhdrops};
+    rt_span_t sp = span(rtw_count(c->w, RT_SEC_HEADER_OPS), (uint32_t)r->nhdrops);
     for (size_t i = 0; i < r->nhdrops; i++) {
         rt_header_op_t h;
         memset(&h, 0, sizeof(h));
@@ -233,8 +236,7 @@ static rt_span_t emit_hdrops(comp_t *c, const cfg_route_t *r)
 
 static void emit_routes(comp_t *c, const cfg_site_t *s, uint32_t site, rt_site_t *rec)
 {
-    rec->routes.first = rtw_count(c->w, RT_SEC_ROUTES);
-    rec->routes.count = (uint32_t)s->nroutes;
+    rec->routes = span(rtw_count(c->w, RT_SEC_ROUTES), (uint32_t)s->nroutes);
     for (size_t i = 0; i < s->nroutes; i++) {
         const cfg_route_t *r = &s->routes[i];
         rt_route_t x;
@@ -351,14 +353,15 @@ static void emit_prefixes(comp_t *c, const cfg_site_t *s, rt_site_t *rec, path_r
 
 static void emit_scan(comp_t *c, const cfg_site_t *s, rt_site_t *rec)
 {
-    rec->scan.first = rtw_count(c->w, RT_SEC_REFS);
+    uint32_t first = rtw_count(c->w, RT_SEC_REFS), count = 0;
     for (size_t i = 0; i < s->nroutes; i++) {
         if (s->routes[i].match != RT_MATCH_REGEX && s->routes[i].match != RT_MATCH_ANY)
             continue;
         uint32_t r = rec->routes.first + (uint32_t)i;
         rtw_add(c->w, RT_SEC_REFS, &r, 1);
-        rec->scan.count++;
+        count++;
     }
+    rec->scan = span(first, count);
 }
 
 static void emit_site(comp_t *c, const cfg_site_t *s, uint32_t idx)
@@ -367,14 +370,12 @@ static void emit_site(comp_t *c, const cfg_site_t *s, uint32_t idx)
     memset(&rec, 0, sizeof(rec));
     rec.name = rtw_cstr(c->w, s->name.s);
     rec.source = rtw_cstr(c->w, s->file);
-    rec.hosts.first = rtw_count(c->w, RT_SEC_STRLIST);
-    rec.hosts.count = (uint32_t)s->nhosts;
+    rec.hosts = span(rtw_count(c->w, RT_SEC_STRLIST), (uint32_t)s->nhosts);
     for (size_t i = 0; i < s->nhosts; i++) {
         rt_str_t h = rtw_cstr(c->w, s->hosts[i].s);
         rtw_add(c->w, RT_SEC_STRLIST, &h, 1);
     }
-    rec.compress_types.first = rtw_count(c->w, RT_SEC_STRLIST);
-    rec.compress_types.count = s->compression ? (uint32_t)s->ntypes : 0;
+    rec.compress_types = span(rtw_count(c->w, RT_SEC_STRLIST), s->compression ? (uint32_t)s->ntypes : 0);
     for (size_t i = 0; i < rec.compress_types.count; i++) {
         rt_str_t t = rtw_cstr(c->w, s->types[i]);
         rtw_add(c->w, RT_SEC_STRLIST, &t, 1);
@@ -404,32 +405,44 @@ static void emit_site(comp_t *c, const cfg_site_t *s, uint32_t idx)
     *(rt_site_t *)rtw_rec(c->w, RT_SEC_SITES, idx) = rec;
 }
 
-/* One open-addressed host table; wildcard "*.x" is keyed by ".x". */
-static void emit_hosts(comp_t *c, cfg_site_t **sites, size_t n, int wild)
+/* One open-addressed host table of the sites already emitted (their host
+ * lists); wildcard "*.x" is keyed by ".x". */
+static void emit_hosts(comp_t *c, int wild)
 {
     unsigned sec = wild ? RT_SEC_WILDCARDS : RT_SEC_HOSTS;
-    uint32_t count = 0;
-    for (size_t i = 0; i < n; i++)
-        for (size_t k = 0; k < sites[i]->nhosts; k++)
-            count += (strncmp(sites[i]->hosts[k].s, "*.", 2) == 0) == wild;
+    uint32_t nsites = rtw_count(c->w, RT_SEC_SITES), count = 0;
+    for (uint32_t i = 0; i < nsites; i++) {
+        rt_span_t hs = ((const rt_site_t *)rtw_rec(c->w, RT_SEC_SITES, i))->hosts;
+        for (uint32_t k = 0; k < hs.count; k++) {
+            const rt_str_t *h = rtw_rec(c->w, RT_SEC_STRLIST, hs.first + k);
+            count += (strncmp(rtw_strp(c->w, *h), "*.", 2) == 0) == wild;
+        }
+    }
     if (count == 0)
         return;
     uint32_t cap = pow2_at_least(count * 2);
     uint32_t first = rtw_add(c->w, sec, NULL, cap);
     for (uint32_t i = 0; i < cap; i++)
         ((rt_host_t *)rtw_rec(c->w, sec, first + i))->site = RT_NONE;
-    for (size_t i = 0; i < n; i++) {
-        for (size_t k = 0; k < sites[i]->nhosts; k++) {
-            const char *h = sites[i]->hosts[k].s;
+    for (uint32_t i = 0; i < nsites; i++) {
+        rt_span_t hs = ((const rt_site_t *)rtw_rec(c->w, RT_SEC_SITES, i))->hosts;
+        for (uint32_t k = 0; k < hs.count; k++) {
+            rt_str_t hn = *(const rt_str_t *)rtw_rec(c->w, RT_SEC_STRLIST, hs.first + k);
+            const char *h = rtw_strp(c->w, hn);
             if ((strncmp(h, "*.", 2) == 0) != wild)
                 continue;
-            if (wild)
-                h++;
             rt_host_t e;
             memset(&e, 0, sizeof(e));
-            e.hash = rt_hash(h, strlen(h));
-            e.site = (uint32_t)i;
-            e.name = rtw_cstr(c->w, h);
+            /* A wildcard's key ".x" is a new string: interned from a copy,
+             * as interning may move the strings h points into. */
+            size_t n = hn.len - (wild ? 1 : 0);
+            char *key = strndup(h + (wild ? 1 : 0), n);
+            if (key == NULL)
+                abort();
+            e.hash = rt_hash(key, n);
+            e.site = i;
+            e.name = rtw_str(c->w, key, n);
+            free(key);
             uint32_t b = e.hash & (cap - 1);
             while (((rt_host_t *)rtw_rec(c->w, sec, first + b))->site != RT_NONE)
                 b = (b + 1) & (cap - 1);
@@ -438,7 +451,7 @@ static void emit_hosts(comp_t *c, cfg_site_t **sites, size_t n, int wild)
     }
 }
 
-static void emit_global(comp_t *c, cfg_site_t **sites, size_t n)
+static void emit_global(comp_t *c, uint32_t default_site)
 {
     const cfg_global_t *g = c->g;
     rt_global_t r;
@@ -477,10 +490,7 @@ static void emit_global(comp_t *c, cfg_site_t **sites, size_t n)
     }
     r.trusted_proxies.first = g->ntrusted ? rtw_add(c->w, RT_SEC_CIDRS, g->trusted, (uint32_t)g->ntrusted) : 0;
     r.trusted_proxies.count = (uint32_t)g->ntrusted;
-    r.default_site = RT_NONE;
-    for (size_t i = 0; i < n; i++)
-        if (sites[i]->is_default)
-            r.default_site = (uint32_t)i;
+    r.default_site = default_site;
     rtw_add(c->w, RT_SEC_GLOBAL, &r, 1);
     for (size_t i = 0; i < g->nrate_zones; i++) {
         rt_rate_zone_t z;
@@ -518,15 +528,394 @@ int compile_table(const cfg_global_t *g, cfg_site_t **in, size_t n, uint8_t **ou
         memcpy(sites, in, n * sizeof(*sites));
     qsort(sites, n, sizeof(*sites), site_name_cmp);
     comp_t c = {rtw_new(), NULL, 0, g};
-    emit_global(&c, sites, n);
+    uint32_t def = RT_NONE;
+    for (size_t i = 0; i < n; i++)
+        if (sites[i]->is_default)
+            def = (uint32_t)i;
+    emit_global(&c, def);
     rtw_add(c.w, RT_SEC_SITES, NULL, (uint32_t)n);
     for (size_t i = 0; i < n; i++)
         emit_site(&c, sites[i], (uint32_t)i);
-    emit_hosts(&c, sites, n, 0);
-    emit_hosts(&c, sites, n, 1);
+    emit_hosts(&c, 0);
+    emit_hosts(&c, 1);
     int rc = rtw_finish(c.w, out, len);
     rtw_free(c.w);
     free(c.pol_tab);
     free(sites);
+    return rc;
+}
+
+/* ---- fragments and the linker ------------------------------------------- */
+
+/*
+ * A fragment is one site compiled alone, as if it were site 0 of a table
+ * with nothing before it: its records use local indices and a local string
+ * pool.  Linking appends each fragment's records to the table's sections
+ * and moves every reference by where the section stood before it (the
+ * site's base), every string to where the table interns it, and every
+ * policy to the table's copy of it.
+ *
+ * Why the result is byte-identical to compile_table: the full compile emits
+ * the sites one after another, so within each section a site's records are
+ * contiguous and in the order the fragment has them; a site's strings are
+ * interned in the order of their first use, which is the order of the
+ * fragment's pool; and policies are deduplicated in the order of their first
+ * use, which is the order of the fragment's (locally deduplicated) policies.
+ * Empty spans are {0, 0} in both (span()), so a span is moved exactly when
+ * it has records.  The host tables and the global record are built from the
+ * linked sites as compile_table builds them.
+ *
+ * Layout: frag_head_t, the lengths of the pool's strings (u32, in pool
+ * order; the pool is those strings, each followed by a NUL, after the ""
+ * at offset 0), then each section's records in id order, 8-byte aligned.
+ */
+#define FRAG_MAGIC "PXFRAG1"
+
+typedef struct {
+    char magic[8];
+    uint32_t count[RT_SEC_COUNT]; /* records; bytes for RT_SEC_STRINGS */
+    uint32_t nstr;                /* strings in the pool */
+    uint32_t pad;
+} frag_head_t;
+
+static size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
+
+int compile_fragment(const cfg_global_t *g, const cfg_site_t *s, uint8_t **out, size_t *len)
+{
+    comp_t c = {rtw_new(), NULL, 0, g};
+    rtw_add(c.w, RT_SEC_SITES, NULL, 1);
+    emit_site(&c, s, 0);
+    uint8_t *table;
+    size_t tlen;
+    /* The pool's string lengths, walked from the finished section. */
+    int rc = -1;
+    if (rtw_finish(c.w, &table, &tlen) == 0) {
+        const rt_header_t *h = (const rt_header_t *)table;
+        frag_head_t fh;
+        memset(&fh, 0, sizeof(fh));
+        memcpy(fh.magic, FRAG_MAGIC, 8);
+        for (unsigned i = 0; i < RT_SEC_COUNT; i++)
+            fh.count[i] = h->sections[i].count;
+        const char *pool = (const char *)table + h->sections[RT_SEC_STRINGS].off;
+        size_t plen = h->sections[RT_SEC_STRINGS].count;
+        str_buf_t lens = {0};
+        for (size_t off = 1; off < plen;) {
+            uint32_t n = (uint32_t)strlen(pool + off);
+            str_append(&lens, &n, sizeof(n));
+            fh.nstr++;
+            off += n + 1;
+        }
+        size_t total = sizeof(fh) + align8(lens.len);
+        for (unsigned i = 0; i < RT_SEC_COUNT; i++)
+            total += align8((size_t)fh.count[i] * rt_entsize(i));
+        uint8_t *p = calloc(1, total);
+        if (p == NULL)
+            abort();
+        memcpy(p, &fh, sizeof(fh));
+        if (lens.len)
+            memcpy(p + sizeof(fh), lens.p, lens.len);
+        size_t at = sizeof(fh) + align8(lens.len);
+        for (unsigned i = 0; i < RT_SEC_COUNT; i++) {
+            size_t n = (size_t)fh.count[i] * rt_entsize(i);
+            if (n)
+                memcpy(p + at, table + h->sections[i].off, n);
+            at += align8(n);
+        }
+        str_buf_free(&lens);
+        free(table);
+        *out = p;
+        *len = total;
+        rc = 0;
+    }
+    rtw_free(c.w);
+    free(c.pol_tab);
+    return rc;
+}
+
+/* A fragment taken apart: where its lengths and sections are. */
+typedef struct {
+    const frag_head_t *h;
+    const uint32_t *lens;
+    const uint8_t *sec[RT_SEC_COUNT];
+} frag_t;
+
+static int frag_open(frag_t *f, const uint8_t *p, size_t len)
+{
+    if (len < sizeof(frag_head_t) || ((uintptr_t)p & 7) != 0)
+        return -1;
+    f->h = (const frag_head_t *)p;
+    if (memcmp(f->h->magic, FRAG_MAGIC, 8) != 0 || f->h->count[RT_SEC_SITES] != 1)
+        return -1;
+    size_t at = sizeof(frag_head_t);
+    if ((size_t)f->h->nstr * 4 > len - at)
+        return -1;
+    f->lens = (const uint32_t *)(p + at);
+    at += align8((size_t)f->h->nstr * 4);
+    for (unsigned i = 0; i < RT_SEC_COUNT; i++) {
+        size_t n = (size_t)f->h->count[i] * rt_entsize(i);
+        if (at > len || n > len - at)
+            return -1;
+        f->sec[i] = p + at;
+        at += align8(n);
+    }
+    /* The pool: "" then each string with its NUL, as the lengths say. */
+    size_t plen = f->h->count[RT_SEC_STRINGS], off = 1;
+    if (plen == 0 || f->sec[RT_SEC_STRINGS][0] != '\0')
+        return -1;
+    for (uint32_t k = 0; k < f->h->nstr; k++) {
+        if (f->lens[k] == 0 || f->lens[k] >= plen - off || f->sec[RT_SEC_STRINGS][off + f->lens[k]] != '\0')
+            return -1;
+        off += (size_t)f->lens[k] + 1;
+    }
+    return off == plen ? 0 : -1;
+}
+
+const char *fragment_site_name(const uint8_t *p, size_t len)
+{
+    frag_t f;
+    if (frag_open(&f, p, len) < 0)
+        return NULL;
+    rt_str_t n = ((const rt_site_t *)f.sec[RT_SEC_SITES])->name;
+    if (n.off >= f.h->count[RT_SEC_STRINGS])
+        return NULL;
+    return (const char *)f.sec[RT_SEC_STRINGS] + n.off;
+}
+
+int fragment_site_info(const uint8_t *p, size_t len, frag_info_t *out)
+{
+    frag_t f;
+    if (frag_open(&f, p, len) < 0)
+        return -1;
+    const rt_site_t *s = (const rt_site_t *)f.sec[RT_SEC_SITES];
+    const char *pool = (const char *)f.sec[RT_SEC_STRINGS];
+    uint32_t plen = f.h->count[RT_SEC_STRINGS];
+    if (s->name.off >= plen || s->hosts.first > f.h->count[RT_SEC_STRLIST] ||
+        s->hosts.count > f.h->count[RT_SEC_STRLIST] - s->hosts.first)
+        return -1;
+    out->name = pool + s->name.off;
+    out->is_default = (s->flags & RT_SF_DEFAULT) != 0;
+    out->cert_mode = s->cert_mode;
+    out->nhosts = s->hosts.count;
+    out->hosts = malloc((s->hosts.count + 1) * sizeof(*out->hosts));
+    if (out->hosts == NULL)
+        abort();
+    const rt_str_t *hl = (const rt_str_t *)f.sec[RT_SEC_STRLIST] + s->hosts.first;
+    for (uint32_t i = 0; i < s->hosts.count; i++) {
+        if (hl[i].off >= plen)
+            return free(out->hosts), -1;
+        out->hosts[i] = pool + hl[i].off;
+    }
+    return 0;
+}
+
+/* The linker's view of one fragment being appended. */
+typedef struct {
+    frag_t f;
+    uint32_t base[RT_SEC_COUNT];
+    uint32_t *loff;   /* the pool's string offsets, ascending */
+    rt_str_t *gstr;   /* where the table interned each */
+    uint32_t *pmap;   /* local policy -> table policy */
+    int bad;
+} link_t;
+
+static rt_str_t link_str(link_t *l, rt_str_t s)
+{
+    if (s.len == 0 && s.off == 0)
+        return s;
+    uint32_t lo = 0, hi = l->f.h->nstr;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (l->loff[mid] < s.off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == l->f.h->nstr || l->loff[lo] != s.off || l->f.lens[lo] != s.len) {
+        l->bad = 1;
+        return (rt_str_t){0, 0};
+    }
+    return l->gstr[lo];
+}
+
+static rt_span_t link_span(link_t *l, unsigned sec, rt_span_t sp)
+{
+    if (sp.count == 0)
+        return sp;
+    if (sp.first > l->f.h->count[sec] || sp.count > l->f.h->count[sec] - sp.first)
+        l->bad = 1;
+    sp.first += l->base[sec];
+    return sp;
+}
+
+static uint32_t link_index(link_t *l, unsigned sec, uint32_t i)
+{
+    if (i == RT_NONE)
+        return i;
+    if (i >= l->f.h->count[sec])
+        l->bad = 1;
+    return i + l->base[sec];
+}
+
+/* Copy a fragment's section sec and move each record's references. */
+static void link_section(comp_t *c, link_t *l, unsigned sec, uint32_t site)
+{
+    uint32_t n = l->f.h->count[sec];
+    if (n == 0)
+        return;
+    uint32_t first = rtw_add(c->w, sec, l->f.sec[sec], n);
+    for (uint32_t i = 0; i < n; i++) {
+        void *rec = rtw_rec(c->w, sec, first + i);
+        switch (sec) {
+        case RT_SEC_ROUTES: {
+            rt_route_t *r = rec;
+            r->site = site;
+            r->path = link_str(l, r->path);
+            r->target = link_str(l, r->target);
+            r->extra = link_str(l, r->extra);
+            r->upstream = link_index(l, RT_SEC_UPSTREAMS, r->upstream);
+            r->policy = r->policy < l->f.h->count[RT_SEC_POLICIES] ? l->pmap[r->policy] : (l->bad = 1, 0);
+            r->header_ops = link_span(l, RT_SEC_HEADER_OPS, r->header_ops);
+            break;
+        }
+        case RT_SEC_PATHS: {
+            rt_path_t *p = rec;
+            p->path = link_str(l, p->path);
+            p->refs = link_span(l, RT_SEC_REFS, p->refs);
+            break;
+        }
+        case RT_SEC_REFS:
+            *(uint32_t *)rec = link_index(l, RT_SEC_ROUTES, *(uint32_t *)rec);
+            break;
+        case RT_SEC_UPSTREAMS: {
+            rt_upstream_t *u = rec;
+            u->name = link_str(l, u->name);
+            u->site = site;
+            u->hc_path = link_str(l, u->hc_path);
+            u->tls_ca_file = link_str(l, u->tls_ca_file);
+            u->tls_sni = link_str(l, u->tls_sni);
+            u->tls_cert_file = link_str(l, u->tls_cert_file);
+            u->tls_key_file = link_str(l, u->tls_key_file);
+            u->servers = link_span(l, RT_SEC_SERVERS, u->servers);
+            break;
+        }
+        case RT_SEC_SERVERS: {
+            rt_server_t *sv = rec;
+            sv->sa.addr = link_str(l, sv->sa.addr);
+            sv->upstream = link_index(l, RT_SEC_UPSTREAMS, sv->upstream);
+            break;
+        }
+        case RT_SEC_HEADER_OPS: {
+            rt_header_op_t *h = rec;
+            h->name = link_str(l, h->name);
+            h->value = link_str(l, h->value);
+            break;
+        }
+        case RT_SEC_STRLIST:
+            *(rt_str_t *)rec = link_str(l, *(rt_str_t *)rec);
+            break;
+        case RT_SEC_CIDRS:
+        case RT_SEC_STATUS_TTLS:
+            break;
+        default: /* a site compiles to nothing else */
+            l->bad = 1;
+        }
+    }
+}
+
+static int link_site(comp_t *c, const frag_t *f, uint32_t site)
+{
+    link_t l = {.f = *f};
+    for (unsigned i = 0; i < RT_SEC_COUNT; i++)
+        l.base[i] = rtw_count(c->w, i);
+    uint32_t ns = f->h->nstr, np = f->h->count[RT_SEC_POLICIES];
+    l.loff = malloc((ns + 1) * sizeof(*l.loff));
+    l.gstr = malloc((ns + 1) * sizeof(*l.gstr));
+    l.pmap = malloc((np + 1) * sizeof(*l.pmap));
+    if (l.loff == NULL || l.gstr == NULL || l.pmap == NULL)
+        abort();
+    const char *pool = (const char *)f->sec[RT_SEC_STRINGS];
+    for (uint32_t k = 0, off = 1; k < ns; off += f->lens[k++] + 1) {
+        l.loff[k] = off;
+        l.gstr[k] = rtw_str(c->w, pool + off, f->lens[k]);
+    }
+    /* Policies first (routes refer to them), each through the table's
+     * deduplication, as compile_table adds them. */
+    const rt_policy_t *pol = (const rt_policy_t *)f->sec[RT_SEC_POLICIES];
+    for (uint32_t k = 0; k < np; k++) {
+        rt_policy_t p = pol[k];
+        p.cache_valid = link_span(&l, RT_SEC_STATUS_TTLS, p.cache_valid);
+        p.cache_bypass = link_span(&l, RT_SEC_STRLIST, p.cache_bypass);
+        p.allow = link_span(&l, RT_SEC_CIDRS, p.allow);
+        l.pmap[k] = add_policy(c, &p);
+    }
+    static const unsigned order[] = {RT_SEC_ROUTES, RT_SEC_PATHS, RT_SEC_REFS, RT_SEC_UPSTREAMS, RT_SEC_SERVERS,
+                                     RT_SEC_HEADER_OPS, RT_SEC_CIDRS, RT_SEC_STATUS_TTLS, RT_SEC_STRLIST};
+    for (unsigned i = 0; i < RT_SEC_COUNT; i++) {
+        bool listed = i == RT_SEC_STRINGS || i == RT_SEC_SITES || i == RT_SEC_POLICIES;
+        for (size_t k = 0; k < sizeof(order) / sizeof(order[0]); k++)
+            listed |= order[k] == i;
+        if (!listed && f->h->count[i])
+            l.bad = 1;
+    }
+    for (size_t k = 0; k < sizeof(order) / sizeof(order[0]); k++)
+        link_section(c, &l, order[k], site);
+    rt_site_t s = *(const rt_site_t *)f->sec[RT_SEC_SITES];
+    s.name = link_str(&l, s.name);
+    s.source = link_str(&l, s.source);
+    s.hosts = link_span(&l, RT_SEC_STRLIST, s.hosts);
+    s.routes = link_span(&l, RT_SEC_ROUTES, s.routes);
+    s.upstreams = link_span(&l, RT_SEC_UPSTREAMS, s.upstreams);
+    s.exact_paths = link_span(&l, RT_SEC_PATHS, s.exact_paths);
+    s.prefix_paths = link_span(&l, RT_SEC_PATHS, s.prefix_paths);
+    s.scan = link_span(&l, RT_SEC_REFS, s.scan);
+    s.compress_types = link_span(&l, RT_SEC_STRLIST, s.compress_types);
+    *(rt_site_t *)rtw_rec(c->w, RT_SEC_SITES, site) = s;
+    free(l.loff);
+    free(l.gstr);
+    free(l.pmap);
+    return l.bad ? -1 : 0;
+}
+
+typedef struct {
+    frag_t f;
+    const char *name;
+} frag_ref_t;
+
+static int frag_ref_cmp(const void *a, const void *b)
+{
+    return strcmp(((const frag_ref_t *)a)->name, ((const frag_ref_t *)b)->name);
+}
+
+int link_table(const cfg_global_t *g, uint8_t *const *frags, const size_t *lens, size_t n, uint8_t **out,
+               size_t *len)
+{
+    frag_ref_t *v = malloc((n + 1) * sizeof(*v));
+    if (v == NULL)
+        abort();
+    uint32_t def = RT_NONE;
+    int rc = -1;
+    for (size_t i = 0; i < n; i++) {
+        if (frag_open(&v[i].f, frags[i], lens[i]) < 0 || (v[i].name = fragment_site_name(frags[i], lens[i])) == NULL)
+            goto out;
+    }
+    qsort(v, n, sizeof(*v), frag_ref_cmp);
+    for (size_t i = 0; i < n; i++)
+        if (((const rt_site_t *)v[i].f.sec[RT_SEC_SITES])->flags & RT_SF_DEFAULT)
+            def = (uint32_t)i;
+    comp_t c = {rtw_new(), NULL, 0, g};
+    emit_global(&c, def);
+    rtw_add(c.w, RT_SEC_SITES, NULL, (uint32_t)n);
+    rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = link_site(&c, &v[i].f, (uint32_t)i);
+    if (rc == 0) {
+        emit_hosts(&c, 0);
+        emit_hosts(&c, 1);
+        rc = rtw_finish(c.w, out, len);
+    }
+    rtw_free(c.w);
+    free(c.pol_tab);
+out:
+    free(v);
     return rc;
 }

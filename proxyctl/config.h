@@ -211,4 +211,24 @@ void check_sites(cfg_global_t *g, cfg_site_t **sites, size_t n, diag_t *d);
  * have passed check_sites; they are compiled in name order. */
 int compile_table(const cfg_global_t *g, cfg_site_t **sites, size_t n, uint8_t **out, size_t *len);
 
+/* Incremental compilation (compile.c): one checked site compiled alone into
+ * a fragment (malloc'ed, 8-byte aligned), and fragments linked into the
+ * table compile_table would give for those sites, byte for byte.  A
+ * fragment depends on its site and on the names of the rate-limit and cache
+ * zones (in order); link_table returns -1 for a fragment that is not one. */
+int compile_fragment(const cfg_global_t *g, const cfg_site_t *s, uint8_t **out, size_t *len);
+int link_table(const cfg_global_t *g, uint8_t *const *frags, const size_t *lens, size_t n, uint8_t **out, size_t *len);
+
+typedef struct {
+    const char *name;   /* these point into the fragment */
+    const char **hosts; /* malloc'ed array, the caller frees it */
+    size_t nhosts;
+    bool is_default;
+    int cert_mode;
+} frag_info_t;
+
+/* What the cross-site checks need of a fragment's site; -1 if it is none. */
+int fragment_site_info(const uint8_t *p, size_t len, frag_info_t *out);
+const char *fragment_site_name(const uint8_t *p, size_t len);
+
 #endif
